@@ -1,0 +1,114 @@
+"""NodeConfig: a node's settings, parsed once from the command line or ``handoff.start``."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+__all__ = ["NodeConfig", "parse_resources", "detect_resources", "is_loopback"]
+
+EXECUTORS = ("process", "thread")
+
+
+def detect_resources() -> dict[str, float]:
+    """What this machine has: cpu count, memory in MB, no gpu unless told."""
+    import psutil
+
+    return {
+        "cpu": float(os.cpu_count() or 1),
+        "memory": float(psutil.virtual_memory().total // (1024 * 1024)),
+        "gpu": 0.0,
+    }
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``"cpu=8,memory=16000,gpu=1"`` -> ``{"cpu": 8.0, ...}``; ValueError names the bad item."""
+    caps: dict[str, float] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"resource {item!r} is not NAME=AMOUNT")
+        try:
+            amount = float(value)
+        except ValueError:
+            raise ValueError(f"resource {name.strip()!r} has a non-numeric amount {value!r}") from None
+        if amount < 0 or not math.isfinite(amount):
+            raise ValueError(f"resource {name.strip()!r} must be a non-negative number, got {value!r}")
+        caps[name.strip()] = amount
+    return caps
+
+
+def check_resources(caps: Mapping) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, amount in caps.items():
+        if not isinstance(name, str):
+            raise ValueError(f"resource names must be strings, got {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0 or not math.isfinite(amount):
+            raise ValueError(f"resource {name!r} must be a non-negative number, got {amount!r}")
+        out[name] = float(amount)
+    return out
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ``tcp://host:port`` address only accepts connections from this machine."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+def _check_address(address: str, what: str) -> str:
+    if not address.startswith("tcp://") or ":" not in address[len("tcp://"):]:
+        raise ValueError(f"{what} must look like tcp://HOST:PORT, got {address!r}")
+    port = address.rpartition(":")[2]
+    if port not in ("0", "*") and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{what} has a bad port: {address!r}")
+    return address
+
+
+@dataclass
+class NodeConfig:
+    name: str = ""
+    listen: str = "tcp://127.0.0.1:0"
+    join: Sequence[str] = ()
+    resources: dict[str, float] = field(default_factory=dict)
+    workers: int = 0
+    executor: str = "process"
+    key_file: str | None = None
+    insecure: bool = False
+    suspect_after: float = 1.0
+    dead_after: float = 2.0
+    gossip_interval: float = 0.2
+    join_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        if not isinstance(self.name, str):
+            raise ValueError(f"node name must be a string, got {self.name!r}")
+        self.listen = _check_address(self.listen, "listen address")
+        if isinstance(self.join, str):
+            self.join = [self.join]
+        self.join = [_check_address(a, "join address") for a in self.join]
+        self.resources = check_resources(self.resources) if self.resources else detect_resources()
+        if not self.workers:
+            self.workers = os.cpu_count() or 1
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive int, got {self.workers!r}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if not (0 < self.suspect_after < self.dead_after):
+            raise ValueError("need 0 < suspect_after < dead_after")

@@ -1,0 +1,160 @@
+"""The HandoffError tree. Every error keeps its data as attributes and reads well as text."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Hashable, Mapping, Sequence
+
+__all__ = [
+    "HandoffError",
+    "ValidationError",
+    "DuplicateFunctionError",
+    "MissingFunctionError",
+    "CycleError",
+    "InvalidFunctionError",
+    "AllocationError",
+    "FunctionError",
+    "NodeLostError",
+    "ResultNotFound",
+    "TimeoutError",
+    "ProtocolError",
+    "AuthenticationError",
+]
+
+
+class HandoffError(Exception):
+    """Base of every error Handoff raises on purpose."""
+
+    def __reduce__(self):  # errors cross process boundaries; keep their attributes
+        return (_rebuild_error, (type(self), self.__dict__.copy(), self.args))
+
+
+def _rebuild_error(cls: type, state: dict, args: tuple) -> BaseException:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class ValidationError(HandoffError):
+    """The DAG breaks a rule; raised by ``DAG.validate()`` and at ``execute``."""
+
+
+class DuplicateFunctionError(ValidationError):
+    def __init__(self, function_id: Hashable):
+        self.function_id = function_id
+        super().__init__(f"function {function_id!r} is already in the DAG")
+
+
+class MissingFunctionError(ValidationError):
+    def __init__(self, function_id: Hashable, missing_id: Hashable):
+        self.function_id = function_id
+        self.missing_id = missing_id
+        super().__init__(f"function {function_id!r} depends on {missing_id!r}, which is not in the DAG")
+
+
+class CycleError(ValidationError):
+    def __init__(self, cycle: Sequence[Hashable]):
+        self.cycle = list(cycle)
+        path = " -> ".join(repr(c) for c in self.cycle)
+        super().__init__(f"the DAG has a cycle: {path}")
+
+
+class InvalidFunctionError(ValidationError):
+    def __init__(self, function_id: Hashable, reason: str):
+        self.function_id = function_id
+        self.reason = reason
+        super().__init__(f"function {function_id!r} is invalid: {reason}")
+
+
+class AllocationError(HandoffError):
+    def __init__(
+        self,
+        function_id: Hashable,
+        cost: Mapping[str, float] | None,
+        capacities: Mapping[str, Mapping[str, float]],
+        reason: str | None = None,
+    ):
+        self.function_id = function_id
+        self.cost = dict(cost or {})
+        self.capacities = {n: dict(c) for n, c in capacities.items()}
+        self.reason = reason or "its cost fits no node's total capacity"
+        nodes = ", ".join(f"{n}={c}" for n, c in self.capacities.items()) or "no nodes"
+        super().__init__(
+            f"cannot place function {function_id!r} (cost {self.cost}): {self.reason}; nodes: {nodes}"
+        )
+
+
+class FunctionError(HandoffError):
+    """A function raised on every attempt; carries the remote exception's type, message and traceback."""
+
+    def __init__(
+        self,
+        function_id: Hashable,
+        node: str | None,
+        attempts: int,
+        exc_type: str,
+        message: str,
+        remote_traceback: str = "",
+    ):
+        self.function_id = function_id
+        self.node = node
+        self.attempts = attempts
+        self.exc_type = exc_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(
+            f"function {function_id!r} failed on node {node!r} after {attempts} attempt(s): "
+            f"{exc_type}: {message}"
+        )
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class NodeLostError(HandoffError):
+    def __init__(self, node: str, function_ids: Sequence[Hashable] = (), reason: str = ""):
+        self.node = node
+        self.function_ids = list(function_ids)
+        self.reason = reason or "the node was declared dead"
+        what = f" while holding {self.function_ids}" if self.function_ids else ""
+        super().__init__(f"node {node!r} was lost{what}: {self.reason}")
+
+
+class ResultNotFound(HandoffError, KeyError):
+    def __init__(self, dag_id: Any, key: Hashable, node: str | None = None):
+        self.dag_id = dag_id
+        self.key = key
+        self.node = node
+        where = f" on node {node!r}" if node else ""
+        super().__init__(f"no value for {key!r} in DAG {dag_id!r}{where}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TimeoutError(HandoffError, builtins.TimeoutError):
+    def __init__(self, what: str, seconds: float | None = None):
+        self.what = what
+        self.seconds = seconds
+        after = f" after {seconds:g} s" if seconds is not None else ""
+        super().__init__(f"{what} timed out{after}")
+
+
+class ProtocolError(HandoffError):
+    def __init__(self, reason: str, peer: Any = None):
+        self.reason = reason
+        self.peer = peer
+        src = f" from {peer!r}" if peer is not None else ""
+        super().__init__(f"bad message{src}: {reason}")
+
+
+class AuthenticationError(HandoffError):
+    def __init__(self, reason: str, peer: Any = None):
+        self.reason = reason
+        self.peer = peer
+        src = f" ({peer!r})" if peer is not None else ""
+        super().__init__(f"authentication failed{src}: {reason}")

@@ -1,0 +1,152 @@
+"""A worker process: runs the user code that its node sends, and nothing else.
+
+Started by the node as ``python -m handoff.node.worker ADDRESS WORKER_ID``; talks to the
+node over one DEALER socket; exits when told to, or when its node is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from handoff.errors import ProtocolError
+from handoff.node.values import dumps_value, loads_payload, loads_value
+from handoff.protocol import decode, encode
+from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
+
+FLUSH_AFTER = 0.002  # send finished results at least this often while a batch runs
+ORPHAN_CHECK_MS = 1000
+
+
+class Evaluator:
+    """Builds calls from argument trees (see handoff.protocol.messages) and runs them."""
+
+    def __init__(self) -> None:
+        self._payloads: dict[bytes, tuple] = {}
+
+    def payload(self, frames: list) -> tuple:
+        key = bytes(_buffer(frames[0]))
+        found = self._payloads.get(key)
+        if found is None:
+            if len(self._payloads) > 4096:
+                self._payloads.clear()
+            found = self._payloads[key] = loads_payload(frames[0])
+        return found
+
+    def evaluate(self, node: list, blobs: list) -> Any:
+        kind = node[0]
+        if kind == "v":
+            return loads_value(blobs[node[1]])
+        if kind == "c":
+            fn, extra = self.payload(blobs[node[1]])
+            args = [self.evaluate(child, blobs) for child in node[3]]
+            if node[2] == "as_list":
+                return fn(args, *extra)
+            return fn(*args, *extra)
+        if kind == "h":
+            fn, extra = self.payload(blobs[node[1]])
+            return fn(self.evaluate(node[4], blobs), node[2], node[3], *extra)
+        raise ProtocolError(f"unknown argument tree node {kind!r}")
+
+
+def _buffer(frame: Any) -> Any:
+    return frame.buffer if hasattr(frame, "buffer") else frame
+
+
+def run_job(evaluator: Evaluator, tree: list, blobs: list) -> tuple[bool, Any, list | None]:
+    """(ok, error, frames): the pickled result, or the error and the pickled exception."""
+    try:
+        value = evaluator.evaluate(tree, blobs)
+    except BaseException as exc:  # user code may raise anything, SystemExit included
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return False, describe(exc), _pickled_exception(exc)
+    try:
+        return True, None, dumps_value(value)
+    except BaseException as exc:
+        error = [
+            "PicklingError",
+            f"the result ({type(value).__name__}) could not be pickled: {exc}",
+            traceback.format_exc(),
+        ]
+        return False, error, None
+
+
+def describe(exc: BaseException) -> list:
+    return [type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))]
+
+
+def _pickled_exception(exc: BaseException) -> list | None:
+    try:
+        frames = dumps_value(exc)
+        loads_value(frames)  # an exception that pickles but cannot be rebuilt is no use
+        return frames
+    except BaseException:
+        return None
+
+
+def serve(address: str, worker_id: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(address)
+    sock.send_multipart(encode(WorkerReady(worker_id, os.getpid())))
+    parent = os.getppid()
+    evaluator = Evaluator()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    try:
+        while True:
+            if not poller.poll(ORPHAN_CHECK_MS):
+                if os.getppid() != parent:
+                    return
+                continue
+            try:
+                msg = decode(sock.recv_multipart(copy=False))
+            except ProtocolError as exc:
+                print(f"handoff worker {worker_id}: dropped {exc}", file=sys.stderr)
+                continue
+            if isinstance(msg, WorkerStop):
+                return
+            if isinstance(msg, WorkerRun):
+                run_batch(sock, worker_id, evaluator, msg)
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: WorkerRun) -> None:
+    rows: list = []
+    blobs: list = []
+    last_flush = time.perf_counter()
+    for job_id, tree, first, count in msg.jobs:
+        started = time.time()
+        ok, error, frames = run_job(evaluator, tree, msg.blobs[first:first + count])
+        finished = time.time()
+        blob = -1
+        if frames is not None:
+            blob = len(blobs)
+            blobs.append(frames)
+        rows.append([job_id, ok, started, finished, error, blob])
+        now = time.perf_counter()
+        if now - last_flush > FLUSH_AFTER:
+            sock.send_multipart(encode(WorkerDone(worker_id, rows, blobs)), copy=False)
+            rows, blobs, last_flush = [], [], now
+    if rows:
+        sock.send_multipart(encode(WorkerDone(worker_id, rows, blobs)), copy=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        sys.exit("usage: python -m handoff.node.worker ADDRESS WORKER_ID")
+    serve(args[0], int(args[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""A node's worker processes: admission against the node's own capacity, batching, timeouts,
+and replacing workers that die or must be killed.
+
+Lives in the event loop; it never runs user code itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from handoff import _core
+from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
+
+log = logging.getLogger("handoff.workers")
+
+__all__ = ["Job", "WorkerPool"]
+
+BATCH_MAX = 128  # jobs per WorkerRun message when jobs are short
+FAST_JOB = 0.002  # seconds; jobs shorter than this on average are sent in batches
+SLOW_INFLIGHT = 2  # per worker when jobs are long: one running, one waiting
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One attempt of a function (or a hook) to run on this node."""
+
+    run_id: str
+    index: int
+    attempt: int
+    tree: list
+    blobs: list
+    origin: str = ""
+    dag_id: Any = None
+    key: Hashable = None
+    cost: dict | None = None
+    timeout: float | None = None
+    on_done: Callable | None = None  # hook jobs report here instead of to an orchestrator
+    job_id: int = 0
+    worker: int = -1
+    sent_at: float = 0.0
+    cancelled: bool = False
+    claimed: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    slot: int
+    proc: subprocess.Popen
+    identity: bytes | None = None
+    inflight: deque = field(default_factory=deque)  # jobs in the order the worker runs them
+    exclusive: bool = False  # running a job with a timeout: nothing else is sent to it
+    started: float = 0.0
+
+
+Reporter = Callable[[Job, bool, Any, Any, float, float], None]
+
+
+class WorkerPool:
+    """Queues admitted jobs and feeds them to worker processes over the ipc ROUTER."""
+
+    def __init__(self, transport, size: int, name: str, caps: dict, report: Reporter):
+        self.transport = transport
+        self.size = size
+        self.name = name
+        self.report = report  # (job, ok, error, frames, started, finished)
+        self.ledger = _core.ResourceLedger()
+        self.ledger.register(name, caps)
+        self.workers: dict[int, Worker] = {}
+        self._by_identity: dict[bytes, Worker] = {}
+        self.queue: deque[Job] = deque()  # admitted, waiting for a worker
+        self.blocked: deque[Job] = deque()  # waiting for local resources
+        self.jobs: dict[int, Job] = {}
+        self._next_job = 1
+        self._next_slot = 0
+        self.ema = 0.0
+        self.completed = 0
+        self.replaced = 0
+        self.env = _worker_env()
+
+    # ---- processes ------------------------------------------------------------------
+    def start(self) -> None:
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        slot = self._next_slot
+        self._next_slot += 1
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "handoff.node.worker", self.transport.worker_address, str(slot)],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+        self.workers[slot] = Worker(slot, proc, started=time.monotonic())
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.identity is not None)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers.values()]
+
+    def set_capacity(self, caps: dict) -> None:
+        self.ledger.register(self.name, caps)
+        self._admit_blocked()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        for w in self.workers.values():
+            if w.identity is not None:
+                try:
+                    self.transport.send_worker(w.identity, WorkerStop())
+                except Exception:
+                    pass
+        deadline = time.monotonic() + timeout
+        for w in self.workers.values():
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+        self.workers.clear()
+        self._by_identity.clear()
+
+    # ---- admission ------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        job.job_id = self._next_job
+        self._next_job += 1
+        self.jobs[job.job_id] = job
+        if job.cost and not self.ledger.request(self.name, job.cost):
+            self.blocked.append(job)
+            return
+        job.claimed = bool(job.cost)
+        self.queue.append(job)
+        self.pump()
+
+    def _release(self, job: Job) -> None:
+        if job.claimed:
+            job.claimed = False
+            self.ledger.release(self.name, job.cost)
+            self._admit_blocked()
+
+    def _admit_blocked(self) -> None:
+        if not self.blocked:
+            return
+        still = deque()
+        while self.blocked:
+            job = self.blocked.popleft()
+            if job.cancelled:
+                continue
+            if self.ledger.request(self.name, job.cost):
+                job.claimed = True
+                self.queue.append(job)
+            else:
+                still.append(job)
+        self.blocked = still
+
+    # ---- feeding workers ------------------------------------------------------------
+    def pump(self) -> None:
+        queue = self.queue
+        while queue:
+            worker = self._pick_worker(queue[0])
+            if worker is None:
+                return
+            if queue[0].timeout is not None:
+                batch = [queue.popleft()]
+                worker.exclusive = True
+            else:
+                fast = self.ema < FAST_JOB
+                cap = 2 * BATCH_MAX if fast else SLOW_INFLIGHT
+                room = cap - len(worker.inflight)
+                share = max(1, -(-len(queue) // max(1, self.ready_count()))) if fast else 1
+                n = min(room, share, BATCH_MAX)
+                batch = []
+                while queue and len(batch) < n and queue[0].timeout is None:
+                    job = queue.popleft()
+                    if not job.cancelled:
+                        batch.append(job)
+                if not batch:
+                    continue
+            self._send(worker, batch)
+
+    def _pick_worker(self, job: Job) -> Worker | None:
+        best = None
+        fast = self.ema < FAST_JOB
+        cap = 2 * BATCH_MAX if fast else SLOW_INFLIGHT
+        for w in self.workers.values():
+            if w.identity is None or w.exclusive:
+                continue
+            if job.timeout is not None and w.inflight:
+                continue
+            if len(w.inflight) >= cap:
+                continue
+            if best is None or len(w.inflight) < len(best.inflight):
+                best = w
+        return best
+
+    def _send(self, worker: Worker, batch: list[Job]) -> None:
+        now = time.monotonic()
+        rows, blobs = [], []
+        for job in batch:
+            job.worker = worker.slot
+            job.sent_at = now
+            worker.inflight.append(job)
+            rows.append([job.job_id, job.tree, len(blobs), len(job.blobs)])
+            blobs.extend(job.blobs)
+        self.transport.send_worker(worker.identity, WorkerRun(rows, blobs))
+
+    # ---- worker messages ------------------------------------------------------------
+    def handle(self, identity: bytes, msg) -> None:
+        if isinstance(msg, WorkerDone):
+            self._done(identity, msg)
+        elif isinstance(msg, WorkerReady):
+            w = self.workers.get(msg.worker)
+            if w is None or w.proc.pid != msg.pid:
+                log.warning("ignored a worker that this node did not start (pid %s)", msg.pid)
+                return
+            w.identity = identity
+            self._by_identity[identity] = w
+            self.pump()
+
+    def _done(self, identity: bytes, msg: WorkerDone) -> None:
+        worker = self._by_identity.get(identity)
+        if worker is None:
+            return
+        for job_id, ok, started, finished, error, blob in msg.results:
+            job = self.jobs.pop(job_id, None)
+            if job is None:
+                continue
+            try:
+                worker.inflight.remove(job)
+            except ValueError:
+                pass
+            worker.exclusive = False
+            self._release(job)
+            self.completed += 1
+            self.ema = 0.9 * self.ema + 0.1 * max(0.0, finished - started)
+            if job.cancelled:
+                continue
+            frames = msg.blobs[blob] if blob >= 0 else None
+            self.report(job, ok, error, frames, started, finished)
+        self.pump()
+
+    # ---- failures, timeouts, cancellation ------------------------------------------
+    def check(self) -> None:
+        """Called by a timer: enforce timeouts, notice dead workers, replace them."""
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.exclusive and w.inflight:
+                job = w.inflight[0]
+                if job.timeout is not None and now - job.sent_at > job.timeout:
+                    self._kill(w, job, ["TimeoutError", f"attempt exceeded its timeout of {job.timeout:g} s", ""])
+                    continue
+            code = w.proc.poll()
+            if code is not None:
+                self._lost_worker(w, ["WorkerDied", f"worker process exited with code {code} while running it", ""])
+            elif w.identity is None and now - w.started > 60:
+                log.error("worker %s did not start within 60 s; replacing it", w.slot)
+                self._kill(w, None, None)
+
+    def _kill(self, w: Worker, culprit: Job | None, error: list | None) -> None:
+        try:
+            w.proc.kill()
+            w.proc.wait(5)
+        except Exception:
+            pass
+        self._lost_worker(w, error, culprit)
+
+    def _lost_worker(self, w: Worker, error: list | None, culprit: Job | None = None) -> None:
+        self.workers.pop(w.slot, None)
+        if w.identity is not None:
+            self._by_identity.pop(w.identity, None)
+        inflight = list(w.inflight)
+        w.inflight.clear()
+        if inflight:
+            culprit = culprit or inflight[0]
+            requeue = []
+            for job in inflight:
+                if job is culprit:
+                    self.jobs.pop(job.job_id, None)
+                    self._release(job)
+                    if not job.cancelled and error is not None:
+                        self.report(job, False, error, None, job.sent_at, time.time())
+                elif not job.cancelled:
+                    requeue.append(job)  # it never started: not an attempt
+                else:
+                    self.jobs.pop(job.job_id, None)
+                    self._release(job)
+            self.queue.extendleft(reversed(requeue))
+        self.replaced += 1
+        self._spawn()
+
+    def cancel(self, run_id: str, indices: set | None) -> None:
+        def hit(job: Job) -> bool:
+            return job.run_id == run_id and (indices is None or job.index in indices)
+
+        for q in (self.queue, self.blocked):
+            for job in q:
+                if hit(job):
+                    job.cancelled = True
+        self.queue = deque(j for j in self.queue if not j.cancelled)
+        for job in [j for j in self.blocked if j.cancelled]:
+            self.jobs.pop(job.job_id, None)
+        self.blocked = deque(j for j in self.blocked if not j.cancelled)
+        for w in list(self.workers.values()):
+            for job in w.inflight:
+                if hit(job):
+                    job.cancelled = True
+            if w.inflight and w.inflight[0].cancelled:
+                self._kill(w, w.inflight[0], None)  # stop the code that is running now
+        for job in list(self.jobs.values()):
+            if job.cancelled and job.worker < 0:
+                self.jobs.pop(job.job_id, None)
+                self._release(job)
+
+    def stats(self) -> dict:
+        return {
+            "workers": len(self.workers),
+            "ready": self.ready_count(),
+            "queued": len(self.queue),
+            "blocked": len(self.blocked),
+            "completed": self.completed,
+            "replaced": self.replaced,
+            "used": self.ledger.used(self.name),
+        }
+
+
+def _worker_env() -> dict:
+    """The driver's import path, so functions pickled by reference import in the worker."""
+    env = dict(os.environ)
+    paths = [p for p in sys.path if p]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    cwd = os.getcwd()
+    if cwd not in paths:
+        paths.insert(0, cwd)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env

@@ -1,0 +1,238 @@
+"""Every message that crosses a socket, declared once.
+
+A message is a frozen, slotted dataclass with a unique ``op``. Its plain fields travel in a
+msgpack header; a message with ``blobs`` also carries opaque byte frames (pickled values,
+out-of-band buffers) after the header, never copied or inspected by the codec.
+
+Argument trees (``Task.tree``) tell a worker how to build a call:
+``["v", k]`` the value in blob k; ``["c", k, inclusion, [children]]`` call the payload in blob k
+(a pickled ``(callable, extra_args)``) with the children's values; ``["h", k, source, target,
+child]`` apply the hook in blob k as ``fn(value, source, target, *extra)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+VERSION = 1
+
+Frames = list  # a blob: [pickle bytes, out-of-band buffer, ...]
+
+REGISTRY: dict[str, type["Message"]] = {}
+
+
+class Message:
+    op: ClassVar[str] = ""
+    _kinds: ClassVar[tuple] = ()  # per plain field: the types a decoded value may have
+    _names: ClassVar[tuple] = ()
+
+
+def message(cls):
+    """Register a dataclass as a wire message: frozen, slotted, unique op."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    if cls.op in REGISTRY:
+        raise RuntimeError(f"duplicate message op {cls.op!r}")
+    plain = [f for f in fields(cls) if f.name != "blobs"]
+    cls._names = tuple(f.name for f in plain)
+    cls._kinds = tuple(_KINDS[_annotation(f)] for f in plain)
+    REGISTRY[cls.op] = cls
+    return cls
+
+
+def _annotation(f) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "Any")
+
+
+_KINDS: dict[str, tuple] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "bytes": (bytes,),
+    "list": (list, tuple),
+    "dict": (dict,),
+    "Any": (object,),
+    "str | None": (str, type(None)),
+    "float | None": (float, int, type(None)),
+    "list | None": (list, tuple, type(None)),
+}
+
+
+# ---- connection set-up and membership -------------------------------------------------
+
+@message
+class Hello(Message):
+    """First message a node sends to a peer: who it is and how to reach it."""
+
+    op: ClassVar[str] = "hello"
+    name: str
+    address: str
+    incarnation: int
+    caps: dict
+    version: int = VERSION
+
+
+@message
+class Refuse(Message):
+    """The receiver will not talk to the sender (name taken, wrong version)."""
+
+    op: ClassVar[str] = "refuse"
+    name: str
+    reason: str
+
+
+@message
+class Gossip(Message):
+    """A membership digest: rows of the sender's table."""
+
+    op: ClassVar[str] = "gossip"
+    sender: str
+    rows: list
+
+
+@message
+class Leave(Message):
+    op: ClassVar[str] = "leave"
+    sender: str
+
+
+# ---- task dispatch --------------------------------------------------------------------
+
+@message
+class Dispatch(Message):
+    """Tasks for the receiving node to run. ``tasks`` rows:
+    [run_id, index, attempt, label, cost, timeout, tree, value_refs]; ``value_refs`` rows are
+    [node, dag_id, key, hook_blob or -1, blob slot in the tree]; blobs hold the payloads."""
+
+    op: ClassVar[str] = "dispatch"
+    sender: str
+    dag_id: Any
+    tasks: list
+    blobs: list = field(default_factory=list)
+
+
+@message
+class Done(Message):
+    """Attempts that ended on the sender. ``results`` rows:
+    [run_id, index, attempt, ok, started, finished, nbytes, error, blob] where error is None or
+    [exc_type, message, traceback] and blob indexes the pickled exception (-1 if none)."""
+
+    op: ClassVar[str] = "done"
+    sender: str
+    results: list
+    blobs: list = field(default_factory=list)
+
+
+@message
+class Cancel(Message):
+    """Cancel these attempts of a run (all of the run's tasks when ``indices`` is None)."""
+
+    op: ClassVar[str] = "cancel"
+    sender: str
+    run_id: str
+    indices: list | None = None
+
+
+@message
+class RunEnded(Message):
+    op: ClassVar[str] = "run_ended"
+    sender: str
+    run_id: str
+
+
+# ---- the result store -----------------------------------------------------------------
+
+@message
+class Fetch(Message):
+    """Ask for a stored value; ``hook`` (blob 0 if present) is a serialization hook to apply
+    on the holder's node before sending, with ``target`` as the consumer's node."""
+
+    op: ClassVar[str] = "fetch"
+    sender: str
+    request: int
+    dag_id: Any
+    key: Any
+    target: str
+    hook: bool = False
+    blobs: list = field(default_factory=list)
+
+
+@message
+class Value(Message):
+    """Reply to Fetch: blob 0 is the value, or ``error`` says why there is none."""
+
+    op: ClassVar[str] = "value"
+    sender: str
+    request: int
+    error: str | None = None
+    blobs: list = field(default_factory=list)
+
+
+@message
+class Store(Message):
+    """Store a value on the receiver (``store_value`` from a peer)."""
+
+    op: ClassVar[str] = "store"
+    sender: str
+    dag_id: Any
+    key: Any
+    blobs: list = field(default_factory=list)
+
+
+@message
+class Clear(Message):
+    op: ClassVar[str] = "clear"
+    sender: str
+    dag_id: Any
+
+
+@message
+class Ping(Message):
+    op: ClassVar[str] = "ping"
+    sender: str
+    request: int
+
+
+@message
+class Pong(Message):
+    op: ClassVar[str] = "pong"
+    sender: str
+    request: int
+    stats: dict
+
+
+# ---- node <-> its worker processes ---------------------------------------------------
+
+@message
+class WorkerReady(Message):
+    op: ClassVar[str] = "w_ready"
+    worker: int
+    pid: int
+
+
+@message
+class WorkerRun(Message):
+    """Jobs for a worker: rows [job_id, tree, first, count]; a tree's blob numbers index
+    its own ``blobs[first:first + count]``."""
+
+    op: ClassVar[str] = "w_run"
+    jobs: list
+    blobs: list = field(default_factory=list)
+
+
+@message
+class WorkerDone(Message):
+    """Rows [job_id, ok, started, finished, error, blob]: ``blob`` indexes the pickled value
+    (ok) or the pickled exception (-1 if it would not pickle); error is None or
+    [exc_type, message, traceback]."""
+
+    op: ClassVar[str] = "w_done"
+    worker: int
+    results: list
+    blobs: list = field(default_factory=list)
+
+
+@message
+class WorkerStop(Message):
+    op: ClassVar[str] = "w_stop"
