@@ -25,6 +25,7 @@ __all__ = ["Job", "WorkerPool"]
 BATCH_MAX = 128  # jobs per WorkerRun message when jobs are short
 FAST_JOB = 0.002  # seconds; jobs shorter than this on average are sent in batches
 SLOW_INFLIGHT = 2  # per worker when jobs are long: one running, one waiting
+MAX_START_FAILURES = 5
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +83,8 @@ class WorkerPool:
         self.ema = 0.0
         self.completed = 0
         self.replaced = 0
+        self.start_failures = 0  # workers in a row that died before saying ready
+        self.broken: str | None = None
         self.env = _worker_env()
 
     # ---- processes ------------------------------------------------------------------
@@ -221,6 +224,7 @@ class WorkerPool:
                 return
             w.identity = identity
             self._by_identity[identity] = w
+            self.start_failures = 0
             self.pump()
 
     def _done(self, identity: bytes, msg: WorkerDone) -> None:
@@ -249,6 +253,13 @@ class WorkerPool:
     def check(self) -> None:
         """Called by a timer: enforce timeouts, notice dead workers, replace them."""
         now = time.monotonic()
+        if self.broken is not None and not self.workers:
+            while self.queue:
+                job = self.queue.popleft()
+                self.jobs.pop(job.job_id, None)
+                self._release(job)
+                if not job.cancelled:
+                    self.report(job, False, ["WorkerDied", self.broken, ""], None, time.time(), time.time())
         for w in list(self.workers.values()):
             if w.exclusive and w.inflight:
                 job = w.inflight[0]
@@ -257,6 +268,8 @@ class WorkerPool:
                     continue
             code = w.proc.poll()
             if code is not None:
+                if w.identity is None:
+                    self.start_failures += 1
                 self._lost_worker(w, ["WorkerDied", f"worker process exited with code {code} while running it", ""])
             elif w.identity is None and now - w.started > 60:
                 log.error("worker %s did not start within 60 s; replacing it", w.slot)
@@ -292,6 +305,12 @@ class WorkerPool:
                     self._release(job)
             self.queue.extendleft(reversed(requeue))
         self.replaced += 1
+        if self.start_failures >= MAX_START_FAILURES:
+            if self.broken is None and not self.workers:
+                self.broken = (f"worker processes exit before they start ({self.start_failures} in a "
+                               "row); their error output is on this node's stderr")
+                log.error("%s", self.broken)
+            return
         self._spawn()
 
     def cancel(self, run_id: str, indices: set | None) -> None:

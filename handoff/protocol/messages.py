@@ -102,8 +102,9 @@ class Leave(Message):
 @message
 class Dispatch(Message):
     """Tasks for the receiving node to run. ``tasks`` rows:
-    [run_id, index, attempt, label, cost, timeout, tree, value_refs]; ``value_refs`` rows are
-    [node, dag_id, key, hook_blob or -1, blob slot in the tree]; blobs hold the payloads."""
+    [run_id, index, attempt, function id, cost, timeout, tree, value_refs, first, count]:
+    the task's own blobs are ``blobs[first:first + count]`` (payloads, hooks, and empty value
+    slots); ``value_refs`` rows are [node, dag_id, key, hook blob or -1, value slot]."""
 
     op: ClassVar[str] = "dispatch"
     sender: str
@@ -115,8 +116,9 @@ class Dispatch(Message):
 @message
 class Done(Message):
     """Attempts that ended on the sender. ``results`` rows:
-    [run_id, index, attempt, ok, started, finished, nbytes, error, blob] where error is None or
-    [exc_type, message, traceback] and blob indexes the pickled exception (-1 if none)."""
+    [run_id, index, attempt, ok, started, finished, nbytes, error, blob, lost] where error is
+    None or [exc_type, message, traceback], blob indexes the pickled exception (-1 if none),
+    and lost is None or [node, function id] of an input that could not be fetched."""
 
     op: ClassVar[str] = "done"
     sender: str

@@ -1,0 +1,57 @@
+"""Handoff: DAGs of Python functions, run on one machine or a cluster, placed by resources."""
+
+from handoff.dag import DAG, Argument, Collocated, Function, new
+from handoff.errors import (
+    AllocationError,
+    AuthenticationError,
+    CycleError,
+    DuplicateFunctionError,
+    FunctionError,
+    HandoffError,
+    InvalidFunctionError,
+    MissingFunctionError,
+    NodeLostError,
+    ProtocolError,
+    ResultNotFound,
+    TimeoutError,
+    ValidationError,
+)
+from handoff.allocation import Allocator, SimpleAllocator
+from handoff.resources import ResourceTracker, SimpleResourceTracker
+from handoff.scheduler import FunctionStats
+from handoff.node.runs import ExecutionResult
+from handoff.api import (
+    clear,
+    discover_nodes,
+    execute,
+    execute_distributed,
+    execute_local,
+    get_local_value,
+    get_result,
+    get_value,
+    lookup_data_location,
+    node_name,
+    register_data_location,
+    register_local_node,
+    register_node,
+    resources_available,
+    start,
+    stop,
+    store_result,
+    store_value,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DAG", "Function", "Argument", "Collocated", "new",
+    "HandoffError", "ValidationError", "DuplicateFunctionError", "MissingFunctionError",
+    "CycleError", "InvalidFunctionError", "AllocationError", "FunctionError", "NodeLostError",
+    "ResultNotFound", "TimeoutError", "ProtocolError", "AuthenticationError",
+    "Allocator", "SimpleAllocator", "ResourceTracker", "SimpleResourceTracker",
+    "FunctionStats", "ExecutionResult",
+    "execute", "execute_distributed", "execute_local", "start", "stop", "node_name",
+    "register_local_node", "register_node", "resources_available", "discover_nodes",
+    "store_value", "get_local_value", "get_value", "get_result", "store_result",
+    "register_data_location", "lookup_data_location", "clear",
+]

@@ -1,0 +1,286 @@
+"""The module-level facade: start a node in this process, run DAGs, reach the stores."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Hashable, Mapping
+
+from handoff.config import NodeConfig, check_resources, is_loopback
+from handoff.dag import DAG, Function
+from handoff.errors import HandoffError, ResultNotFound
+from handoff.errors import TimeoutError as HandoffTimeout
+from handoff.node.runs import ExecutionResult, prepare_run
+from handoff.node.values import dumps_value, loads_value
+
+__all__ = [
+    "start", "stop", "node_name", "execute", "execute_distributed", "execute_local",
+    "register_local_node", "register_node", "resources_available", "discover_nodes",
+    "store_value", "get_local_value", "get_value", "get_result", "store_result",
+    "register_data_location", "lookup_data_location", "clear", "current_node",
+]
+
+STRATEGIES = ("first_available", "load_balanced", "cost_optimized")
+EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress")
+START_TIMEOUT = 60.0
+
+_lock = threading.RLock()
+_node = None
+
+
+def start(
+    name: str | None = None,
+    listen: str | None = None,
+    join: str | list[str] | None = None,
+    resources: Mapping[str, float] | None = None,
+    workers: int | None = None,
+    key_file: str | None = None,
+    *,
+    insecure: bool = False,
+    executor: str = "process",
+    suspect_after: float = 1.0,
+    dead_after: float = 2.0,
+    join_timeout: float = 10.0,
+) -> str:
+    """Start the embedded node in this process (the driver becomes a full peer); returns its name."""
+    global _node
+    from handoff.node.server import Node
+    from handoff.security import load_curve
+
+    with _lock:
+        if _node is not None:
+            raise HandoffError(f"a node ({_node.name!r}) is already running here; call handoff.stop() first")
+        config = NodeConfig(
+            name=name or "", listen=listen or "tcp://127.0.0.1:0", join=join or (),
+            resources=dict(resources) if resources else {}, workers=workers or 0,
+            executor=executor, key_file=key_file, insecure=insecure,
+            suspect_after=suspect_after, dead_after=dead_after, join_timeout=join_timeout,
+        )
+        curve = load_curve(config)
+        node = Node(config, curve).start()
+        try:
+            _wait_ready(node, config)
+        except BaseException:
+            node.stop()
+            raise
+        _node = node
+        return node.name
+
+
+def _wait_ready(node, config: NodeConfig) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while node.pool.ready_count() == 0:
+        if node.pool.broken:
+            raise HandoffError(f"node {node.name!r}: {node.pool.broken}")
+        if time.monotonic() > deadline:
+            raise HandoffError(f"node {node.name!r}: no worker process started within {START_TIMEOUT:g} s")
+        time.sleep(0.01)
+    deadline = time.monotonic() + config.join_timeout
+    while not node.joined():
+        if node.join_error:
+            raise HandoffError(node.join_error)
+        if time.monotonic() > deadline:
+            raise HandoffError(
+                f"could not join the cluster at {', '.join(config.join)} within "
+                f"{config.join_timeout:g} s: no node answered (is the address right and the node up?)"
+            )
+        time.sleep(0.02)
+
+
+def stop() -> None:
+    """Stop the embedded node: its workers end and its peers are told."""
+    global _node
+    with _lock:
+        node, _node = _node, None
+    if node is not None:
+        node.stop()
+
+
+atexit.register(stop)
+
+
+def current_node():
+    """The embedded node, started with default settings on first use."""
+    with _lock:
+        if _node is None:
+            start()
+        return _node
+
+
+def node_name() -> str:
+    return current_node().name
+
+
+# ---- running DAGs --------------------------------------------------------------------
+
+def _check_options(opts: dict) -> dict:
+    unknown = sorted(set(opts) - set(EXECUTE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(EXECUTE_OPTIONS)}")
+    out = {"max_retries": 3, "allocation_strategy": "first_available", "max_concurrency": None,
+           "timeout": None, "progress": False}
+    out.update(opts)
+    strategy = out["allocation_strategy"]
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown allocation_strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    retries = out["max_retries"]
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"max_retries must be a non-negative int, got {retries!r}")
+    conc = out["max_concurrency"]
+    if conc is not None and (isinstance(conc, bool) or not isinstance(conc, int) or conc < 1):
+        raise ValueError(f"max_concurrency must be a positive int or None, got {conc!r}")
+    timeout = out["timeout"]
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if not (isinstance(out["progress"], bool) or callable(out["progress"])):
+        raise ValueError("progress must be a bool or a callable(done, total)")
+    return out
+
+
+def execute(dag: DAG, **opts: Any) -> ExecutionResult:
+    """Run ``dag`` on the cluster this process belongs to (an embedded local node by default).
+
+    Options: ``max_retries=3``, ``allocation_strategy="first_available"``,
+    ``max_concurrency=None``, ``timeout=None`` (seconds, whole run), ``progress=False``
+    (True prints progress to stderr; a callable gets ``(done, total)``).
+    """
+    if not isinstance(dag, DAG):
+        raise TypeError(f"execute() takes a handoff.DAG, got {type(dag).__name__}")
+    options = _check_options(opts)
+    progress = options.pop("progress")
+    if progress is True:
+        from handoff.node.orchestration import progress_printer
+
+        progress = progress_printer()
+    node = current_node()
+    ctx = prepare_run(dag, progress or None)
+    node.call(node.submit_run, ctx, options).result()
+    try:
+        return ctx.future.result()
+    except KeyboardInterrupt:
+        node.call(node.cancel_run, ctx.run_id, HandoffError("cancelled by the driver"))
+        raise
+
+
+execute_distributed = execute
+
+
+def execute_local(dag: DAG, **opts: Any) -> ExecutionResult:
+    """Run every function on the local node, ignoring ``node`` and ``cost``."""
+    if not isinstance(dag, DAG):
+        raise TypeError(f"execute_local() takes a handoff.DAG, got {type(dag).__name__}")
+    here = node_name()
+    local = DAG(dag.id)
+    for fn in dag:
+        local.add_function(dataclasses.replace(fn, cost=None, node=None if fn.is_inline else here))
+    return execute(local, **opts)
+
+
+# ---- resources --------------------------------------------------------------------------
+
+def register_local_node(caps: Mapping[str, float]) -> None:
+    """Set this node's capacities; claims of running functions are kept."""
+    register_node(node_name(), caps)
+
+
+def register_node(node: str, caps: Mapping[str, float]) -> None:
+    """Set a node's capacities (and let the cluster know); claims of running functions are kept."""
+    caps = check_resources(caps)
+    n = current_node()
+    n.call(n.register, node, caps).result()
+
+
+def resources_available(node: str, req: Mapping[str, float]) -> bool:
+    """Whether ``node`` has ``req`` free right now, as this node's ledger sees it."""
+    req = check_resources(req or {})
+    n = current_node()
+
+    def check() -> bool:
+        if not n.ledger.has_node(node):
+            return False
+        return n.ledger.available(node, req)
+
+    return n.call(check).result()
+
+
+def discover_nodes() -> dict[str, dict[str, float]]:
+    """The live cluster as gossip sees it: ``{node_name: capacities}``."""
+    n = current_node()
+    return n.call(n.discover).result()
+
+
+# ---- results and data locations ----------------------------------------------------------
+
+def store_value(dag_id: Any, id: Hashable, value: Any) -> None:
+    """Keep ``value`` in this node's store under (dag_id, id)."""
+    store_result(dag_id, id, value)
+
+
+def store_result(dag_id: Any, fid: Hashable, value: Any, origin_node: str | None = None) -> None:
+    """Store a result locally and record where it came from (this node by default)."""
+    frames = dumps_value(value)
+    n = current_node()
+
+    def put() -> None:
+        n.store.put(dag_id, fid, frames)
+        n.store.register_location(dag_id, fid, origin_node or n.name)
+
+    n.call(put).result()
+
+
+def get_local_value(dag_id: Any, id: Hashable) -> Any:
+    n = current_node()
+    frames = n.call(n.store.get, dag_id, id).result()
+    if frames is None:
+        raise ResultNotFound(dag_id, id, n.name)
+    return loads_value(frames)
+
+
+def get_value(dag_id: Any, id: Hashable, from_node: str | None = None) -> Any:
+    """A value from this node's store, or fetched from ``from_node`` (or where the registry says)."""
+    n = current_node()
+    if from_node is None:
+        frames = n.call(n.store.get, dag_id, id).result()
+        if frames is not None:
+            return loads_value(frames)
+        from_node = n.call(n.store.location, dag_id, id).result()
+        if from_node is None or from_node == n.name:
+            raise ResultNotFound(dag_id, id, n.name)
+    return loads_value(n.fetch_frames(from_node, dag_id, id))
+
+
+def get_result(dag_id: Any, id: Hashable, timeout: float = 5.0) -> Any:
+    """Wait up to ``timeout`` seconds for a result to be stored on this node."""
+    n = current_node()
+    fut: Future = Future()
+    cancel_box: list[Callable] = []
+
+    def arm() -> None:
+        cancel_box.append(n.store.wait(dag_id, id, lambda frames: fut.done() or fut.set_result(frames)))
+
+    n.call(arm).result()
+    try:
+        return loads_value(fut.result(timeout))
+    except TimeoutError:
+        if cancel_box:
+            n.call(cancel_box[0])
+        raise HandoffTimeout(f"waiting for result {id!r} of DAG {dag_id!r}", timeout) from None
+
+
+def register_data_location(dag_id: Any, data_id: Hashable, node: str) -> None:
+    n = current_node()
+    n.call(n.store.register_location, dag_id, data_id, node).result()
+
+
+def lookup_data_location(dag_id: Any, data_id: Hashable) -> str | None:
+    n = current_node()
+    return n.call(n.store.location, dag_id, data_id).result()
+
+
+def clear(dag_id: Any) -> None:
+    """Drop a DAG's values and locations on every node of the cluster."""
+    n = current_node()
+    n.call(n.clear_everywhere, dag_id).result()

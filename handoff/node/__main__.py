@@ -1,0 +1,92 @@
+"""``python -m handoff.node``: run a node in the foreground until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+from handoff.config import NodeConfig, parse_resources
+from handoff.errors import HandoffError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m handoff.node",
+        description="Run a Handoff node: it joins the cluster, runs functions on its workers "
+        "and serves its results to peers.",
+    )
+    p.add_argument("--name", default="", help="unique node name (default: host name + random suffix)")
+    p.add_argument("--listen", default="tcp://127.0.0.1:0",
+                   help="address to listen on, tcp://HOST:PORT (default: loopback, a free port)")
+    p.add_argument("--join", action="append", default=[], metavar="ADDRESS",
+                   help="address of any node of the cluster to join (repeatable)")
+    p.add_argument("--resources", default="", metavar="cpu=8,memory=16000,gpu=1",
+                   help="capacities (default: detected cpu count and memory in MB, gpu=0)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: cpu count)")
+    p.add_argument("--executor", choices=("process", "thread"), default="process")
+    p.add_argument("--key-file", default=None, help="cluster key (python -m handoff.keygen)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback address without a cluster key")
+    p.add_argument("--suspect-after", type=float, default=1.0, help="seconds (default 1)")
+    p.add_argument("--dead-after", type=float, default=2.0, help="seconds (default 2)")
+    p.add_argument("--join-timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from handoff.node.server import Node
+    from handoff.security import load_curve
+
+    try:
+        config = NodeConfig(
+            name=args.name, listen=args.listen, join=args.join,
+            resources=parse_resources(args.resources) if args.resources else {},
+            workers=args.workers, executor=args.executor, key_file=args.key_file,
+            insecure=args.insecure, suspect_after=args.suspect_after,
+            dead_after=args.dead_after, join_timeout=args.join_timeout,
+        )
+        curve = load_curve(config)
+        node = Node(config, curve)
+        node.start(background=True)
+    except (ValueError, HandoffError) as exc:
+        print(f"handoff.node: {exc}", file=sys.stderr)
+        return 2
+
+    stopping = []
+
+    def on_signal(signum, frame) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        deadline = time.monotonic() + config.join_timeout
+        while not node.joined():
+            if node.join_error or time.monotonic() > deadline or stopping:
+                reason = node.join_error or (
+                    f"no node answered at {', '.join(config.join)} within {config.join_timeout:g} s"
+                )
+                print(f"handoff.node: could not join the cluster: {reason}", file=sys.stderr)
+                return 3
+            time.sleep(0.02)
+        caps = ",".join(f"{k}={v:g}" for k, v in config.resources.items())
+        print(f"handoff node {node.name} listening on {node.address} resources {caps} "
+              f"workers {config.workers}", flush=True)
+        while not stopping:
+            time.sleep(0.1)
+            if node._stopped.is_set():
+                return 1
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The node's side of orchestrating runs: feed the scheduler's state machine with events and
+turn its instructions into messages and results."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+from handoff import _core
+from handoff.errors import FunctionError, HandoffError, TimeoutError
+from handoff.node.runs import ExecutionResult, Results, RunContext, chain_error
+from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
+from handoff.scheduler import (
+    CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, NodeJoined, NodeLost,
+    NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished,
+)
+
+log = logging.getLogger("handoff.orchestration")
+
+__all__ = ["OrchestrationMixin"]
+
+
+class OrchestrationMixin:
+    """Mixed into Node: the runs this node's driver submitted."""
+
+    def _init_orchestration(self) -> None:
+        self.ledger = _core.ResourceLedger()
+        self.orchestrator = Orchestrator(self.ledger, self.name)
+        self.runs: dict[str, RunContext] = {}
+        self._local_events: list = []
+        self._timeouts: dict[str, list] = {}
+
+    # ---- cluster changes ------------------------------------------------------------
+    def orchestrator_node_joined(self, name: str, caps: dict) -> None:
+        self._apply(self.orchestrator.handle(NodeJoined(name, dict(caps))))
+
+    def orchestrator_node_updated(self, name: str, caps: dict) -> None:
+        self._apply(self.orchestrator.handle(NodeUpdated(name, dict(caps))))
+
+    def orchestrator_node_lost(self, name: str) -> None:
+        self._apply(self.orchestrator.handle(NodeLost(name, time.monotonic())))
+
+    # ---- submitting -----------------------------------------------------------------
+    def submit_run(self, ctx: RunContext, options: dict) -> None:
+        """On the loop thread: start ``ctx``; its future resolves when the run ends."""
+        spec = RunSpec(
+            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph, functions=ctx.functions,
+            strategy=options["allocation_strategy"], max_retries=options["max_retries"],
+            max_concurrency=options["max_concurrency"], now=time.monotonic(),
+        )
+        self.runs[ctx.run_id] = ctx
+        try:
+            instructions = self.orchestrator.submit(spec)
+        except BaseException:
+            self.runs.pop(ctx.run_id, None)
+            raise
+        if options.get("timeout") is not None:
+            seconds = options["timeout"]
+
+            def expire() -> None:
+                if ctx.run_id in self.runs:
+                    err = TimeoutError(f"run of DAG {ctx.dag_id!r}", seconds)
+                    self._apply(self.orchestrator.handle(CancelRun(ctx.run_id, err)))
+
+            self._timeouts[ctx.run_id] = self.after(seconds, expire)
+        self._apply(instructions)
+
+    def cancel_run(self, run_id: str, reason: HandoffError) -> None:
+        if run_id in self.runs:
+            self._apply(self.orchestrator.handle(CancelRun(run_id, reason)))
+
+    # ---- events from executing nodes ---------------------------------------------------
+    def _process_local_events(self) -> None:
+        rows, self._local_events = self._local_events, []
+        self._finished_rows(self.name, rows)
+
+    def _on_done(self, msg: Done) -> None:
+        rows = []
+        for row in msg.results:
+            blob = msg.blobs[row[8]] if row[8] >= 0 and row[8] < len(msg.blobs) else None
+            rows.append((row, blob))
+        self._finished_rows(msg.sender, rows)
+
+    def _finished_rows(self, node: str, rows: list) -> None:
+        handle = self.orchestrator.handle
+        instructions: list = []
+        for row, blob in rows:
+            run_id, index, attempt, ok, started, finished, _nbytes, error, _b, lost = row
+            ctx = self.runs.get(run_id)
+            if ctx is None:
+                continue
+            if lost is not None:
+                lost_index = ctx.graph.index.get(lost[1])
+                if lost_index is not None:
+                    instructions += handle(ResultLost(run_id, lost_index, index, attempt))
+                    continue
+            info = None
+            if not ok:
+                exc_type, message, tb = error
+                info = ErrorInfo(exc_type, message, tb, blob)
+            elif ctx.progress is not None:
+                ctx.done_count += 1
+                ctx.progress(ctx.done_count, len(ctx.graph.ids))
+            instructions += handle(TaskFinished(run_id, index, attempt, node, ok, info, started, finished))
+        self._apply(instructions)
+
+    # ---- instructions ---------------------------------------------------------------
+    def _apply(self, instructions: list) -> None:
+        dispatch: dict[tuple[str, str], list] = defaultdict(list)
+        for ins in instructions:
+            if isinstance(ins, DispatchTasks):
+                dispatch[(ins.run_id, ins.node)].extend(ins.tasks)
+            elif isinstance(ins, CancelTasks):
+                self._cancel_tasks(ins.run_id, ins.node, ins.indices)
+            elif isinstance(ins, RunFinished):
+                self._run_finished(ins)
+            elif isinstance(ins, ReleaseRun):
+                for node in ins.nodes:
+                    if node != self.name:
+                        self.transport.send(node, RunEnded(self.name, ins.run_id))
+        for (run_id, node), tasks in dispatch.items():
+            self._dispatch(run_id, node, tasks)
+
+    def _dispatch(self, run_id: str, node: str, tasks: list) -> None:
+        ctx = self.runs.get(run_id)
+        if ctx is None:
+            return
+        state = self.orchestrator.run(run_id)
+        location = state.location
+        ctx.nodes_used.add(node)
+        if node == self.name:
+            self.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
+            return
+        rows, blobs = [], []
+        for index, attempt in tasks:
+            row, task_blobs = ctx.task(index, attempt, node, location)
+            row += [len(blobs), len(task_blobs)]
+            rows.append(row)
+            blobs.extend(task_blobs)
+        if not self.transport.send(node, Dispatch(self.name, ctx.dag_id, rows, blobs)):
+            log.warning("%s: no link to %s for dispatch; the failure detector will re-place", self.name, node)
+
+    def _cancel_tasks(self, run_id: str, node: str, indices: Any) -> None:
+        idx = None if indices is None else list(indices)
+        if node == self.name:
+            self.pool.cancel(run_id, None if idx is None else set(idx))
+        else:
+            self.transport.send(node, Cancel(self.name, run_id, idx))
+
+    def _run_finished(self, ins: RunFinished) -> None:
+        ctx = self.runs.pop(ins.run_id, None)
+        timer = self._timeouts.pop(ins.run_id, None)
+        if timer is not None:
+            self.cancel_timer(timer)
+        if ctx is None or ctx.future.done():
+            return
+        if ins.error is not None:
+            error = ins.error
+            info = getattr(ins, "error_info", None)
+            if isinstance(error, FunctionError) and info is not None:
+                error = chain_error(error, info.exc_blob)
+            ctx.future.set_exception(error)
+            return
+        state = self.orchestrator.run(ins.run_id)
+        ids = ctx.graph.ids
+        inline = ctx.graph.inline
+        allocations = {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]}
+        for fid, node in allocations.items():
+            self.store.register_location(ctx.dag_id, fid, node)
+        stats = {ids[i]: s for i, s in state.stats.items()} if isinstance(state.stats, dict) else state.stats
+        result = ExecutionResult(ctx.dag_id, Results(self, ctx.dag_id, allocations), allocations, stats)
+        self.orchestrator.forget(ins.run_id) if hasattr(self.orchestrator, "forget") else None
+        ctx.future.set_result(result)
+
+    def _fail_all_runs(self, error: HandoffError) -> None:
+        for run_id in list(self.runs):
+            self.cancel_run(run_id, error)
+        for ctx in list(self.runs.values()):
+            if not ctx.future.done():
+                ctx.future.set_exception(error)
+        self.runs.clear()
+
+
+def progress_printer(total_hint: int = 0):
+    """A progress callback that rewrites one line on stderr at most 5 times a second."""
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 0.2:
+            last[0] = now
+            end = "\n" if done == total else ""
+            sys.stderr.write(f"\rhandoff: {done}/{total} functions done{end}")
+            sys.stderr.flush()
+
+    return show

@@ -1,0 +1,451 @@
+"""The node: one event loop (zmq.Poller and a timer heap) that never runs user code.
+
+It serves peers and drivers on its ROUTER, runs tasks on its worker processes, keeps the
+results it produced, fetches arguments straight from the peers that hold them, and
+orchestrates the runs that its own driver submits. Embedded in a driver it runs in a
+background thread; ``python -m handoff.node`` runs it in the foreground.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from concurrent.futures import Future
+from typing import Any, Callable, Hashable
+
+import zmq
+
+from handoff import _core
+from handoff.config import NodeConfig
+from handoff.errors import HandoffError, ResultNotFound
+from handoff.node.peers import PeerMixin
+from handoff.node.orchestration import OrchestrationMixin
+from handoff.node.store import ValueStore
+from handoff.node.values import blob_nbytes
+from handoff.node.workers import Job, WorkerPool
+from handoff.protocol.messages import (
+    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Ping, Pong, Refuse, RunEnded,
+    Store, Value,
+)
+from handoff.transport import Transport
+
+log = logging.getLogger("handoff.node")
+
+__all__ = ["Node"]
+
+CHECK_WORKERS = 0.05  # seconds between worker liveness and timeout checks
+
+
+class Node(PeerMixin, OrchestrationMixin):
+    def __init__(self, config: NodeConfig, curve: Any = None):
+        self.config = config
+        self.name = config.name
+        self.ctx = zmq.Context()
+        self.transport = Transport(self.ctx, curve)
+        self.store = ValueStore()
+        self.pool: WorkerPool | None = None
+        self._timers: list = []
+        self._seq = itertools.count()
+        self._commands: deque = deque()
+        self._wake_lock = threading.Lock()
+        self._wake_tx: zmq.Socket | None = None
+        self._wake_rx: zmq.Socket | None = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._stopped = threading.Event()
+        self._requests = itertools.count(1)
+        self._pending: dict[int, Callable] = {}  # request id -> callback(frames, error)
+        self._inflight_fetch: dict[tuple, list[Callable]] = {}
+        self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
+        self.counters = defaultdict(int)
+        self._init_peers()
+        self._init_orchestration()
+
+    # ---- life cycle ------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.transport.address
+
+    def start(self, background: bool = True) -> "Node":
+        if self.transport.curve is not None:
+            self.transport.curve.start(self.ctx)
+        self.transport.bind(self.config.listen)
+        self.transport.bind_workers()
+        wake = f"inproc://wake-{id(self)}"
+        self._wake_rx = self.ctx.socket(zmq.PULL)
+        self._wake_rx.bind(wake)
+        self._wake_tx = self.ctx.socket(zmq.PUSH)
+        self._wake_tx.connect(wake)
+        self.pool = WorkerPool(self.transport, self.config.workers, self.name,
+                               self.config.resources, self._job_finished)
+        self.pool.start()
+        self._start_peers()
+        self._running = True
+        self.every(CHECK_WORKERS, self.pool.check)
+        if background:
+            self._thread = threading.Thread(target=self._loop, name=f"handoff-node-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._loop()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self._running:
+            return
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            try:
+                self.call(self._shutdown).result(timeout)
+            except Exception:
+                pass
+            self._thread.join(timeout)
+        else:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self._fail_all_runs(HandoffError(f"node {self.name!r} is shutting down"))
+        self._stop_peers()
+        if self.pool is not None:
+            self.pool.stop()
+
+    def _close(self) -> None:
+        self.transport.close()
+        if self.transport.curve is not None:
+            self.transport.curve.stop()
+        for sock in (self._wake_rx, self._wake_tx):
+            if sock is not None:
+                sock.close(0)
+        self.ctx.term()
+        self._stopped.set()
+
+    # ---- cross-thread calls -----------------------------------------------------------
+    def call(self, fn: Callable, *args: Any) -> Future:
+        """Run ``fn(*args)`` on the loop thread; the Future gets its return value."""
+        fut: Future = Future()
+        if not self._running:
+            fut.set_exception(HandoffError(f"node {self.name!r} is not running"))
+            return fut
+        self._commands.append((fut, fn, args))
+        with self._wake_lock:
+            self._wake_tx.send(b"", zmq.NOBLOCK)
+        return fut
+
+    def call_async(self, fn: Callable, *args: Any) -> Future:
+        """Like call, but ``fn(future, *args)`` resolves the future itself, later."""
+        fut: Future = Future()
+        return self.call(lambda: fn(fut, *args)) and fut
+
+    # ---- timers -----------------------------------------------------------------------
+    def after(self, delay: float, fn: Callable) -> list:
+        entry = [time.monotonic() + delay, next(self._seq), fn]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    def every(self, period: float, fn: Callable) -> None:
+        def tick() -> None:
+            fn()
+            self.after(period, tick)
+
+        self.after(period, tick)
+
+    @staticmethod
+    def cancel_timer(entry: list) -> None:
+        entry[2] = None
+
+    # ---- the loop ---------------------------------------------------------------------
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        router, workers, wake = self.transport.router, self.transport.workers, self._wake_rx
+        poller.register(router, zmq.POLLIN)
+        poller.register(workers, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        try:
+            while self._running:
+                timeout = 100.0
+                if self._timers:
+                    timeout = max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
+                busy = False
+                for sock, _ in poller.poll(timeout):
+                    busy = True
+                    if sock is workers:
+                        for identity, msg, _ in self.transport.receive(workers):
+                            self.pool.handle(identity, msg)
+                    elif sock is router:
+                        for identity, msg, _ in self.transport.receive(router):
+                            self._safely(self._on_peer_message, identity, msg)
+                    else:
+                        while True:
+                            try:
+                                wake.recv(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                self._run_commands()
+                self._run_timers()
+                if busy or self._local_events:
+                    self._flush()
+        finally:
+            if self._running:
+                self._shutdown()
+            self._close()
+
+    def _flush(self) -> None:
+        """End of an iteration: feed local events to the orchestrator, send batches."""
+        for _ in range(100):
+            if not self._local_events:
+                break
+            self._process_local_events()
+        for origin, items in self._outbox.items():
+            if items:
+                rows = [row for row, _ in items]
+                blobs = [b for _, b in items if b is not None]
+                # each row's blob index was assigned relative to this batch below
+                self.transport.send(origin, Done(self.name, rows, blobs))
+        self._outbox.clear()
+        self.pool.pump()
+
+    def _run_commands(self) -> None:
+        while self._commands:
+            fut, fn, args = self._commands.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, fn = heapq.heappop(timers)
+            if fn is not None:
+                self._safely(fn)
+
+    def _safely(self, fn: Callable, *args: Any) -> None:
+        try:
+            fn(*args)
+        except HandoffError as exc:
+            log.warning("%s: %s", self.name, exc)
+        except Exception:
+            log.exception("%s: internal error (the node keeps serving)", self.name)
+
+    # ---- running tasks on this node ---------------------------------------------------
+    def accept_task_rows(self, origin: str, dag_id: Any, rows: list) -> None:
+        """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
+        for row, blobs in rows:
+            run_id, index, attempt, key, cost, timeout, tree, refs = row
+            job = Job(run_id, index, attempt, tree, blobs, origin, dag_id, key, cost, timeout)
+            self._prepare_job(job, refs)
+
+    def _prepare_job(self, job: Job, refs: list) -> None:
+        if not refs:
+            self.pool.submit(job)
+            return
+        state = {"missing": len(refs), "failed": False}
+        for node, dag_id, key, hook_pos, slot in refs:
+            hook = job.blobs[hook_pos] if hook_pos >= 0 else None
+
+            def filled(frames, error, slot=slot, node=node, key=key):
+                if state["failed"]:
+                    return
+                if frames is None:
+                    state["failed"] = True
+                    self._report_lost_input(job, node, key, error)
+                    return
+                job.blobs[slot] = frames
+                state["missing"] -= 1
+                if state["missing"] == 0:
+                    self.pool.submit(job)
+
+            self.fetch_value(node, dag_id, key, hook, filled)
+
+    def _report_lost_input(self, job: Job, node: str, key: Hashable, error: str | None) -> None:
+        self.counters["lost_inputs"] += 1
+        err = ["ResultLost", f"input {key!r} could not be fetched from node {node!r}: {error}", ""]
+        self._job_finished(job, False, err, None, time.time(), time.time(), lost=(node, key))
+
+    def _job_finished(self, job: Job, ok: bool, error: Any, frames: Any, started: float,
+                      finished: float, lost: tuple | None = None) -> None:
+        if job.on_done is not None:
+            job.on_done(ok, error, frames)
+            return
+        nbytes = 0
+        if ok:
+            self.store.put(job.dag_id, job.key, frames)
+            self.store.register_location(job.dag_id, job.key, self.name)
+            nbytes = blob_nbytes(frames)
+        blob = None if ok else frames
+        row = [job.run_id, job.index, job.attempt, ok, started, finished, nbytes,
+               list(error) if error else None, -1, list(lost) if lost else None]
+        if job.origin == self.name:
+            self._local_events.append((row, blob))
+        else:
+            box = self._outbox[job.origin]
+            if blob is not None:
+                row[8] = sum(1 for _, b in box if b is not None)
+            box.append((row, blob))
+
+    # ---- values: local store and peer-to-peer fetch -----------------------------------
+    def fetch_value(self, node: str, dag_id: Any, key: Hashable, hook: list | None,
+                    callback: Callable[[list | None, str | None], None]) -> None:
+        """Get a stored value's frames from ``node`` (this one or a peer), applying a
+        serialization hook on the holder's side if given."""
+        if node == self.name:
+            frames = self.store.get(dag_id, key)
+            if frames is None:
+                callback(None, f"no value for {key!r} in DAG {dag_id!r} on {self.name!r}")
+            elif hook is not None:
+                self._run_hook(hook, frames, self.name, callback)
+            else:
+                callback(frames, None)
+            return
+        if not self.transport.connected(node):
+            callback(None, f"node {node!r} is not reachable")
+            return
+        if hook is None:
+            waiting = self._inflight_fetch.get((node, dag_id, key))
+            if waiting is not None:
+                waiting.append(callback)
+                return
+            self._inflight_fetch[(node, dag_id, key)] = waiting = [callback]
+
+            def fan_out(frames, error, node=node, dag_id=dag_id, key=key):
+                for cb in self._inflight_fetch.pop((node, dag_id, key), ()):
+                    cb(frames, error)
+
+            callback = fan_out
+        request = next(self._requests)
+        self._pending[request] = callback
+        self._pending_by_node[node].add(request)
+        blobs = [hook] if hook is not None else []
+        self.counters["fetches_sent"] += 1
+        self.transport.send(node, Fetch(self.name, request, dag_id, key, self.name, hook is not None, blobs))
+
+    def _run_hook(self, hook: list, frames: list, target: str, callback: Callable) -> None:
+        tree = ["h", 0, self.name, target, ["v", 1]]
+
+        def done(ok, error, out):
+            if ok:
+                callback(out, None)
+            else:
+                callback(None, f"serialization hook failed: {error[0]}: {error[1]}")
+
+        self.pool.submit(Job("", -1, 0, tree, [hook, frames], on_done=done))
+
+    def _on_fetch(self, msg: Fetch) -> None:
+        frames = self.store.get(msg.dag_id, msg.key)
+        if frames is None:
+            self.transport.send(msg.sender, Value(self.name, msg.request,
+                                                  f"no value for {msg.key!r} in DAG {msg.dag_id!r} on {self.name!r}"))
+            return
+
+        def reply(out, error):
+            if out is None:
+                self.transport.send(msg.sender, Value(self.name, msg.request, error))
+                return
+            self.store.fetches_served += 1
+            self.store.bytes_served += blob_nbytes(out)
+            self.transport.send(msg.sender, Value(self.name, msg.request, None, [out]))
+
+        if msg.hook and msg.blobs:
+            self._run_hook(msg.blobs[0], frames, msg.target, reply)
+        else:
+            reply(frames, None)
+
+    def _on_value(self, msg: Value) -> None:
+        callback = self._pending.pop(msg.request, None)
+        self._pending_by_node[msg.sender].discard(msg.request)
+        if callback is None:
+            return
+        if msg.error is not None or not msg.blobs:
+            callback(None, msg.error or "empty reply")
+        else:
+            self.counters["bytes_fetched"] += blob_nbytes(msg.blobs[0])
+            callback(msg.blobs[0], None)
+
+    def fetch_frames(self, node: str, dag_id: Any, key: Hashable, timeout: float = 60.0) -> list:
+        """Blocking, from any thread but the loop's: a value's frames from ``node``."""
+        def start(fut: Future) -> None:
+            def cb(frames, error):
+                if frames is None:
+                    fut.set_exception(ResultNotFound(dag_id, key, node))
+                else:
+                    fut.set_result(frames)
+            self.fetch_value(node, dag_id, key, None, cb)
+
+        fut: Future = Future()
+        self.call(start, fut)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            from handoff.errors import TimeoutError as HTimeout
+            raise HTimeout(f"fetching {key!r} from node {node!r}", timeout) from None
+
+    # ---- messages from peers ------------------------------------------------------------
+    def _on_peer_message(self, identity: bytes, msg) -> None:
+        if isinstance(msg, Hello):
+            self._on_hello(identity, msg)
+            return
+        if not self._is_member(msg, identity):
+            self.counters["dropped_unknown_peer"] += 1
+            log.warning("%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
+            return
+        self._heard_from(msg.sender)
+        if isinstance(msg, Dispatch):
+            self.accept_task_rows(msg.sender, msg.dag_id, _split_task_blobs(msg))
+        elif isinstance(msg, Done):
+            self._on_done(msg)
+        elif isinstance(msg, Fetch):
+            self._on_fetch(msg)
+        elif isinstance(msg, Value):
+            self._on_value(msg)
+        elif isinstance(msg, Gossip):
+            self._on_gossip(msg)
+        elif isinstance(msg, Cancel):
+            self.pool.cancel(msg.run_id, None if msg.indices is None else set(msg.indices))
+        elif isinstance(msg, Store):
+            if msg.blobs:
+                self.store.put(msg.dag_id, msg.key, msg.blobs[0])
+                self.store.register_location(msg.dag_id, msg.key, self.name)
+        elif isinstance(msg, Clear):
+            self.store.clear(msg.dag_id)
+        elif isinstance(msg, Ping):
+            self.transport.send(msg.sender, Pong(self.name, msg.request, self.node_stats()))
+        elif isinstance(msg, Pong):
+            cb = self._pending.pop(msg.request, None)
+            if cb is not None:
+                cb(msg.stats, None)
+        elif isinstance(msg, Leave):
+            self._on_leave(msg.sender)
+        elif isinstance(msg, Refuse):
+            self._on_refuse(msg)
+        elif isinstance(msg, RunEnded):
+            pass
+
+    def clear_everywhere(self, dag_id: Any) -> None:
+        self.store.clear(dag_id)
+        for name in self.membership.alive():
+            if name != self.name:
+                self.transport.send(name, Clear(self.name, dag_id))
+
+    def node_stats(self) -> dict:
+        stats = {"name": self.name, "store": self.store.stats(), "pool": self.pool.stats()}
+        stats.update(self.counters)
+        stats["dropped_messages"] = self.transport.dropped
+        return stats
+
+
+def _split_task_blobs(msg: Dispatch) -> list:
+    """Dispatch rows carry [.., first, count] at the end: give each task its own blob list."""
+    out = []
+    for row in msg.tasks:
+        *task, first, count = row
+        out.append((task, [list(b) for b in msg.blobs[first:first + count]]))
+    return out
