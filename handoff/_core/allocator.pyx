@@ -1,0 +1,132 @@
+"""Allocation strategies: a node for each function of a batch, from the ledger's free resources.
+
+The loop over functions x nodes x resources runs in C on the ledger's matrices.
+"""
+
+import numpy as np
+
+from libc.stdint cimport int64_t
+from libc.math cimport isfinite
+
+from handoff._core.ledger cimport ResourceLedger, slack_for
+
+STRATEGIES = ("first_available", "load_balanced", "cost_optimized")
+
+cdef enum Strategy:
+    FIRST_AVAILABLE = 0
+    LOAD_BALANCED = 1
+    COST_OPTIMIZED = 2
+
+
+cdef double _load_after(
+    ResourceLedger ledger, Py_ssize_t j, const double* v, Py_ssize_t k
+) noexcept nogil:
+    """Highest (used + req) / capacity over the resources node j declares."""
+    cdef Py_ssize_t r
+    cdef double c, x, worst = 0.0
+    for r in range(ledger._r):
+        c = ledger._cap[j, r]
+        if c > 0:
+            x = (ledger._used[j, r] + (v[r] if r < k else 0.0)) / c
+            if x > worst:
+                worst = x
+    return worst
+
+
+cdef double _slack_after(
+    ResourceLedger ledger, Py_ssize_t j, const double* v, Py_ssize_t k
+) noexcept nogil:
+    """Sum of (free - req) / capacity over the resources node j declares: normalized leftover."""
+    cdef Py_ssize_t r
+    cdef double c, total = 0.0
+    for r in range(ledger._r):
+        c = ledger._cap[j, r]
+        if c > 0:
+            total += ((c - ledger._used[j, r]) - (v[r] if r < k else 0.0)) / c
+    return total
+
+
+def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint claim=True):
+    """Choose a node for each row of reqs, in order; -1 where no node has the free resources now.
+
+    Parameters
+    ----------
+    ledger : ResourceLedger
+        Capacities and current claims; with ``claim`` true each placement is claimed on it,
+        so later rows see earlier ones.
+    reqs : float64[m, R']
+        Requirement per function over the ledger's first R' resources (the rest are 0).
+    pinned : int64[m] or None
+        Node index a function must go to, or -1 to let the strategy choose.
+    strategy : str
+        One of STRATEGIES.
+    claim : bool
+        Whether to claim the chosen resources on the ledger.
+
+    Returns
+    -------
+    int64[m]
+        Node index per function, or -1.
+    """
+    cdef Strategy s
+    if strategy == "first_available":
+        s = FIRST_AVAILABLE
+    elif strategy == "load_balanced":
+        s = LOAD_BALANCED
+    elif strategy == "cost_optimized":
+        s = COST_OPTIMIZED
+    else:
+        raise ValueError(
+            f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
+        )
+    req_arr = np.ascontiguousarray(reqs, dtype=np.float64)
+    if req_arr.ndim != 2:
+        raise ValueError(f"reqs must be 2-D (functions x resources), got shape {req_arr.shape}")
+    cdef Py_ssize_t m = req_arr.shape[0], k = req_arr.shape[1], n = ledger._n
+    if k > ledger._r:
+        raise ValueError(f"reqs has {k} resource columns but the ledger has {ledger._r} resources")
+    if not np.isfinite(req_arr).all() or (req_arr < 0).any():
+        raise ValueError("reqs must be finite numbers >= 0")
+    if pinned is None:
+        pin_arr = np.full(m, -1, dtype=np.int64)
+    else:
+        pin_arr = np.ascontiguousarray(pinned, dtype=np.int64)
+    if pin_arr.ndim != 1 or pin_arr.shape[0] != m:
+        raise ValueError(
+            f"pinned must be 1-D with {m} entries (one per row of reqs), got shape {pin_arr.shape}"
+        )
+    if m and (pin_arr.min() < -1 or pin_arr.max() >= n):
+        raise ValueError(f"pinned node indices must be -1 or in [0, {n})")
+
+    out_arr = np.empty(m, dtype=np.int64)
+    cdef const double[:, ::1] rq = req_arr
+    cdef const int64_t[::1] pin = pin_arr
+    cdef int64_t[::1] out = out_arr
+    cdef Py_ssize_t f, j, best
+    cdef const double* v
+    cdef double score, best_score = 0.0
+    with nogil:
+        for f in range(m):
+            v = &rq[f, 0] if k > 0 else NULL
+            best = -1
+            if pin[f] >= 0:
+                if ledger._fits(pin[f], v, k):
+                    best = pin[f]
+            else:
+                for j in range(n):
+                    if not ledger._fits(j, v, k):
+                        continue
+                    if s == FIRST_AVAILABLE:
+                        best = j
+                        break
+                    if s == LOAD_BALANCED:
+                        score = _load_after(ledger, j, v, k)
+                    else:
+                        score = _slack_after(ledger, j, v, k)
+                    if best < 0 or score < best_score:
+                        best = j
+                        best_score = score
+            out[f] = best
+            if best >= 0 and claim:
+                ledger._claim(best, v, k)
+    return out_arr

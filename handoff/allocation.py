@@ -1,0 +1,202 @@
+"""Static allocation: the ``Allocator`` protocol and ``SimpleAllocator``.
+
+``execute`` places functions as they become ready (``handoff.scheduler``); an Allocator
+answers the planning question instead: given these functions and these nodes, where
+would each one go?
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from handoff import _core
+from handoff.dag import Collocated, Function
+from handoff.errors import AllocationError, DuplicateFunctionError, InvalidFunctionError
+
+__all__ = ["Allocator", "SimpleAllocator", "STRATEGIES"]
+
+STRATEGIES: tuple[str, ...] = tuple(_core.STRATEGIES)
+
+Caps = Mapping[str, Mapping[str, float]]
+
+
+@runtime_checkable
+class Allocator(Protocol):
+    """Decides which node each function runs on."""
+
+    def allocate(self, functions: Sequence[Function], caps: Caps) -> dict[Hashable, str]:
+        """``{function_id: node}`` for every non-inline function in ``functions``."""
+
+
+class SimpleAllocator:
+    """Plans placements with one of the built-in strategies.
+
+    The plan treats the functions as running concurrently, in the order given: each
+    placement claims its cost, so later functions see what earlier ones took. When the
+    next function fits some node's total capacity but no node's remaining capacity, a new
+    *wave* starts: claims are reset and placement goes on (the earlier functions are
+    assumed to have finished by then). Pinned functions go to their node, collocated ones
+    (``Collocated``, transitively) all go where the group goes, placed as one unit whose
+    cost is the sum of its members' costs. Inline functions are left out of the plan.
+
+    Parameters
+    ----------
+    strategy : str
+        ``"first_available"``, ``"load_balanced"`` or ``"cost_optimized"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown strategy, naming the valid ones.
+    """
+
+    def __init__(self, strategy: str = "first_available"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+        self.strategy = strategy
+
+    def __repr__(self) -> str:
+        return f"SimpleAllocator({self.strategy!r})"
+
+    def allocate(self, functions: Iterable[Function], caps: Caps) -> dict[Hashable, str]:
+        """``{function_id: node}`` for every non-inline function, in the order given.
+
+        Raises ``AllocationError(function_id, cost, capacities)`` when a function (or its
+        collocation group's summed cost) fits no node's total capacity, is pinned to a
+        node not in ``caps``, or its group is pinned to two different nodes.
+        """
+        given = list(functions)
+        for fn in given:
+            if not isinstance(fn, Function):
+                raise TypeError(f"allocate takes handoff.Function objects, got {type(fn).__name__}")
+        fns = [fn for fn in given if not fn.is_inline]
+        inline_ids = {fn.id for fn in given if fn.is_inline}
+        ledger = _new_ledger(caps, ())
+        capacities = ledger.capacities()
+        units = _units(fns, inline_ids)
+        for members, cost, pin in units:
+            _check_unit(ledger, capacities, members, cost, pin)
+        vecs = [ledger.resource_vector(cost) for _, cost, _ in units]
+        resources = ledger.resources
+        m = len(units)
+        reqs = np.zeros((m, len(resources)), dtype=np.float64)
+        for k, vec in enumerate(vecs):
+            reqs[k, : vec.shape[0]] = vec
+        pinned = np.array([ledger.node_index(pin) if pin is not None else -1 for _, _, pin in units], dtype=np.int64)
+        names = ledger.nodes
+        chosen = np.full(m, -1, dtype=np.int64)
+        start, chunk = 0, 64
+        while start < m:
+            end = min(m, start + chunk)
+            got = _core.allocate(ledger, reqs[start:end], pinned[start:end], self.strategy, True)
+            misses = np.flatnonzero(got < 0)
+            if not misses.size:
+                chosen[start:end] = got
+                start, chunk = end, chunk * 2
+                continue
+            k = int(misses[0])
+            chosen[start : start + k] = got[:k]
+            if k == 0 and _is_fresh(ledger):
+                raise AssertionError("a unit that fits a node's total capacity did not fit an empty ledger")
+            ledger = _new_ledger(caps, resources)  # a new wave: what came before has finished
+            start, chunk = start + k, max(16, 2 * k)
+        plan: dict[Hashable, str] = {}
+        by_id = {}
+        for k, (members, _, _) in enumerate(units):
+            for fid in members:
+                by_id[fid] = names[int(chosen[k])]
+        for fn in fns:
+            plan[fn.id] = by_id[fn.id]
+        return plan
+
+
+def _new_ledger(caps: Caps, resources: Sequence[str]):
+    """A ledger with ``caps`` registered and the resource columns in ``resources`` order."""
+    ledger = _core.ResourceLedger()
+    for node, node_caps in caps.items():
+        ledger.register(node, dict(node_caps))
+    if resources:
+        ledger.resource_vector({name: 0.0 for name in resources})
+    return ledger
+
+
+def _is_fresh(ledger) -> bool:
+    return not ledger.used_matrix().any()
+
+
+def _units(fns: list[Function], inline_ids: set) -> list[tuple[list[Hashable], dict, str | None]]:
+    """Collocation groups (and lone functions) as (member ids, summed cost, pin), in order."""
+    position: dict[Hashable, int] = {}
+    for k, fn in enumerate(fns):
+        if fn.id in position:
+            raise DuplicateFunctionError(fn.id)
+        position[fn.id] = k
+    parent = list(range(len(fns)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for k, fn in enumerate(fns):
+        if isinstance(fn.node, Collocated):
+            other = position.get(fn.node.function_id)
+            if fn.node.function_id in inline_ids:
+                raise InvalidFunctionError(
+                    fn.id, f"collocated with inline function {fn.node.function_id!r}, which is never placed"
+                )
+            if other is None:
+                raise InvalidFunctionError(
+                    fn.id, f"collocated with {fn.node.function_id!r}, which is not among the functions to allocate"
+                )
+            a, b = root(k), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for k in range(len(fns)):
+        groups.setdefault(root(k), []).append(k)
+    units = []
+    for members in sorted(groups.values()):
+        cost: dict[str, float] = {}
+        pins = []
+        for k in members:
+            for name, amount in (fns[k].cost or {}).items():
+                cost[name] = cost.get(name, 0.0) + float(amount)
+            if isinstance(fns[k].node, str):
+                pins.append(fns[k].node)
+        ids = [fns[k].id for k in members]
+        distinct = sorted(set(pins))
+        if len(distinct) > 1:
+            units.append((ids, cost, tuple(distinct)))  # reported by _check_unit
+        else:
+            units.append((ids, cost, distinct[0] if distinct else None))
+    return units
+
+
+def _check_unit(ledger, capacities: dict, members: list, cost: dict, pin) -> None:
+    fid = members[0]
+    what = f"the collocated functions {members}" if len(members) > 1 else "it"
+    verb = "are" if len(members) > 1 else "is"
+    if isinstance(pin, tuple):
+        raise AllocationError(
+            fid, cost, capacities, reason=f"{what} are pinned to different nodes {list(pin)}"
+        )
+    if pin is not None and not ledger.has_node(pin):
+        raise AllocationError(
+            fid, cost, capacities, reason=f"{what} {verb} pinned to node {pin!r}, which is not in caps"
+        )
+    fitting = ledger.fitting_nodes_total(cost)
+    if pin is not None and pin not in fitting:
+        raise AllocationError(
+            fid, cost, capacities,
+            reason=f"the total capacity of node {pin!r}, where {what} {verb} pinned, does not fit",
+        )
+    if not fitting:
+        if len(members) > 1:
+            raise AllocationError(
+                fid, cost, capacities, reason=f"the summed cost of {what} fits no node's total capacity"
+            )
+        raise AllocationError(fid, cost, capacities)

@@ -1,0 +1,547 @@
+"""Gossip membership and failure detection: a pure state machine (no sockets, no threads, no clock).
+
+Every node keeps a :class:`MembershipTable` with one row per member it knows. Each gossip
+interval the node loop calls :meth:`~MembershipTable.tick` (its own heartbeat advances and
+stale members are suspected or declared dead) and sends :meth:`~MembershipTable.digest` to
+:meth:`~MembershipTable.gossip_targets`; a received digest goes to
+:meth:`~MembershipTable.merge`. Time is always passed in (the loop's monotonic clock) so the
+table is deterministic and testable without waiting.
+
+Rules, in the order they are applied to one row of a peer's digest:
+
+- A higher incarnation is a new instance of that member (a restart, or a refutation): the
+  row replaces ours wholesale. Rows with a lower incarnation are stale and ignored.
+- At the same incarnation, "dead" and "left" are final: a dead member only comes back with
+  a higher incarnation, whatever heartbeat a stale row carries.
+- "left" is only ever written by the member itself, so it is always believed.
+- "dead" from a peer is believed only when that peer had seen at least the heartbeat we
+  have: a peer with older news (for example one that was paused) cannot kill a member that
+  we know is alive.
+- "suspect" is a local opinion and is never adopted from a peer: the suspected member's
+  next heartbeat clears it everywhere without churn.
+- A higher heartbeat is a sign of life: it resets the local "last advanced" time, carries
+  the member's free resources, and turns a suspect back into alive.
+- Capacities merge independently, by ``caps_version``, so that an override made on any
+  node (``register_node(remote, caps)``) spreads to everyone, the member itself included.
+- Nobody can kill us: a row saying we are dead (or left) at our incarnation is refuted by
+  bumping our incarnation, so the cluster sees a new instance of us.
+
+Failure detection is local: a member whose heartbeat has not advanced for ``suspect_after``
+seconds becomes "suspect", and after ``dead_after`` seconds (counted from the same last
+advance) "dead". Dead and left rows are still gossiped for ``forget_after`` seconds so the
+news reaches everyone, then dropped; a tombstone then keeps stale rows from reviving them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = [
+    "ALIVE",
+    "DEAD",
+    "LEFT",
+    "ROW_FIELDS",
+    "SUSPECT",
+    "Member",
+    "MembershipEvent",
+    "MembershipTable",
+]
+
+ALIVE = "alive"
+SUSPECT = "suspect"
+DEAD = "dead"
+LEFT = "left"
+_STATUSES = frozenset((ALIVE, SUSPECT, DEAD, LEFT))
+_LIVE = frozenset((ALIVE, SUSPECT))
+
+#: Field order of one digest row (a plain tuple, msgpack-friendly; a list is accepted too).
+ROW_FIELDS = ("name", "address", "incarnation", "heartbeat", "status", "caps", "caps_version", "free")
+
+
+class MembershipEvent(NamedTuple):
+    """A change in the table that the node loop may act on; compares equal to ``(kind, name)``.
+
+    Kinds:
+
+    - ``"joined"``: a member we did not know (or whose previous instance was dead, left or
+      forgotten) is alive.
+    - ``"restarted"``: a member we held alive or suspect is back with a higher incarnation:
+      the old instance is gone (treat it like ``"dead"``: its work and results are lost) and
+      the new one is alive, possibly at a new address.
+    - ``"suspect"``: its heartbeat has not advanced for ``suspect_after`` seconds.
+    - ``"alive"``: a suspect member showed a sign of life again (nothing was lost).
+    - ``"dead"``: declared dead, here or by a peer that had newer news than us.
+    - ``"left"``: it shut down gracefully.
+    - ``"caps"``: its capacities changed (a peer's update or an override from elsewhere).
+    - ``"refuted"`` (our own name): a peer declared us dead, so we took a new incarnation;
+      the cluster now treats us as a new instance and re-places work given to the old one.
+    - ``"conflict"`` (our own name): a live instance with our name and a higher incarnation
+      exists elsewhere; two processes use the same name.
+    """
+
+    kind: str
+    name: str
+
+
+@dataclass(slots=True)
+class Member:
+    """One row of the membership table.
+
+    ``last_advanced`` and ``status_since`` are local bookkeeping (this node's monotonic
+    clock) and are never gossiped. Treat a Member returned by the table as read-only: the
+    table replaces ``caps`` and ``free`` dicts instead of mutating them, so sharing is safe.
+    """
+
+    name: str
+    address: str
+    caps: dict[str, float]
+    free: dict[str, float]
+    heartbeat: int = 0
+    incarnation: int = 0
+    status: str = ALIVE
+    caps_version: int = 0
+    last_advanced: float = 0.0
+    status_since: float = 0.0
+
+    def row(self) -> tuple[Any, ...]:
+        """This member as a digest row (see ``ROW_FIELDS``)."""
+        return (
+            self.name,
+            self.address,
+            self.incarnation,
+            self.heartbeat,
+            self.status,
+            self.caps,
+            self.caps_version,
+            self.free,
+        )
+
+
+def _is_resources(value: Any) -> bool:
+    if type(value) is not dict:
+        return False
+    for key, amount in value.items():
+        kind = type(amount)
+        if type(key) is not str or (kind is not float and kind is not int):
+            return False
+        if kind is float and amount - amount != 0.0:  # nan or infinity
+            return False
+    return True
+
+
+def _is_row(row: Any) -> bool:
+    """Whether a row from the network has the digest shape; anything else is dropped."""
+    if type(row) not in (tuple, list) or len(row) != 8:
+        return False
+    name, address, incarnation, heartbeat, status, caps, caps_version, free = row
+    return (
+        type(name) is str
+        and name != ""
+        and type(address) is str
+        and type(incarnation) is int
+        and type(heartbeat) is int
+        and type(caps_version) is int
+        and type(status) is str
+        and status in _STATUSES
+        and _is_resources(caps)
+        and _is_resources(free)
+    )
+
+
+def _caps_win(caps: dict[str, float], version: int, other: dict[str, float], other_version: int) -> bool:
+    """Whether capacities ``caps`` at ``version`` beat ``other``; ties break on content so
+    two concurrent overrides with the same version still converge to one answer."""
+    if version != other_version:
+        return version > other_version
+    return caps != other and sorted(caps.items()) > sorted(other.items())
+
+
+class MembershipTable:
+    """Gossip membership table of one node plus its failure detector.
+
+    Parameters
+    ----------
+    name, address, caps:
+        This node's name, the address peers connect to, and its resource capacities.
+    incarnation:
+        Identifies this process instance. The default (wall-clock nanoseconds) grows across
+        restarts, so a restarted node with the same name is seen as a new instance.
+    suspect_after, dead_after:
+        Seconds without a heartbeat advance before a member is suspected, and declared dead
+        (both counted from the last advance).
+    fanout:
+        Peers the digest goes to per gossip round.
+    forget_after:
+        Seconds that dead and left rows keep being gossiped before they are dropped.
+    max_tick_gap:
+        If set and two ticks are further apart than this, the gap is taken as this node's own
+        stall (GC pause, suspended machine) and not held against peers. None disables it.
+    rng:
+        Source of randomness for :meth:`gossip_targets` (inject a seeded one in tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        caps: Mapping[str, float],
+        *,
+        incarnation: int | None = None,
+        suspect_after: float = 1.0,
+        dead_after: float = 2.0,
+        fanout: int = 3,
+        forget_after: float = 60.0,
+        max_tick_gap: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not name:
+            raise ValueError("MembershipTable needs a non-empty node name")
+        if not 0 < suspect_after < dead_after:
+            raise ValueError(
+                f"need 0 < suspect_after < dead_after, got suspect_after={suspect_after}, "
+                f"dead_after={dead_after}"
+            )
+        if fanout < 1:
+            raise ValueError(f"fanout must be at least 1, got {fanout}")
+        if forget_after < 0:
+            raise ValueError(f"forget_after must be >= 0, got {forget_after}")
+        self.name = name
+        self.suspect_after = float(suspect_after)
+        self.dead_after = float(dead_after)
+        self.fanout = fanout
+        self.forget_after = float(forget_after)
+        self.max_tick_gap = max_tick_gap
+        self.malformed_rows = 0  # rows dropped by merge() because they had the wrong shape
+        self._rng = rng if rng is not None else random.Random()
+        self._me = Member(
+            name=name,
+            address=address,
+            caps=dict(caps),
+            free=dict(caps),
+            incarnation=time.time_ns() if incarnation is None else incarnation,
+        )
+        self._members: dict[str, Member] = {name: self._me}
+        # Live peers (never us), ordered by last_advanced: tick() reads only the stale front.
+        self._age: OrderedDict[str, Member] = OrderedDict()
+        # Dead and left members, ordered by status_since, until forgotten.
+        self._gone: OrderedDict[str, Member] = OrderedDict()
+        # Forgotten instances: name -> (incarnation, since); stale rows must not revive them.
+        self._tombstones: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._conflict_seen = -1
+        self._last_tick: float | None = None
+
+    # ----------------------------------------------------------------- reading
+    @property
+    def me(self) -> Member:
+        """Our own row."""
+        return self._me
+
+    @property
+    def incarnation(self) -> int:
+        return self._me.incarnation
+
+    def get(self, name: str) -> Member | None:
+        """The row for ``name`` in any status, or None if unknown (or forgotten)."""
+        return self._members.get(name)
+
+    def alive(self) -> dict[str, Member]:
+        """Members not declared dead or left (suspects included), us included unless we left."""
+        return {n: m for n, m in self._members.items() if m.status in _LIVE}
+
+    def addresses(self, include_self: bool = False) -> dict[str, str]:
+        """``{name: address}`` of live members; peers only unless ``include_self``."""
+        found = {n: m.address for n, m in self._age.items()}
+        if include_self and self._me.status in _LIVE:
+            found[self.name] = self._me.address
+        return found
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def name_taken(self, name: str, incarnation: int, address: str | None = None) -> bool:
+        """Whether a join hello from (``name``, ``incarnation``, ``address``) would duplicate a
+        live member: a live instance with that name and a different incarnation exists, at a
+        different address (the same address means a restart of that node) or it is us."""
+        member = self._members.get(name)
+        if member is None or member.status not in _LIVE or member.incarnation == incarnation:
+            return False
+        if member is self._me:
+            return True
+        return address is None or address != member.address
+
+    # ---------------------------------------------------------------- gossiping
+    def digest(self) -> list[tuple[Any, ...]]:
+        """Every row we know (dead and left ones until forgotten), as plain tuples."""
+        return [m.row() for m in self._members.values()]
+
+    def gossip_targets(self) -> list[str]:
+        """Up to ``fanout`` distinct random live peers (never us, never dead or left)."""
+        peers = list(self._age)
+        if len(peers) <= self.fanout:
+            self._rng.shuffle(peers)
+            return peers
+        return self._rng.sample(peers, self.fanout)
+
+    # ----------------------------------------------------------------- own row
+    def update_caps(self, name: str, caps: Mapping[str, float]) -> None:
+        """Set ``name``'s capacities here; the new ``caps_version`` makes it win everywhere."""
+        member = self._members.get(name)
+        if member is None:
+            raise KeyError(f"cannot update capacities of unknown member {name!r}")
+        member.caps = dict(caps)
+        member.caps_version += 1
+
+    def update_free(self, name: str, free: Mapping[str, float]) -> None:
+        """Set our free resources; they ride on our heartbeat, which advances now."""
+        if name != self.name:
+            raise ValueError(
+                f"free resources are reported by their owner: {self.name!r} cannot set "
+                f"those of {name!r}"
+            )
+        self._me.free = dict(free)
+        self._me.heartbeat += 1
+
+    def leave(self) -> None:
+        """Mark us as left (graceful shutdown): peers drop us without waiting to detect it.
+
+        Send one last digest afterwards; the heartbeat bump makes the row win everywhere.
+        """
+        if self._me.status != LEFT:
+            self._me.status = LEFT
+            self._me.heartbeat += 1
+
+    # ------------------------------------------------------------ time passing
+    def tick(self, now: float) -> list[MembershipEvent]:
+        """Advance our heartbeat and run the failure detector at local time ``now``.
+
+        Returns the "suspect" and "dead" events of this tick (a member silent for longer
+        than ``dead_after`` goes straight to "dead"). ``now`` must not go backwards.
+        """
+        me = self._me
+        if me.status != LEFT:
+            me.heartbeat += 1
+        last, self._last_tick = self._last_tick, now
+        if self.max_tick_gap is not None and last is not None and now - last > self.max_tick_gap:
+            # We were stalled, not the peers: keep the silence each had before the stall.
+            shift = now - last
+            for member in self._age.values():
+                member.last_advanced = min(now, member.last_advanced + shift)
+
+        events: list[MembershipEvent] = []
+        stale: list[Member] = []
+        for member in self._age.values():
+            if now - member.last_advanced < self.suspect_after:
+                break
+            stale.append(member)
+        for member in stale:
+            if now - member.last_advanced >= self.dead_after:
+                self._set_gone(member, DEAD, now)
+                events.append(MembershipEvent(DEAD, member.name))
+            elif member.status == ALIVE:
+                member.status = SUSPECT
+                member.status_since = now
+                events.append(MembershipEvent(SUSPECT, member.name))
+
+        horizon = now - self.forget_after
+        while self._gone:
+            name, member = next(iter(self._gone.items()))
+            if member.status_since > horizon:
+                break
+            del self._gone[name]
+            del self._members[name]
+            self._tombstones[name] = (member.incarnation, now)
+            self._tombstones.move_to_end(name)
+        while self._tombstones:
+            name, (_, since) = next(iter(self._tombstones.items()))
+            if since > horizon:
+                break
+            del self._tombstones[name]
+        return events
+
+    def heard_from(self, name: str, now: float) -> list[MembershipEvent]:
+        """Any direct message from ``name`` is a sign of life: refresh it (a suspect is alive)."""
+        member = self._members.get(name)
+        if member is None or member.status not in _LIVE or member is self._me:
+            return []
+        self._advanced(member, now)
+        if member.status == SUSPECT:
+            member.status = ALIVE
+            member.status_since = now
+            return [MembershipEvent(ALIVE, name)]
+        return []
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, rows: Iterable[Any], now: float) -> list[MembershipEvent]:
+        """Merge a peer's digest at local time ``now``; returns what changed.
+
+        Malformed rows are dropped (and counted in ``malformed_rows``), never raised.
+        """
+        events: list[MembershipEvent] = []
+        members = self._members
+        age = self._age
+        me = self._me
+        for row in rows:
+            member = None
+            try:
+                member = members.get(row[0])
+                # Fast paths for the common cases once converged: a row with nothing new,
+                # and a plain heartbeat advance of a healthy peer.
+                if (
+                    member is not None
+                    and row[2] == member.incarnation
+                    and row[6] == member.caps_version
+                    and row[5] == member.caps
+                ):
+                    heartbeat = row[3]
+                    status = row[4]
+                    if heartbeat <= member.heartbeat:
+                        if status == ALIVE or status == member.status:
+                            continue
+                    elif (
+                        type(heartbeat) is int
+                        and (status == ALIVE or status == SUSPECT)
+                        and member.status == ALIVE
+                        and member is not me
+                        and (row[7] == member.free or _is_resources(row[7]))
+                        and len(row) == 8
+                    ):
+                        member.heartbeat = heartbeat
+                        member.free = row[7]
+                        member.last_advanced = now
+                        age.move_to_end(member.name)
+                        continue
+            except (TypeError, IndexError, KeyError):
+                pass
+            if not _is_row(row):
+                self.malformed_rows += 1
+                continue
+            if member is None:
+                self._merge_unknown(row, now, events)
+            elif member is self._me:
+                self._merge_own(row, now, events)
+            else:
+                self._merge_known(member, row, now, events)
+        return events
+
+    def _merge_unknown(self, row: Any, now: float, events: list[MembershipEvent]) -> None:
+        name, address, incarnation, heartbeat, status, caps, caps_version, free = row
+        tomb = self._tombstones.get(name)
+        if tomb is not None and incarnation <= tomb[0]:
+            return
+        if status not in _LIVE:
+            # News of a death we never saw alive: remember it so stale rows cannot revive it.
+            self._tombstones[name] = (incarnation, now)
+            self._tombstones.move_to_end(name)
+            return
+        self._tombstones.pop(name, None)
+        member = Member(
+            name=name,
+            address=address,
+            caps=caps,
+            free=free,
+            heartbeat=heartbeat,
+            incarnation=incarnation,
+            caps_version=caps_version,
+            last_advanced=now,
+            status_since=now,
+        )
+        self._members[name] = member
+        self._age[name] = member
+        events.append(MembershipEvent("joined", name))
+
+    def _merge_known(
+        self, member: Member, row: Any, now: float, events: list[MembershipEvent]
+    ) -> None:
+        name, address, incarnation, heartbeat, status, caps, caps_version, free = row
+        if incarnation > member.incarnation:
+            was_live = member.status in _LIVE
+            member.address = address
+            member.incarnation = incarnation
+            member.heartbeat = heartbeat
+            member.caps = caps
+            member.caps_version = caps_version
+            member.free = free
+            if status in _LIVE:
+                self._set_live(member, now)
+                events.append(MembershipEvent("restarted" if was_live else "joined", name))
+            elif was_live:
+                self._set_gone(member, status, now)
+                events.append(MembershipEvent(status, name))
+            else:
+                self._set_gone(member, status, now)
+            return
+        if incarnation < member.incarnation or member.status not in _LIVE:
+            return  # stale, or final for this incarnation
+        if status == LEFT or (status == DEAD and heartbeat >= member.heartbeat):
+            member.heartbeat = max(member.heartbeat, heartbeat)
+            self._set_gone(member, status, now)
+            events.append(MembershipEvent(status, name))
+            return
+        if heartbeat > member.heartbeat:
+            member.heartbeat = heartbeat
+            member.free = free
+            self._advanced(member, now)
+            if member.status == SUSPECT:
+                member.status = ALIVE
+                member.status_since = now
+                events.append(MembershipEvent(ALIVE, name))
+        if _caps_win(caps, caps_version, member.caps, member.caps_version):
+            member.caps = caps
+            member.caps_version = caps_version
+            events.append(MembershipEvent("caps", name))
+
+    def _merge_own(self, row: Any, now: float, events: list[MembershipEvent]) -> None:
+        _, _, incarnation, _, status, caps, caps_version, _ = row
+        me = self._me
+        if me.status == LEFT or incarnation < me.incarnation:
+            return
+        if incarnation > me.incarnation:
+            if status in _LIVE:
+                if incarnation != self._conflict_seen:
+                    self._conflict_seen = incarnation
+                    events.append(MembershipEvent("conflict", self.name))
+                return
+            # A newer instance of our name is dead (our clock went back across a restart).
+            self._refute(incarnation, events)
+            return
+        if status in (DEAD, LEFT):
+            self._refute(incarnation, events)
+            return
+        if _caps_win(caps, caps_version, me.caps, me.caps_version):
+            # An override of our capacities made on another node.
+            me.caps = caps
+            me.caps_version = caps_version
+            events.append(MembershipEvent("caps", self.name))
+
+    def _refute(self, incarnation: int, events: list[MembershipEvent]) -> None:
+        self._me.incarnation = incarnation + 1
+        self._me.heartbeat += 1
+        events.append(MembershipEvent("refuted", self.name))
+
+    # ------------------------------------------------------------- bookkeeping
+    def _advanced(self, member: Member, now: float) -> None:
+        member.last_advanced = now
+        self._age.move_to_end(member.name)
+
+    def _set_live(self, member: Member, now: float) -> None:
+        self._gone.pop(member.name, None)
+        member.status = ALIVE
+        member.status_since = now
+        member.last_advanced = now
+        self._age[member.name] = member
+        self._age.move_to_end(member.name)
+
+    def _set_gone(self, member: Member, status: str, now: float) -> None:
+        self._age.pop(member.name, None)
+        member.status = status
+        member.status_since = now
+        self._gone[member.name] = member
+        self._gone.move_to_end(member.name)

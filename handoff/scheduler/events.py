@@ -1,0 +1,159 @@
+"""Events the orchestrator reacts to and instructions it emits: small slotted dataclasses.
+
+Events carry everything the state machine needs, time included (it never reads a clock).
+Instructions say what the node layer must do; it turns them into wire messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+from handoff.errors import HandoffError
+
+__all__ = [
+    "ErrorInfo",
+    "TaskFinished",
+    "NodeJoined",
+    "NodeUpdated",
+    "NodeLost",
+    "CancelRun",
+    "ResultLost",
+    "ResultCopied",
+    "Event",
+    "Dispatch",
+    "CancelTasks",
+    "RunFinished",
+    "ReleaseRun",
+    "Instruction",
+]
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What a failed attempt raised, as reported by the node that ran it.
+
+    ``exc_blob`` is the pickled exception when it could be pickled, so the caller can chain
+    the original; the state machine never unpickles it.
+    """
+
+    exc_type: str
+    message: str
+    traceback: str = ""
+    exc_blob: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """Attempt ``attempt`` of function ``index`` ended on ``node`` (``ok`` or with ``error``)."""
+
+    run_id: str
+    index: int
+    attempt: int
+    node: str
+    ok: bool
+    error: ErrorInfo | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeJoined:
+    """A node is live with these capacities (registers it in the ledger)."""
+
+    name: str
+    caps: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUpdated:
+    """A node's capacities changed; its current claims are kept."""
+
+    name: str
+    caps: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLost:
+    """A node was declared dead: its work is re-placed and its results recomputed."""
+
+    name: str
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun:
+    """Stop a run (user cancel or run timeout); ``reason`` is what the run ends with."""
+
+    run_id: str
+    reason: HandoffError
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLost:
+    """The result of ``index`` could not be fetched from where it was: recompute it.
+
+    When the fetch was made for a task (``consumer``, ``attempt``), that attempt is over,
+    does not count as a failure, and the consumer runs again once the input is recomputed.
+    """
+
+    run_id: str
+    index: int
+    consumer: int | None = None
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCopied:
+    """``node`` now also holds the result of ``index``, so losing its producer's node loses nothing."""
+
+    run_id: str
+    index: int
+    node: str
+
+
+Event = Union[TaskFinished, NodeJoined, NodeUpdated, NodeLost, CancelRun, ResultLost, ResultCopied]
+
+
+# -- instructions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Run these ``(index, attempt)`` tasks of a run on ``node``; resources are already claimed."""
+
+    run_id: str
+    node: str
+    tasks: list[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTasks:
+    """Stop these in-flight functions of a run on ``node``; their results no longer matter."""
+
+    run_id: str
+    node: str
+    indices: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run is over: ``error`` is None on success; ``error_info`` is the failing attempt's report."""
+
+    run_id: str
+    error: HandoffError | None = None
+    error_info: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRun:
+    """The run is over: ``nodes`` may drop per-run caches (fetched arguments); results stay."""
+
+    run_id: str
+    nodes: list[str]
+
+
+Instruction = Union[Dispatch, CancelTasks, RunFinished, ReleaseRun]

@@ -1,0 +1,725 @@
+"""The Orchestrator: every run driven by one node, as a pure state machine.
+
+Events in, instructions out; no sockets, threads or clocks. All runs share the cluster
+``ResourceLedger``: a task's claim is taken when it is dispatched and released when its
+attempt ends (or its run stops), so the ledger never over-commits.
+
+Placement, in short:
+
+- A function is placed once its inputs are complete (``ReadyTracker``) and none of them is
+  being recomputed. Functions with a cost go through ``_core.allocate`` with the run's
+  strategy; zero-cost ones only need a slot (below).
+- Slots: each node takes at most ``slots`` in-flight tasks from this orchestrator (64 by
+  default, ``set_node_slots``). That spreads zero-cost work: ``load_balanced`` sends it to
+  the node with the fewest in-flight tasks, the other strategies fill nodes in ledger order.
+- A function that fits some node's total capacity but nothing's free resources now waits,
+  "parked" by cost class; parked classes are retried whenever resources are released or
+  nodes join, and a class whose head does not fit is skipped for the rest of that round,
+  so waiting work costs O(classes) per round, not O(waiting functions).
+- Fairness: runs take turns: each round, runs with work are served least recently served
+  first (oldest first among equals), each with an equal share of the free slots, then
+  leftovers go round again in the same order.
+- When a costed function's chosen node has no free slot, or the function must avoid the
+  node it just failed on, or it is the first of a collocation group (the group's summed
+  cost must fit the node's total), the choice is made among the allowed nodes, ranked by
+  the same strategy scores in Python (rare paths; the common path stays in the core).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any, Callable
+
+import numpy as np
+
+from handoff import _core
+from handoff.errors import FunctionError, HandoffError, NodeLostError
+from handoff.scheduler.events import (
+    CancelRun,
+    CancelTasks,
+    Dispatch,
+    ErrorInfo,
+    Instruction,
+    NodeJoined,
+    NodeLost,
+    NodeUpdated,
+    ReleaseRun,
+    ResultCopied,
+    ResultLost,
+    RunFinished,
+    TaskFinished,
+)
+from handoff.scheduler.run import RunSpec, RunState
+
+__all__ = ["Orchestrator", "DEFAULT_SLOTS"]
+
+DEFAULT_SLOTS = 64
+_FIRST_TRY = 4  # rows of a parked class tried first (a release usually lets one or two in)
+_NO_PINS = np.full(_FIRST_TRY, -1, dtype=np.int64)
+
+
+def _turn_order(run: RunState) -> tuple[int, float]:
+    return (run.served, run.seq)
+
+
+class Orchestrator:
+    """All runs orchestrated by one node, sharing one cluster ResourceLedger.
+
+    Node membership changes reach the ledger through ``handle(NodeJoined/NodeUpdated/
+    NodeLost)``; nodes registered directly on the ledger are picked up at the next
+    ``submit``. Finished runs stay readable through ``run()`` until ``forget()``.
+    """
+
+    def __init__(self, ledger: Any, local_node: str, *, default_slots: int = DEFAULT_SLOTS):
+        if default_slots < 1:
+            raise ValueError(f"default_slots must be >= 1, got {default_slots}")
+        self.ledger = ledger
+        self.local_node = local_node
+        self.default_slots = default_slots
+        self._runs: dict[str, RunState] = {}
+        self._rotation: list[RunState] = []  # unfinished runs, oldest first
+        self._round = 0  # placement rounds so far; a run remembers the last that served it
+        self._submitted = 0
+        self._slot_setting: dict[str, int] = {}
+        self._order: list[str] = []  # live nodes, in ledger order
+        self._slots: dict[str, int] = {}  # live node -> slots
+        self._busy: dict[str, int] = {}  # live node -> in-flight tasks from this orchestrator
+        self._free_slots = 0
+        self._vec_cache: dict[tuple, np.ndarray] = {}
+        self._rows: dict[int, np.ndarray] = {}  # id(vec) -> its first rows, padded to the ledger
+        self._batches: dict[tuple[RunState, str], list[tuple[int, int]]] = {}
+        self._handlers: dict[type, Callable[[Any], list[Instruction]]] = {
+            TaskFinished: self._on_task_finished,
+            NodeJoined: self._on_node_joined,
+            NodeUpdated: self._on_node_joined,
+            NodeLost: self._on_node_lost,
+            CancelRun: self._on_cancel_run,
+            ResultLost: self._on_result_lost,
+            ResultCopied: self._on_result_copied,
+        }
+        self._sync_nodes()
+
+    # -- public ----------------------------------------------------------------------------
+
+    def submit(self, spec: RunSpec) -> list[Instruction]:
+        """Start a run; returns its first Dispatches, or RunFinished if it cannot start.
+
+        A function that fits no node (or a pin/collocation that cannot be honoured) ends
+        the run at once with ``RunFinished(run_id, AllocationError)``.
+        """
+        if spec.run_id in self._runs:
+            raise ValueError(f"run id {spec.run_id!r} is already in use")
+        if spec.strategy not in _core.STRATEGIES:
+            raise ValueError(
+                f"unknown allocation strategy {spec.strategy!r}; valid: {', '.join(_core.STRATEGIES)}"
+            )
+        out = self._sync_nodes()
+        run = RunState(spec)
+        self._runs[spec.run_id] = run
+        error = run.prepare(self.ledger, self.local_node, self._vec_cache)
+        if error is not None:
+            run.finished, run.error = True, error
+            return out + [RunFinished(run.run_id, error)]
+        if run.tracker.remaining == 0:
+            run.finished = True
+            return out + [RunFinished(run.run_id, None)]
+        run.queue.extend(run.tracker.initial().tolist())
+        self._submitted += 1
+        run.seq = self._submitted
+        self._rotation.append(run)
+        return out + self._pump()
+
+    def handle(self, *events: Any) -> list[Instruction]:
+        """Apply events in order, then place whatever became placeable; returns instructions."""
+        out: list[Instruction] = []
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is None:
+                raise TypeError(f"the orchestrator does not handle {type(event).__name__}")
+            out.extend(handler(event))
+        out.extend(self._pump())
+        return out
+
+    def run(self, run_id: str) -> RunState:
+        """The state of a run (KeyError if unknown or forgotten)."""
+        return self._runs[run_id]
+
+    def forget(self, run_id: str) -> None:
+        """Drop a finished run's state once the node layer has read its result."""
+        run = self._runs.get(run_id)
+        if run is not None and run.finished:
+            del self._runs[run_id]
+
+    def set_node_slots(self, name: str, slots: int) -> list[Instruction]:
+        """Let ``name`` hold up to ``slots`` in-flight tasks; returns Dispatches it allows now."""
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self._slot_setting[name] = slots
+        if name in self._slots:
+            self._slots[name] = slots
+            self._recount_free_slots()
+        return self._pump()
+
+    def node_load(self) -> dict[str, int]:
+        """{live node: in-flight tasks from this orchestrator}."""
+        return dict(self._busy)
+
+    @property
+    def active_runs(self) -> list[str]:
+        return [run.run_id for run in self._rotation]
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def _sync_nodes(self) -> list[Instruction]:
+        """Mirror the ledger's node list; nodes it no longer has count as lost."""
+        names = self.ledger.nodes
+        present = set(names)
+        out: list[Instruction] = []
+        for name in [n for n in self._order if n not in present]:
+            out.extend(self._lose_node(name))
+        for name in names:
+            if name not in self._busy:
+                self._busy[name] = 0
+                self._slots[name] = self._slot_setting.get(name, self.default_slots)
+        self._order = list(names)
+        self._recount_free_slots()
+        return out
+
+    def _recount_free_slots(self) -> None:
+        busy = self._busy
+        self._free_slots = sum(max(0, s - busy[n]) for n, s in self._slots.items())
+
+    def _on_node_joined(self, ev: NodeJoined | NodeUpdated) -> list[Instruction]:
+        self.ledger.register(ev.name, ev.caps)
+        if ev.name not in self._busy:
+            self._order.append(ev.name)
+            self._busy[ev.name] = 0
+            self._slots[ev.name] = self._slot_setting.get(ev.name, self.default_slots)
+            self._recount_free_slots()
+        return []
+
+    def _on_node_lost(self, ev: NodeLost) -> list[Instruction]:
+        if self.ledger.has_node(ev.name):
+            self.ledger.unregister(ev.name)
+        if ev.name not in self._busy:
+            return []
+        return self._lose_node(ev.name)
+
+    def _lose_node(self, dead: str) -> list[Instruction]:
+        self._order.remove(dead)
+        del self._busy[dead], self._slots[dead]
+        self._recount_free_slots()
+        out: list[Instruction] = []
+        for run in list(self._rotation):
+            out.extend(self._recover(run, dead))
+        return out
+
+    def _recover(self, run: RunState, dead: str) -> list[Instruction]:
+        """Re-place ``run``'s work from ``dead`` and recompute its results held only there."""
+        moved = [i for i, node in run.inflight.items() if node == dead]
+        for i in moved:
+            del run.inflight[i]  # the claim went with the node
+            run.recoveries[i] += 1
+        if run.copies:
+            for nodes in run.copies.values():
+                nodes.discard(dead)
+        lost = []
+        locations = run.locations
+        for i, node in enumerate(locations):
+            if node == dead:
+                alive = run.copies.get(i) if run.copies else None
+                if alive:
+                    locations[i] = min(alive)
+                else:
+                    locations[i] = None
+                    lost.append(i)
+        for g, node in enumerate(run.group_node):
+            if node == dead:
+                run.group_node[g] = None
+        run.lost.update(lost)
+        parked = [i for dq in run.parked.values() for i in dq]  # re-classified when next tried
+        run.parked.clear()
+        for i in reversed(moved + lost + parked):
+            run.queue.appendleft(i)
+        ids = run.graph.ids
+        if run.pin_all == dead:
+            return self._finish(run, NodeLostError(dead, [ids[i] for i in moved + lost]))
+        stranded = sorted(i for i, pin in run.pins.items() if pin == dead and run.needed(i))
+        if stranded:
+            return self._finish(run, NodeLostError(dead, [ids[i] for i in stranded]))
+        unplaceable = self._unplaceable(run)
+        if unplaceable:
+            return self._finish(
+                run,
+                NodeLostError(
+                    dead, [ids[i] for i in unplaceable],
+                    reason="after losing it, no live node has the total capacity to run them",
+                ),
+            )
+        return []
+
+    def _unplaceable(self, run: RunState) -> list[int]:
+        """Functions still to run whose cost (or group's summed cost) fits no live node."""
+        if run.pin_all is not None:
+            return []
+        fits: dict[int, bool] = {}
+        bad = []
+        for i, vec in run.vecs.items():
+            if not run.needed(i):
+                continue
+            ok = fits.get(id(vec))
+            if ok is None:
+                ok = fits[id(vec)] = bool(self.ledger.fits_total(run.costs[i]))
+            if not ok:
+                bad.append(i)
+        for g, members in enumerate(run.group_members):
+            if run.group_node[g] is None and run.group_cost[g]:
+                if any(run.needed(i) for i in members) and not self.ledger.fits_total(run.group_cost[g]):
+                    bad.extend(i for i in members if run.needed(i))
+        return sorted(set(bad))
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _on_task_finished(self, ev: TaskFinished) -> list[Instruction]:
+        run = self._runs.get(ev.run_id)
+        if run is None or run.finished:
+            return []
+        i = ev.index
+        node = run.inflight.get(i)
+        if node is None or run.dispatch_no[i] != ev.attempt:
+            return []  # stale: an older attempt, or the run moved on
+        del run.inflight[i]
+        self._release(run, i, node)
+        if not ev.ok:
+            return self._attempt_failed(run, i, node, ev.error)
+        run.locations[i] = node
+        run.started[i] = ev.started
+        run.finished_at[i] = ev.finished
+        if run.lost and i in run.lost:  # a recomputation: i completed before
+            run.lost.discard(i)
+            waiting = run.waiters.pop(i, None)
+            if waiting:
+                run.queue.extendleft(reversed(waiting))
+        else:
+            ready = run.tracker.complete(i)
+            if len(ready):
+                run.queue.extend(ready.tolist())
+        if run.tracker.remaining == 0 and not run.lost:
+            return self._finish(run, None)
+        return []
+
+    def _attempt_failed(
+        self, run: RunState, i: int, node: str, info: ErrorInfo | None
+    ) -> list[Instruction]:
+        run.failures[i] += 1
+        if run.failures[i] <= run.retry_limit(i):
+            run.avoid[i] = node
+            run.queue.appendleft(i)
+            return []
+        info = info or ErrorInfo("UnknownError", "the attempt failed without an error report")
+        error = FunctionError(
+            run.graph.ids[i], node, run.failures[i], info.exc_type, info.message, info.traceback
+        )
+        return self._finish(run, error, info)
+
+    def _on_cancel_run(self, ev: CancelRun) -> list[Instruction]:
+        run = self._runs.get(ev.run_id)
+        if run is None or run.finished:
+            return []
+        return self._finish(run, ev.reason)
+
+    def _on_result_lost(self, ev: ResultLost) -> list[Instruction]:
+        run = self._runs.get(ev.run_id)
+        if run is None or run.finished:
+            return []
+        c = ev.consumer
+        if c is not None:
+            node = run.inflight.get(c)
+            if node is None or run.dispatch_no[c] != ev.attempt:
+                return []  # a stale attempt's report
+            del run.inflight[c]
+            self._release(run, c, node)
+            run.recoveries[c] += 1
+            run.queue.appendleft(c)  # it waits for the recompute when it is next tried
+        j = ev.index
+        if j in run.lost or not run.tracker.is_complete(j):
+            return []
+        alive = [n for n in run.copies.get(j, ()) if n in self._busy and n != run.locations[j]]
+        if alive:
+            run.locations[j] = alive[0]
+            run.copies[j].discard(alive[0])
+            return []
+        run.locations[j] = None
+        run.lost.add(j)
+        run.queue.appendleft(j)
+        return []
+
+    def _on_result_copied(self, ev: ResultCopied) -> list[Instruction]:
+        run = self._runs.get(ev.run_id)
+        if run is not None and not run.finished and run.locations[ev.index] not in (None, ev.node):
+            run.copies.setdefault(ev.index, set()).add(ev.node)
+        return []
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def _release(self, run: RunState, i: int, node: str) -> None:
+        """Give back the claim and the slot of ``i``'s attempt on ``node``."""
+        busy = self._busy.get(node)
+        if busy is None:
+            return  # the node is gone, and its claims with it
+        vec = run.vecs.get(i) if run.vecs else None
+        if vec is not None and run.pin_all is None:
+            ledger = self.ledger
+            ledger.release_vec(ledger.node_index(node), vec)
+        self._busy[node] = busy - 1
+        if busy <= self._slots[node]:
+            self._free_slots += 1
+
+    def _finish(
+        self, run: RunState, error: HandoffError | None, info: ErrorInfo | None = None
+    ) -> list[Instruction]:
+        """End ``run``: cancel and release whatever is in flight, then say so."""
+        out: list[Instruction] = []
+        by_node: dict[str, list[int]] = {}
+        for i, node in run.inflight.items():
+            by_node.setdefault(node, []).append(i)
+            self._release(run, i, node)
+        for node, indices in by_node.items():
+            out.append(CancelTasks(run.run_id, node, sorted(indices)))
+        run.inflight.clear()
+        run.queue.clear()
+        run.parked.clear()
+        run.waiters.clear()
+        run.lost.clear()
+        run.finished, run.error = True, error
+        self._rotation.remove(run)
+        out.append(RunFinished(run.run_id, error, info))
+        if run.nodes_used:
+            out.append(ReleaseRun(run.run_id, sorted(run.nodes_used)))
+        return out
+
+    # -- placement -------------------------------------------------------------------------
+
+    def _pump(self) -> list[Instruction]:
+        """Place ready work into free slots and resources; one Dispatch per (run, node)."""
+        if self._free_slots <= 0 or not self._rotation:
+            return []
+        blocked: set = set()  # cost classes that found no room this round
+        runs = [r for r in self._rotation if r.has_work() and r.room() > 0]
+        if len(runs) > 1:  # turns: least recently served first, then oldest
+            runs.sort(key=_turn_order)
+        self._round += 1
+        if len(runs) == 1:
+            self._serve(runs[0], self._free_slots, blocked)
+        elif runs:
+            share = max(1, self._free_slots // len(runs))
+            for r in runs:
+                if self._free_slots <= 0:
+                    break
+                self._serve(r, share, blocked)
+            for r in runs:
+                if self._free_slots <= 0:
+                    break
+                if r.has_work():
+                    self._serve(r, self._free_slots, blocked)
+        if not self._batches:
+            return []
+        out: list[Instruction] = []
+        for (run, node), tasks in self._batches.items():
+            run.nodes_used.add(node)
+            run.served = self._round
+            out.append(Dispatch(run.run_id, node, tasks))
+        self._batches = {}
+        return out
+
+    def _serve(self, run: RunState, limit: int, blocked: set) -> None:
+        """Start up to ``limit`` of ``run``'s tasks: parked classes first (they are older)."""
+        limit = min(limit, run.room())
+        placed = 0
+        if run.parked:
+            for key in list(run.parked):
+                if placed >= limit or self._free_slots <= 0:
+                    return
+                if key in blocked:
+                    continue
+                dq = run.parked[key]
+                if len(key) == 2 and key[0] and not run.lost:  # a cost class: one allocate() says how many fit
+                    done, full = self._place_class(run, dq, key, limit - placed)
+                    placed += done
+                    if full:
+                        blocked.add(key)
+                    if not dq:
+                        del run.parked[key]
+                    continue
+                step = 1  # the rest fit or not alike too: grow the batch until one does not fit
+                while dq and placed < limit and self._free_slots > 0:
+                    items = [dq.popleft() for _ in range(min(step, limit - placed, len(dq)))]
+                    done, failed = self._place(run, items)
+                    placed += done
+                    if failed:
+                        blocked.add(key)
+                        dq.extendleft(reversed(failed))
+                        break
+                    step *= 2
+                if not dq:
+                    del run.parked[key]
+        queue = run.queue
+        while queue and placed < limit and self._free_slots > 0:
+            items = []
+            for _ in range(min(limit - placed, len(queue))):
+                i = queue.popleft()
+                if blocked and self._class_of(run, i) in blocked:
+                    self._park(run, i)
+                else:
+                    items.append(i)
+            done, failed = self._place(run, items)
+            placed += done
+            for i in failed:
+                blocked.add(self._park(run, i))
+
+    def _place_class(self, run: RunState, dq: deque, key: Any, limit: int) -> tuple[int, bool]:
+        """Start up to ``limit`` functions of one parked cost class (same vector, same target).
+
+        Returns (how many started, whether the class ran out of room). Claims only grow
+        during a round, so the rows that fit are a prefix of the rows tried: a few rows
+        first (usually one task's release lets one more in), then the rest if all fit.
+        """
+        vec_id, target = key
+        ledger = self.ledger
+        busy, slots = self._busy, self._slots
+        if target is not None:
+            if target not in busy:
+                return 0, True
+            limit = min(limit, slots[target] - busy[target])
+        vec = run.vecs[dq[0]]
+        rows = self._rows.get(vec_id)
+        width = len(ledger.resources)
+        if rows is None or rows.shape[1] != width:
+            rows = np.zeros((_FIRST_TRY, width), dtype=np.float64)
+            rows[:, : vec.shape[0]] = vec
+            self._rows[vec_id] = rows
+        row = rows[0]
+        pins = _NO_PINS if target is None else np.full(_FIRST_TRY, ledger.node_index(target), dtype=np.int64)
+        started, k = 0, _FIRST_TRY
+        while True:
+            k = min(limit - started, len(dq), self._free_slots, k)
+            if k <= 0:
+                return started, bool(dq) and started < limit
+            if k > _FIRST_TRY:
+                rows, pins = np.tile(row, (k, 1)), np.full(k, pins[0], dtype=np.int64)
+            chosen = _core.allocate(ledger, rows[:k], pins[:k], run.strategy, True).tolist()
+            names = ledger.nodes
+            for t, j in enumerate(chosen):
+                if j < 0:
+                    return started, True
+                node = names[j]
+                if busy[node] >= slots[node]:
+                    ledger.release_vec(j, row)  # the node has resources but no free slot
+                    node = self._place_among(run, dq[0], vec) if target is None else None
+                    if node is None:
+                        for j2 in chosen[t + 1 :]:
+                            if j2 >= 0:
+                                ledger.release_vec(j2, row)
+                        return started, True
+                self._commit(run, dq.popleft(), node)
+                started += 1
+            k = 1 << 30  # all of the first rows fit: try the rest in one go
+
+    def _class_of(self, run: RunState, i: int) -> Any:
+        """Functions of one class fit or not alike: same cost vector, same target node."""
+        target = run.target(i)
+        if target is None and (i in run.group_of or i in run.avoid):
+            return ("one", run.run_id, i)  # placed among a subset of nodes: its own class
+        vec = run.vecs.get(i) if run.vecs else None
+        return (0 if vec is None else id(vec), target)
+
+    def _park(self, run: RunState, i: int) -> Any:
+        key = self._class_of(run, i)
+        dq = run.parked.get(key)
+        if dq is None:
+            dq = run.parked[key] = deque()
+        dq.append(i)
+        return key
+
+    def _place(self, run: RunState, items: list[int]) -> tuple[int, list[int]]:
+        """Try to start ``items``; returns (how many started, those left waiting, in order)."""
+        failed: list[tuple[int, int]] = []  # (position, index)
+        costed: list[tuple[int, int, np.ndarray, str | None]] = []
+        zero: list[tuple[int, int]] = []
+        started = 0
+        busy, slots = self._busy, self._slots
+        for pos, i in enumerate(items):
+            if run.lost and self._waits_for_lost(run, i):
+                continue
+            target = run.target(i)
+            vec = run.vecs.get(i) if run.vecs and run.pin_all is None else None
+            if target is not None:
+                n_busy = busy.get(target)
+                if n_busy is None or n_busy >= slots[target]:
+                    failed.append((pos, i))
+                elif vec is None:
+                    self._commit(run, i, target)
+                    started += 1
+                else:
+                    costed.append((pos, i, vec, target))
+            elif i in run.group_of or i in run.avoid:
+                node = self._place_among(run, i, vec)
+                if node is None:
+                    failed.append((pos, i))
+                else:
+                    g = run.group_of.get(i)
+                    if g is not None:
+                        run.group_node[g] = node
+                    self._commit(run, i, node)
+                    started += 1
+            elif vec is None:
+                zero.append((pos, i))
+            else:
+                costed.append((pos, i, vec, None))
+        if costed:
+            started += self._place_costed(run, costed, failed)
+        if zero:
+            started += self._place_zero(run, zero, failed)
+        failed.sort()
+        return started, [i for _, i in failed]
+
+    def _commit(self, run: RunState, i: int, node: str) -> None:
+        """Record the dispatch of ``i`` on ``node`` (its claim is already taken)."""
+        attempt = run.dispatch_no[i] + 1
+        run.dispatch_no[i] = attempt
+        run.inflight[i] = node
+        if run.avoid:
+            run.avoid.pop(i, None)
+        self._busy[node] += 1
+        self._free_slots -= 1
+        key = (run, node)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = []
+        batch.append((i, attempt))
+
+    def _place_costed(self, run: RunState, costed: list, failed: list) -> int:
+        """One allocate() call for functions with a cost; returns how many started."""
+        ledger = self.ledger
+        reqs = np.zeros((len(costed), len(ledger.resources)), dtype=np.float64)
+        pinned = np.full(len(costed), -1, dtype=np.int64)
+        for k, (_, _, vec, target) in enumerate(costed):
+            reqs[k, : vec.shape[0]] = vec
+            if target is not None:
+                pinned[k] = ledger.node_index(target)
+        chosen = _core.allocate(ledger, reqs, pinned, run.strategy, True).tolist()
+        names = ledger.nodes
+        busy, slots = self._busy, self._slots
+        started = 0
+        for k, j in enumerate(chosen):
+            pos, i, vec, target = costed[k]
+            if j >= 0:
+                node = names[j]
+                if busy[node] < slots[node]:
+                    self._commit(run, i, node)
+                    started += 1
+                    continue
+                ledger.release_vec(j, reqs[k])  # the node has resources but no free slot
+                if target is None:
+                    node = self._place_among(run, i, vec)
+                    if node is not None:
+                        self._commit(run, i, node)
+                        started += 1
+                        continue
+            failed.append((pos, i))
+        return started
+
+    def _place_zero(self, run: RunState, zero: list, failed: list) -> int:
+        """Place zero-cost functions by slots alone; returns how many started."""
+        busy, slots, order = self._busy, self._slots, self._order
+        started = 0
+        if run.strategy == "load_balanced":
+            heap = [(busy[n], p, n) for p, n in enumerate(order) if busy[n] < slots[n]]
+            heapq.heapify(heap)
+            for k, (pos, i) in enumerate(zero):
+                while heap and heap[0][0] != busy[heap[0][2]]:  # stale entry: refresh it
+                    _, p, n = heap[0]
+                    if busy[n] < slots[n]:
+                        heapq.heapreplace(heap, (busy[n], p, n))
+                    else:
+                        heapq.heappop(heap)
+                if not heap:
+                    failed.extend(zero[k:])
+                    break
+                _, p, n = heap[0]
+                self._commit(run, i, n)
+                started += 1
+                if busy[n] < slots[n]:
+                    heapq.heapreplace(heap, (busy[n], p, n))
+                else:
+                    heapq.heappop(heap)
+            return started
+        p, count = 0, len(order)
+        for k, (pos, i) in enumerate(zero):
+            while p < count and busy[order[p]] >= slots[order[p]]:
+                p += 1
+            if p == count:
+                failed.extend(zero[k:])
+                break
+            self._commit(run, i, order[p])
+            started += 1
+        return started
+
+    def _place_among(self, run: RunState, i: int, vec: np.ndarray | None) -> str | None:
+        """Claim a node for ``i`` among the nodes it may use, best first by the run's strategy.
+
+        Used when the choice is restricted: the first member of a collocation group (the
+        group's summed cost must fit the node's total), a retry avoiding the node it
+        failed on (used only if nothing else fits), or a slot-full pick.
+        """
+        ledger = self.ledger
+        busy, slots = self._busy, self._slots
+        g = run.group_of.get(i)
+        if g is not None and run.group_cost[g]:
+            names = ledger.fitting_nodes_total(run.group_cost[g])
+        else:
+            names = self._order
+        names = [n for n in names if n in busy and busy[n] < slots[n]]
+        names = self._rank(run.strategy, vec, names)
+        avoid = run.avoid.get(i)
+        if avoid in names and len(names) > 1:
+            names.remove(avoid)
+            names.append(avoid)
+        for name in names:
+            if vec is None or ledger.request_vec(ledger.node_index(name), vec):
+                return name
+        return None
+
+    def _rank(self, strategy: str, vec: np.ndarray | None, names: list[str]) -> list[str]:
+        """``names`` ordered by the strategy's preference (the core's scores, recomputed here)."""
+        if len(names) <= 1 or strategy == "first_available":
+            return list(names)
+        busy = self._busy
+        if vec is None:
+            return sorted(names, key=busy.__getitem__) if strategy == "load_balanced" else list(names)
+        ledger = self.ledger
+        rows = [ledger.node_index(n) for n in names]
+        cap = ledger.capacity_matrix()[rows]
+        used = ledger.used_matrix()[rows]
+        v = np.zeros(cap.shape[1])
+        v[: vec.shape[0]] = vec
+        declared = cap > 0
+        safe = np.where(declared, cap, 1.0)
+        if strategy == "load_balanced":
+            score = np.where(declared, (used + v) / safe, 0.0).max(axis=1, initial=0.0)
+        else:
+            score = np.where(declared, ((cap - used) - v) / safe, 0.0).sum(axis=1)
+        order = sorted(range(len(names)), key=lambda k: (score[k], busy[names[k]], k))
+        return [names[k] for k in order]
+
+    def _waits_for_lost(self, run: RunState, i: int) -> bool:
+        """If an input of ``i`` is being recomputed, make ``i`` wait for it and say so."""
+        lost = run.lost
+        for d in run.effective_inputs(i):
+            if d in lost:
+                run.waiters.setdefault(d, []).append(i)
+                return True
+        return False
+

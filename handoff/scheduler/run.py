@@ -1,0 +1,315 @@
+"""One DAG run's state: what is done, where results live, what is in flight, and its placement rules.
+
+Everything is indexed by the function's position in ``CompiledGraph.ids`` (ints, not ids),
+so the orchestrator's per-task work is list and dict operations on small ints.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from handoff import _core
+from handoff.dag import Collocated, CompiledGraph, Function
+from handoff.errors import AllocationError, HandoffError
+
+__all__ = ["RunSpec", "RunState", "FunctionStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStats:
+    """How one function's result was produced: where, in how many attempts, and when."""
+
+    node: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(eq=False)
+class RunSpec:
+    """What the node layer submits to start a run.
+
+    ``functions`` are in index order (``functions[i].id == graph.ids[i]``). With
+    ``local_only`` every function runs on the orchestrator's own node and costs and pins
+    are ignored (``execute_local``).
+    """
+
+    run_id: str
+    dag_id: Any
+    graph: CompiledGraph
+    functions: Sequence[Function]
+    strategy: str = "first_available"
+    max_retries: int = 3
+    max_concurrency: int | None = None
+    now: float = 0.0
+    local_only: bool = False
+
+
+def _cost_key(cost: Mapping[str, float] | None) -> tuple:
+    """Hashable form of a cost; () when it claims nothing."""
+    if not cost:
+        return ()
+    return tuple(sorted((name, float(amount)) for name, amount in cost.items() if amount))
+
+
+class RunState:
+    """The orchestrator's record of one run; the node layer reads it, only the orchestrator writes.
+
+    For the node layer: ``run_id``, ``dag_id``, ``graph``, ``functions``, ``strategy``,
+    ``finished``, ``error``, ``submitted_at``, ``location(i)``, ``attempt(i)``,
+    ``effective_inputs(i)``, ``in_flight()``, ``allocations()``, ``stats`` (by index),
+    ``function_stats()`` (by id), ``nodes_used``. The other attributes are the scheduler's bookkeeping.
+    """
+
+    def __init__(self, spec: RunSpec):
+        graph = spec.graph
+        n = len(graph.ids)
+        if len(spec.functions) != n:
+            raise ValueError(f"run {spec.run_id!r}: {len(spec.functions)} functions for a graph of {n}")
+        self.spec = spec
+        self.run_id = spec.run_id
+        self.dag_id = spec.dag_id
+        self.graph = graph
+        self.functions = spec.functions
+        self.strategy = spec.strategy
+        self.max_retries = spec.max_retries
+        self.max_concurrency = spec.max_concurrency
+        self.submitted_at = spec.now
+        self.n = n
+        self.tracker = _core.ReadyTracker(n, graph.indptr, graph.indices, graph.inline)
+        self.finished = False
+        self.error: HandoffError | None = None
+        # per function, by index
+        self.dispatch_no = [0] * n  # attempt number of the latest dispatch (stale results differ)
+        self.failures = [0] * n  # failed attempts: these count against max_retries
+        self.recoveries = [0] * n  # re-runs after a lost node or result: these do not
+        self.locations: list[str | None] = [None] * n
+        self.started = [0.0] * n
+        self.finished_at = [0.0] * n
+        # placement rules, filled by prepare(); sparse because most functions have none
+        self.vecs: dict[int, np.ndarray] = {}  # resource vector of functions that claim something
+        self.costs: dict[int, dict] = {}
+        self.pins: dict[int, str] = {}  # explicit pins, and members of a pinned collocation group
+        self.pin_all: str | None = None  # local_only runs
+        self.group_of: dict[int, int] = {}
+        self.group_members: list[list[int]] = []
+        self.group_node: list[str | None] = []
+        self.group_cost: list[dict] = []
+        self.retries: dict[int, int] = {}  # Function.max_retries overrides
+        # scheduling
+        self.inflight: dict[int, str] = {}
+        self.queue: deque[int] = deque()  # ready, not yet tried
+        self.parked: dict[Any, deque[int]] = {}  # tried, waiting for resources, by class
+        self.avoid: dict[int, str] = {}  # retry prefers another node than this one
+        self.lost: set[int] = set()  # completed, result gone, being recomputed
+        self.waiters: dict[int, list[int]] = {}  # lost index -> functions waiting for it
+        self.copies: dict[int, set[str]] = {}  # extra nodes holding a result
+        self.nodes_used: set[str] = set()
+        self.served = 0  # last placement round that started one of its tasks
+        self.seq = 0  # submission order among the orchestrator's runs
+        self._deps: tuple[list[int], list[int], list[int]] | None = None
+
+    def __repr__(self) -> str:
+        state = "finished" if self.finished else f"{len(self.inflight)} in flight"
+        return f"<RunState {self.run_id!r} dag={self.dag_id!r} {self.n} functions, {state}>"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def location(self, i: int) -> str | None:
+        """Node holding the result of function ``i``, or None if not computed (or lost)."""
+        return self.locations[i]
+
+    def attempt(self, i: int) -> int:
+        """Attempt number of the latest dispatch of ``i`` (0 if never dispatched)."""
+        return self.dispatch_no[i]
+
+    def in_flight(self) -> dict[int, str]:
+        """{index: node} of tasks dispatched and not yet finished."""
+        return dict(self.inflight)
+
+    def effective_inputs(self, i: int) -> list[int]:
+        """Non-inline functions whose results task ``i`` fetches, looking through inline ones."""
+        indptr, indices, inline = self._dependency_lists()
+        out: list[int] = []
+        seen: set[int] = set()
+        stack = indices[indptr[i] : indptr[i + 1]][::-1]
+        while stack:
+            d = stack.pop()
+            if inline[d]:
+                stack.extend(indices[indptr[d] : indptr[d + 1]][::-1])
+            elif d not in seen:
+                seen.add(d)
+                out.append(d)
+        return out
+
+    def allocations(self) -> dict[Hashable, str]:
+        """{function_id: node holding its result} for every computed non-inline function."""
+        ids = self.graph.ids
+        return {ids[i]: node for i, node in enumerate(self.locations) if node is not None}
+
+    @property
+    def stats(self) -> dict[int, FunctionStats]:
+        """{index: FunctionStats} for every computed non-inline function."""
+        return {
+            i: FunctionStats(node, self.failures[i] + 1, self.started[i], self.finished_at[i])
+            for i, node in enumerate(self.locations)
+            if node is not None
+        }
+
+    def function_stats(self) -> dict[Hashable, FunctionStats]:
+        """{function_id: FunctionStats}, as ``ExecutionResult.stats`` shows them."""
+        ids = self.graph.ids
+        return {ids[i]: s for i, s in self.stats.items()}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def retry_limit(self, i: int) -> int:
+        return self.retries.get(i, self.max_retries)
+
+    def has_work(self) -> bool:
+        return bool(self.queue or self.parked)
+
+    def room(self) -> int:
+        """How many more tasks max_concurrency lets this run start now."""
+        if self.max_concurrency is None:
+            return 1 << 30
+        return self.max_concurrency - len(self.inflight)
+
+    def target(self, i: int) -> str | None:
+        """The node ``i`` must run on (a pin, or where its collocation group went), if any."""
+        if self.pin_all is not None:
+            return self.pin_all
+        pin = self.pins.get(i) if self.pins else None
+        if pin is None and self.group_of:
+            g = self.group_of.get(i)
+            if g is not None:
+                pin = self.group_node[g]
+        return pin
+
+    def needed(self, i: int) -> bool:
+        """True while ``i`` still has to run: not completed, or completed and lost."""
+        return i in self.lost or not self.tracker.is_complete(i)
+
+    def _dependency_lists(self) -> tuple[list[int], list[int], list[int]]:
+        if self._deps is None:
+            g = self.graph
+            self._deps = (g.indptr.tolist(), g.indices.tolist(), g.inline.tolist())
+        return self._deps
+
+    # -- placement rules -------------------------------------------------------------------
+
+    def prepare(self, ledger: Any, local_node: str, vec_cache: dict) -> AllocationError | None:
+        """Read costs, pins and collocation groups; the error that fails the run at start, if any.
+
+        ``vec_cache`` maps cost keys to resource vectors, shared across runs so equal costs
+        share one array (the orchestrator uses its identity to tell cost classes apart).
+        """
+        functions = self.functions
+        inline = self.graph.inline
+        if self.spec.local_only:
+            if not ledger.has_node(local_node):
+                return AllocationError(
+                    functions[0].id if functions else None, None, ledger.capacities(),
+                    reason=f"the local node {local_node!r} is not in the ledger",
+                )
+            self.pin_all = local_node
+            for i, fn in enumerate(functions):
+                if fn.max_retries is not None:
+                    self.retries[i] = fn.max_retries
+            return None
+        fits: dict[tuple, list] = {}  # cost key -> nodes whose total capacity fits it
+        links: list[tuple[int, int]] = []
+        index = self.graph.index
+        for i, fn in enumerate(functions):
+            if inline[i]:
+                continue
+            if fn.max_retries is not None:
+                self.retries[i] = fn.max_retries
+            cost, node = fn.cost, fn.node
+            if cost:
+                key = _cost_key(cost)
+                if key:
+                    vec = vec_cache.get(key)
+                    if vec is None:
+                        vec = vec_cache[key] = ledger.resource_vector(dict(key))
+                    self.vecs[i] = vec
+                    self.costs[i] = dict(key)
+            if node is None and not cost:
+                continue
+            if isinstance(node, Collocated):
+                links.append((i, index[node.function_id]))
+                node = None
+            if node is not None:
+                if not ledger.has_node(node):
+                    return AllocationError(
+                        fn.id, cost, ledger.capacities(),
+                        reason=f"it is pinned to node {node!r}, which is not in the cluster",
+                    )
+                self.pins[i] = node
+            key = _cost_key(cost)
+            if key:
+                nodes = fits.get(key)
+                if nodes is None:
+                    nodes = fits[key] = ledger.fitting_nodes_total(dict(key))
+                if not nodes:
+                    return AllocationError(fn.id, cost, ledger.capacities())
+                if node is not None and node not in nodes:
+                    return AllocationError(
+                        fn.id, cost, ledger.capacities(),
+                        reason=f"it is pinned to node {node!r}, whose total capacity does not fit it",
+                    )
+        if links:
+            return self._prepare_groups(links, ledger)
+        return None
+
+    def _prepare_groups(self, links: list[tuple[int, int]], ledger: Any) -> AllocationError | None:
+        parent: dict[int, int] = {}
+
+        def root(x: int) -> int:
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, b in links:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        members: dict[int, list[int]] = {}
+        for x in sorted(parent):
+            members.setdefault(root(x), []).append(x)
+        ids = self.graph.ids
+        for group in members.values():
+            g = len(self.group_members)
+            fids = [ids[i] for i in group]
+            total: dict[str, float] = {}
+            for i in group:
+                for name, amount in self.costs.get(i, {}).items():
+                    total[name] = total.get(name, 0.0) + amount
+            pins = sorted({self.pins[i] for i in group if i in self.pins})
+            first = self.functions[group[0]]
+            if len(pins) > 1:
+                return AllocationError(
+                    first.id, total, ledger.capacities(),
+                    reason=f"the collocated functions {fids} are pinned to different nodes {pins}",
+                )
+            nodes = ledger.fitting_nodes_total(total) if total else list(ledger.nodes)
+            if pins and pins[0] not in nodes or not nodes:
+                where = f"node {pins[0]!r}, where they are pinned" if pins else "any node"
+                return AllocationError(
+                    first.id, total, ledger.capacities(),
+                    reason=f"the summed cost of the collocated functions {fids} does not fit {where}",
+                )
+            for i in group:
+                self.group_of[i] = g
+                if pins:
+                    self.pins[i] = pins[0]
+            self.group_members.append(group)
+            self.group_node.append(pins[0] if pins else None)
+            self.group_cost.append(total)
+        return None

@@ -1,0 +1,182 @@
+"""The demo and the example scripts, run as a user would: real processes, checked output."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import handoff
+from handoff.demo import aggregate_data, filter_data, generate_data, transform_data
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+PACKAGE_ROOT = Path(handoff.__file__).resolve().parents[1]
+RUN_TIMEOUT = 120
+
+pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 60)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of child processes: they import the same handoff as this test."""
+    path = [str(PACKAGE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """Run a Python command line in the repository root; fail with its output if it fails."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT, check=False, env=child_env(),
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} exited with {proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+    return proc
+
+
+def expected_report(threshold: float, operation: str, seed: int = 1) -> dict[str, str]:
+    """The numbers the pipeline's report should print, computed here without Handoff."""
+    kept = filter_data(generate_data(100, seed), threshold)
+    stats = aggregate_data(transform_data(kept, operation))
+    return {
+        "Original filtered data count": str(len(kept)),
+        "Count": str(stats["count"]),
+        "Mean": f"{stats['mean']:.2f}",
+        "StdDev": f"{stats['stddev']:.2f}",
+    }
+
+
+def report_values(text: str) -> list[dict[str, str]]:
+    """Every printed report's ``Label: value`` lines, one dict per report."""
+    reports = []
+    for block in text.split("DATA PIPELINE RESULTS")[1:]:
+        found = dict(re.findall(r"^\s*([A-Za-z][A-Za-z ]*?):\s+(\S+)\s*$", block, re.MULTILINE))
+        reports.append(found)
+    return reports
+
+
+def assert_report(found: dict[str, str], expected: dict[str, str]) -> None:
+    for label, value in expected.items():
+        printed = found.get(label)
+        assert printed == value, f"{label}: printed {printed!r}, expected {value!r}"
+
+
+def allocated_nodes(text: str) -> dict[str, str]:
+    """``function -> node`` lines printed by ``format_allocations``."""
+    return dict(re.findall(r"^\s+(\S+)\s+-> (\S+)\s*$", text, re.MULTILINE))
+
+
+def test_demo_command():
+    started = time.monotonic()
+    out = run("-m", "handoff", "demo").stdout
+    assert "The sum is: 30" in out
+    assert "[15, 30]" in out
+    reports = report_values(out)
+    assert len(reports) == 1
+    assert_report(reports[0], expected_report(30, "square"))
+    assert "Collage saved to: output/final_collage.png (640x480)" in out
+    assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
+    assert set(allocated_nodes(out)) >= {"sum", "format_output", "edge_detection", "save_collage"}
+    assert "Demo finished in" in out
+    assert time.monotonic() - started < 60
+
+
+def test_help_lists_commands():
+    out = run("-m", "handoff", "--help").stdout
+    assert "demo" in out
+    assert "python -m handoff.node" in out
+    assert "python -m handoff.keygen" in out
+
+
+def test_simple_pipeline_example():
+    out = run(str(EXAMPLES / "simple_pipeline.py")).stdout
+    assert "The sum is: 30" in out
+    first, modified = report_values(out)
+    assert_report(first, expected_report(30, "square"))
+    assert_report(modified, expected_report(50, "sqrt"))
+    assert "DAG has missing function: 'non_existent'" in out
+
+
+def test_image_pipeline_example():
+    out = run(str(EXAMPLES / "image_pipeline.py"), "--images", "4").stdout
+    assert "Pipeline completed successfully!" in out
+    line = r"^\s+(grayscale|sepia|blur|edge)_image_\d\.jpg: Sharpness"
+    per_image = re.findall(line, out, re.MULTILINE)
+    assert len(per_image) == 16
+    allocations = allocated_nodes(out)
+    assert len(allocations) == 11
+    assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(name: str, port: int, resources: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    """A ``python -m handoff.node`` process and a queue of its stdout lines."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "handoff.node", "--name", name,
+         "--listen", f"tcp://127.0.0.1:{port}", "--resources", resources, "--workers", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def wait_listening(proc: subprocess.Popen, lines: queue.Queue[str], timeout: float = 60) -> None:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        if "listening" in line:
+            return
+    raise AssertionError(f"node did not report listening (exit {proc.poll()}):\n{''.join(seen)}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_cluster_image_pipeline_example():
+    port = free_port()
+    node, lines = start_node("gpu1", port, "cpu=2,gpu=1,memory=4000")
+    try:
+        wait_listening(node, lines)
+        out = run(str(EXAMPLES / "cluster_image_pipeline.py"), f"tcp://127.0.0.1:{port}",
+                  "--images", "3").stdout
+        assert "gpu1: " in out
+        assert "Pipeline completed successfully!" in out
+        assert allocated_nodes(out)["edge_detection"] == "gpu1"
+        assert "edge_detection ran on 'gpu1', which has gpu=1" in out
+    finally:
+        stop_process(node)

@@ -1,0 +1,582 @@
+"""MembershipTable: gossip merge rules, failure detector and simulated clusters (no network)."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+
+from handoff.node.membership import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    ROW_FIELDS,
+    SUSPECT,
+    MembershipEvent,
+    MembershipTable,
+)
+
+CAPS = {"cpu": 8.0, "memory": 16000.0}
+
+
+def make(name: str, *, incarnation: int = 1, seed: int = 0, **kwargs) -> MembershipTable:
+    return MembershipTable(
+        name,
+        f"tcp://127.0.0.1:{5000 + sum(map(ord, name))}",
+        CAPS,
+        incarnation=incarnation,
+        rng=random.Random(seed),
+        **kwargs,
+    )
+
+
+def wire(rows: list[tuple]) -> list:
+    """What a peer receives: the digest after a msgpack round trip (tuples become lists)."""
+    return msgpack.unpackb(msgpack.packb(rows))
+
+
+def row_of(table: MembershipTable, name: str, **changes) -> list:
+    """One row of ``table``'s digest, with some fields replaced."""
+    row = dict(zip(ROW_FIELDS, table.get(name).row()))
+    row.update(changes)
+    return [row[field] for field in ROW_FIELDS]
+
+
+def join(a: MembershipTable, b: MembershipTable, now: float = 0.0) -> None:
+    """The join handshake: ``b`` says hello to ``a`` and gets ``a``'s digest back."""
+    a.merge(wire(b.digest()), now)
+    b.merge(wire(a.digest()), now)
+
+
+class Cluster:
+    """N tables gossiping in synchronous rounds: each running table ticks, then sends its
+    digest to its gossip targets; messages to stopped tables are lost."""
+
+    def __init__(self, n: int, *, seed: int = 0, interval: float = 0.1, **kwargs) -> None:
+        rng = random.Random(seed)
+        self.names = [f"node-{i}" for i in range(n)]
+        self.tables = {
+            name: make(name, seed=rng.getrandbits(64), **kwargs) for name in self.names
+        }
+        self.interval = interval
+        self.now = 0.0
+        self.rounds = 0
+        self.stopped: set[str] = set()
+        self.log: list[tuple[float, str, MembershipEvent]] = []
+
+    def join_all_via(self, seed_name: str) -> None:
+        seed = self.tables[seed_name]
+        for name, table in self.tables.items():
+            if name != seed_name:
+                seed.merge([table.me.row()], self.now)
+                table.merge([seed.me.row()], self.now)
+
+    def running(self) -> list[MembershipTable]:
+        return [t for n, t in self.tables.items() if n not in self.stopped]
+
+    def round(self) -> None:
+        self.rounds += 1
+        self.now = round(self.now + self.interval, 9)
+        outbox = []
+        for table in self.running():
+            self.log.extend((self.now, table.name, e) for e in table.tick(self.now))
+            digest = table.digest()
+            outbox.extend((target, table.name, digest) for target in table.gossip_targets())
+        for target, sender, digest in outbox:
+            if target in self.stopped:
+                continue
+            table = self.tables[target]
+            self.log.extend((self.now, target, e) for e in table.merge(digest, self.now))
+            self.log.extend((self.now, target, e) for e in table.heard_from(sender, self.now))
+
+    def converged(self) -> bool:
+        n = len(self.names) - len(self.stopped)
+        return all(len(t.addresses()) == n - 1 for t in self.running())
+
+
+# ------------------------------------------------------------------ construction
+def test_new_table_knows_only_itself_and_digest_is_plain_data():
+    table = make("a", incarnation=7)
+    assert list(table.alive()) == ["a"]
+    assert table.me.status == ALIVE
+    assert table.incarnation == 7
+    (row,) = table.digest()
+    assert dict(zip(ROW_FIELDS, row)) == {
+        "name": "a",
+        "address": table.me.address,
+        "incarnation": 7,
+        "heartbeat": 0,
+        "status": ALIVE,
+        "caps": CAPS,
+        "caps_version": 0,
+        "free": CAPS,
+    }
+    assert wire([row]) == [list(row)]  # msgpack-friendly: only plain types
+
+
+def test_default_incarnation_grows_across_restarts():
+    first = MembershipTable("a", "tcp://127.0.0.1:1", CAPS)
+    second = MembershipTable("a", "tcp://127.0.0.1:1", CAPS)
+    assert second.incarnation > first.incarnation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"suspect_after": 2.0, "dead_after": 1.0}, "suspect_after < dead_after"),
+        ({"suspect_after": 0.0}, "suspect_after < dead_after"),
+        ({"fanout": 0}, "fanout"),
+        ({"forget_after": -1.0}, "forget_after"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        make("a", **kwargs)
+
+
+# ------------------------------------------------------------------------ joins
+def test_join_propagates_through_the_seed():
+    a, b, c = make("a"), make("b"), make("c")
+    join(a, b)
+    join(a, c)
+    assert set(a.alive()) == {"a", "b", "c"}
+    assert set(b.alive()) == {"a", "b"}
+    events = b.merge(wire(a.digest()), 0.1)
+    assert events == [("joined", "c")]
+    assert set(b.alive()) == {"a", "b", "c"}
+    assert b.get("c").address == c.me.address
+    assert b.merge(wire(a.digest()), 0.2) == []  # nothing new the second time
+
+
+def test_join_event_is_a_named_tuple():
+    a, b = make("a"), make("b")
+    (event,) = a.merge(wire(b.digest()), 0.0)
+    assert event.kind == "joined" and event.name == "b"
+
+
+# -------------------------------------------------------------------- heartbeats
+def test_tick_advances_own_heartbeat_and_peers_see_it():
+    a, b = make("a"), make("b")
+    join(a, b)
+    for step in range(1, 4):
+        a.tick(step * 0.1)
+    assert a.me.heartbeat == 3
+    b.merge(wire(a.digest()), 0.5)
+    assert b.get("a").heartbeat == 3
+    assert b.get("a").last_advanced == 0.5
+
+
+def test_lower_or_equal_heartbeat_does_not_reset_last_advanced():
+    a, b = make("a"), make("b")
+    join(a, b)
+    a.tick(0.1)
+    b.merge(wire(a.digest()), 0.1)
+    old = wire(a.digest())
+    b.merge(old, 0.9)
+    assert b.get("a").last_advanced == 0.1
+    b.merge(wire([row_of(a, "a", heartbeat=0)]), 0.9)
+    assert b.get("a").heartbeat == 1
+
+
+# -------------------------------------------------------------- failure detector
+def run_ticks(table: MembershipTable, start: float, stop: float, step: float = 0.1):
+    """Tick every ``step`` seconds over (start, stop]; returns [(time, event), ...]."""
+    seen = []
+    for i in range(1, round((stop - start) / step) + 1):
+        now = round(start + i * step, 9)
+        seen.extend((now, e) for e in table.tick(now))
+    return seen
+
+
+def test_silent_member_is_suspected_after_1s_then_dead_after_2s():
+    a, b = make("a"), make("b")
+    join(a, b)
+    assert run_ticks(a, 0.0, 3.0) == [(1.0, ("suspect", "b")), (2.0, ("dead", "b"))]
+    assert a.get("b").status == DEAD
+    assert "b" not in a.alive()
+
+
+def test_long_silence_goes_straight_to_dead():
+    a, b = make("a"), make("b")
+    join(a, b)
+    assert a.tick(0.5) == []
+    assert a.tick(2.5) == [("dead", "b")]
+
+
+def test_suspect_recovers_when_its_heartbeat_advances():
+    a, b = make("a"), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 1.5)
+    assert a.get("b").status == SUSPECT
+    b.tick(1.5)
+    assert a.merge(wire(b.digest()), 1.5) == [("alive", "b")]
+    assert a.get("b").status == ALIVE
+    assert run_ticks(a, 1.5, 2.4) == []  # the clock restarted at 1.5
+
+
+def test_suspicion_timer_restarts_from_the_last_advance():
+    a, b = make("a"), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 1.5)
+    b.tick(1.5)
+    a.merge(wire(b.digest()), 1.5)
+    assert run_ticks(a, 1.5, 4.0) == [(2.5, ("suspect", "b")), (3.5, ("dead", "b"))]
+
+
+def test_heard_from_is_a_sign_of_life():
+    a, b = make("a"), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 1.2)
+    assert a.get("b").status == SUSPECT
+    assert a.heard_from("b", 1.2) == [("alive", "b")]
+    assert a.heard_from("b", 1.5) == []
+    assert a.get("b").last_advanced == 1.5
+    assert a.heard_from("stranger", 1.5) == []
+    assert run_ticks(a, 1.5, 2.5) == [(2.5, ("suspect", "b"))]
+
+
+def test_heard_from_does_not_revive_the_dead():
+    a, b = make("a"), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 2.0)
+    assert a.heard_from("b", 2.1) == []
+    assert a.get("b").status == DEAD
+
+
+def test_stall_of_our_own_is_not_held_against_peers():
+    a, b = make("a", max_tick_gap=0.5), make("b")
+    join(a, b)
+    assert a.tick(0.1) == []
+    assert a.tick(5.0) == []  # we were paused for 4.9 s: b is not to blame
+    assert a.get("b").status == ALIVE
+    assert run_ticks(a, 5.0, 6.0) == [(5.9, ("suspect", "b"))]
+
+
+def test_without_max_tick_gap_a_stall_counts_as_silence():
+    a, b = make("a"), make("b")
+    join(a, b)
+    a.tick(0.1)
+    assert a.tick(5.0) == [("dead", "b")]
+
+
+# ------------------------------------------------------------------ dead and left
+def test_dead_member_is_not_revived_by_stale_rows():
+    a, b = make("a"), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 2.0)
+    for step in range(5):
+        b.tick(step * 0.1)
+    assert a.merge(wire([b.me.row()]), 2.1) == []  # same incarnation, higher heartbeat
+    assert a.get("b").status == DEAD
+    assert "b" not in a.gossip_targets()
+
+
+def test_restart_with_higher_incarnation_is_a_new_member():
+    a, b = make("a"), make("b", incarnation=1)
+    join(a, b)
+    run_ticks(a, 0.0, 2.0)
+    reborn = MembershipTable("b", "tcp://127.0.0.1:7777", {"cpu": 2.0}, incarnation=2)
+    assert a.merge(wire(reborn.digest()), 2.1) == [("joined", "b")]
+    member = a.get("b")
+    assert (member.status, member.incarnation, member.address) == (ALIVE, 2, "tcp://127.0.0.1:7777")
+    assert member.caps == {"cpu": 2.0}
+    assert run_ticks(a, 2.1, 3.0) == []  # its clock starts at the rejoin
+
+
+def test_restart_of_a_member_still_held_alive_is_reported():
+    a, b = make("a"), make("b", incarnation=1)
+    join(a, b)
+    for _ in range(10):
+        b.tick(0.0)
+    reborn = MembershipTable("b", "tcp://127.0.0.1:7777", CAPS, incarnation=2)
+    assert a.merge(wire(reborn.digest()), 0.5) == [("restarted", "b")]
+    assert a.get("b").heartbeat == 0  # the new instance's counter, even though it is lower
+    assert a.merge(wire(b.digest()), 0.6) == []  # the old instance's rows are stale now
+
+
+def test_peer_cannot_declare_us_dead_we_refute_with_a_new_incarnation():
+    a, b = make("a"), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 2.0)  # a declares b dead
+    assert b.merge(wire(a.digest()), 2.0) == [("refuted", "b")]
+    assert b.me.status == ALIVE
+    assert b.incarnation == 2
+    assert a.merge(wire(b.digest()), 2.1) == [("joined", "b")]
+    assert a.get("b").status == ALIVE
+
+
+def test_peer_suspicion_is_not_adopted_and_not_refuted():
+    a, b, c = make("a"), make("b"), make("c")
+    join(a, b)
+    join(a, c)
+    b.merge(wire(a.digest()), 0.0)
+    run_ticks(a, 0.0, 1.0)
+    assert a.get("c").status == SUSPECT
+    assert b.merge(wire(a.digest()), 1.0) == []
+    assert b.get("c").status == ALIVE
+    assert c.merge(wire(a.digest()), 1.0) == []
+    assert c.incarnation == 1  # its next heartbeat clears the suspicion; no churn
+
+
+def test_peer_death_claim_needs_news_at_least_as_fresh_as_ours():
+    a, b, c = make("a"), make("b"), make("c")
+    for other in (b, c):
+        join(a, other)
+    join(b, c)
+    run_ticks(a, 0.0, 2.0)  # a declares b and c dead at heartbeat 0
+    c.tick(1.0)
+    b.merge(wire(c.digest()), 1.0)  # b has heard c's heartbeat 1: a's claim is stale
+    events = b.merge(wire(a.digest()), 2.0)
+    assert ("dead", "c") not in events
+    assert b.get("c").status == ALIVE
+    late = make("e")  # saw c only at the heartbeat a had: a's claim is believed
+    late.merge(wire([row_of(a, "c", status=ALIVE)]), 2.0)
+    assert late.merge(wire([row_of(a, "c")]), 2.1) == [("dead", "c")]
+
+
+def test_left_member_is_dropped_without_waiting():
+    a, b = make("a"), make("b")
+    join(a, b)
+    b.leave()
+    assert b.me.status == LEFT
+    assert "b" not in b.alive()
+    assert a.merge(wire(b.digest()), 0.1) == [("left", "b")]
+    assert "b" not in a.alive()
+    assert a.gossip_targets() == []
+    assert a.merge(wire([row_of(a, "b", status=ALIVE, heartbeat=99)]), 0.2) == []
+    b.tick(0.3)
+    assert b.me.heartbeat == 1  # a left node's heartbeat stops
+    assert a.tick(5.0) == []  # no death for a member that left
+
+
+def test_dead_rows_spread_then_are_forgotten_and_stay_forgotten():
+    a, b = make("a", forget_after=10.0), make("b")
+    join(a, b)
+    run_ticks(a, 0.0, 2.0)
+    assert "b" in {row[0] for row in a.digest()}  # the news still spreads
+    a.tick(12.0)
+    assert a.get("b") is None
+    assert "b" not in {row[0] for row in a.digest()}
+    assert a.merge(wire(b.digest()), 12.1) == []  # a stale row does not bring it back
+    assert a.get("b") is None
+    reborn = MembershipTable("b", "tcp://127.0.0.1:1", CAPS, incarnation=2)
+    assert a.merge(wire(reborn.digest()), 12.2) == [("joined", "b")]
+
+
+def test_unknown_dead_rows_are_not_added_but_block_stale_rows():
+    a, b, c = make("a"), make("b"), make("c")
+    join(a, b)
+    run_ticks(a, 0.0, 2.0)
+    assert c.merge(wire(a.digest()), 2.0) == [("joined", "a")]
+    assert c.get("b") is None
+    assert c.merge(wire(b.digest()), 2.1) == []  # b's own stale row, same incarnation
+    assert c.get("b") is None
+
+
+def test_conflict_when_a_live_instance_of_our_name_is_newer():
+    a, imposter, b = make("a", incarnation=1), make("a", incarnation=5), make("b")
+    join(a, b)
+    b.merge(wire(imposter.digest()), 0.0)
+    assert a.merge(wire(b.digest()), 0.0) == [("conflict", "a")]
+    assert a.merge(wire(b.digest()), 0.1) == []  # reported once
+    assert a.incarnation == 1
+
+
+def test_newer_dead_instance_of_our_name_makes_us_newer_still():
+    a, b = make("a", incarnation=3), make("b")
+    join(a, b)
+    b.merge(wire([row_of(a, "a", incarnation=9, status=DEAD)]), 0.0)
+    assert a.merge(wire(b.digest()), 0.0) == [("refuted", "a")]
+    assert a.incarnation == 10
+
+
+# ------------------------------------------------------------- caps and free
+def test_own_caps_and_free_propagate():
+    a, b = make("a"), make("b")
+    join(a, b)
+    a.update_caps("a", {"cpu": 4.0, "gpu": 1.0})
+    a.update_free("a", {"cpu": 1.0, "gpu": 0.0})
+    events = b.merge(wire(a.digest()), 0.1)
+    assert events == [("caps", "a")]
+    assert b.get("a").caps == {"cpu": 4.0, "gpu": 1.0}
+    assert b.get("a").free == {"cpu": 1.0, "gpu": 0.0}
+    assert b.get("a").last_advanced == 0.1  # a free update advances the heartbeat
+
+
+def test_remote_caps_override_spreads_to_everyone_including_the_owner():
+    a, b, c = make("a"), make("b"), make("c")
+    for x, y in ((a, b), (a, c), (b, c)):
+        join(x, y)
+    c.update_caps("b", {"cpu": 64.0})  # register_node("b", ...) called on c
+    assert a.merge(wire(c.digest()), 0.1) == [("caps", "b")]
+    b.tick(0.2)
+    assert b.merge(wire(a.digest()), 0.2) == [("caps", "b")]
+    assert b.me.caps == {"cpu": 64.0}
+    b.tick(0.3)  # b's own later rows keep the override rather than undoing it
+    a.merge(wire(b.digest()), 0.3)
+    assert a.get("b").caps == {"cpu": 64.0}
+    assert a.get("b").heartbeat == 2
+
+
+def test_concurrent_caps_overrides_converge():
+    a, b, c = make("a"), make("b"), make("c")
+    for x, y in ((a, b), (a, c), (b, c)):
+        join(x, y)
+    a.update_caps("c", {"cpu": 1.0})
+    b.update_caps("c", {"cpu": 2.0})  # same caps_version, different value
+    a.merge(wire(b.digest()), 0.1)
+    b.merge(wire(a.digest()), 0.1)
+    c.merge(wire(a.digest()), 0.1)
+    assert a.get("c").caps == b.get("c").caps == c.me.caps
+
+
+def test_caps_of_unknown_member_and_free_of_another_member_are_refused():
+    a = make("a")
+    with pytest.raises(KeyError, match="unknown member 'zz'"):
+        a.update_caps("zz", {"cpu": 1.0})
+    with pytest.raises(ValueError, match="reported by their owner"):
+        a.update_free("b", {"cpu": 1.0})
+
+
+def test_caps_dicts_are_copied_from_callers():
+    caps = {"cpu": 2.0}
+    a = MembershipTable("a", "tcp://127.0.0.1:1", caps, incarnation=1)
+    caps["cpu"] = 99.0
+    assert a.me.caps == {"cpu": 2.0}
+
+
+# ----------------------------------------------------------------- gossip targets
+def test_gossip_targets_are_live_peers_only():
+    a = make("a", fanout=3, seed=42)
+    peers = [make(f"p{i}") for i in range(10)]
+    for peer in peers:
+        join(a, peer)
+    run_ticks(a, 0.0, 1.0)
+    for peer in peers[:3]:
+        peer.tick(1.0)
+        a.merge(wire(peer.digest()), 1.0)
+    run_ticks(a, 1.0, 2.0)  # p3..p9 are dead now; p0..p2 alive
+    peers[0].leave()
+    a.merge(wire(peers[0].digest()), 2.0)
+    for _ in range(50):
+        targets = a.gossip_targets()
+        assert len(targets) == len(set(targets)) == 2
+        assert set(targets) == {"p1", "p2"}
+
+
+def test_gossip_targets_pick_fanout_distinct_peers_deterministically():
+    def picks(seed):
+        a = make("a", fanout=3, seed=seed)
+        for i in range(20):
+            join(a, make(f"p{i}"))
+        return [a.gossip_targets() for _ in range(20)]
+
+    rounds = picks(7)
+    assert rounds == picks(7)
+    for targets in rounds:
+        assert len(targets) == len(set(targets)) == 3
+        assert "a" not in targets
+    assert len({tuple(t) for t in rounds}) > 1
+
+
+def test_lone_node_has_no_targets():
+    assert make("a").gossip_targets() == []
+
+
+# --------------------------------------------------------------- misc helpers
+def test_name_taken_refuses_a_duplicate_live_name():
+    a, b = make("a"), make("b", incarnation=1)
+    join(a, b)
+    assert a.name_taken("b", 2, "tcp://10.9.9.9:1")  # another process, elsewhere
+    assert not a.name_taken("b", 2, b.me.address)  # b restarted on its own address
+    assert not a.name_taken("b", 1, b.me.address)  # b itself, saying hello again
+    assert a.name_taken("a", 99, a.me.address)  # our own name is never free
+    assert not a.name_taken("nobody", 1, "tcp://10.9.9.9:1")
+    run_ticks(a, 0.0, 2.0)
+    assert not a.name_taken("b", 2, "tcp://10.9.9.9:1")  # the old b is dead
+
+
+def test_addresses_and_alive():
+    a, b = make("a"), make("b")
+    join(a, b)
+    assert a.addresses() == {"b": b.me.address}
+    assert a.addresses(include_self=True) == {"a": a.me.address, "b": b.me.address}
+    assert set(a.alive()) == {"a", "b"}
+    assert "b" in a and len(a) == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "garbage",
+        None,
+        ["b"],
+        ["b", "addr", "1", 0, ALIVE, CAPS, 0, CAPS],
+        ["b", "addr", 1, 0, "zombie", CAPS, 0, CAPS],
+        ["b", "addr", 1, 0, ALIVE, {"cpu": "many"}, 0, CAPS],
+        ["b", "addr", 1, 0, ALIVE, CAPS, 0, {"cpu": float("nan")}],
+        [["unhashable"], "addr", 1, 0, ALIVE, CAPS, 0, CAPS],
+        ["", "addr", 1, 0, ALIVE, CAPS, 0, CAPS],
+    ],
+)
+def test_malformed_rows_are_dropped_not_raised(bad):
+    a, b = make("a"), make("b")
+    events = a.merge([bad, *wire(b.digest())], 0.0)
+    assert events == [("joined", "b")]
+    assert a.malformed_rows == 1
+
+
+def test_malformed_heartbeat_of_a_known_member_is_dropped():
+    a, b = make("a"), make("b")
+    join(a, b)
+    assert a.merge([row_of(a, "b", heartbeat="9")], 0.1) == []
+    assert a.merge([row_of(a, "b", heartbeat=5, free={"cpu": None})], 0.1) == []
+    assert a.malformed_rows == 2
+    assert a.get("b").heartbeat == 0
+
+
+# -------------------------------------------------------------------- simulation
+@pytest.mark.slow
+def test_thousand_members_converge_within_15_rounds():
+    cluster = Cluster(1000, seed=1)
+    cluster.join_all_via("node-0")
+    while not cluster.converged():
+        cluster.round()
+        assert cluster.rounds <= 15
+    assert not [e for e in cluster.log if e[2].kind in ("suspect", "dead")]
+
+
+def test_fifty_members_converge_and_stay_healthy():
+    cluster = Cluster(50, seed=3)
+    cluster.join_all_via("node-0")
+    while not cluster.converged():
+        cluster.round()
+    assert cluster.rounds <= 10
+    for _ in range(100):  # 10 s of steady gossip: no false suspicion
+        cluster.round()
+    assert [e for e in cluster.log if e[2].kind != "joined"] == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_stopped_member_is_declared_dead_by_all_others(seed):
+    interval = 0.1
+    cluster = Cluster(50, seed=seed, interval=interval)
+    cluster.join_all_via("node-0")
+    for _ in range(30):
+        cluster.round()
+    assert cluster.converged()
+    victim = "node-17"
+    stopped_at = cluster.now
+    cluster.stopped.add(victim)
+    declared: dict[str, float] = {}
+    while len(declared) < 49 and cluster.now < stopped_at + 10:
+        cluster.round()
+        for now, observer, event in cluster.log:
+            if event == ("dead", victim):
+                declared.setdefault(observer, now)
+    assert len(declared) == 49
+    dead_after = cluster.tables["node-0"].dead_after
+    assert max(declared.values()) - stopped_at <= dead_after + 3 * interval + 1e-9
+    others = [e for e in cluster.log if e[2].kind in ("suspect", "dead") and e[2].name != victim]
+    assert others == []

@@ -1,0 +1,811 @@
+"""The Orchestrator state machine: events in, instructions out, against both cores.
+
+A small fake cluster (``Cluster``) plays the node layer: it records Dispatches as running
+tasks, finishes them on request, and checks after every step that no node is
+over-committed, no node holds more than its slots, and claims match what is in flight.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import handoff.scheduler.orchestrator as orchestrator_module
+import handoff.scheduler.run as run_module
+from handoff.dag import DAG, Collocated, Function
+from handoff.errors import AllocationError, FunctionError, NodeLostError, TimeoutError
+from handoff.scheduler import (
+    CancelRun,
+    CancelTasks,
+    Dispatch,
+    ErrorInfo,
+    FunctionStats,
+    NodeJoined,
+    NodeLost,
+    NodeUpdated,
+    Orchestrator,
+    ReleaseRun,
+    ResultCopied,
+    ResultLost,
+    RunFinished,
+    RunSpec,
+    TaskFinished,
+)
+
+
+@pytest.fixture
+def sched(core, monkeypatch):
+    """The scheduler wired to one core implementation (ledger, tracker and allocate alike)."""
+    monkeypatch.setattr(run_module, "_core", core)
+    monkeypatch.setattr(orchestrator_module, "_core", core)
+    return core
+
+
+def noop(*args):
+    return None
+
+
+def fn(fid, args=(), **kw):
+    return Function(id=fid, code=noop, args=list(args), **kw)
+
+
+def dag_of(*functions, id="d"):
+    d = DAG(id)
+    for f in functions:
+        d.add_function(f)
+    return d
+
+
+class Cluster:
+    """Plays the node layer around one Orchestrator."""
+
+    def __init__(self, core, nodes, slots=None, local="local"):
+        self.ledger = core.ResourceLedger()
+        self.orch = Orchestrator(self.ledger, local)
+        self.running: dict[tuple[str, int], tuple[int, str]] = {}  # (run, index) -> (attempt, node)
+        self.order: list[tuple[str, int]] = []  # dispatch order of what is running
+        self.dispatched: list[tuple[str, int, int, str]] = []
+        self.cancelled: list[tuple[str, str, list]] = []
+        self.finished: dict[str, RunFinished] = {}
+        self.released: dict[str, list] = {}
+        self.dags: dict[str, DAG] = {}
+        self.clock = 0.0
+        for name, s in (slots or {}).items():
+            self.orch.set_node_slots(name, s)
+        self.apply(self.orch.handle(*[NodeJoined(n, c) for n, c in nodes.items()]))
+
+    # driving
+    def apply(self, instructions):
+        for ins in instructions:
+            if isinstance(ins, Dispatch):
+                assert ins.tasks, "empty dispatch"
+                for i, a in ins.tasks:
+                    key = (ins.run_id, i)
+                    assert key not in self.running, f"{key} dispatched twice"
+                    self.running[key] = (a, ins.node)
+                    self.order.append(key)
+                    self.dispatched.append((ins.run_id, i, a, ins.node))
+            elif isinstance(ins, CancelTasks):
+                self.cancelled.append((ins.run_id, ins.node, list(ins.indices)))
+                for i in ins.indices:
+                    assert self.running.pop((ins.run_id, i))[1] == ins.node
+            elif isinstance(ins, RunFinished):
+                assert ins.run_id not in self.finished, "finished twice"
+                self.finished[ins.run_id] = ins
+            elif isinstance(ins, ReleaseRun):
+                self.released[ins.run_id] = list(ins.nodes)
+            else:
+                raise AssertionError(f"unexpected instruction {ins!r}")
+        self.order = [k for k in self.order if k in self.running]
+        self.check()
+        return instructions
+
+    def check(self):
+        cap, used = self.ledger.capacity_matrix(), self.ledger.used_matrix()
+        assert (used <= cap + 1e-9).all(), f"over-committed:\n{used}\n{cap}"
+        load = self.orch.node_load()
+        for name, n in load.items():
+            assert n <= self.orch._slots[name]
+        counted: dict[str, int] = {}
+        for run_id in self.orch.active_runs:
+            for node in self.orch.run(run_id).inflight.values():
+                counted[node] = counted.get(node, 0) + 1
+        assert {k: v for k, v in load.items() if v} == counted
+
+    def submit(self, dag, run_id="r", **kw):
+        g = dag.compile()
+        self.dags[run_id] = dag
+        spec = RunSpec(run_id, dag.id, g, [dag.functions[i] for i in g.ids], **kw)
+        return self.apply(self.orch.submit(spec))
+
+    def index(self, run_id, fid):
+        return self.dags[run_id].compile().index[fid]
+
+    def node_of(self, fid, run_id="r"):
+        return self.running[(run_id, self.index(run_id, fid))][1]
+
+    def running_ids(self, run_id="r"):
+        ids = self.dags[run_id].compile().ids
+        return sorted((ids[i] for r, i in self.running if r == run_id), key=str)
+
+    def finish(self, fid, run_id="r", ok=True, error=None):
+        i = self.index(run_id, fid)
+        attempt, node = self.running.pop((run_id, i))
+        self.clock += 1
+        if not ok and error is None:
+            error = ErrorInfo("ValueError", f"{fid} broke", "Traceback ...", b"blob")
+        ev = TaskFinished(run_id, i, attempt, node, ok, error, self.clock - 0.5, self.clock)
+        return self.apply(self.orch.handle(ev))
+
+    def handle(self, *events):
+        return self.apply(self.orch.handle(*events))
+
+    def drain(self, fail=lambda run_id, fid, attempt, node: False, limit=100_000):
+        """Finish running tasks, oldest first, until nothing runs."""
+        steps = 0
+        while self.order:
+            steps += 1
+            assert steps < limit
+            run_id, i = self.order[0]
+            attempt, node = self.running[(run_id, i)]
+            fid = self.dags[run_id].compile().ids[i]
+            self.finish(fid, run_id, ok=not fail(run_id, fid, attempt, node))
+        return self.finished
+
+    def lose(self, node):
+        """``node`` dies with what runs on it."""
+        for key in [k for k, (_, n) in self.running.items() if n == node]:
+            del self.running[key]
+        return self.handle(NodeLost(node))
+
+    def idle(self):
+        return not self.ledger.used_matrix().any() and not any(self.orch.node_load().values())
+
+
+# -- basics --------------------------------------------------------------------------------
+
+
+def test_diamond_runs_in_dependency_order_and_reports_stats(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
+    c.submit(dag_of(fn("src"), fn("l", ["src"]), fn("r", ["src"]), fn("sink", ["l", "r"])))
+    assert c.running_ids() == ["src"]
+    c.finish("src")
+    assert c.running_ids() == ["l", "r"]
+    c.finish("l")
+    assert c.running_ids() == ["r"]
+    c.finish("r")
+    c.finish("sink")
+    assert c.finished["r"] == RunFinished("r", None, None)
+    state = c.orch.run("r")
+    assert state.finished and state.error is None
+    assert set(state.allocations()) == {"src", "l", "r", "sink"}
+    stats = state.function_stats()
+    assert stats["sink"] == FunctionStats(state.location(3), 1, 3.5, 4.0)
+    assert set(state.stats) == {0, 1, 2, 3}
+    assert c.released["r"] and c.idle()
+
+
+def test_inline_functions_are_never_dispatched_and_are_transparent(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(
+        dag_of(
+            fn("x"), fn("y"),
+            fn("glue", ["x", "y"], type="inline"),
+            fn("use", ["glue"]),
+            fn("const", type="inline"),
+            fn("alone", ["const"]),
+        )
+    )
+    assert c.running_ids() == ["alone", "x", "y"]
+    c.finish("x")
+    assert "use" not in c.running_ids()
+    c.finish("y")
+    assert c.running_ids() == ["alone", "use"]
+    state = c.orch.run("r")
+    assert state.effective_inputs(c.index("r", "use")) == [0, 1]
+    c.drain()
+    assert c.finished["r"].error is None
+    assert set(state.allocations()) == {"x", "y", "use", "alone"}
+    assert all(i not in c.dags["r"].compile().index or True for i in state.stats)
+    assert sorted(state.function_stats()) == sorted(["x", "y", "use", "alone"])
+
+
+def test_empty_and_all_inline_dags_finish_at_submit(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(id="empty"), run_id="e")
+    c.submit(dag_of(fn("i", type="inline"), id="inl"), run_id="i")
+    assert c.finished["e"].error is None and c.finished["i"].error is None
+    assert not c.dispatched and "e" not in c.released
+
+
+def test_duplicate_run_id_and_unknown_strategy_are_misuse(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(fn("x")))
+    with pytest.raises(ValueError, match="already in use"):
+        c.submit(dag_of(fn("x")))
+    with pytest.raises(ValueError, match="first_available, load_balanced, cost_optimized"):
+        c.submit(dag_of(fn("x")), run_id="s", strategy="fastest")
+
+
+def test_forward_references_schedule_by_dependencies(sched):
+    d = dag_of(fn("c", ["b"]), fn("b", ["a"]), fn("a"))
+    c = Cluster(sched, {"a": {}})
+    c.submit(d)
+    assert c.running_ids() == ["a"]
+    c.drain()
+    assert c.finished["r"].error is None
+
+
+# -- allocation errors at submit ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "functions, fid, reason",
+    [
+        ([fn("big", cost={"cpu": 9})], "big", "fits no node's total capacity"),
+        ([fn("gpu", cost={"gpu": 1})], "gpu", "fits no node's total capacity"),
+        ([fn("p", node="nowhere")], "p", "pinned to node 'nowhere', which is not in the cluster"),
+        ([fn("p", node="a", cost={"cpu": 6})], "p", "pinned to node 'a', whose total capacity"),
+        (
+            [fn("x", cost={"cpu": 5}), fn("y", cost={"cpu": 4}, node=Collocated("x"))],
+            "x", "summed cost of the collocated functions ['x', 'y'] does not fit any node",
+        ),
+        (
+            [fn("x", cost={"cpu": 3}, node="a"), fn("y", cost={"cpu": 3}, node=Collocated("x"))],
+            "x", "does not fit node 'a', where they are pinned",
+        ),
+    ],
+)
+def test_unplaceable_functions_fail_the_run_at_start(sched, functions, fid, reason):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 8}})
+    c.submit(dag_of(*functions, fn("ok")))
+    err = c.finished["r"].error
+    assert isinstance(err, AllocationError)
+    assert err.function_id == fid
+    assert reason in str(err)
+    assert err.capacities["a"] == {"cpu": 4.0} and "b" in err.capacities
+    assert not c.dispatched and c.idle()
+
+
+def test_inline_functions_need_no_placement(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    # an inline function's cost is not claimed on its own; it never runs alone
+    c.submit(dag_of(fn("i", type="inline", cost={"cpu": 100}), fn("use", ["i"])))
+    c.drain()
+    assert c.finished["r"].error is None
+
+
+# -- resources ------------------------------------------------------------------------------
+
+
+def test_function_that_does_not_fit_now_waits_and_never_overcommits(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 3}) for k in "xyz"]))
+    assert c.running_ids() == ["x"]
+    assert c.ledger.used("a") == {"cpu": 3.0}
+    c.finish("x")
+    assert c.running_ids() == ["y"]
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
+
+
+@pytest.mark.parametrize(
+    "strategy, expected",
+    [
+        ("first_available", ["big", "big", "big"]),
+        ("load_balanced", ["big", "big", "small"]),  # loads after: .25/.5, .5/.5 (tie), .75/.5
+        ("cost_optimized", ["small", "small", "big"]),  # least slack left
+    ],
+)
+def test_strategies_choose_like_the_core(sched, strategy, expected):
+    c = Cluster(sched, {"big": {"cpu": 4}, "small": {"cpu": 2}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in "xyz"]), strategy=strategy)
+    assert [c.node_of(k) for k in "xyz"] == expected
+
+
+def test_zero_cost_work_respects_slots_and_spreads(sched):
+    c = Cluster(sched, {"a": {}, "b": {}, "c": {}}, slots={"a": 2, "b": 2, "c": 2})
+    c.submit(dag_of(*[fn(k) for k in range(10)]), strategy="first_available")
+    assert [c.node_of(k) for k in range(6)] == ["a", "a", "b", "b", "c", "c"]
+    assert len(c.running) == 6
+    c.finish(3)
+    assert c.node_of(6) == "b"
+    c.drain()
+    c2 = Cluster(sched, {"a": {}, "b": {}, "c": {}})
+    c2.submit(dag_of(*[fn(k) for k in range(7)]), strategy="load_balanced")
+    assert sorted(c2.orch.node_load().values()) == [2, 2, 3]
+
+
+def test_default_slots_bound_in_flight_per_node(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(*[fn(k) for k in range(100)]))
+    assert len(c.running) == 64
+    out = c.orch.set_node_slots("a", 70)
+    c.apply(out)
+    assert len(c.running) == 70
+    with pytest.raises(ValueError):
+        c.orch.set_node_slots("a", 0)
+
+
+def test_costed_function_on_a_slot_full_node_goes_elsewhere(sched):
+    c = Cluster(sched, {"a": {"cpu": 100}, "b": {"cpu": 100}}, slots={"a": 2, "b": 2})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(5)]))
+    assert [c.node_of(k) for k in range(4)] == ["a", "a", "b", "b"]
+    assert c.ledger.used("a") == {"cpu": 2.0} and c.ledger.used("b") == {"cpu": 2.0}
+    c.finish(0)
+    assert c.node_of(4) == "a"
+    c.drain()
+    assert c.idle()
+
+
+def test_waiting_work_is_placed_when_a_node_joins_or_grows(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 2}) for k in "xyz"]))
+    assert c.running_ids() == ["x"]
+    c.handle(NodeJoined("b", {"cpu": 2}))
+    assert c.running_ids() == ["x", "y"] and c.node_of("y") == "b"
+    c.handle(NodeUpdated("a", {"cpu": 4}))  # keeps x's claim: only 2 free
+    assert c.running_ids() == ["x", "y", "z"] and c.node_of("z") == "a"
+    assert c.ledger.used("a") == {"cpu": 4.0}
+    c.drain()
+    assert c.idle()
+
+
+def test_nodes_registered_directly_on_the_ledger_are_used_from_the_next_submit(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    c.ledger.register("b", {"cpu": 1})
+    c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("y", cost={"cpu": 1})))
+    assert {c.node_of("x"), c.node_of("y")} == {"a", "b"}
+
+
+# -- pins and collocation ------------------------------------------------------------------
+
+
+def test_pinned_function_waits_for_its_node(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1}, node="b"), fn("y", cost={"cpu": 1}, node="b"), fn("z", node="a")))
+    assert c.running_ids() == ["x", "z"] and c.node_of("x") == "b"
+    c.finish("x")
+    assert c.node_of("y") == "b"
+    c.drain()
+    assert c.orch.run("r").allocations() == {"x": "b", "y": "b", "z": "a"}
+
+
+def test_collocated_group_goes_where_its_first_member_went(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(
+            fn("x", cost={"cpu": 2}),
+            fn("y", ["x"], cost={"cpu": 2}, node=Collocated("x")),
+            fn("z", cost={"cpu": 1}, node=Collocated("y")),
+        )
+    )
+    # x alone fits a (first available), but the group's summed cost (5) fits only b... which
+    # has 4: the group is x+y+z = 5 > 4, so this must fail at start.
+    assert isinstance(c.finished["r"].error, AllocationError)
+
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(
+            fn("x", cost={"cpu": 2}),
+            fn("y", ["x"], cost={"cpu": 1}, node=Collocated("x")),
+            fn("z", cost={"cpu": 1}, node=Collocated("y")),
+            fn("free", cost={"cpu": 2}),
+        )
+    )
+    assert c.node_of("x") == "b" and c.node_of("z") == "b"  # the group's 4 fits only b
+    assert c.node_of("free") == "a"
+    c.drain()
+    alloc = c.orch.run("r").allocations()
+    assert alloc["x"] == alloc["y"] == alloc["z"] == "b"
+    assert c.idle()
+
+
+def test_collocated_member_waits_for_its_groups_node(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(
+            fn("other", cost={"cpu": 2}, node="a"),
+            fn("x", cost={"cpu": 2}),
+            fn("y", cost={"cpu": 2}, node=Collocated("x")),
+        )
+    )
+    assert c.node_of("x") == "a"  # the group's 4 fits a's total, and x fits a's free 2
+    assert c.running_ids() == ["other", "x"]  # y waits for a although b is free
+    c.finish("other")
+    assert c.node_of("y") == "a"
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+def test_max_concurrency_bounds_in_flight_functions(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(dag_of(*[fn(k) for k in range(10)]), max_concurrency=3)
+    seen = 0
+    while c.running:
+        assert len(c.running) <= 3
+        seen = max(seen, len(c.running))
+        c.finish(c.running_ids()[0])
+    assert seen == 3 and c.finished["r"].error is None
+
+
+def test_runs_are_isolated_and_take_turns(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="one"), run_id="r1")
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="two"), run_id="r2")
+    turns = []
+    while c.running:
+        ((run_id, i),) = list(c.running)
+        turns.append(run_id)
+        c.finish(i, run_id)
+    assert turns == ["r1", "r2", "r1", "r2", "r1", "r2", "r1", "r2"]
+    assert c.finished["r1"].error is None and c.finished["r2"].error is None
+    assert c.idle()
+
+
+def test_a_failing_run_does_not_disturb_another(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(dag_of(fn("x"), fn("y", ["x"]), id="good"), run_id="good")
+    c.submit(dag_of(fn("x"), fn("boom"), id="bad"), run_id="bad", max_retries=0)
+    c.finish("boom", "bad", ok=False)
+    assert isinstance(c.finished["bad"].error, FunctionError)
+    assert ("bad", "a", [0]) in c.cancelled or ("bad", "b", [0]) in c.cancelled
+    c.drain()
+    assert c.finished["good"].error is None and c.idle()
+
+
+# -- failures and retries ------------------------------------------------------------------
+
+
+def test_failed_attempt_is_retried_on_another_node(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1})), max_retries=2)
+    first = c.node_of("x")
+    c.finish("x", ok=False)
+    assert c.node_of("x") != first
+    c.finish("x", ok=False)
+    c.finish("x")
+    assert c.finished["r"].error is None
+    assert c.orch.run("r").function_stats()["x"].attempts == 3
+    assert c.idle()
+
+
+def test_retry_uses_the_failed_node_if_nothing_else_fits(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1})), max_retries=1)
+    c.finish("x", ok=False)
+    assert c.node_of("x") == "a"
+
+
+def test_attempts_run_out_fail_fast(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(fn("boom", cost={"cpu": 1}), fn("slow1", cost={"cpu": 1}), fn("slow2", cost={"cpu": 4}),
+               fn("later", ["slow1"])),
+        max_retries=1,
+    )
+    c.finish("boom", ok=False)
+    node = c.node_of("boom")
+    out = c.finish("boom", ok=False)
+    fin = c.finished["r"]
+    err = fin.error
+    assert isinstance(err, FunctionError)
+    assert (err.function_id, err.node, err.attempts, err.exc_type, err.message) == (
+        "boom", node, 2, "ValueError", "boom broke"
+    )
+    assert err.remote_traceback == "Traceback ..."
+    assert fin.error_info.exc_blob == b"blob"
+    assert any(isinstance(i, CancelTasks) for i in out)
+    assert not c.running and c.idle()
+    assert c.orch.active_runs == []
+    # late results of cancelled tasks are ignored
+    assert c.orch.handle(TaskFinished("r", 1, 1, "a", True)) == []
+
+
+def test_function_max_retries_overrides_the_runs(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(fn("x", max_retries=0), fn("y")), max_retries=5)
+    c.finish("x", ok=False)
+    assert c.finished["r"].error.attempts == 1
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(fn("x", max_retries=2)), max_retries=0)
+    c.finish("x", ok=False)
+    c.finish("x", ok=False)
+    c.finish("x")
+    assert c.finished["r"].error is None
+
+
+def test_failure_without_error_report_still_says_what_failed(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(fn("x")), max_retries=0)
+    i = c.index("r", "x")
+    c.handle(TaskFinished("r", i, 1, "a", False, None, 0, 1))
+    err = c.finished["r"].error
+    assert isinstance(err, FunctionError) and err.function_id == "x" and err.exc_type == "UnknownError"
+
+
+def test_late_and_unknown_events_are_ignored(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(dag_of(fn("x"), fn("y", ["x"])), max_retries=3)
+    i = c.index("r", "x")
+    assert c.orch.handle(TaskFinished("nope", i, 1, "a", True)) == []
+    assert c.orch.handle(TaskFinished("r", i, 7, "a", True)) == []  # stale attempt
+    assert c.orch.handle(TaskFinished("r", 1, 1, "a", True)) == []  # never dispatched
+    assert c.orch.handle(ResultLost("nope", 0), CancelRun("nope", TimeoutError("x")), NodeLost("ghost")) == []
+    c.finish("x", ok=False)  # attempt 1 failed, attempt 2 dispatched
+    assert c.orch.handle(TaskFinished("r", i, 1, "a", True)) == []
+    c.drain()
+    assert c.orch.handle(TaskFinished("r", 1, 1, "a", True)) == []
+    with pytest.raises(TypeError, match="does not handle"):
+        c.orch.handle("not an event")
+
+
+# -- cancel --------------------------------------------------------------------------------
+
+
+def test_cancel_run_cancels_in_flight_and_releases_everything(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(6)]))
+    assert len(c.running) == 4
+    reason = TimeoutError("run of DAG 'd'", 3.0)
+    c.handle(CancelRun("r", reason))
+    assert c.finished["r"].error is reason
+    assert {node for _, node, _ in c.cancelled} == {"a", "b"}
+    assert not c.running and c.idle()
+    assert c.orch.handle(CancelRun("r", reason)) == []
+
+
+# -- node loss and lineage -----------------------------------------------------------------
+
+
+def test_lost_node_work_is_replaced_without_using_attempts(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("y", cost={"cpu": 1})), max_retries=0)
+    assert c.node_of("x") == "a"
+    i = c.index("r", "x")
+    old_attempt = c.running[("r", i)][0]
+    c.running.pop(("r", i))  # the node died with it
+    c.handle(NodeLost("a", 5.0))
+    assert not c.ledger.has_node("a")
+    assert c.running_ids() == ["y"]  # b is busy: x waits
+    c.finish("y")
+    assert c.node_of("x") == "b" and c.running[("r", i)][0] == old_attempt + 1
+    assert c.orch.handle(TaskFinished("r", i, old_attempt, "a", True)) == []  # from the dead node
+    c.finish("x")
+    assert c.finished["r"].error is None
+    state = c.orch.run("r")
+    assert state.function_stats()["x"].attempts == 1 and state.recoveries[i] == 1
+    assert c.idle()
+
+
+def test_results_only_on_a_lost_node_are_recomputed_with_their_lineage(sched):
+    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
+    d = dag_of(fn("s1"), fn("s2"), fn("m", ["s1"]), fn("inl", ["m"], type="inline"), fn("out", ["inl", "s2"]))
+    c.submit(d)
+    assert c.node_of("s1") == "a" and c.node_of("s2") == "b"
+    c.finish("s1")  # on a
+    assert c.node_of("m") == "a"
+    c.finish("m")  # on a
+    c.handle(NodeLost("a"))
+    state = c.orch.run("r")
+    assert state.location(0) is None and state.location(2) is None
+    assert c.running_ids() == ["s2"]  # b's only slot
+    c.finish("s2")  # out is ready by the tracker but m is lost: s1 must run first
+    assert c.running_ids() == ["s1"]
+    c.finish("s1")
+    assert c.running_ids() == ["m"]
+    c.finish("m")
+    assert c.running_ids() == ["out"]
+    c.finish("out")
+    assert c.finished["r"].error is None
+    assert set(state.allocations().values()) == {"b"} and len(state.allocations()) == 4
+    assert state.function_stats()["m"].attempts == 1
+    assert c.idle()
+
+
+def test_every_result_lost_with_a_node_is_recomputed_even_unneeded_ones(sched):
+    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
+    c.submit(dag_of(fn("leaf"), fn("busy"), fn("after", ["busy"])))
+    assert c.node_of("leaf") == "a"
+    c.finish("leaf")
+    c.handle(NodeLost("a"))
+    assert c.running_ids() == ["busy"]
+    c.finish("busy")
+    c.drain()
+    state = c.orch.run("r")
+    assert c.finished["r"].error is None
+    assert state.allocations() == {"leaf": "b", "busy": "b", "after": "b"}
+
+
+def test_a_result_with_a_live_copy_is_not_recomputed(sched):
+    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
+    c.submit(dag_of(fn("x"), fn("y", ["x"])))
+    c.finish("x")  # on a
+    c.handle(ResultCopied("r", 0, "b"))
+    node_y = c.node_of("y")
+    c.lose("a")
+    state = c.orch.run("r")
+    assert state.location(0) == "b"
+    if node_y == "a":
+        assert c.running_ids() == ["y"]  # re-placed, x not recomputed
+    c.drain()
+    assert state.allocations()["x"] == "b"
+    assert [d for d in c.dispatched if d[1] == 0] == [("r", 0, 1, "a")]
+
+
+def test_pinned_function_on_a_lost_node_fails_the_run(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(dag_of(fn("x"), fn("y"), fn("p", ["x"], node="a")))
+    assert {c.node_of("x"), c.node_of("y")} == {"a"}
+    c.finish("x")
+    c.lose("a")
+    err = c.finished["r"].error
+    assert isinstance(err, NodeLostError) and err.node == "a" and err.function_ids == ["p"]
+    assert not c.running and c.idle()
+
+
+def test_run_fails_when_no_live_node_can_hold_what_is_left(sched):
+    c = Cluster(sched, {"a": {"gpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("g", ["x"], cost={"gpu": 1})))
+    c.handle(NodeLost("a"))
+    err = c.finished["r"].error
+    assert isinstance(err, NodeLostError) and err.function_ids == ["g"]
+    assert "no live node has the total capacity" in str(err)
+    assert c.idle()
+
+
+def test_collocated_group_on_a_lost_node_is_replaced_together(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("y", ["x"], cost={"cpu": 1}, node=Collocated("x")),
+                    fn("z", ["y"])))
+    first = c.node_of("x")
+    c.finish("x")
+    assert c.node_of("y") == first
+    c.running.pop(("r", 1))
+    c.handle(NodeLost(first))
+    other = ({"a", "b"} - {first}).pop()
+    assert c.node_of("x") == other  # recomputed: the group's new node
+    c.finish("x")
+    assert c.node_of("y") == other
+    c.drain()
+    alloc = c.orch.run("r").allocations()
+    assert alloc["x"] == alloc["y"] == other and c.idle()
+
+
+def test_result_lost_for_a_consumer_recomputes_and_retries_without_counting(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(dag_of(fn("x"), fn("y", ["x"])), max_retries=0)
+    c.finish("x")
+    x_node = c.orch.run("r").location(0)
+    attempt, _ = c.running.pop(("r", 1))
+    c.handle(ResultLost("r", 0, 1, attempt))
+    assert c.running_ids() == ["x"]
+    c.handle(ResultLost("r", 0, 1, attempt))  # a duplicate report changes nothing
+    assert c.running_ids() == ["x"]
+    c.finish("x")
+    assert c.running_ids() == ["y"] and c.running[("r", 1)][0] == attempt + 1
+    c.finish("y")
+    state = c.orch.run("r")
+    assert c.finished["r"].error is None
+    assert state.function_stats()["y"].attempts == 1 and x_node
+    assert c.idle()
+
+
+def test_result_lost_without_consumer_recomputes_it(sched):
+    c = Cluster(sched, {"a": {}}, slots={"a": 1})
+    c.submit(dag_of(fn("x"), fn("y"), fn("z", ["x", "y"])))
+    c.finish("x")
+    c.handle(ResultLost("r", 0))
+    assert c.running_ids() == ["y"]
+    c.finish("y")
+    assert c.running_ids() == ["x"]  # z waits for x's recompute
+    c.drain()
+    assert c.finished["r"].error is None
+    assert [d[1] for d in c.dispatched].count(0) == 2
+
+
+def test_lost_node_mid_run_with_costs_releases_every_claim(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}, "c": {"cpu": 2}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(8)], fn("sum", list(range(8)))))
+    for key in [k for k, (_, node) in c.running.items() if node == "b"]:
+        c.running.pop(key)
+    c.handle(NodeLost("b"))
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
+    assert set(c.orch.run("r").allocations().values()) <= {"a", "c"}
+
+
+def test_local_only_runs_everything_on_the_local_node(sched):
+    c = Cluster(sched, {"local": {"cpu": 1}, "b": {"cpu": 64}})
+    c.submit(dag_of(fn("x", cost={"cpu": 32}, node="b"), fn("y", ["x"], cost={"gpu": 3})), local_only=True)
+    assert c.node_of("x") == "local"
+    c.drain()
+    assert set(c.orch.run("r").allocations().values()) == {"local"} and c.idle()
+
+
+# -- randomized ----------------------------------------------------------------------------
+
+
+def random_dag(rng, n):
+    fs = []
+    for k in range(n):
+        deps = rng.sample(range(k), min(k, rng.randint(0, 3)))
+        kw = {}
+        roll = rng.random()
+        if roll < 0.4:
+            kw["cost"] = {"cpu": rng.choice([1, 2]), **({"mem": 100} if rng.random() < 0.3 else {})}
+        elif roll < 0.5 and k:
+            kw["type"] = "inline"
+        elif roll < 0.55 and k and not fs[k - 1].is_inline:
+            kw["node"] = Collocated(k - 1)
+        elif roll < 0.58:
+            kw["node"] = rng.choice(["n0", "n1"])
+        fs.append(fn(k, deps, **kw))
+    return dag_of(*fs, id=f"rand{n}")
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
+    rng = random.Random(seed)
+    strategy = ("first_available", "load_balanced", "cost_optimized")[seed % 3]
+    c = Cluster(
+        sched,
+        {f"n{k}": {"cpu": 4, "mem": 1000} for k in range(4)},
+        slots={f"n{k}": rng.randint(1, 4) for k in range(4)},
+    )
+    runs = {f"r{k}": random_dag(rng, rng.randint(5, 40)) for k in range(3)}
+    for run_id, d in runs.items():
+        c.submit(d, run_id=run_id, strategy=strategy, max_retries=2,
+                 max_concurrency=rng.choice([None, 2, 5]))
+    lost_one = False
+    finished_before_loss: set = set()
+    steps = 0
+    while c.order:
+        steps += 1
+        assert steps < 10_000
+        run_id, i = c.order[rng.randrange(len(c.order))]
+        roll = rng.random()
+        if roll < 0.02 and not lost_one:
+            lost_one = True
+            finished_before_loss = set(c.finished)
+            c.lose("n1")
+            continue
+        if roll < 0.025:
+            c.handle(NodeJoined(f"extra{steps}", {"cpu": 2, "mem": 100}))
+            continue
+        if roll < 0.03 and rng.random() < 0.2:
+            c.handle(CancelRun(run_id, TimeoutError("run", 1.0)))
+            continue
+        if roll < 0.035:
+            state = c.orch.run(run_id)
+            done = [j for j in range(state.n) if state.location(j) is not None]
+            if done:
+                c.handle(ResultCopied(run_id, rng.choice(done), rng.choice(list(c.orch.node_load()))))
+            continue
+        if roll < 0.05:
+            state = c.orch.run(run_id)
+            inputs = [j for j in state.effective_inputs(i) if state.location(j) is not None]
+            if inputs:
+                attempt, _ = c.running.pop((run_id, i))
+                c.handle(ResultLost(run_id, rng.choice(inputs), i, attempt))
+                continue
+        fid = c.dags[run_id].compile().ids[i]
+        c.finish(fid, run_id, ok=rng.random() > 0.1)
+    assert set(c.finished) == set(runs)
+    for run_id, d in runs.items():
+        fin = c.finished[run_id]
+        state = c.orch.run(run_id)
+        if fin.error is None:
+            regular = {f.id for f in d if not f.is_inline}
+            assert set(state.allocations()) == regular
+            if run_id not in finished_before_loss:
+                assert all(node in c.orch.node_load() for node in state.allocations().values())
+            for g, members in enumerate(state.group_members):
+                assert len({state.location(m) for m in members}) == 1
+        else:
+            assert isinstance(fin.error, (FunctionError, NodeLostError, TimeoutError))
+    assert c.idle(), c.ledger.used_matrix()
+    assert not np.asarray(c.ledger.used_matrix()).any()
