@@ -188,7 +188,7 @@ class Node(PeerMixin, OrchestrationMixin):
                                 break
                 self._run_commands()
                 self._run_timers()
-                if busy or self._local_events:
+                if busy or self._local_events or self.pool.queue:
                     self._flush()
         finally:
             if self._running:

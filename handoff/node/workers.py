@@ -23,8 +23,9 @@ log = logging.getLogger("handoff.workers")
 __all__ = ["Job", "WorkerPool"]
 
 BATCH_MAX = 128  # jobs per WorkerRun message when jobs are short
-FAST_JOB = 0.002  # seconds; jobs shorter than this on average are sent in batches
-SLOW_INFLIGHT = 2  # per worker when jobs are long: one running, one waiting
+FAST_JOB = 0.002  # seconds; code that runs shorter than this on average is sent in batches
+MEDIUM_JOB = 0.025  # below this a worker also holds one job in waiting, hiding the round trip
+UNKNOWN_JOB = 0.05  # what code never seen before is assumed to take: one job per worker
 MAX_START_FAILURES = 5
 
 
@@ -48,6 +49,7 @@ class Job:
     sent_at: float = 0.0
     cancelled: bool = False
     claimed: bool = False
+    code_key: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -80,7 +82,7 @@ class WorkerPool:
         self.jobs: dict[int, Job] = {}
         self._next_job = 1
         self._next_slot = 0
-        self.ema = 0.0
+        self.durations: dict[int, float] = {}  # code key -> running average of its run time
         self.completed = 0
         self.replaced = 0
         self.start_failures = 0  # workers in a row that died before saying ready
@@ -134,12 +136,15 @@ class WorkerPool:
         job.job_id = self._next_job
         self._next_job += 1
         self.jobs[job.job_id] = job
+        if job.blobs and job.blobs[0]:
+            job.code_key = hash(_bytes(job.blobs[0][0]))
+        if len(self.durations) > 10000:
+            self.durations.clear()
         if job.cost and not self.ledger.request(self.name, job.cost):
             self.blocked.append(job)
             return
         job.claimed = bool(job.cost)
-        self.queue.append(job)
-        self.pump()
+        self.queue.append(job)  # the loop pumps once per iteration, so jobs go out in batches
 
     def _release(self, job: Job) -> None:
         if job.claimed:
@@ -163,40 +168,50 @@ class WorkerPool:
         self.blocked = still
 
     # ---- feeding workers ------------------------------------------------------------
+    def _estimate(self, job: Job) -> float:
+        return self.durations.get(job.code_key, UNKNOWN_JOB)
+
+    def _cap(self, estimate: float) -> int:
+        """Jobs a worker may hold: many short ones, two medium ones, or one long one."""
+        if estimate < FAST_JOB:
+            return 2 * BATCH_MAX
+        return 2 if estimate < MEDIUM_JOB else 1
+
     def pump(self) -> None:
         queue = self.queue
         while queue:
-            worker = self._pick_worker(queue[0])
+            head = queue[0]
+            if head.cancelled:
+                queue.popleft()
+                continue
+            estimate = self._estimate(head)
+            cap = self._cap(estimate) if head.timeout is None else 1
+            worker = self._pick_worker(cap)
             if worker is None:
                 return
-            if queue[0].timeout is not None:
+            if head.timeout is not None:
                 batch = [queue.popleft()]
                 worker.exclusive = True
+            elif estimate >= FAST_JOB:
+                batch = [queue.popleft()]
             else:
-                fast = self.ema < FAST_JOB
-                cap = 2 * BATCH_MAX if fast else SLOW_INFLIGHT
-                room = cap - len(worker.inflight)
-                share = max(1, -(-len(queue) // max(1, self.ready_count()))) if fast else 1
-                n = min(room, share, BATCH_MAX)
+                share = -(-len(queue) // max(1, self.ready_count()))
+                n = min(cap - len(worker.inflight), share, BATCH_MAX)
                 batch = []
-                while queue and len(batch) < n and queue[0].timeout is None:
-                    job = queue.popleft()
-                    if not job.cancelled:
-                        batch.append(job)
-                if not batch:
-                    continue
+                while queue and len(batch) < n:
+                    job = queue[0]
+                    if job.cancelled:
+                        queue.popleft()
+                        continue
+                    if job.timeout is not None or self._estimate(job) >= FAST_JOB:
+                        break
+                    batch.append(queue.popleft())
             self._send(worker, batch)
 
-    def _pick_worker(self, job: Job) -> Worker | None:
+    def _pick_worker(self, cap: int) -> Worker | None:
         best = None
-        fast = self.ema < FAST_JOB
-        cap = 2 * BATCH_MAX if fast else SLOW_INFLIGHT
         for w in self.workers.values():
-            if w.identity is None or w.exclusive:
-                continue
-            if job.timeout is not None and w.inflight:
-                continue
-            if len(w.inflight) >= cap:
+            if w.identity is None or w.exclusive or len(w.inflight) >= cap:
                 continue
             if best is None or len(w.inflight) < len(best.inflight):
                 best = w
@@ -242,7 +257,9 @@ class WorkerPool:
             worker.exclusive = False
             self._release(job)
             self.completed += 1
-            self.ema = 0.9 * self.ema + 0.1 * max(0.0, finished - started)
+            took = max(0.0, finished - started)
+            old = self.durations.get(job.code_key)
+            self.durations[job.code_key] = took if old is None else 0.7 * old + 0.3 * took
             if job.cancelled:
                 continue
             frames = msg.blobs[blob] if blob >= 0 else None
@@ -346,6 +363,10 @@ class WorkerPool:
             "replaced": self.replaced,
             "used": self.ledger.used(self.name),
         }
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
 def _worker_env() -> dict:

@@ -7,7 +7,7 @@ Instructions say what the node layer must do; it turns them into wire messages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Mapping
 
 from handoff.errors import HandoffError
 
@@ -115,7 +115,7 @@ class ResultCopied:
     node: str
 
 
-Event = Union[TaskFinished, NodeJoined, NodeUpdated, NodeLost, CancelRun, ResultLost, ResultCopied]
+Event = TaskFinished | NodeJoined | NodeUpdated | NodeLost | CancelRun | ResultLost | ResultCopied
 
 
 # -- instructions --------------------------------------------------------------------------
@@ -156,4 +156,4 @@ class ReleaseRun:
     nodes: list[str]
 
 
-Instruction = Union[Dispatch, CancelTasks, RunFinished, ReleaseRun]
+Instruction = Dispatch | CancelTasks | RunFinished | ReleaseRun

@@ -55,8 +55,7 @@ from handoff.scheduler.run import RunSpec, RunState
 __all__ = ["Orchestrator", "DEFAULT_SLOTS"]
 
 DEFAULT_SLOTS = 64
-_FIRST_TRY = 4  # rows of a parked class tried first (a release usually lets one or two in)
-_NO_PINS = np.full(_FIRST_TRY, -1, dtype=np.int64)
+_FIRST_TRY = 4  # functions of a parked class tried first
 
 
 def _turn_order(run: RunState) -> tuple[int, float]:
@@ -87,7 +86,6 @@ class Orchestrator:
         self._busy: dict[str, int] = {}  # live node -> in-flight tasks from this orchestrator
         self._free_slots = 0
         self._vec_cache: dict[tuple, np.ndarray] = {}
-        self._rows: dict[int, np.ndarray] = {}  # id(vec) -> its first rows, padded to the ledger
         self._batches: dict[tuple[RunState, str], list[tuple[int, int]]] = {}
         self._handlers: dict[type, Callable[[Any], list[Instruction]]] = {
             TaskFinished: self._on_task_finished,
@@ -217,68 +215,17 @@ class Orchestrator:
         return out
 
     def _recover(self, run: RunState, dead: str) -> list[Instruction]:
-        """Re-place ``run``'s work from ``dead`` and recompute its results held only there."""
-        moved = [i for i, node in run.inflight.items() if node == dead]
-        for i in moved:
-            del run.inflight[i]  # the claim went with the node
-            run.recoveries[i] += 1
-        if run.copies:
-            for nodes in run.copies.values():
-                nodes.discard(dead)
-        lost = []
-        locations = run.locations
-        for i, node in enumerate(locations):
-            if node == dead:
-                alive = run.copies.get(i) if run.copies else None
-                if alive:
-                    locations[i] = min(alive)
-                else:
-                    locations[i] = None
-                    lost.append(i)
-        for g, node in enumerate(run.group_node):
-            if node == dead:
-                run.group_node[g] = None
-        run.lost.update(lost)
-        parked = [i for dq in run.parked.values() for i in dq]  # re-classified when next tried
-        run.parked.clear()
-        for i in reversed(moved + lost + parked):
-            run.queue.appendleft(i)
+        """Re-place ``run``'s work from ``dead``; fail it if what is left cannot run anywhere."""
+        moved, lost = run.lose_node(dead)
         ids = run.graph.ids
-        if run.pin_all == dead:
-            return self._finish(run, NodeLostError(dead, [ids[i] for i in moved + lost]))
-        stranded = sorted(i for i, pin in run.pins.items() if pin == dead and run.needed(i))
+        stranded = run.stranded(dead)
         if stranded:
             return self._finish(run, NodeLostError(dead, [ids[i] for i in stranded]))
-        unplaceable = self._unplaceable(run)
+        unplaceable = run.unplaceable(self.ledger)
         if unplaceable:
-            return self._finish(
-                run,
-                NodeLostError(
-                    dead, [ids[i] for i in unplaceable],
-                    reason="after losing it, no live node has the total capacity to run them",
-                ),
-            )
+            reason = "after losing it, no live node has the total capacity to run them"
+            return self._finish(run, NodeLostError(dead, [ids[i] for i in unplaceable], reason))
         return []
-
-    def _unplaceable(self, run: RunState) -> list[int]:
-        """Functions still to run whose cost (or group's summed cost) fits no live node."""
-        if run.pin_all is not None:
-            return []
-        fits: dict[int, bool] = {}
-        bad = []
-        for i, vec in run.vecs.items():
-            if not run.needed(i):
-                continue
-            ok = fits.get(id(vec))
-            if ok is None:
-                ok = fits[id(vec)] = bool(self.ledger.fits_total(run.costs[i]))
-            if not ok:
-                bad.append(i)
-        for g, members in enumerate(run.group_members):
-            if run.group_node[g] is None and run.group_cost[g]:
-                if any(run.needed(i) for i in members) and not self.ledger.fits_total(run.group_cost[g]):
-                    bad.extend(i for i in members if run.needed(i))
-        return sorted(set(bad))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -294,21 +241,8 @@ class Orchestrator:
         self._release(run, i, node)
         if not ev.ok:
             return self._attempt_failed(run, i, node, ev.error)
-        run.locations[i] = node
-        run.started[i] = ev.started
-        run.finished_at[i] = ev.finished
-        if run.lost and i in run.lost:  # a recomputation: i completed before
-            run.lost.discard(i)
-            waiting = run.waiters.pop(i, None)
-            if waiting:
-                run.queue.extendleft(reversed(waiting))
-        else:
-            ready = run.tracker.complete(i)
-            if len(ready):
-                run.queue.extend(ready.tolist())
-        if run.tracker.remaining == 0 and not run.lost:
-            return self._finish(run, None)
-        return []
+        run.succeeded(i, node, ev.started, ev.finished)
+        return self._finish(run, None) if run.done else []
 
     def _attempt_failed(
         self, run: RunState, i: int, node: str, info: ErrorInfo | None
@@ -316,7 +250,7 @@ class Orchestrator:
         run.failures[i] += 1
         if run.failures[i] <= run.retry_limit(i):
             run.avoid[i] = node
-            run.queue.appendleft(i)
+            run.requeue(i)
             return []
         info = info or ErrorInfo("UnknownError", "the attempt failed without an error report")
         error = FunctionError(
@@ -342,24 +276,14 @@ class Orchestrator:
             del run.inflight[c]
             self._release(run, c, node)
             run.recoveries[c] += 1
-            run.queue.appendleft(c)  # it waits for the recompute when it is next tried
-        j = ev.index
-        if j in run.lost or not run.tracker.is_complete(j):
-            return []
-        alive = [n for n in run.copies.get(j, ()) if n in self._busy and n != run.locations[j]]
-        if alive:
-            run.locations[j] = alive[0]
-            run.copies[j].discard(alive[0])
-            return []
-        run.locations[j] = None
-        run.lost.add(j)
-        run.queue.appendleft(j)
+            run.requeue(c)  # when next tried, it waits for the recompute
+        run.lose_result(ev.index, self._busy)
         return []
 
     def _on_result_copied(self, ev: ResultCopied) -> list[Instruction]:
         run = self._runs.get(ev.run_id)
-        if run is not None and not run.finished and run.locations[ev.index] not in (None, ev.node):
-            run.copies.setdefault(ev.index, set()).add(ev.node)
+        if run is not None and not run.finished:
+            run.add_copy(ev.index, ev.node)
         return []
 
     # -- ending ----------------------------------------------------------------------------
@@ -388,12 +312,7 @@ class Orchestrator:
             self._release(run, i, node)
         for node, indices in by_node.items():
             out.append(CancelTasks(run.run_id, node, sorted(indices)))
-        run.inflight.clear()
-        run.queue.clear()
-        run.parked.clear()
-        run.waiters.clear()
-        run.lost.clear()
-        run.finished, run.error = True, error
+        run.end(error)
         self._rotation.remove(run)
         out.append(RunFinished(run.run_id, error, info))
         if run.nodes_used:
@@ -445,15 +364,9 @@ class Orchestrator:
                 if key in blocked:
                     continue
                 dq = run.parked[key]
-                if len(key) == 2 and key[0] and not run.lost:  # a cost class: one allocate() says how many fit
-                    done, full = self._place_class(run, dq, key, limit - placed)
-                    placed += done
-                    if full:
-                        blocked.add(key)
-                    if not dq:
-                        del run.parked[key]
-                    continue
-                step = 1  # the rest fit or not alike too: grow the batch until one does not fit
+                # a class fits or not alike, and claims only grow within a round: try a few
+                # (a release usually lets one or two in), and all the rest only if those fit
+                step = _FIRST_TRY
                 while dq and placed < limit and self._free_slots > 0:
                     items = [dq.popleft() for _ in range(min(step, limit - placed, len(dq)))]
                     done, failed = self._place(run, items)
@@ -462,7 +375,7 @@ class Orchestrator:
                         blocked.add(key)
                         dq.extendleft(reversed(failed))
                         break
-                    step *= 2
+                    step = len(dq)
                 if not dq:
                     del run.parked[key]
         queue = run.queue
@@ -470,78 +383,14 @@ class Orchestrator:
             items = []
             for _ in range(min(limit - placed, len(queue))):
                 i = queue.popleft()
-                if blocked and self._class_of(run, i) in blocked:
-                    self._park(run, i)
+                if blocked and run.placement_class(i) in blocked:
+                    run.park(i)
                 else:
                     items.append(i)
             done, failed = self._place(run, items)
             placed += done
             for i in failed:
-                blocked.add(self._park(run, i))
-
-    def _place_class(self, run: RunState, dq: deque, key: Any, limit: int) -> tuple[int, bool]:
-        """Start up to ``limit`` functions of one parked cost class (same vector, same target).
-
-        Returns (how many started, whether the class ran out of room). Claims only grow
-        during a round, so the rows that fit are a prefix of the rows tried: a few rows
-        first (usually one task's release lets one more in), then the rest if all fit.
-        """
-        vec_id, target = key
-        ledger = self.ledger
-        busy, slots = self._busy, self._slots
-        if target is not None:
-            if target not in busy:
-                return 0, True
-            limit = min(limit, slots[target] - busy[target])
-        vec = run.vecs[dq[0]]
-        rows = self._rows.get(vec_id)
-        width = len(ledger.resources)
-        if rows is None or rows.shape[1] != width:
-            rows = np.zeros((_FIRST_TRY, width), dtype=np.float64)
-            rows[:, : vec.shape[0]] = vec
-            self._rows[vec_id] = rows
-        row = rows[0]
-        pins = _NO_PINS if target is None else np.full(_FIRST_TRY, ledger.node_index(target), dtype=np.int64)
-        started, k = 0, _FIRST_TRY
-        while True:
-            k = min(limit - started, len(dq), self._free_slots, k)
-            if k <= 0:
-                return started, bool(dq) and started < limit
-            if k > _FIRST_TRY:
-                rows, pins = np.tile(row, (k, 1)), np.full(k, pins[0], dtype=np.int64)
-            chosen = _core.allocate(ledger, rows[:k], pins[:k], run.strategy, True).tolist()
-            names = ledger.nodes
-            for t, j in enumerate(chosen):
-                if j < 0:
-                    return started, True
-                node = names[j]
-                if busy[node] >= slots[node]:
-                    ledger.release_vec(j, row)  # the node has resources but no free slot
-                    node = self._place_among(run, dq[0], vec) if target is None else None
-                    if node is None:
-                        for j2 in chosen[t + 1 :]:
-                            if j2 >= 0:
-                                ledger.release_vec(j2, row)
-                        return started, True
-                self._commit(run, dq.popleft(), node)
-                started += 1
-            k = 1 << 30  # all of the first rows fit: try the rest in one go
-
-    def _class_of(self, run: RunState, i: int) -> Any:
-        """Functions of one class fit or not alike: same cost vector, same target node."""
-        target = run.target(i)
-        if target is None and (i in run.group_of or i in run.avoid):
-            return ("one", run.run_id, i)  # placed among a subset of nodes: its own class
-        vec = run.vecs.get(i) if run.vecs else None
-        return (0 if vec is None else id(vec), target)
-
-    def _park(self, run: RunState, i: int) -> Any:
-        key = self._class_of(run, i)
-        dq = run.parked.get(key)
-        if dq is None:
-            dq = run.parked[key] = deque()
-        dq.append(i)
-        return key
+                blocked.add(run.park(i))
 
     def _place(self, run: RunState, items: list[int]) -> tuple[int, list[int]]:
         """Try to start ``items``; returns (how many started, those left waiting, in order)."""
@@ -551,7 +400,7 @@ class Orchestrator:
         started = 0
         busy, slots = self._busy, self._slots
         for pos, i in enumerate(items):
-            if run.lost and self._waits_for_lost(run, i):
+            if run.lost and run.waits_for_lost(i):
                 continue
             target = run.target(i)
             vec = run.vecs.get(i) if run.vecs and run.pin_all is None else None
@@ -639,12 +488,6 @@ class Orchestrator:
             heap = [(busy[n], p, n) for p, n in enumerate(order) if busy[n] < slots[n]]
             heapq.heapify(heap)
             for k, (pos, i) in enumerate(zero):
-                while heap and heap[0][0] != busy[heap[0][2]]:  # stale entry: refresh it
-                    _, p, n = heap[0]
-                    if busy[n] < slots[n]:
-                        heapq.heapreplace(heap, (busy[n], p, n))
-                    else:
-                        heapq.heappop(heap)
                 if not heap:
                     failed.extend(zero[k:])
                     break
@@ -713,13 +556,3 @@ class Orchestrator:
             score = np.where(declared, ((cap - used) - v) / safe, 0.0).sum(axis=1)
         order = sorted(range(len(names)), key=lambda k: (score[k], busy[names[k]], k))
         return [names[k] for k in order]
-
-    def _waits_for_lost(self, run: RunState, i: int) -> bool:
-        """If an input of ``i`` is being recomputed, make ``i`` wait for it and say so."""
-        lost = run.lost
-        for d in run.effective_inputs(i):
-            if d in lost:
-                run.waiters.setdefault(d, []).append(i)
-                return True
-        return False
-

@@ -1,4 +1,4 @@
-"""One DAG run's state: what is done, where results live, what is in flight, and its placement rules.
+"""One DAG run's state: what is done, where results live, what is in flight, where it may go.
 
 Everything is indexed by the function's position in ``CompiledGraph.ids`` (ints, not ids),
 so the orchestrator's per-task work is list and dict operations on small ints.
@@ -62,14 +62,16 @@ class RunState:
     For the node layer: ``run_id``, ``dag_id``, ``graph``, ``functions``, ``strategy``,
     ``finished``, ``error``, ``submitted_at``, ``location(i)``, ``attempt(i)``,
     ``effective_inputs(i)``, ``in_flight()``, ``allocations()``, ``stats`` (by index),
-    ``function_stats()`` (by id), ``nodes_used``. The other attributes are the scheduler's bookkeeping.
+    ``function_stats()`` (by id), ``nodes_used``. The rest is the scheduler's bookkeeping.
     """
 
     def __init__(self, spec: RunSpec):
         graph = spec.graph
         n = len(graph.ids)
         if len(spec.functions) != n:
-            raise ValueError(f"run {spec.run_id!r}: {len(spec.functions)} functions for a graph of {n}")
+            raise ValueError(
+                f"run {spec.run_id!r}: {len(spec.functions)} functions for a graph of {n}"
+            )
         self.spec = spec
         self.run_id = spec.run_id
         self.dag_id = spec.dag_id
@@ -194,6 +196,144 @@ class RunState:
         """True while ``i`` still has to run: not completed, or completed and lost."""
         return i in self.lost or not self.tracker.is_complete(i)
 
+    def succeeded(self, i: int, node: str, started: float, finished: float) -> None:
+        """Record ``i``'s result on ``node`` and queue what became ready."""
+        self.locations[i] = node
+        self.started[i] = started
+        self.finished_at[i] = finished
+        if self.lost and i in self.lost:  # a recomputation: the tracker saw i complete before
+            self.lost.discard(i)
+            waiting = self.waiters.pop(i, None)
+            if waiting:
+                self.queue.extendleft(reversed(waiting))
+        else:
+            ready = self.tracker.complete(i)
+            if len(ready):
+                self.queue.extend(ready.tolist())
+
+    @property
+    def done(self) -> bool:
+        """Every non-inline function completed and none of their results is lost."""
+        return self.tracker.remaining == 0 and not self.lost
+
+    def requeue(self, i: int) -> None:
+        """Put ``i`` back at the head of the queue (a retry, or an attempt cut short)."""
+        self.queue.appendleft(i)
+
+    def waits_for_lost(self, i: int) -> bool:
+        """If an input of ``i`` is being recomputed, make ``i`` wait for it and say so."""
+        lost = self.lost
+        for d in self.effective_inputs(i):
+            if d in lost:
+                self.waiters.setdefault(d, []).append(i)
+                return True
+        return False
+
+    def lose_node(self, dead: str) -> tuple[list[int], list[int]]:
+        """Forget ``dead``: what ran there and results only it held go back to the queue.
+
+        Returns (moved, lost): tasks that were running there (their claims went with the
+        node) and completed functions to recompute. Parked work is re-queued too, so it is
+        classified again against the new membership.
+        """
+        moved = [i for i, node in self.inflight.items() if node == dead]
+        for i in moved:
+            del self.inflight[i]
+            self.recoveries[i] += 1
+        for nodes in self.copies.values():
+            nodes.discard(dead)
+        lost = []
+        locations = self.locations
+        for i, node in enumerate(locations):
+            if node == dead:
+                alive = self.copies.get(i)
+                if alive:
+                    locations[i] = min(alive)
+                    alive.discard(locations[i])
+                else:
+                    locations[i] = None
+                    lost.append(i)
+        self.group_node = [None if node == dead else node for node in self.group_node]
+        self.lost.update(lost)
+        parked = [i for dq in self.parked.values() for i in dq]
+        self.parked.clear()
+        self.queue.extendleft(reversed(moved + lost + parked))
+        return moved, lost
+
+    def stranded(self, dead: str) -> list[int]:
+        """Functions still to run that are pinned to ``dead``."""
+        if self.pin_all == dead:
+            return [i for i in range(self.n) if not self.graph.inline[i] and self.needed(i)]
+        return sorted(i for i, pin in self.pins.items() if pin == dead and self.needed(i))
+
+    def unplaceable(self, ledger: Any) -> list[int]:
+        """Functions still to run whose cost (or group's summed cost) fits no node's total."""
+        if self.pin_all is not None:
+            return []
+        fits: dict[int, bool] = {}
+        bad = []
+        for i, vec in self.vecs.items():
+            if self.needed(i):
+                ok = fits.get(id(vec))
+                if ok is None:
+                    ok = fits[id(vec)] = bool(ledger.fits_total(self.costs[i]))
+                if not ok:
+                    bad.append(i)
+        for g, members in enumerate(self.group_members):
+            needed = [i for i in members if self.needed(i)]
+            cost = self.group_cost[g]
+            if needed and self.group_node[g] is None and cost and not ledger.fits_total(cost):
+                bad.extend(needed)
+        return sorted(set(bad))
+
+    def lose_result(self, j: int, live: Any) -> None:
+        """The result of ``j`` could not be fetched: use a live copy, or recompute it."""
+        if j in self.lost or not self.tracker.is_complete(j):
+            return
+        copies = self.copies.get(j, set())
+        alive = sorted(n for n in copies if n in live and n != self.locations[j])
+        if alive:
+            self.locations[j] = alive[0]
+            copies.discard(alive[0])
+            return
+        self.locations[j] = None
+        self.lost.add(j)
+        self.queue.appendleft(j)
+
+    def add_copy(self, j: int, node: str) -> None:
+        if self.locations[j] not in (None, node):
+            self.copies.setdefault(j, set()).add(node)
+
+    def end(self, error: HandoffError | None) -> None:
+        """Mark the run over; whatever was queued or waiting is dropped."""
+        self.inflight.clear()
+        self.queue.clear()
+        self.parked.clear()
+        self.waiters.clear()
+        self.lost.clear()
+        self.finished, self.error = True, error
+
+    def placement_class(self, i: int) -> tuple:
+        """Functions of one class fit or not alike: the same cost vector and target node.
+
+        Functions placed among a subset of nodes (the first of a collocation group, a retry
+        avoiding a node) are a class of their own.
+        """
+        target = self.target(i)
+        if target is None and (i in self.group_of or i in self.avoid):
+            return ("one", self.run_id, i)
+        vec = self.vecs.get(i) if self.vecs else None
+        return (0 if vec is None else id(vec), target)
+
+    def park(self, i: int) -> tuple:
+        """Set ``i`` aside until its class may fit; returns the class."""
+        key = self.placement_class(i)
+        dq = self.parked.get(key)
+        if dq is None:
+            dq = self.parked[key] = deque()
+        dq.append(i)
+        return key
+
     def _dependency_lists(self) -> tuple[list[int], list[int], list[int]]:
         if self._deps is None:
             g = self.graph
@@ -260,7 +400,7 @@ class RunState:
                 if node is not None and node not in nodes:
                     return AllocationError(
                         fn.id, cost, ledger.capacities(),
-                        reason=f"it is pinned to node {node!r}, whose total capacity does not fit it",
+                        reason=f"it is pinned to node {node!r}, whose total capacity is too small",
                     )
         if links:
             return self._prepare_groups(links, ledger)
@@ -303,7 +443,8 @@ class RunState:
                 where = f"node {pins[0]!r}, where they are pinned" if pins else "any node"
                 return AllocationError(
                     first.id, total, ledger.capacities(),
-                    reason=f"the summed cost of the collocated functions {fids} does not fit {where}",
+                    reason=f"the summed cost of the collocated functions {fids} does not fit "
+                    f"{where}",
                 )
             for i in group:
                 self.group_of[i] = g

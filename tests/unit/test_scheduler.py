@@ -726,6 +726,78 @@ def test_local_only_runs_everything_on_the_local_node(sched):
     assert set(c.orch.run("r").allocations().values()) == {"local"} and c.idle()
 
 
+def test_local_node_lost_or_missing_fails_local_only_runs(sched):
+    c = Cluster(sched, {"local": {}, "b": {}})
+    c.submit(dag_of(fn("x"), fn("y", ["x"])), local_only=True)
+    c.lose("local")
+    err = c.finished["r"].error
+    assert isinstance(err, NodeLostError) and err.node == "local" and err.function_ids == ["x", "y"]
+    c.submit(dag_of(fn("x")), run_id="r2", local_only=True)
+    assert "local node 'local' is not in the ledger" in str(c.finished["r2"].error)
+
+
+def test_result_lost_with_a_live_copy_switches_to_the_copy(sched):
+    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
+    c.submit(dag_of(fn("x"), fn("y"), fn("z", ["x"])))
+    c.finish("x")
+    state = c.orch.run("r")
+    other = ({"a", "b"} - {state.location(0)}).pop()
+    c.handle(ResultCopied("r", 0, other))
+    c.handle(ResultLost("r", 0))
+    assert state.location(0) == other and not state.lost
+    c.drain()
+    assert [d[1] for d in c.dispatched].count(0) == 1
+
+
+def test_a_node_removed_directly_from_the_ledger_counts_as_lost_at_next_submit(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("y", cost={"cpu": 1})))
+    assert c.node_of("x") == "a"
+    c.running.pop(("r", 0))
+    c.ledger.unregister("a")
+    c.submit(dag_of(fn("q")), run_id="r2")
+    assert "a" not in c.orch.node_load()
+    c.finish("y")
+    assert c.node_of("x") == "b"
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
+
+
+def test_many_waiting_functions_start_at_once_when_room_appears(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(20)]))
+    assert len(c.running) == 1
+    c.handle(NodeJoined("big", {"cpu": 12}))
+    assert len(c.running) == 13 and c.ledger.used("big") == {"cpu": 12.0}
+    c.drain()
+    assert c.idle()
+
+
+def test_load_balanced_mixes_costed_and_zero_cost_work(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}}, slots={"a": 3, "b": 3})
+    c.submit(dag_of(*[fn(f"c{k}", cost={"cpu": 1}) for k in range(3)], *[fn(k) for k in range(4)]),
+             strategy="load_balanced")
+    assert c.orch.node_load() == {"a": 3, "b": 3}
+    c.drain()
+    assert c.idle()
+
+
+def test_forget_drops_finished_runs_only(sched):
+    c = Cluster(sched, {"a": {}})
+    c.submit(dag_of(fn("x")), run_id="done")
+    c.submit(dag_of(fn("x")), run_id="busy")
+    c.finish("x", "done")
+    c.orch.forget("done")
+    c.orch.forget("busy")
+    c.orch.forget("never")
+    with pytest.raises(KeyError):
+        c.orch.run("done")
+    assert c.orch.run("busy").in_flight() == {0: "a"}
+    assert c.orch.run("busy").attempt(0) == 1
+    with pytest.raises(ValueError):
+        Orchestrator(sched.ResourceLedger(), "x", default_slots=0)
+
+
 # -- randomized ----------------------------------------------------------------------------
 
 
