@@ -54,7 +54,9 @@ class SimpleAllocator:
 
     def __init__(self, strategy: str = "first_available"):
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
+            )
         self.strategy = strategy
 
     def __repr__(self) -> str:
@@ -84,7 +86,10 @@ class SimpleAllocator:
         reqs = np.zeros((m, len(resources)), dtype=np.float64)
         for k, vec in enumerate(vecs):
             reqs[k, : vec.shape[0]] = vec
-        pinned = np.array([ledger.node_index(pin) if pin is not None else -1 for _, _, pin in units], dtype=np.int64)
+        pinned = np.array(
+            [ledger.node_index(pin) if pin is not None else -1 for _, _, pin in units],
+            dtype=np.int64,
+        )
         names = ledger.nodes
         chosen = np.full(m, -1, dtype=np.int64)
         start, chunk = 0, 64
@@ -99,7 +104,9 @@ class SimpleAllocator:
             k = int(misses[0])
             chosen[start : start + k] = got[:k]
             if k == 0 and _is_fresh(ledger):
-                raise AssertionError("a unit that fits a node's total capacity did not fit an empty ledger")
+                raise AssertionError(
+                    "a unit that fits a node's total capacity did not fit an empty ledger"
+                )
             ledger = _new_ledger(caps, resources)  # a new wave: what came before has finished
             start, chunk = start + k, max(16, 2 * k)
         plan: dict[Hashable, str] = {}
@@ -146,11 +153,15 @@ def _units(fns: list[Function], inline_ids: set) -> list[tuple[list[Hashable], d
             other = position.get(fn.node.function_id)
             if fn.node.function_id in inline_ids:
                 raise InvalidFunctionError(
-                    fn.id, f"collocated with inline function {fn.node.function_id!r}, which is never placed"
+                    fn.id,
+                    f"collocated with inline function {fn.node.function_id!r}, "
+                    "which is never placed",
                 )
             if other is None:
                 raise InvalidFunctionError(
-                    fn.id, f"collocated with {fn.node.function_id!r}, which is not among the functions to allocate"
+                    fn.id,
+                    f"collocated with {fn.node.function_id!r}, "
+                    "which is not among the functions to allocate",
                 )
             a, b = root(k), root(other)
             if a != b:
@@ -186,17 +197,25 @@ def _check_unit(ledger, capacities: dict, members: list, cost: dict, pin) -> Non
         )
     if pin is not None and not ledger.has_node(pin):
         raise AllocationError(
-            fid, cost, capacities, reason=f"{what} {verb} pinned to node {pin!r}, which is not in caps"
+            fid,
+            cost,
+            capacities,
+            reason=f"{what} {verb} pinned to node {pin!r}, which is not in caps",
         )
     fitting = ledger.fitting_nodes_total(cost)
     if pin is not None and pin not in fitting:
         raise AllocationError(
-            fid, cost, capacities,
+            fid,
+            cost,
+            capacities,
             reason=f"the total capacity of node {pin!r}, where {what} {verb} pinned, does not fit",
         )
     if not fitting:
         if len(members) > 1:
             raise AllocationError(
-                fid, cost, capacities, reason=f"the summed cost of {what} fits no node's total capacity"
+                fid,
+                cost,
+                capacities,
+                reason=f"the summed cost of {what} fits no node's total capacity",
             )
         raise AllocationError(fid, cost, capacities)

@@ -97,5 +97,7 @@ def _checked(req: Resources | None) -> dict:
     if req is None:
         return {}
     if not isinstance(req, Mapping):
-        raise TypeError(f"a resource request must be a mapping of name to amount, got {type(req).__name__}")
+        raise TypeError(
+            f"a resource request must be a mapping of name to amount, got {type(req).__name__}"
+        )
     return dict(req)

@@ -490,6 +490,12 @@ def allocate(
 
     Same contract as ``handoff._core.allocator.allocate``; scores are summed resource by
     resource, in column order, as the C loop does, so ties break identically.
+
+    ``cost_optimized`` (best fit) compares nodes lexicographically: first the normalized
+    leftover of the resources the function requests (req > 0), sum of (free - req) / capacity
+    over those the node declares; then, among exact ties, the free share of the declared
+    resources it does not request, sum of free / capacity (a node with a free gpu is kept for
+    gpu work); then the lowest node index. Comparisons are exact, with no tolerance.
     """
     if strategy not in STRATEGIES:
         raise ValueError(
@@ -541,16 +547,25 @@ def allocate(
                 best = -1
             elif strategy == "first_available":
                 best = int(candidates[0])
-            else:
+            elif strategy == "load_balanced":
                 score = np.zeros(n, dtype=np.float64)
-                for r in range(nres):  # column by column, as the C loop adds them
-                    if strategy == "load_balanced":
-                        term = np.where(declared[:, r], (used[:, r] + v[r]) / safe_cap[:, r], 0.0)
-                        score = np.maximum(score, term)
-                    else:
-                        term = ((cap[:, r] - used[:, r]) - v[r]) / safe_cap[:, r]
-                        score = score + np.where(declared[:, r], term, 0.0)
+                for r in range(nres):  # column by column, as the C loop does
+                    term = np.where(declared[:, r], (used[:, r] + v[r]) / safe_cap[:, r], 0.0)
+                    score = np.maximum(score, term)
                 best = int(candidates[np.argmin(score[candidates])])
+            else:  # cost_optimized: lexicographic (fit, spare), then lowest index
+                fit = np.zeros(n, dtype=np.float64)
+                spare = np.zeros(n, dtype=np.float64)
+                for r in range(nres):  # column by column, as the C loop adds them
+                    if need[r]:
+                        term = ((cap[:, r] - used[:, r]) - v[r]) / safe_cap[:, r]
+                        fit = fit + np.where(declared[:, r], term, 0.0)
+                    else:
+                        term = (cap[:, r] - used[:, r]) / safe_cap[:, r]
+                        spare = spare + np.where(declared[:, r], term, 0.0)
+                fit_c = fit[candidates]
+                tied = candidates[fit_c == fit_c.min()]  # exact ties only, like the C `<`
+                best = int(tied[np.argmin(spare[tied])])
         out[f] = best
         if best >= 0 and claim:
             used[best] += v

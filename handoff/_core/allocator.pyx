@@ -33,17 +33,29 @@ cdef double _load_after(
     return worst
 
 
-cdef double _slack_after(
-    ResourceLedger ledger, Py_ssize_t j, const double* v, Py_ssize_t k
+cdef double _fit_after(
+    ResourceLedger ledger, Py_ssize_t j, const double* v, Py_ssize_t k, double* spare
 ) noexcept nogil:
-    """Sum of (free - req) / capacity over the resources node j declares: normalized leftover."""
+    """Best-fit score of node j for requirement v: (primary, secondary), smaller is tighter.
+
+    Returns the primary, the sum of (free - req) / capacity over the resources the function
+    requests (req > 0) that node j declares (capacity > 0): the normalized leftover of what it
+    uses. Stores in spare the secondary, the sum of free / capacity over the declared resources
+    it does not request, so a node whose other resources (a gpu, say) are free is kept for the
+    functions that need them. Both sums run in column order.
+    """
     cdef Py_ssize_t r
-    cdef double c, total = 0.0
+    cdef double c, x, fit = 0.0, rest = 0.0
     for r in range(ledger._r):
         c = ledger._cap[j, r]
         if c > 0:
-            total += ((c - ledger._used[j, r]) - (v[r] if r < k else 0.0)) / c
-    return total
+            x = v[r] if r < k else 0.0
+            if x > 0:
+                fit += ((c - ledger._used[j, r]) - x) / c
+            else:
+                rest += (c - ledger._used[j, r]) / c
+    spare[0] = rest
+    return fit
 
 
 def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint claim=True):
@@ -59,7 +71,12 @@ def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint cl
     pinned : int64[m] or None
         Node index a function must go to, or -1 to let the strategy choose.
     strategy : str
-        One of STRATEGIES.
+        One of STRATEGIES: ``first_available`` takes the lowest-index node with room;
+        ``load_balanced`` the node whose fullest declared resource, (used + req) / capacity,
+        is lowest; ``cost_optimized`` (best fit) the node with the smallest normalized leftover
+        of the resources the function requests, sum of (free - req) / capacity, then, among
+        exact ties, the least free of the resources it does not request, sum of
+        free / capacity. Scores compare exactly; remaining ties go to the lowest index.
     claim : bool
         Whether to claim the chosen resources on the ledger.
 
@@ -104,7 +121,7 @@ def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint cl
     cdef int64_t[::1] out = out_arr
     cdef Py_ssize_t f, j, best
     cdef const double* v
-    cdef double score, best_score = 0.0
+    cdef double score, best_score = 0.0, spare = 0.0, best_spare = 0.0
     with nogil:
         for f in range(m):
             v = &rq[f, 0] if k > 0 else NULL
@@ -121,11 +138,19 @@ def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint cl
                         break
                     if s == LOAD_BALANCED:
                         score = _load_after(ledger, j, v, k)
+                        if best < 0 or score < best_score:
+                            best = j
+                            best_score = score
                     else:
-                        score = _slack_after(ledger, j, v, k)
-                    if best < 0 or score < best_score:
-                        best = j
-                        best_score = score
+                        score = _fit_after(ledger, j, v, k, &spare)
+                        if (
+                            best < 0
+                            or score < best_score
+                            or (score == best_score and spare < best_spare)
+                        ):
+                            best = j
+                            best_score = score
+                            best_spare = spare
             out[f] = best
             if best >= 0 and claim:
                 ledger._claim(best, v, k)

@@ -30,6 +30,12 @@ Failure detection is local: a member whose heartbeat has not advanced for ``susp
 seconds becomes "suspect", and after ``dead_after`` seconds (counted from the same last
 advance) "dead". Dead and left rows are still gossiped for ``forget_after`` seconds so the
 news reaches everyone, then dropped; a tombstone then keeps stale rows from reviving them.
+
+Tuning: a heartbeat reaches a node through a chain of a few gossip hops, so the news a node
+holds is a few rounds old. Keep the gossip interval at or below ``dead_after / 10`` (0.1 to
+0.2 s with the defaults): in simulation, 50 nodes at 0.2 s never declare a live node dead
+but do raise occasional "suspect" events, and at 0.5 s they declare live nodes dead. Act on
+"dead", "left" and "restarted"; treat "suspect" as a hint.
 """
 
 from __future__ import annotations
@@ -60,7 +66,16 @@ _STATUSES = frozenset((ALIVE, SUSPECT, DEAD, LEFT))
 _LIVE = frozenset((ALIVE, SUSPECT))
 
 #: Field order of one digest row (a plain tuple, msgpack-friendly; a list is accepted too).
-ROW_FIELDS = ("name", "address", "incarnation", "heartbeat", "status", "caps", "caps_version", "free")
+ROW_FIELDS = (
+    "name",
+    "address",
+    "incarnation",
+    "heartbeat",
+    "status",
+    "caps",
+    "caps_version",
+    "free",
+)
 
 
 class MembershipEvent(NamedTuple):
@@ -153,7 +168,9 @@ def _is_row(row: Any) -> bool:
     )
 
 
-def _caps_win(caps: dict[str, float], version: int, other: dict[str, float], other_version: int) -> bool:
+def _caps_win(
+    caps: dict[str, float], version: int, other: dict[str, float], other_version: int
+) -> bool:
     """Whether capacities ``caps`` at ``version`` beat ``other``; ties break on content so
     two concurrent overrides with the same version still converge to one answer."""
     if version != other_version:
@@ -280,7 +297,19 @@ class MembershipTable:
     # ---------------------------------------------------------------- gossiping
     def digest(self) -> list[tuple[Any, ...]]:
         """Every row we know (dead and left ones until forgotten), as plain tuples."""
-        return [m.row() for m in self._members.values()]
+        return [
+            (
+                m.name,
+                m.address,
+                m.incarnation,
+                m.heartbeat,
+                m.status,
+                m.caps,
+                m.caps_version,
+                m.free,
+            )
+            for m in self._members.values()
+        ]
 
     def gossip_targets(self) -> list[str]:
         """Up to ``fanout`` distinct random live peers (never us, never dead or left)."""

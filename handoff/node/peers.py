@@ -75,7 +75,8 @@ class PeerMixin:
                 cb(None, f"node {name!r} is gone")
 
     def _is_member(self, msg: Any, identity: bytes) -> bool:
-        return self._identities.get(identity) == getattr(msg, "sender", None)
+        name = self._identities.get(identity)
+        return name is not None and name == getattr(msg, "sender", None)
 
     # ---- incoming -------------------------------------------------------------------
     def _on_hello(self, identity: bytes, msg: Hello) -> None:
@@ -106,6 +107,8 @@ class PeerMixin:
         self.after(1.0, lambda: self.transport.disconnect(link))
 
     def _on_refuse(self, msg: Refuse) -> None:
+        if self.joined():
+            return  # a refusal only means something to a node that is still joining
         self.join_error = f"node {msg.name!r} refused this node: {msg.reason}"
         log.error("%s: %s", self.name, self.join_error)
 
@@ -144,6 +147,11 @@ class PeerMixin:
             if name == self.name:
                 if kind == "conflict":
                     log.error("%s: another live node uses this name", self.name)
+                elif kind == "caps":  # someone registered new capacities for this node
+                    caps = dict(self.membership.me.caps)
+                    self.config.resources = caps
+                    self.pool.set_capacity(caps)
+                    self.orchestrator_node_updated(self.name, caps)
                 continue
             member = self.membership.get(name)
             if kind in ("joined", "restarted"):

@@ -393,9 +393,14 @@ class Node(PeerMixin, OrchestrationMixin):
         if isinstance(msg, Hello):
             self._on_hello(identity, msg)
             return
+        if isinstance(msg, Refuse):
+            self._on_refuse(msg)
+            return
         if not self._is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
-            log.warning("%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
+            member = self.membership.get(getattr(msg, "sender", None) or "")
+            level = logging.DEBUG if member is not None and member.status in ("left", "dead") else logging.WARNING
+            log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return
         self._heard_from(msg.sender)
         if isinstance(msg, Dispatch):
@@ -424,10 +429,32 @@ class Node(PeerMixin, OrchestrationMixin):
                 cb(msg.stats, None)
         elif isinstance(msg, Leave):
             self._on_leave(msg.sender)
-        elif isinstance(msg, Refuse):
-            self._on_refuse(msg)
         elif isinstance(msg, RunEnded):
             pass
+
+    def peer_stats(self, name: str, timeout: float = 10.0) -> dict:
+        """Blocking, from any thread but the loop's: a node's counters, asked over the wire."""
+        if name == self.name:
+            return self.call(self.node_stats).result(timeout)
+
+        def ask(fut: Future) -> None:
+            request = next(self._requests)
+
+            def answer(stats, error):
+                if stats is None:
+                    fut.set_exception(HandoffError(f"node {name!r}: {error}"))
+                else:
+                    fut.set_result(stats)
+
+            self._pending[request] = answer
+            self._pending_by_node[name].add(request)
+            if not self.transport.send(name, Ping(self.name, request)):
+                self._pending.pop(request, None)
+                fut.set_exception(HandoffError(f"node {name!r} is not in the cluster"))
+
+        fut: Future = Future()
+        self.call(ask, fut)
+        return fut.result(timeout)
 
     def clear_everywhere(self, dag_id: Any) -> None:
         self.store.clear(dag_id)
@@ -439,6 +466,7 @@ class Node(PeerMixin, OrchestrationMixin):
         stats = {"name": self.name, "store": self.store.stats(), "pool": self.pool.stats()}
         stats.update(self.counters)
         stats["dropped_messages"] = self.transport.dropped
+        stats["members"] = sorted(self.membership.alive())
         return stats
 
 

@@ -1,4 +1,30 @@
-"""Pure state machine for DAG runs: events in, instructions out; no sockets, threads or clocks."""
+"""Pure state machine for DAG runs: events in, instructions out; no sockets, threads or clocks.
+
+The node layer feeds ``Orchestrator.submit(RunSpec)`` and ``Orchestrator.handle(*events)``
+and carries out the instructions they return. All runs share the cluster
+``ResourceLedger``: a task's claim is taken when it is dispatched and released when its
+attempt ends (or its run stops), so the ledger never over-commits.
+
+Placement, in short:
+
+- A function is placed once its inputs are complete (``ReadyTracker``) and none of them is
+  being recomputed. Functions with a cost go through ``_core.allocate`` with the run's
+  strategy; zero-cost ones only need a slot (below).
+- Slots: each node takes at most ``slots`` in-flight tasks from this orchestrator (64 by
+  default, ``set_node_slots``). That spreads zero-cost work: ``load_balanced`` sends it to
+  the node with the fewest in-flight tasks, the other strategies fill nodes in ledger order.
+- A function that fits some node's total capacity but nothing's free resources now waits,
+  "parked" by cost class; parked classes are retried whenever resources are released or
+  nodes join, and a class whose head does not fit is skipped for the rest of that round,
+  so waiting work costs O(classes) per round, not O(waiting functions).
+- Fairness: runs take turns: each round, runs with work are served least recently served
+  first (oldest first among equals), each with an equal share of the free slots, then
+  leftovers go round again in the same order.
+- When a costed function's chosen node has no free slot, or the function must avoid the
+  node it just failed on, or it is the first of a collocation group (the group's summed
+  cost must fit the node's total), the choice is made among the allowed nodes, ranked by
+  the same strategy scores in Python (rare paths; the common path stays in the core).
+"""
 
 from handoff.scheduler.events import (
     CancelRun,
@@ -6,6 +32,7 @@ from handoff.scheduler.events import (
     Dispatch,
     ErrorInfo,
     Event,
+    FunctionStats,
     Instruction,
     NodeJoined,
     NodeLost,
@@ -14,10 +41,11 @@ from handoff.scheduler.events import (
     ResultCopied,
     ResultLost,
     RunFinished,
+    RunSpec,
     TaskFinished,
 )
 from handoff.scheduler.orchestrator import DEFAULT_SLOTS, Orchestrator
-from handoff.scheduler.run import FunctionStats, RunSpec, RunState
+from handoff.scheduler.run import RunState
 
 __all__ = [
     "Orchestrator",

@@ -1,4 +1,4 @@
-"""Events the orchestrator reacts to and instructions it emits: small slotted dataclasses.
+"""What goes into the orchestrator and what comes out: small slotted dataclasses.
 
 Events carry everything the state machine needs, time included (it never reads a clock).
 Instructions say what the node layer must do; it turns them into wire messages.
@@ -7,11 +7,14 @@ Instructions say what the node layer must do; it turns them into wire messages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
+from handoff.dag import CompiledGraph, Function
 from handoff.errors import HandoffError
 
 __all__ = [
+    "RunSpec",
+    "FunctionStats",
     "ErrorInfo",
     "TaskFinished",
     "NodeJoined",
@@ -27,6 +30,39 @@ __all__ = [
     "ReleaseRun",
     "Instruction",
 ]
+
+
+# -- a run's input and output --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionStats:
+    """How one function's result was produced: where, in how many attempts, and when."""
+
+    node: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(eq=False)
+class RunSpec:
+    """What the node layer submits to start a run.
+
+    ``functions`` are in index order (``functions[i].id == graph.ids[i]``). With
+    ``local_only`` every function runs on the orchestrator's own node and costs and pins
+    are ignored (``execute_local``).
+    """
+
+    run_id: str
+    dag_id: Any
+    graph: CompiledGraph
+    functions: Sequence[Function]
+    strategy: str = "first_available"
+    max_retries: int = 3
+    max_concurrency: int | None = None
+    now: float = 0.0
+    local_only: bool = False
 
 
 # -- events --------------------------------------------------------------------------------
@@ -108,7 +144,7 @@ class ResultLost:
 
 @dataclass(frozen=True, slots=True)
 class ResultCopied:
-    """``node`` now also holds the result of ``index``, so losing its producer's node loses nothing."""
+    """``node`` also holds the result of ``index``: losing the producer's node loses nothing."""
 
     run_id: str
     index: int
@@ -141,7 +177,7 @@ class CancelTasks:
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
-    """The run is over: ``error`` is None on success; ``error_info`` is the failing attempt's report."""
+    """The run is over: ``error`` is None on success; ``error_info`` reports the failed attempt."""
 
     run_id: str
     error: HandoffError | None = None

@@ -1,34 +1,12 @@
 """The Orchestrator: every run driven by one node, as a pure state machine.
 
-Events in, instructions out; no sockets, threads or clocks. All runs share the cluster
-``ResourceLedger``: a task's claim is taken when it is dispatched and released when its
-attempt ends (or its run stops), so the ledger never over-commits.
-
-Placement, in short:
-
-- A function is placed once its inputs are complete (``ReadyTracker``) and none of them is
-  being recomputed. Functions with a cost go through ``_core.allocate`` with the run's
-  strategy; zero-cost ones only need a slot (below).
-- Slots: each node takes at most ``slots`` in-flight tasks from this orchestrator (64 by
-  default, ``set_node_slots``). That spreads zero-cost work: ``load_balanced`` sends it to
-  the node with the fewest in-flight tasks, the other strategies fill nodes in ledger order.
-- A function that fits some node's total capacity but nothing's free resources now waits,
-  "parked" by cost class; parked classes are retried whenever resources are released or
-  nodes join, and a class whose head does not fit is skipped for the rest of that round,
-  so waiting work costs O(classes) per round, not O(waiting functions).
-- Fairness: runs take turns: each round, runs with work are served least recently served
-  first (oldest first among equals), each with an equal share of the free slots, then
-  leftovers go round again in the same order.
-- When a costed function's chosen node has no free slot, or the function must avoid the
-  node it just failed on, or it is the first of a collocation group (the group's summed
-  cost must fit the node's total), the choice is made among the allowed nodes, ranked by
-  the same strategy scores in Python (rare paths; the common path stays in the core).
+Events in, instructions out; no sockets, threads or clocks. How work is placed is
+described in the package docstring (``handoff.scheduler``).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from typing import Any, Callable
 
 import numpy as np
@@ -48,11 +26,12 @@ from handoff.scheduler.events import (
     ResultCopied,
     ResultLost,
     RunFinished,
+    RunSpec,
     TaskFinished,
 )
-from handoff.scheduler.run import RunSpec, RunState
+from handoff.scheduler.run import RunState
 
-__all__ = ["Orchestrator", "DEFAULT_SLOTS"]
+__all__ = ["DEFAULT_SLOTS", "Orchestrator"]
 
 DEFAULT_SLOTS = 64
 _FIRST_TRY = 4  # functions of a parked class tried first
@@ -110,18 +89,16 @@ class Orchestrator:
             raise ValueError(f"run id {spec.run_id!r} is already in use")
         if spec.strategy not in _core.STRATEGIES:
             raise ValueError(
-                f"unknown allocation strategy {spec.strategy!r}; valid: {', '.join(_core.STRATEGIES)}"
+                f"unknown allocation strategy {spec.strategy!r}; "
+                f"valid: {', '.join(_core.STRATEGIES)}"
             )
         out = self._sync_nodes()
         run = RunState(spec)
         self._runs[spec.run_id] = run
         error = run.prepare(self.ledger, self.local_node, self._vec_cache)
-        if error is not None:
-            run.finished, run.error = True, error
+        if error is not None or run.done:  # unplaceable, or nothing to run
+            run.end(error)
             return out + [RunFinished(run.run_id, error)]
-        if run.tracker.remaining == 0:
-            run.finished = True
-            return out + [RunFinished(run.run_id, None)]
         run.queue.extend(run.tracker.initial().tolist())
         self._submitted += 1
         run.seq = self._submitted
@@ -216,7 +193,7 @@ class Orchestrator:
 
     def _recover(self, run: RunState, dead: str) -> list[Instruction]:
         """Re-place ``run``'s work from ``dead``; fail it if what is left cannot run anywhere."""
-        moved, lost = run.lose_node(dead)
+        run.lose_node(dead)
         ids = run.graph.ids
         stranded = run.stranded(dead)
         if stranded:
@@ -229,9 +206,13 @@ class Orchestrator:
 
     # -- events ----------------------------------------------------------------------------
 
+    def _active(self, run_id: str) -> RunState | None:
+        run = self._runs.get(run_id)
+        return None if run is None or run.finished else run
+
     def _on_task_finished(self, ev: TaskFinished) -> list[Instruction]:
-        run = self._runs.get(ev.run_id)
-        if run is None or run.finished:
+        run = self._active(ev.run_id)
+        if run is None:
             return []
         i = ev.index
         node = run.inflight.get(i)
@@ -259,14 +240,12 @@ class Orchestrator:
         return self._finish(run, error, info)
 
     def _on_cancel_run(self, ev: CancelRun) -> list[Instruction]:
-        run = self._runs.get(ev.run_id)
-        if run is None or run.finished:
-            return []
-        return self._finish(run, ev.reason)
+        run = self._active(ev.run_id)
+        return [] if run is None else self._finish(run, ev.reason)
 
     def _on_result_lost(self, ev: ResultLost) -> list[Instruction]:
-        run = self._runs.get(ev.run_id)
-        if run is None or run.finished:
+        run = self._active(ev.run_id)
+        if run is None:
             return []
         c = ev.consumer
         if c is not None:
@@ -281,8 +260,8 @@ class Orchestrator:
         return []
 
     def _on_result_copied(self, ev: ResultCopied) -> list[Instruction]:
-        run = self._runs.get(ev.run_id)
-        if run is not None and not run.finished:
+        run = self._active(ev.run_id)
+        if run is not None:
             run.add_copy(ev.index, ev.node)
         return []
 
@@ -487,7 +466,7 @@ class Orchestrator:
         if run.strategy == "load_balanced":
             heap = [(busy[n], p, n) for p, n in enumerate(order) if busy[n] < slots[n]]
             heapq.heapify(heap)
-            for k, (pos, i) in enumerate(zero):
+            for k, (_, i) in enumerate(zero):
                 if not heap:
                     failed.extend(zero[k:])
                     break
@@ -500,7 +479,7 @@ class Orchestrator:
                     heapq.heappop(heap)
             return started
         p, count = 0, len(order)
-        for k, (pos, i) in enumerate(zero):
+        for k, (_, i) in enumerate(zero):
             while p < count and busy[order[p]] >= slots[order[p]]:
                 p += 1
             if p == count:
@@ -511,48 +490,9 @@ class Orchestrator:
         return started
 
     def _place_among(self, run: RunState, i: int, vec: np.ndarray | None) -> str | None:
-        """Claim a node for ``i`` among the nodes it may use, best first by the run's strategy.
-
-        Used when the choice is restricted: the first member of a collocation group (the
-        group's summed cost must fit the node's total), a retry avoiding the node it
-        failed on (used only if nothing else fits), or a slot-full pick.
-        """
+        """Claim the best node for ``i`` among those its run allows (``RunState.candidates``)."""
         ledger = self.ledger
-        busy, slots = self._busy, self._slots
-        g = run.group_of.get(i)
-        if g is not None and run.group_cost[g]:
-            names = ledger.fitting_nodes_total(run.group_cost[g])
-        else:
-            names = self._order
-        names = [n for n in names if n in busy and busy[n] < slots[n]]
-        names = self._rank(run.strategy, vec, names)
-        avoid = run.avoid.get(i)
-        if avoid in names and len(names) > 1:
-            names.remove(avoid)
-            names.append(avoid)
-        for name in names:
+        for name in run.candidates(i, vec, ledger, self._busy, self._slots):
             if vec is None or ledger.request_vec(ledger.node_index(name), vec):
                 return name
         return None
-
-    def _rank(self, strategy: str, vec: np.ndarray | None, names: list[str]) -> list[str]:
-        """``names`` ordered by the strategy's preference (the core's scores, recomputed here)."""
-        if len(names) <= 1 or strategy == "first_available":
-            return list(names)
-        busy = self._busy
-        if vec is None:
-            return sorted(names, key=busy.__getitem__) if strategy == "load_balanced" else list(names)
-        ledger = self.ledger
-        rows = [ledger.node_index(n) for n in names]
-        cap = ledger.capacity_matrix()[rows]
-        used = ledger.used_matrix()[rows]
-        v = np.zeros(cap.shape[1])
-        v[: vec.shape[0]] = vec
-        declared = cap > 0
-        safe = np.where(declared, cap, 1.0)
-        if strategy == "load_balanced":
-            score = np.where(declared, (used + v) / safe, 0.0).max(axis=1, initial=0.0)
-        else:
-            score = np.where(declared, ((cap - used) - v) / safe, 0.0).sum(axis=1)
-        order = sorted(range(len(names)), key=lambda k: (score[k], busy[names[k]], k))
-        return [names[k] for k in order]

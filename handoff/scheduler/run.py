@@ -7,46 +7,16 @@ so the orchestrator's per-task work is list and dict operations on small ints.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 
 from handoff import _core
-from handoff.dag import Collocated, CompiledGraph, Function
+from handoff.dag import Collocated
 from handoff.errors import AllocationError, HandoffError
+from handoff.scheduler.events import FunctionStats, RunSpec
 
-__all__ = ["RunSpec", "RunState", "FunctionStats"]
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionStats:
-    """How one function's result was produced: where, in how many attempts, and when."""
-
-    node: str | None
-    attempts: int
-    started_at: float | None
-    finished_at: float | None
-
-
-@dataclass(eq=False)
-class RunSpec:
-    """What the node layer submits to start a run.
-
-    ``functions`` are in index order (``functions[i].id == graph.ids[i]``). With
-    ``local_only`` every function runs on the orchestrator's own node and costs and pins
-    are ignored (``execute_local``).
-    """
-
-    run_id: str
-    dag_id: Any
-    graph: CompiledGraph
-    functions: Sequence[Function]
-    strategy: str = "first_available"
-    max_retries: int = 3
-    max_concurrency: int | None = None
-    now: float = 0.0
-    local_only: bool = False
+__all__ = ["RunState", "rank_nodes"]
 
 
 def _cost_key(cost: Mapping[str, float] | None) -> tuple:
@@ -334,6 +304,28 @@ class RunState:
         dq.append(i)
         return key
 
+    def candidates(
+        self, i: int, vec: np.ndarray | None, ledger: Any, busy: dict, slots: dict
+    ) -> list[str]:
+        """Nodes with a free slot where ``i`` may go, best first by the run's strategy.
+
+        For a restricted choice: the first member of a collocation group (the group's
+        summed cost must fit the node's total), a retry (the node it failed on comes last),
+        or a pick whose node had no free slot.
+        """
+        g = self.group_of.get(i)
+        if g is not None and self.group_cost[g]:
+            names = ledger.fitting_nodes_total(self.group_cost[g])
+        else:
+            names = ledger.nodes
+        names = [n for n in names if n in busy and busy[n] < slots[n]]
+        names = rank_nodes(ledger, self.strategy, vec, names, busy)
+        avoid = self.avoid.get(i)
+        if avoid in names and len(names) > 1:
+            names.remove(avoid)
+            names.append(avoid)
+        return names
+
     def _dependency_lists(self) -> tuple[list[int], list[int], list[int]]:
         if self._deps is None:
             g = self.graph
@@ -353,7 +345,9 @@ class RunState:
         if self.spec.local_only:
             if not ledger.has_node(local_node):
                 return AllocationError(
-                    functions[0].id if functions else None, None, ledger.capacities(),
+                    functions[0].id if functions else None,
+                    None,
+                    ledger.capacities(),
                     reason=f"the local node {local_node!r} is not in the ledger",
                 )
             self.pin_all = local_node
@@ -386,7 +380,9 @@ class RunState:
             if node is not None:
                 if not ledger.has_node(node):
                     return AllocationError(
-                        fn.id, cost, ledger.capacities(),
+                        fn.id,
+                        cost,
+                        ledger.capacities(),
                         reason=f"it is pinned to node {node!r}, which is not in the cluster",
                     )
                 self.pins[i] = node
@@ -399,7 +395,9 @@ class RunState:
                     return AllocationError(fn.id, cost, ledger.capacities())
                 if node is not None and node not in nodes:
                     return AllocationError(
-                        fn.id, cost, ledger.capacities(),
+                        fn.id,
+                        cost,
+                        ledger.capacities(),
                         reason=f"it is pinned to node {node!r}, whose total capacity is too small",
                     )
         if links:
@@ -435,14 +433,18 @@ class RunState:
             first = self.functions[group[0]]
             if len(pins) > 1:
                 return AllocationError(
-                    first.id, total, ledger.capacities(),
+                    first.id,
+                    total,
+                    ledger.capacities(),
                     reason=f"the collocated functions {fids} are pinned to different nodes {pins}",
                 )
             nodes = ledger.fitting_nodes_total(total) if total else list(ledger.nodes)
             if pins and pins[0] not in nodes or not nodes:
                 where = f"node {pins[0]!r}, where they are pinned" if pins else "any node"
                 return AllocationError(
-                    first.id, total, ledger.capacities(),
+                    first.id,
+                    total,
+                    ledger.capacities(),
                     reason=f"the summed cost of the collocated functions {fids} does not fit "
                     f"{where}",
                 )
@@ -454,3 +456,29 @@ class RunState:
             self.group_node.append(pins[0] if pins else None)
             self.group_cost.append(total)
         return None
+
+
+def rank_nodes(
+    ledger: Any, strategy: str, vec: np.ndarray | None, names: list[str], busy: Mapping[str, int]
+) -> list[str]:
+    """``names`` best first for ``strategy``: the core allocator's scores, over a subset.
+
+    Zero-cost work ranks by in-flight count (``busy``) for load_balanced, else by ledger order.
+    """
+    if len(names) <= 1 or strategy == "first_available":
+        return list(names)
+    if vec is None:
+        return sorted(names, key=busy.__getitem__) if strategy == "load_balanced" else list(names)
+    rows = [ledger.node_index(n) for n in names]
+    cap = ledger.capacity_matrix()[rows]
+    used = ledger.used_matrix()[rows]
+    v = np.zeros(cap.shape[1])
+    v[: vec.shape[0]] = vec
+    declared = cap > 0
+    safe = np.where(declared, cap, 1.0)
+    if strategy == "load_balanced":
+        score = np.where(declared, (used + v) / safe, 0.0).max(axis=1, initial=0.0)
+    else:
+        score = np.where(declared, ((cap - used) - v) / safe, 0.0).sum(axis=1)
+    order = sorted(range(len(names)), key=lambda k: (score[k], busy[names[k]], k))
+    return [names[k] for k in order]

@@ -33,7 +33,9 @@ CAPS = {"a": {"cpu": 4}, "b": {"cpu": 2}}
 
 
 def test_unknown_strategy_names_the_valid_ones():
-    with pytest.raises(ValueError, match="'fastest'; valid: first_available, load_balanced, cost_optimized"):
+    with pytest.raises(
+        ValueError, match="'fastest'; valid: first_available, load_balanced, cost_optimized"
+    ):
         SimpleAllocator("fastest")
     assert STRATEGIES == ("first_available", "load_balanced", "cost_optimized")
     assert repr(SimpleAllocator()) == "SimpleAllocator('first_available')"
@@ -54,7 +56,10 @@ def test_first_available_fills_nodes_then_starts_a_new_wave(impl):
     "strategy, expected",
     [
         ("first_available", ["a", "a", "a", "a", "b", "b"]),
-        ("load_balanced", ["a", "a", "b", "a", "a", "b"]),  # loads after: a .25, .5=.5 (tie: a), b .5, ...
+        (
+            "load_balanced",
+            ["a", "a", "b", "a", "a", "b"],
+        ),  # loads after: a .25, .5=.5 (tie: a), b .5, ...
         ("cost_optimized", ["b", "b", "a", "a", "a", "a"]),  # least slack first
     ],
 )
@@ -86,8 +91,12 @@ def test_collocated_functions_go_together_with_their_summed_cost(impl):
     ]
     plan = SimpleAllocator().allocate(functions, {"b": {"cpu": 2}, "a": {"cpu": 4}})
     assert plan == {"x": "a", "y": "a", "z": "b", "w": "a"}
-    pinned = [fn("x", {"cpu": 1}), fn("y", {"cpu": 1}, node=Collocated("x")), fn("p", node="b"),
-              fn("q", node=Collocated("p"))]
+    pinned = [
+        fn("x", {"cpu": 1}),
+        fn("y", {"cpu": 1}, node=Collocated("x")),
+        fn("p", node="b"),
+        fn("q", node=Collocated("p")),
+    ]
     assert SimpleAllocator().allocate(pinned, CAPS) == {"x": "a", "y": "a", "p": "b", "q": "b"}
 
 
@@ -97,14 +106,20 @@ def test_collocated_functions_go_together_with_their_summed_cost(impl):
         ([fn("big", {"cpu": 5})], "big", "fits no node's total capacity"),
         ([fn("g", {"gpu": 1})], "g", "fits no node's total capacity"),
         ([fn("p", node="zz")], "p", "pinned to node 'zz', which is not in caps"),
-        ([fn("p", {"cpu": 3}, node="b")], "p", "total capacity of node 'b', where it is pinned, does not fit"),
+        (
+            [fn("p", {"cpu": 3}, node="b")],
+            "p",
+            "total capacity of node 'b', where it is pinned, does not fit",
+        ),
         (
             [fn("x", {"cpu": 3}), fn("y", {"cpu": 2}, node=Collocated("x"))],
-            "x", "the summed cost of the collocated functions ['x', 'y'] fits no node's total capacity",
+            "x",
+            "the summed cost of the collocated functions ['x', 'y'] fits no node's total capacity",
         ),
         (
             [fn("x", {"cpu": 1}, node="b"), fn("y", {"cpu": 2}, node=Collocated("x"))],
-            "x", "total capacity of node 'b', where the collocated functions ['x', 'y'] are pinned",
+            "x",
+            "total capacity of node 'b', where the collocated functions ['x', 'y'] are pinned",
         ),
     ],
 )
@@ -133,12 +148,15 @@ def test_bad_collocation_and_duplicates_are_misuse(impl):
 
 
 def test_a_dag_can_be_planned_directly(impl):
-    dag = DAG("plan").add_function(fn("x", {"cpu": 3})).add_function(fn("y", {"cpu": 2}, args=["x"]))
+    dag = (
+        DAG("plan").add_function(fn("x", {"cpu": 3})).add_function(fn("y", {"cpu": 2}, args=["x"]))
+    )
     assert SimpleAllocator("cost_optimized").allocate(dag, CAPS) == {"x": "a", "y": "b"}
 
 
 def one_by_one(core, strategy, costs, caps):
     """The wave rule spelt out: one allocate() per function, reset when one does not fit."""
+
     def fresh():
         ledger = core.ResourceLedger()
         for node, c in caps.items():
@@ -161,11 +179,19 @@ def one_by_one(core, strategy, costs, caps):
 @pytest.mark.parametrize("seed", range(6))
 def test_batched_waves_match_the_rule_one_function_at_a_time(impl, seed):
     rng = random.Random(seed)
-    caps = {f"n{k}": {"cpu": rng.randint(2, 16), "mem": rng.randint(100, 1000)} for k in range(rng.randint(1, 6))}
+    caps = {
+        f"n{k}": {"cpu": rng.randint(2, 16), "mem": rng.randint(100, 1000)}
+        for k in range(rng.randint(1, 6))
+    }
     top_cpu = max(c["cpu"] for c in caps.values())
-    costs = [{"cpu": rng.randint(0, top_cpu), "mem": rng.choice([0, 50, 100])} for _ in range(rng.randint(1, 700))]
-    costs = [c if any(caps[n]["cpu"] >= c["cpu"] and caps[n]["mem"] >= c["mem"] for n in caps) else {}
-             for c in costs]
+    costs = [
+        {"cpu": rng.randint(0, top_cpu), "mem": rng.choice([0, 50, 100])}
+        for _ in range(rng.randint(1, 700))
+    ]
+    costs = [
+        c if any(caps[n]["cpu"] >= c["cpu"] and caps[n]["mem"] >= c["mem"] for n in caps) else {}
+        for c in costs
+    ]
     strategy = STRATEGIES[seed % 3]
     plan = SimpleAllocator(strategy).allocate([fn(k, cost) for k, cost in enumerate(costs)], caps)
     assert [plan[k] for k in range(len(costs))] == one_by_one(impl, strategy, costs, caps)
@@ -231,4 +257,4 @@ def test_tracker_over_an_existing_ledger(impl):
     t = SimpleResourceTracker(ledger)
     assert t.request("a", {"cpu": 2})
     assert np.array_equal(ledger.used_matrix(), [[2.0]])
-    assert "SimpleResourceTracker(['a'])" == repr(t)
+    assert repr(t) == "SimpleResourceTracker(['a'])"

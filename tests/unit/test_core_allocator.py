@@ -64,21 +64,74 @@ def test_load_balanced_counts_resources_the_function_does_not_use(core, ledger):
 
 
 def test_cost_optimized_is_best_fit(core, ledger):
-    # cpu 4: slack a = (4-4)/4 + 8/8 = 1; b = 12/16 + 64/64 + 2/2 = 2.75; c = 4/8 + 16/16 = 1.5 -> a
-    # cpu 4: a no longer fits; b = 2.75, c = 1.5 -> c
-    # cpu 4, mem 16: a is full; b = 12/16 + 48/64 + 2/2 = 2.5; c = (4-4)/8 + (16-16)/16 = 0 -> c
+    # Score (fit, spare): fit = sum of (free - req) / cap over the requested resources,
+    # spare = sum of free / cap over the others; compared fit first.
+    # cpu 4: fit a = (4-4)/4 = 0; b = 12/16 = .75; c = 4/8 = .5 -> a
+    # cpu 4: a no longer fits; b = .75, c = .5 -> c
+    # cpu 4, mem 16: a is full; b = 12/16 + 48/64 = 1.5; c = (4-4)/8 + (16-16)/16 = 0 -> c
     assert run(core, ledger, [[4], [4], [4, 16]], "cost_optimized") == [A, C, C]
+
+
+def test_cost_optimized_scores_only_the_requested_resources_first(core):
+    led = core.ResourceLedger()
+    led.register("a", {"cpu": 2, "memory": 1000})
+    led.register("b", {"cpu": 2, "gpu": 1})
+    led.register("c", {"cpu": 4})  # columns: cpu, memory, gpu
+    # cpu 1: fit a = 1/2 = .5, b = 1/2 = .5, c = 3/4 = .75 -> a or b;
+    #        spare a = 1000/1000 = 1 (memory), b = 1/1 = 1 (gpu) -> exact tie -> a (lowest index).
+    # (The old all-resources slack, a 1.5, b 1.5, c .75, sent it to the biggest node, c.)
+    assert run(core, led, [[1]], "cost_optimized", claim=False) == [A]
+    # cpu 1 x 4: a (as above); a fit 0/2 = 0 -> a (a's cpu is now full);
+    # b .5 vs c .75 -> b, the tighter fit wins although its gpu counts against it only in spare;
+    # b 0 vs c .75 -> b.
+    assert run(core, led, [[1]] * 4, "cost_optimized") == [A, A, B, B]
+    assert led.used("c") == {}
 
 
 def test_cost_optimized_keeps_the_gpu_node_free(core):
     led = core.ResourceLedger()
     led.register("gpu-box", {"cpu": 8, "gpu": 1})
     led.register("cpu-box", {"cpu": 8})
-    # cpu 2: gpu-box 6/8 + 1/1 = 1.75, cpu-box 6/8 = .75 -> cpu-box; first_available picks gpu-box.
+    # cpu 2: fit 6/8 = .75 on both; spare gpu-box 1/1 = 1, cpu-box 0 -> cpu-box.
+    # first_available picks gpu-box.
     assert run(core, led, [[2]], "cost_optimized", claim=False) == [1]
     assert run(core, led, [[2]], "first_available", claim=False) == [0]
     # a gpu function can only go to gpu-box
     assert run(core, led, [[1, 1]], "cost_optimized") == [0]
+
+
+def test_cost_optimized_ties_on_fit_go_to_the_node_without_the_gpu(core):
+    led = core.ResourceLedger()
+    led.register("x", {"cpu": 2})
+    led.register("y", {"cpu": 2, "gpu": 1})
+    # cpu 1: fit x = y = 1/2; spare x 0, y 1/1 = 1 -> x.
+    # cpu 1: fit x = 0/2 = 0, y = .5 -> x.  cpu 1: x is full -> y.
+    assert run(core, led, [[1]] * 3, "cost_optimized") == [0, 0, 1]
+    # gpu 1 (cpu 0): only y has a gpu; its fit (1-1)/1 = 0
+    assert run(core, led, [[0, 1]], "cost_optimized") == [1]
+
+
+def test_cost_optimized_zero_cost_goes_to_the_least_free_node(core, ledger):
+    # Nothing requested: fit is 0 everywhere, so spare decides.
+    # empty cluster: a 4/4 + 8/8 = 2, b 1 + 1 + 1 = 3, c 1 + 1 = 2 -> tie a, c -> a
+    assert run(core, ledger, [[0, 0, 0]], "cost_optimized", claim=False) == [A]
+    ledger.request("c", {"cpu": 4})
+    # c: 4/8 + 16/16 = 1.5 < a 2 < b 3 -> c
+    assert run(core, ledger, [[0, 0, 0]], "cost_optimized", claim=False) == [C]
+    assert run(core, ledger, np.zeros((1, 0)), "cost_optimized", claim=False) == [C]
+
+
+def test_cost_optimized_spare_counts_free_not_capacity(core):
+    led = core.ResourceLedger()
+    led.register("p", {"cpu": 2, "gpu": 1})
+    led.register("q", {"cpu": 2, "gpu": 2})
+    # cpu 1: fit p = q = 1/2; spare p = 1/1 = 1, q = 2/2 = 1 -> tie -> p
+    assert run(core, led, [[1]], "cost_optimized", claim=False) == [0]
+    led.request("q", {"gpu": 1})
+    # cpu 1: fit still .5 on both; spare q = 1/2 = .5 < p 1 -> q
+    assert run(core, led, [[1]], "cost_optimized", claim=False) == [1]
+    # cpu 1, gpu 1: fit p = 1/2 + 0/1 = .5, q = 1/2 + 0/2 = .5; nothing unrequested -> p
+    assert run(core, led, [[1, 1]], "cost_optimized", claim=False) == [0]
 
 
 @pytest.mark.parametrize("strategy", ["first_available", "load_balanced", "cost_optimized"])

@@ -333,6 +333,57 @@ def test_allocations_agree_on_random_batches(seed, strategy):
     assert np.all(used <= cap + 1e-9 * np.maximum(cap, 1) * 4 + 1e-12)
 
 
+def best_fit_by_definition(cap, used, v):
+    """cost_optimized spelt out: min over fitting nodes of (fit, spare, index), in plain floats.
+
+    fit sums (free - req) / cap over requested resources (req > 0) the node declares, spare
+    sums free / cap over the declared resources not requested; both in column order.
+    """
+    keys = []
+    for j in range(len(cap)):
+        if any(
+            x > 0 and used[j][r] + x > cap[j][r] + 1e-9 * max(cap[j][r], 1.0)
+            for r, x in enumerate(v)
+        ):
+            continue
+        fit = spare = 0.0
+        for r, x in enumerate(v):
+            c = cap[j][r]
+            if c > 0:
+                if x > 0:
+                    fit += ((c - used[j][r]) - x) / c
+                else:
+                    spare += (c - used[j][r]) / c
+        keys.append((fit, spare, j))
+    return min(keys)[2] if keys else -1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cost_optimized_agrees_and_matches_the_definition(seed):
+    cy, py = both()
+    rng = np.random.default_rng(4000 + seed)
+    n_nodes, n_res = int(rng.integers(1, 8)), int(rng.integers(1, 5))
+    # few distinct capacities and many zero requests: ties on fit, decided by spare, are common
+    caps = rng.choice([0.0, 1.0, 2.0, 4.0], size=(n_nodes, n_res))
+    reqs = rng.choice([0.0, 0.0, 0.5, 1.0], size=(int(rng.integers(1, 40)), n_res))
+    ledgers = []
+    for impl in (cy, py):
+        led = impl.ResourceLedger()
+        for j in range(n_nodes):
+            led.register(j, {f"r{r}": float(caps[j, r]) for r in range(n_res)})
+        ledgers.append(led)
+    for v in reqs:
+        expected = best_fit_by_definition(
+            ledgers[1].capacity_matrix().tolist(), ledgers[1].used_matrix().tolist(), v.tolist()
+        )
+        got = [
+            impl.allocate(led, v[None, :], None, "cost_optimized").tolist()
+            for impl, led in zip((cy, py), ledgers)
+        ]
+        assert got == [[expected], [expected]]
+        assert ledger_state(ledgers[0]) == ledger_state(ledgers[1])
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     caps=st.lists(

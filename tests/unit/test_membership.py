@@ -56,9 +56,7 @@ class Cluster:
     def __init__(self, n: int, *, seed: int = 0, interval: float = 0.1, **kwargs) -> None:
         rng = random.Random(seed)
         self.names = [f"node-{i}" for i in range(n)]
-        self.tables = {
-            name: make(name, seed=rng.getrandbits(64), **kwargs) for name in self.names
-        }
+        self.tables = {name: make(name, seed=rng.getrandbits(64), **kwargs) for name in self.names}
         self.interval = interval
         self.now = 0.0
         self.rounds = 0

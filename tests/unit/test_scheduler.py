@@ -191,7 +191,8 @@ def test_inline_functions_are_never_dispatched_and_are_transparent(sched):
     c = Cluster(sched, {"a": {}})
     c.submit(
         dag_of(
-            fn("x"), fn("y"),
+            fn("x"),
+            fn("y"),
             fn("glue", ["x", "y"], type="inline"),
             fn("use", ["glue"]),
             fn("const", type="inline"),
@@ -250,11 +251,13 @@ def test_forward_references_schedule_by_dependencies(sched):
         ([fn("p", node="a", cost={"cpu": 6})], "p", "pinned to node 'a', whose total capacity"),
         (
             [fn("x", cost={"cpu": 5}), fn("y", cost={"cpu": 4}, node=Collocated("x"))],
-            "x", "summed cost of the collocated functions ['x', 'y'] does not fit any node",
+            "x",
+            "summed cost of the collocated functions ['x', 'y'] does not fit any node",
         ),
         (
             [fn("x", cost={"cpu": 3}, node="a"), fn("y", cost={"cpu": 3}, node=Collocated("x"))],
-            "x", "does not fit node 'a', where they are pinned",
+            "x",
+            "does not fit node 'a', where they are pinned",
         ),
     ],
 )
@@ -365,7 +368,13 @@ def test_nodes_registered_directly_on_the_ledger_are_used_from_the_next_submit(s
 
 def test_pinned_function_waits_for_its_node(sched):
     c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
-    c.submit(dag_of(fn("x", cost={"cpu": 1}, node="b"), fn("y", cost={"cpu": 1}, node="b"), fn("z", node="a")))
+    c.submit(
+        dag_of(
+            fn("x", cost={"cpu": 1}, node="b"),
+            fn("y", cost={"cpu": 1}, node="b"),
+            fn("z", node="a"),
+        )
+    )
     assert c.running_ids() == ["x", "z"] and c.node_of("x") == "b"
     c.finish("x")
     assert c.node_of("y") == "b"
@@ -483,8 +492,12 @@ def test_retry_uses_the_failed_node_if_nothing_else_fits(sched):
 def test_attempts_run_out_fail_fast(sched):
     c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
     c.submit(
-        dag_of(fn("boom", cost={"cpu": 1}), fn("slow1", cost={"cpu": 1}), fn("slow2", cost={"cpu": 4}),
-               fn("later", ["slow1"])),
+        dag_of(
+            fn("boom", cost={"cpu": 1}),
+            fn("slow1", cost={"cpu": 1}),
+            fn("slow2", cost={"cpu": 4}),
+            fn("later", ["slow1"]),
+        ),
         max_retries=1,
     )
     c.finish("boom", ok=False)
@@ -494,7 +507,11 @@ def test_attempts_run_out_fail_fast(sched):
     err = fin.error
     assert isinstance(err, FunctionError)
     assert (err.function_id, err.node, err.attempts, err.exc_type, err.message) == (
-        "boom", node, 2, "ValueError", "boom broke"
+        "boom",
+        node,
+        2,
+        "ValueError",
+        "boom broke",
     )
     assert err.remote_traceback == "Traceback ..."
     assert fin.error_info.exc_blob == b"blob"
@@ -524,7 +541,9 @@ def test_failure_without_error_report_still_says_what_failed(sched):
     i = c.index("r", "x")
     c.handle(TaskFinished("r", i, 1, "a", False, None, 0, 1))
     err = c.finished["r"].error
-    assert isinstance(err, FunctionError) and err.function_id == "x" and err.exc_type == "UnknownError"
+    assert (
+        isinstance(err, FunctionError) and err.function_id == "x" and err.exc_type == "UnknownError"
+    )
 
 
 def test_late_and_unknown_events_are_ignored(sched):
@@ -534,7 +553,12 @@ def test_late_and_unknown_events_are_ignored(sched):
     assert c.orch.handle(TaskFinished("nope", i, 1, "a", True)) == []
     assert c.orch.handle(TaskFinished("r", i, 7, "a", True)) == []  # stale attempt
     assert c.orch.handle(TaskFinished("r", 1, 1, "a", True)) == []  # never dispatched
-    assert c.orch.handle(ResultLost("nope", 0), CancelRun("nope", TimeoutError("x")), NodeLost("ghost")) == []
+    assert (
+        c.orch.handle(
+            ResultLost("nope", 0), CancelRun("nope", TimeoutError("x")), NodeLost("ghost")
+        )
+        == []
+    )
     c.finish("x", ok=False)  # attempt 1 failed, attempt 2 dispatched
     assert c.orch.handle(TaskFinished("r", i, 1, "a", True)) == []
     c.drain()
@@ -583,7 +607,13 @@ def test_lost_node_work_is_replaced_without_using_attempts(sched):
 
 def test_results_only_on_a_lost_node_are_recomputed_with_their_lineage(sched):
     c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
-    d = dag_of(fn("s1"), fn("s2"), fn("m", ["s1"]), fn("inl", ["m"], type="inline"), fn("out", ["inl", "s2"]))
+    d = dag_of(
+        fn("s1"),
+        fn("s2"),
+        fn("m", ["s1"]),
+        fn("inl", ["m"], type="inline"),
+        fn("out", ["inl", "s2"]),
+    )
     c.submit(d)
     assert c.node_of("s1") == "a" and c.node_of("s2") == "b"
     c.finish("s1")  # on a
@@ -659,8 +689,13 @@ def test_run_fails_when_no_live_node_can_hold_what_is_left(sched):
 
 def test_collocated_group_on_a_lost_node_is_replaced_together(sched):
     c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
-    c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("y", ["x"], cost={"cpu": 1}, node=Collocated("x")),
-                    fn("z", ["y"])))
+    c.submit(
+        dag_of(
+            fn("x", cost={"cpu": 1}),
+            fn("y", ["x"], cost={"cpu": 1}, node=Collocated("x")),
+            fn("z", ["y"]),
+        )
+    )
     first = c.node_of("x")
     c.finish("x")
     assert c.node_of("y") == first
@@ -720,7 +755,10 @@ def test_lost_node_mid_run_with_costs_releases_every_claim(sched):
 
 def test_local_only_runs_everything_on_the_local_node(sched):
     c = Cluster(sched, {"local": {"cpu": 1}, "b": {"cpu": 64}})
-    c.submit(dag_of(fn("x", cost={"cpu": 32}, node="b"), fn("y", ["x"], cost={"gpu": 3})), local_only=True)
+    c.submit(
+        dag_of(fn("x", cost={"cpu": 32}, node="b"), fn("y", ["x"], cost={"gpu": 3})),
+        local_only=True,
+    )
     assert c.node_of("x") == "local"
     c.drain()
     assert set(c.orch.run("r").allocations().values()) == {"local"} and c.idle()
@@ -775,8 +813,10 @@ def test_many_waiting_functions_start_at_once_when_room_appears(sched):
 
 def test_load_balanced_mixes_costed_and_zero_cost_work(sched):
     c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}}, slots={"a": 3, "b": 3})
-    c.submit(dag_of(*[fn(f"c{k}", cost={"cpu": 1}) for k in range(3)], *[fn(k) for k in range(4)]),
-             strategy="load_balanced")
+    c.submit(
+        dag_of(*[fn(f"c{k}", cost={"cpu": 1}) for k in range(3)], *[fn(k) for k in range(4)]),
+        strategy="load_balanced",
+    )
     assert c.orch.node_load() == {"a": 3, "b": 3}
     c.drain()
     assert c.idle()
@@ -830,8 +870,13 @@ def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
     )
     runs = {f"r{k}": random_dag(rng, rng.randint(5, 40)) for k in range(3)}
     for run_id, d in runs.items():
-        c.submit(d, run_id=run_id, strategy=strategy, max_retries=2,
-                 max_concurrency=rng.choice([None, 2, 5]))
+        c.submit(
+            d,
+            run_id=run_id,
+            strategy=strategy,
+            max_retries=2,
+            max_concurrency=rng.choice([None, 2, 5]),
+        )
     lost_one = False
     finished_before_loss: set = set()
     steps = 0
@@ -855,7 +900,9 @@ def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
             state = c.orch.run(run_id)
             done = [j for j in range(state.n) if state.location(j) is not None]
             if done:
-                c.handle(ResultCopied(run_id, rng.choice(done), rng.choice(list(c.orch.node_load()))))
+                c.handle(
+                    ResultCopied(run_id, rng.choice(done), rng.choice(list(c.orch.node_load())))
+                )
             continue
         if roll < 0.05:
             state = c.orch.run(run_id)
@@ -875,7 +922,7 @@ def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
             assert set(state.allocations()) == regular
             if run_id not in finished_before_loss:
                 assert all(node in c.orch.node_load() for node in state.allocations().values())
-            for g, members in enumerate(state.group_members):
+            for members in state.group_members:
                 assert len({state.location(m) for m in members}) == 1
         else:
             assert isinstance(fin.error, (FunctionError, NodeLostError, TimeoutError))

@@ -1,0 +1,146 @@
+"""Gossip membership benchmarks: convergence of a simulated 1,000-node cluster and merge cost.
+
+Run with ``pytest bench/bench_gossip.py`` (bench/ is not collected by default). The round
+counts land in each benchmark's ``extra_info`` (see ``--benchmark-json``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import msgpack
+import pytest
+
+from handoff.node.membership import MembershipTable
+
+CAPS = {"cpu": 8.0, "memory": 16000.0, "gpu": 1.0}
+N = 1000
+
+
+def make_tables(n: int, seed: int, **kwargs) -> dict[str, MembershipTable]:
+    rng = random.Random(seed)
+    return {
+        f"node-{i}": MembershipTable(
+            f"node-{i}",
+            f"tcp://10.0.{i // 256}.{i % 256}:5555",
+            CAPS,
+            incarnation=1,
+            rng=random.Random(rng.getrandbits(64)),
+            **kwargs,
+        )
+        for i in range(n)
+    }
+
+
+def join_all_via_seed(tables: dict[str, MembershipTable], now: float = 0.0) -> None:
+    """Every node says hello to node-0 at once: node-0 knows all, the others know node-0."""
+    seed = tables["node-0"]
+    for name, table in tables.items():
+        if name != "node-0":
+            seed.merge([table.me.row()], now)
+            table.merge([seed.me.row()], now)
+
+
+def gossip_round(tables: dict[str, MembershipTable], now: float) -> None:
+    """One synchronous round: every node ticks and pushes its digest to its targets."""
+    outbox = []
+    for table in tables.values():
+        table.tick(now)
+        digest = table.digest()
+        outbox.extend((target, table.name, digest) for target in table.gossip_targets())
+    for target, sender, digest in outbox:
+        receiver = tables[target]
+        receiver.merge(digest, now)
+        receiver.heard_from(sender, now)
+
+
+def converge(n: int, seed: int, interval: float = 0.1, limit: int = 50) -> tuple[int, list[float]]:
+    """Rounds until every node knows every other node, and the wall time of each round."""
+    tables = make_tables(n, seed)
+    join_all_via_seed(tables)
+    round_times: list[float] = []
+    now = 0.0
+    while any(len(t.addresses()) != n - 1 for t in tables.values()):
+        if len(round_times) == limit:
+            raise AssertionError(f"{n} nodes did not converge in {limit} rounds")
+        now += interval
+        start = time.perf_counter()
+        gossip_round(tables, now)
+        round_times.append(time.perf_counter() - start)
+    return len(round_times), round_times
+
+
+def test_rounds_to_converge_1000_nodes(benchmark):
+    seeds = iter(range(1_000))
+    results: list[tuple[int, list[float]]] = []
+
+    def run() -> None:
+        results.append(converge(N, next(seeds)))
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    rounds = [r for r, _ in results]
+    per_round = [t for _, times in results for t in times]
+    benchmark.extra_info["nodes"] = N
+    benchmark.extra_info["fanout"] = 3
+    benchmark.extra_info["rounds_to_converge"] = rounds
+    benchmark.extra_info["mean_round_seconds_all_nodes"] = sum(per_round) / len(per_round)
+    benchmark.extra_info["mean_round_ms_per_node"] = 1e3 * sum(per_round) / len(per_round) / N
+    assert max(rounds) <= 15
+
+
+@pytest.fixture(scope="module")
+def full_cluster_digest() -> tuple[MembershipTable, list[MembershipTable]]:
+    """A table that already knows 1,000 peers, and those peers."""
+    peers = list(make_tables(N, seed=0).values())
+    table = MembershipTable("observer", "tcp://10.9.9.9:5555", CAPS, incarnation=1)
+    table.merge([p.me.row() for p in peers], 0.0)
+    return table, peers
+
+
+def on_the_wire(peers: list[MembershipTable]) -> list:
+    return msgpack.unpackb(msgpack.packb([p.me.row() for p in peers]))
+
+
+def test_merge_1000_rows_all_heartbeats_advanced(benchmark, full_cluster_digest):
+    """The steady state: every row carries a newer heartbeat than we have."""
+    table, peers = full_cluster_digest
+    clock = iter(range(1, 1_000_000))
+
+    def fresh_digest():
+        for peer in peers:
+            peer.me.heartbeat += 1
+        return (on_the_wire(peers), float(next(clock))), {}
+
+    benchmark.pedantic(table.merge, setup=fresh_digest, rounds=200, iterations=1)
+    benchmark.extra_info["rows"] = N
+    assert benchmark.stats.stats.median < 0.010
+
+
+def test_merge_1000_rows_nothing_new(benchmark, full_cluster_digest):
+    table, peers = full_cluster_digest
+    table.merge(on_the_wire(peers), 0.0)
+    digest = on_the_wire(peers)
+    benchmark(table.merge, digest, 0.0)
+    benchmark.extra_info["rows"] = N
+    assert benchmark.stats.stats.median < 0.010
+
+
+def test_merge_1000_unknown_rows(benchmark, full_cluster_digest):
+    """A newcomer learning the whole cluster from one digest (every row is a join)."""
+    _, peers = full_cluster_digest
+    digest = on_the_wire(peers)
+
+    def newcomer():
+        return (MembershipTable("new", "tcp://10.9.9.8:5555", CAPS, incarnation=1),), {}
+
+    benchmark.pedantic(lambda t: t.merge(digest, 0.0), setup=newcomer, rounds=100, iterations=1)
+    benchmark.extra_info["rows"] = N
+    assert benchmark.stats.stats.median < 0.010
+
+
+def test_digest_1000_rows_and_encode(benchmark, full_cluster_digest):
+    table, _ = full_cluster_digest
+    packed = benchmark(lambda: msgpack.packb(table.digest()))
+    benchmark.extra_info["rows"] = len(table)
+    benchmark.extra_info["encoded_bytes"] = len(packed)

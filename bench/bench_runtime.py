@@ -1,0 +1,351 @@
+"""End-to-end runtime benchmarks: handoff on one embedded node against a plain process pool.
+
+Run with::
+
+    python -m pytest bench/bench_runtime.py --benchmark-only -p no:cacheprovider -s
+
+Every workload runs twice in the same session: ``handoff.execute(dag)`` on one embedded node
+with 2 worker processes, and the same DAG driven by ``concurrent.futures.ProcessPoolExecutor(2)``
+with a ready-queue loop (``bench/baseline.py``). Only the run is timed; each DAG is built
+beforehand and each run is checked for the right results. Targets are reported, not enforced.
+
+Workloads:
+- W1: 10,000 independent no-op functions and one that sums all their results (functions/s).
+- W2: a chain of 1,000 dependent ``x + 1`` steps (microseconds per step).
+- W3: 100 layers x 1,000 functions, each after the first layer summing two of the layer
+  before (seconds end to end).
+- W5: 200 functions each sleeping 10 ms, on 2 workers (makespan; ideal 1.0 s).
+
+At the end of the module a summary table prints the metrics, the baseline and the ratio;
+the same numbers are in each benchmark's ``extra_info`` (``--benchmark-json`` keeps them).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+import handoff
+from handoff import DAG, Function, _core
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baseline import run_with_pool
+
+WORKERS = 2
+W1_N = 10_000
+W2_N = 1_000
+W3_LAYERS, W3_WIDTH = 100, 1_000
+W5_N, W5_SLEEP = 200, 0.01
+W5_IDEAL = W5_N * W5_SLEEP / WORKERS
+
+ROUNDS = 3
+BASELINE_ROUNDS = {"W1": 3, "W2": 3, "W3": 1, "W5": 3}
+
+# ---- the functions (module-level, so the process pool can pickle them by reference) ----
+
+
+def noop():
+    return 1
+
+
+def total(*xs):
+    return sum(xs)
+
+
+def inc(x):
+    return x + 1
+
+
+def one():
+    return 1
+
+
+def nap():
+    time.sleep(W5_SLEEP)
+    return 1
+
+
+# ---- the DAGs ------------------------------------------------------------------------
+
+
+def dag_w1() -> DAG:
+    dag = DAG()
+    add = dag.add_function
+    for i in range(W1_N):
+        add(Function(id=i, code=noop))
+    add(Function(id="sum", code=total, args=list(range(W1_N))))
+    return dag
+
+
+def dag_w2() -> DAG:
+    dag = DAG()
+    add = dag.add_function
+    add(Function(id=0, code=inc, extra_args=[0]))
+    for i in range(1, W2_N):
+        add(Function(id=i, code=inc, args=[i - 1]))
+    return dag
+
+
+def dag_w3() -> DAG:
+    dag = DAG()
+    add = dag.add_function
+    w = W3_WIDTH
+    for j in range(w):
+        add(Function(id=(0, j), code=one))
+    for k in range(1, W3_LAYERS):
+        for j in range(w):
+            add(Function(id=(k, j), code=total, args=[(k - 1, j), (k - 1, (j + 1) % w)]))
+    return dag
+
+
+def dag_w5() -> DAG:
+    dag = DAG()
+    for i in range(W5_N):
+        dag.add_function(Function(id=i, code=nap))
+    return dag
+
+
+def check_w1(results) -> None:
+    assert results["sum"] == W1_N
+    assert len(results) == W1_N + 1
+
+
+def check_w2(results) -> None:
+    assert results[W2_N - 1] == W2_N
+    assert len(results) == W2_N
+
+
+def check_w3(results) -> None:
+    expected = 2 ** (W3_LAYERS - 1)  # each layer doubles: every function sums two of the last
+    last = W3_LAYERS - 1
+    assert all(results[(last, j)] == expected for j in range(W3_WIDTH))
+    assert len(results) == W3_LAYERS * W3_WIDTH
+
+
+def check_w5(results) -> None:
+    assert len(results) == W5_N and all(results[i] == 1 for i in range(W5_N))
+
+
+WORKLOADS = {
+    "W1": (dag_w1, check_w1),
+    "W2": (dag_w2, check_w2),
+    "W3": (dag_w3, check_w3),
+    "W5": (dag_w5, check_w5),
+}
+
+# metric: (name, unit, from seconds, target text, target met, higher is better)
+METRICS = {
+    "W1": ("functions/s", lambda s: (W1_N + 1) / s, "fmt_rate", lambda v: v >= 10_000, True),
+    "W2": ("us/step", lambda s: s / W2_N * 1e6, "fmt_us", lambda v: v <= 150, False),
+    "W3": ("s end to end", lambda s: s, "fmt_s", lambda v: v <= 10.0, False),
+    "W5": ("makespan s", lambda s: s, "fmt_s", lambda v: v <= 1.05 * W5_IDEAL, False),
+}
+TARGETS = {
+    "W1": ">= 10,000 fn/s and >= 1.0x baseline",
+    "W2": "<= 150 us/step",
+    "W3": "<= 10 s",
+    "W5": f"<= {1.05 * W5_IDEAL:.2f} s",
+}
+
+# (workload, "handoff" or "baseline") -> seconds of each round
+TIMES: dict[tuple[str, str], list[float]] = {}
+
+
+# ---- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node():
+    """One embedded node with 2 workers for every handoff workload, warmed up once."""
+    name = handoff.start(workers=WORKERS)
+    # warm-up: ships and caches the code of every workload's functions in both workers
+    for make, check in (WORKLOADS["W1"], WORKLOADS["W2"], WORKLOADS["W5"]):
+        dag = make()
+        check(handoff.execute(dag).results)
+        handoff.clear(dag.id)
+    yield name
+    handoff.stop()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """The baseline: a process pool of 2, its processes started before anything is timed."""
+    with ProcessPoolExecutor(WORKERS) as executor:
+        list(executor.map(inc, range(2 * WORKERS)))
+        yield executor
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request):
+    """Print the comparison table once every benchmark of the module has run."""
+    yield
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None or not TIMES:
+        return
+    lines = summary_lines()
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
+        for line in lines:
+            reporter.write_line(line)
+
+
+# ---- the benchmarks ----------------------------------------------------------------------
+
+
+def bench_handoff(benchmark, workload: str) -> None:
+    make, check = WORKLOADS[workload]
+    times: list[float] = []  # handoff.execute alone; the check below is not in them
+    checked: list[bool] = []
+
+    def run_and_check(dag):
+        t0 = time.perf_counter()
+        result = handoff.execute(dag)
+        times.append(time.perf_counter() - t0)
+        check(result.results)
+        checked.append(True)
+
+    def teardown(dag):
+        handoff.clear(dag.id)  # results stay in the node's store until cleared
+
+    benchmark.pedantic(
+        run_and_check, setup=lambda: ((make(),), {}), teardown=teardown, rounds=ROUNDS, iterations=1
+    )
+    assert len(checked) == ROUNDS
+    record(benchmark, workload, "handoff", times)
+
+
+def bench_baseline(benchmark, pool, workload: str) -> None:
+    make, check = WORKLOADS[workload]
+    times: list[float] = []  # the driver loop alone; the check below is not in them
+    checked: list[bool] = []
+
+    def run_and_check(dag):
+        t0 = time.perf_counter()
+        results = run_with_pool(dag, pool)
+        times.append(time.perf_counter() - t0)
+        check(results)
+        checked.append(True)
+
+    rounds = BASELINE_ROUNDS[workload]
+    benchmark.pedantic(run_and_check, setup=lambda: ((make(),), {}), rounds=rounds, iterations=1)
+    assert len(checked) == rounds
+    record(benchmark, workload, "baseline", times)
+
+
+@pytest.mark.benchmark(group="W1 10k independent + sum")
+def test_w1_handoff(benchmark, node):
+    bench_handoff(benchmark, "W1")
+
+
+@pytest.mark.benchmark(group="W1 10k independent + sum")
+def test_w1_baseline(benchmark, pool):
+    bench_baseline(benchmark, pool, "W1")
+
+
+@pytest.mark.benchmark(group="W2 chain of 1,000")
+def test_w2_handoff(benchmark, node):
+    bench_handoff(benchmark, "W2")
+
+
+@pytest.mark.benchmark(group="W2 chain of 1,000")
+def test_w2_baseline(benchmark, pool):
+    bench_baseline(benchmark, pool, "W2")
+
+
+@pytest.mark.benchmark(group="W3 100 x 1,000 layered")
+def test_w3_handoff(benchmark, node):
+    bench_handoff(benchmark, "W3")
+
+
+@pytest.mark.benchmark(group="W3 100 x 1,000 layered")
+def test_w3_baseline(benchmark, pool):
+    bench_baseline(benchmark, pool, "W3")
+
+
+@pytest.mark.benchmark(group="W5 200 x sleep 10 ms")
+def test_w5_handoff(benchmark, node):
+    bench_handoff(benchmark, "W5")
+
+
+@pytest.mark.benchmark(group="W5 200 x sleep 10 ms")
+def test_w5_baseline(benchmark, pool):
+    bench_baseline(benchmark, pool, "W5")
+
+
+# ---- reporting ---------------------------------------------------------------------------
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def fmt(workload: str, value: float) -> str:
+    unit = METRICS[workload][2]
+    if unit == "fmt_rate":
+        return f"{value:,.0f} fn/s"
+    if unit == "fmt_us":
+        return f"{value:.0f} us/step"
+    return f"{value:.2f} s"
+
+
+def ratio(workload: str) -> float | None:
+    """How many times better handoff is than the baseline (> 1: handoff wins)."""
+    h, b = TIMES.get((workload, "handoff")), TIMES.get((workload, "baseline"))
+    if not h or not b:
+        return None
+    return mean(b) / mean(h)
+
+
+def record(benchmark, workload: str, who: str, times: list[float]) -> None:
+    TIMES[(workload, who)] = times
+    name, to_metric, _, _, _ = METRICS[workload]
+    info = benchmark.extra_info
+    info["workload"] = workload
+    info["runner"] = who
+    info["metric"] = name
+    info["seconds"] = times
+    info["value_mean"] = to_metric(mean(times))
+    info["value_best"] = to_metric(min(times))
+    r = ratio(workload)
+    if r is not None:
+        info["speedup_vs_baseline"] = r
+
+
+def summary_lines() -> list[str]:
+    cpus = os.cpu_count()
+    load = "/".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    lines = [
+        "",
+        (
+            f"bench_runtime summary (means over rounds; {cpus} cpus, {WORKERS} workers, "
+            f"Python {platform.python_version()}, {platform.machine()}, "
+            f"core {_core.IMPLEMENTATION}, load average now {load}):"
+        ),
+        "",
+        (
+            "| workload | handoff | ProcessPool baseline | ratio (baseline time / handoff time) "
+            "| target | met? |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for workload in WORKLOADS:
+        h, b = TIMES.get((workload, "handoff")), TIMES.get((workload, "baseline"))
+        if not h and not b:
+            continue
+        to_metric, met = METRICS[workload][1], METRICS[workload][3]
+        hv = to_metric(mean(h)) if h else None
+        bv = to_metric(mean(b)) if b else None
+        r = ratio(workload)
+        ok = "?" if hv is None else ("yes" if met(hv) else "no")
+        if workload == "W1" and hv is not None:
+            ok = "yes" if met(hv) and (r is None or r >= 1.0) else "no"
+        hcell = f"{fmt(workload, hv)} (best {fmt(workload, to_metric(min(h)))})" if h else "-"
+        bcell = fmt(workload, bv) if b else "-"
+        rcell = f"{r:.2f}x" if r is not None else "-"
+        lines.append(f"| {workload} | {hcell} | {bcell} | {rcell} | {TARGETS[workload]} | {ok} |")
+    return lines

@@ -1,0 +1,128 @@
+"""Start real ``python -m handoff.node`` processes on loopback for tests; stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import handoff
+
+PACKAGE_ROOT = Path(handoff.__file__).resolve().parents[1]
+START_TIMEOUT = 30.0
+
+
+def child_env(extra: dict | None = None) -> dict[str, str]:
+    path = [str(PACKAGE_ROOT), str(Path(__file__).resolve().parent),
+            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    address: str
+    proc: subprocess.Popen
+    lines: "queue.Queue[str]" = field(default_factory=queue.Queue)
+    log: list = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """kill -9 the node and (by their PIDs) its worker processes."""
+        children = _children(self.pid)
+        self.proc.kill()
+        self.proc.wait(10)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def start_node(name: str, resources: str = "cpu=2", workers: int = 1, join: str | None = None,
+               extra: list[str] | None = None, wait: bool = True, env: dict | None = None) -> NodeProcess:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "handoff.node", "--name", name, "--listen", address,
+           "--resources", resources, "--workers", str(workers), "--log-level", "WARNING"]
+    if join:
+        cmd += ["--join", join]
+    cmd += extra or []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=child_env(env), stdin=subprocess.DEVNULL)
+    node = NodeProcess(name, address, proc)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            node.log.append(line)
+            node.lines.put(line)
+        node.lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    if wait:
+        wait_listening(node)
+    return node
+
+
+def wait_listening(node: NodeProcess, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = node.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if "listening on" in line:
+            return
+        if line == "":
+            raise RuntimeError(f"node {node.name} exited: {''.join(node.log)}")
+    node.stop()
+    raise RuntimeError(f"node {node.name} did not start in {timeout} s: {''.join(node.log)}")
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def peer_stats(name: str) -> dict:
+    """A node's counters, asked over the wire."""
+    node = handoff.api.current_node()
+    return node.peer_stats(name)
