@@ -130,16 +130,18 @@ class CancelRun:
 
 @dataclass(frozen=True, slots=True)
 class ResultLost:
-    """The result of ``index`` could not be fetched from where it was: recompute it.
+    """The result of ``index`` could not be fetched from ``node``: recompute it.
 
     When the fetch was made for a task (``consumer``, ``attempt``), that attempt is over,
-    does not count as a failure, and the consumer runs again once the input is recomputed.
+    does not count as a failure, and the consumer runs again once the input is back. If
+    the result has moved since (recomputed elsewhere, or a copy), only the consumer reruns.
     """
 
     run_id: str
     index: int
     consumer: int | None = None
     attempt: int | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

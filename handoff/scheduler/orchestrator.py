@@ -37,7 +37,7 @@ DEFAULT_SLOTS = 64
 _FIRST_TRY = 4  # functions of a parked class tried first
 
 
-def _turn_order(run: RunState) -> tuple[int, float]:
+def _turn_order(run: RunState) -> tuple[int, int]:
     return (run.served, run.seq)
 
 
@@ -256,7 +256,7 @@ class Orchestrator:
             self._release(run, c, node)
             run.recoveries[c] += 1
             run.requeue(c)  # when next tried, it waits for the recompute
-        run.lose_result(ev.index, self._busy)
+        run.lose_result(ev.index, self._busy, ev.node)
         return []
 
     def _on_result_copied(self, ev: ResultCopied) -> list[Instruction]:
@@ -366,10 +366,11 @@ class Orchestrator:
                     run.park(i)
                 else:
                     items.append(i)
-            done, failed = self._place(run, items)
-            placed += done
-            for i in failed:
-                blocked.add(run.park(i))
+            if items:
+                done, failed = self._place(run, items)
+                placed += done
+                for i in failed:
+                    blocked.add(run.park(i))
 
     def _place(self, run: RunState, items: list[int]) -> tuple[int, list[int]]:
         """Try to start ``items``; returns (how many started, those left waiting, in order)."""

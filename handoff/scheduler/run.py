@@ -256,10 +256,12 @@ class RunState:
                 bad.extend(needed)
         return sorted(set(bad))
 
-    def lose_result(self, j: int, live: Any) -> None:
-        """The result of ``j`` could not be fetched: use a live copy, or recompute it."""
+    def lose_result(self, j: int, live: Any, node: str | None = None) -> None:
+        """The result of ``j`` could not be fetched (from ``node``): use a copy, or recompute it."""
         if j in self.lost or not self.tracker.is_complete(j):
             return
+        if node is not None and node != self.locations[j]:
+            return  # a report about where it used to be
         copies = self.copies.get(j, set())
         alive = sorted(n for n in copies if n in live and n != self.locations[j])
         if alive:

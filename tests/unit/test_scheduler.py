@@ -729,6 +729,20 @@ def test_result_lost_for_a_consumer_recomputes_and_retries_without_counting(sche
     assert c.idle()
 
 
+def test_result_lost_about_an_old_location_only_reruns_the_consumer(sched):
+    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
+    c.submit(dag_of(fn("x"), fn("y"), fn("z", ["x"])))
+    c.finish("x")  # on a
+    c.finish("y")  # on b
+    attempt, z_node = c.running.pop(("r", 2))
+    c.handle(ResultLost("r", 0, 2, attempt, "b"))  # x never was on b
+    state = c.orch.run("r")
+    assert state.location(0) == "a" and not state.lost
+    assert c.running_ids() == ["z"] and c.running[("r", 2)][0] == attempt + 1
+    c.drain()
+    assert [d[1] for d in c.dispatched].count(0) == 1 and c.idle()
+
+
 def test_result_lost_without_consumer_recomputes_it(sched):
     c = Cluster(sched, {"a": {}}, slots={"a": 1})
     c.submit(dag_of(fn("x"), fn("y"), fn("z", ["x", "y"])))
