@@ -85,8 +85,7 @@ class OrchestrationMixin:
         self._finished_rows(msg.sender, rows)
 
     def _finished_rows(self, node: str, rows: list) -> None:
-        handle = self.orchestrator.handle
-        instructions: list = []
+        events: list = []
         for row, blob in rows:
             run_id, index, attempt, ok, started, finished, _nbytes, error, _b, lost = row
             ctx = self.runs.get(run_id)
@@ -95,7 +94,7 @@ class OrchestrationMixin:
             if lost is not None:
                 lost_index = ctx.graph.index.get(lost[1])
                 if lost_index is not None:
-                    instructions += handle(ResultLost(run_id, lost_index, index, attempt))
+                    events.append(ResultLost(run_id, lost_index, index, attempt, lost[0]))
                     continue
             info = None
             if not ok:
@@ -103,9 +102,10 @@ class OrchestrationMixin:
                 info = ErrorInfo(exc_type, message, tb, blob)
             elif ctx.progress is not None:
                 ctx.done_count += 1
-                ctx.progress(ctx.done_count, len(ctx.graph.ids))
-            instructions += handle(TaskFinished(run_id, index, attempt, node, ok, info, started, finished))
-        self._apply(instructions)
+                ctx.progress(ctx.done_count, ctx.total)
+            events.append(TaskFinished(run_id, index, attempt, node, ok, info, started, finished))
+        if events:
+            self._apply(self.orchestrator.handle(*events))
 
     # ---- instructions ---------------------------------------------------------------
     def _apply(self, instructions: list) -> None:
@@ -172,7 +172,7 @@ class OrchestrationMixin:
             self.store.register_location(ctx.dag_id, fid, node)
         stats = {ids[i]: s for i, s in state.stats.items()} if isinstance(state.stats, dict) else state.stats
         result = ExecutionResult(ctx.dag_id, Results(self, ctx.dag_id, allocations), allocations, stats)
-        self.orchestrator.forget(ins.run_id) if hasattr(self.orchestrator, "forget") else None
+        self.orchestrator.forget(ins.run_id)
         ctx.future.set_result(result)
 
     def _fail_all_runs(self, error: HandoffError) -> None:

@@ -43,6 +43,11 @@ class RunContext:
     nodes_used: set = field(default_factory=set)
 
     @property
+    def total(self) -> int:
+        """Functions that produce a result (inline ones don't)."""
+        return len(self.graph.ids) - int(self.graph.inline.sum())
+
+    @property
     def dag_id(self) -> Any:
         return self.dag.id
 
