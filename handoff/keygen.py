@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
+from handoff.errors import HandoffError
 from handoff.security import generate_key_text
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    text = generate_key_text()
-    if not args or args[0] == "-":
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m handoff.keygen",
+        description="Make a new cluster key. Give the same key to every node and driver "
+        "(--key-file / handoff.start(key_file=...)); all traffic then uses ZeroMQ CURVE and "
+        "only key holders can connect.",
+    )
+    p.add_argument("file", nargs="?", default="-",
+                   help="file to create with mode 0600; never overwritten (default: stdout)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        text = generate_key_text()
+    except HandoffError as exc:
+        print(f"handoff.keygen: {exc}", file=sys.stderr)
+        return 1
+    if args.file == "-":
         sys.stdout.write(text)
-        return
-    fd = os.open(args[0], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
+        return 0
+    try:
+        # O_EXCL: an existing key (maybe the one the cluster runs with) is never replaced
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"handoff.keygen: {args.file} already exists; not overwriting a key "
+              "(delete it first if you really mean to replace it)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"handoff.keygen: cannot create {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)  # the umask can only take bits away; make it exact
         f.write(text)
-    print(f"wrote a new cluster key to {args[0]}", file=sys.stderr)
+    print(f"wrote a new cluster key to {args.file}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

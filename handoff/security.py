@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +25,27 @@ log = logging.getLogger("handoff.security")
 
 __all__ = ["Curve", "load_curve", "generate_key_text", "read_key_file"]
 
+KEY_LENGTH = 40  # a Z85-encoded CURVE key
+HOW_TO_MAKE_ONE = "make one with `python -m handoff.keygen cluster.key`"
+# every way a connection can fail before it is authenticated: no CURVE or the wrong key
+# (PROTOCOL), a client key the ZAP handler denied (AUTH), garbage or a port scan (NO_DETAIL)
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_LOG_EVERY = 10.0  # seconds between warnings about rejected connections
+
+
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise AuthenticationError(
+            f"this libzmq ({zmq.zmq_version()}) was built without CURVE support; "
+            "install a pyzmq wheel (pip install pyzmq), which bundles one with it"
+        )
+
 
 def generate_key_text() -> str:
+    _require_curve()
     public, secret = zmq.curve_keypair()
     return (
         "# Handoff cluster key: give this file to every node of the cluster, and no one else.\n"
@@ -33,11 +55,15 @@ def generate_key_text() -> str:
 
 
 def read_key_file(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a key file; AuthenticationError says what is wrong with it."""
+    _require_curve()
     try:
         with open(path, encoding="ascii") as f:
-            text = f.read()
+            text = f.read(64 * 1024)
     except OSError as exc:
         raise AuthenticationError(f"cannot read key file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise AuthenticationError(f"{path!r} is not a cluster key ({HOW_TO_MAKE_ONE})") from None
     values = {}
     for line in text.splitlines():
         line = line.strip()
@@ -46,22 +72,51 @@ def read_key_file(path: str) -> tuple[bytes, bytes]:
         k, _, v = line.partition("=")
         values[k.strip()] = v.strip().encode()
     public, secret = values.get("public"), values.get("secret")
-    if not public or not secret or len(public) != 40 or len(secret) != 40:
-        raise AuthenticationError(f"{path!r} is not a cluster key (make one with `python -m handoff.keygen`)")
+    if not public or not secret:
+        missing = " and ".join(n for n in ("public", "secret") if not values.get(n))
+        raise AuthenticationError(
+            f"{path!r} is not a cluster key: no {missing} line ({HOW_TO_MAKE_ONE})"
+        )
+    for name, key in (("public", public), ("secret", secret)):
+        if len(key) != KEY_LENGTH:
+            raise AuthenticationError(
+                f"{path!r}: the {name} key has {len(key)} characters, a cluster key has "
+                f"{KEY_LENGTH} ({HOW_TO_MAKE_ONE})"
+            )
     try:
-        if zmq.curve_public(secret) != public:
-            raise AuthenticationError(f"{path!r}: the public and secret keys do not match")
-    except ValueError:
-        raise AuthenticationError(f"{path!r}: the secret key is malformed") from None
+        derived = zmq.curve_public(secret)
+    except (ValueError, zmq.ZMQError):
+        raise AuthenticationError(f"{path!r}: the secret key is not a valid CURVE key") from None
+    if derived != public:
+        raise AuthenticationError(
+            f"{path!r}: the public and secret keys do not match (was the file edited? "
+            f"{HOW_TO_MAKE_ONE})"
+        )
+    _warn_if_readable_by_others(path)
     return public, secret
+
+
+def _warn_if_readable_by_others(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("key file %r can be read by other users (mode %o); chmod 600 it",
+                    path, stat.S_IMODE(mode))
 
 
 @dataclass
 class Curve:
+    """The cluster key pair, applied to a node's sockets; ``rejected`` counts connections
+    that failed to authenticate (no CURVE, another key, a denied client key, garbage)."""
+
     public: bytes
     secret: bytes
     rejected: int = 0
     _auth: Any = field(default=None, repr=False)
+    _watchers: list = field(default_factory=list, repr=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start(self, ctx: zmq.Context) -> None:
         """Run the ZAP handler for ``ctx``: admit only the cluster's public key."""
@@ -72,17 +127,20 @@ class Curve:
         expected = self.public
 
         class ClusterKeyOnly:
+            # the handshake already proved the client holds the secret of the key it shows;
+            # a denial is counted by the socket monitor (HANDSHAKE_FAILED_AUTH), not here
             def callback(_, domain: str, key: bytes) -> bool:
-                if key == expected:
-                    return True
-                self.rejected += 1
-                log.warning("rejected a connection without the cluster key")
-                return False
+                return key == expected
 
         auth.configure_curve_callback("*", credentials_provider=ClusterKeyOnly())
         self._auth = auth
 
     def stop(self) -> None:
+        """Stop the ZAP handler and the monitors; call before the context is terminated."""
+        self._stopping.set()
+        for thread in self._watchers:
+            thread.join(5.0)
+        self._watchers.clear()
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
@@ -91,11 +149,46 @@ class Curve:
         sock.curve_server = True
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
+        self._watch(sock)
 
     def client(self, sock: zmq.Socket) -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_serverkey = self.public
+
+    # ---- rejected connections ------------------------------------------------------------
+    def _watch(self, sock: zmq.Socket) -> None:
+        """Count the failed handshakes on ``sock`` from a thread (the loop is not ours)."""
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED | zmq.EVENT_MONITOR_STOPPED)
+        thread = threading.Thread(target=self._count_rejections, args=(monitor,),
+                                  name="handoff-curve-monitor", daemon=True)
+        thread.start()
+        self._watchers.append(thread)
+
+    def _count_rejections(self, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        logged_at, logged_count = float("-inf"), 0
+        try:
+            while not self._stopping.is_set():
+                if not monitor.poll(100):
+                    continue
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_MONITOR_STOPPED:
+                    return
+                if event & _HANDSHAKE_FAILED:
+                    self.rejected += 1
+                    now = time.monotonic()
+                    if now - logged_at >= _LOG_EVERY:
+                        # a peer with the wrong key retries every reconnect interval: say it
+                        # once in a while with a count, not once per attempt
+                        log.warning("rejected %d connection(s) without the cluster key "
+                                    "(%d in all)", self.rejected - logged_count, self.rejected)
+                        logged_at, logged_count = now, self.rejected
+        except zmq.ZMQError:
+            pass  # the context is going away
+        finally:
+            monitor.close(0)
 
 
 def load_curve(config: NodeConfig) -> Curve | None:
@@ -106,7 +199,7 @@ def load_curve(config: NodeConfig) -> Curve | None:
     if not is_loopback(config.listen) and not config.insecure:
         raise HandoffError(
             f"refusing to listen on {config.listen} without a cluster key: anyone who can reach "
-            "it could run code here. Make a key with `python -m handoff.keygen > cluster.key`, "
+            "it could run code here. Make a key with `python -m handoff.keygen cluster.key`, "
             "copy it to every node and pass --key-file cluster.key (handoff.start(key_file=...)), "
             "or pass --insecure (insecure=True) on a network you trust."
         )

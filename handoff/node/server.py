@@ -26,6 +26,8 @@ from handoff.node.peers import PeerMixin
 from handoff.node.orchestration import OrchestrationMixin
 from handoff.node.store import ValueStore
 from handoff.node.values import blob_nbytes
+from handoff.node.threads import ThreadPool
+from handoff.node.values import dumps_value, is_local
 from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Ping, Pong, Refuse, RunEnded,
@@ -80,8 +82,12 @@ class Node(PeerMixin, OrchestrationMixin):
         self._wake_rx.bind(wake)
         self._wake_tx = self.ctx.socket(zmq.PUSH)
         self._wake_tx.connect(wake)
-        self.pool = WorkerPool(self.transport, self.config.workers, self.name,
-                               self.config.resources, self._job_finished)
+        if self.config.executor == "thread":
+            self.pool = ThreadPool(self.transport, self.config.workers, self.name,
+                                   self.config.resources, self._job_finished, self._post)
+        else:
+            self.pool = WorkerPool(self.transport, self.config.workers, self.name,
+                                   self.config.resources, self._job_finished)
         self.pool.start()
         self._start_peers()
         self._running = True
@@ -137,10 +143,13 @@ class Node(PeerMixin, OrchestrationMixin):
             self._wake_tx.send(b"", zmq.NOBLOCK)
         return fut
 
-    def call_async(self, fn: Callable, *args: Any) -> Future:
-        """Like call, but ``fn(future, *args)`` resolves the future itself, later."""
-        fut: Future = Future()
-        return self.call(lambda: fn(fut, *args)) and fut
+    def _post(self, fn: Callable, *args: Any) -> None:
+        """Fire-and-forget call on the loop thread (from executor threads)."""
+        if not self._running:
+            return
+        self._commands.append((None, fn, args))
+        with self._wake_lock:
+            self._wake_tx.send(b"", zmq.NOBLOCK)
 
     # ---- timers -----------------------------------------------------------------------
     def after(self, delay: float, fn: Callable) -> list:
@@ -213,6 +222,9 @@ class Node(PeerMixin, OrchestrationMixin):
     def _run_commands(self) -> None:
         while self._commands:
             fut, fn, args = self._commands.popleft()
+            if fut is None:
+                self._safely(fn, *args)
+                continue
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
@@ -282,6 +294,11 @@ class Node(PeerMixin, OrchestrationMixin):
             self.store.register_location(job.dag_id, job.key, self.name)
             nbytes = blob_nbytes(frames)
         blob = None if ok else frames
+        if blob is not None and is_local(blob) and job.origin != self.name:
+            try:  # an exception object from a thread-executor attempt, for a remote driver
+                blob = dumps_value(blob[0].obj)
+            except Exception:
+                blob = None
         row = [job.run_id, job.index, job.attempt, ok, started, finished, nbytes,
                list(error) if error else None, -1, list(lost) if lost else None]
         if job.origin == self.name:
@@ -350,12 +367,17 @@ class Node(PeerMixin, OrchestrationMixin):
             if out is None:
                 self.transport.send(msg.sender, Value(self.name, msg.request, error))
                 return
+            if is_local(out):  # thread executor: pickle it off the loop first
+                self.pool.serialize(out, reply)
+                return
             self.store.fetches_served += 1
             self.store.bytes_served += blob_nbytes(out)
             self.transport.send(msg.sender, Value(self.name, msg.request, None, [out]))
 
         if msg.hook and msg.blobs:
             self._run_hook(msg.blobs[0], frames, msg.target, reply)
+        elif is_local(frames):
+            self.pool.serialize(frames, reply)
         else:
             reply(frames, None)
 

@@ -7,9 +7,26 @@ from typing import Any, Sequence
 
 import cloudpickle
 
-__all__ = ["dumps_value", "loads_value", "dumps_payload", "loads_payload", "blob_nbytes", "OOB_MIN"]
+__all__ = [
+    "dumps_value", "loads_value", "dumps_payload", "loads_payload", "blob_nbytes", "OOB_MIN",
+    "LocalValue", "is_local",
+]
 
 OOB_MIN = 64 * 1024  # smaller buffers stay in the pickle stream: a frame costs more than a copy
+
+
+class LocalValue:
+    """A value kept as a Python object in the node that made it (thread executor); it is
+    pickled only if a peer asks for it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+
+def is_local(frames: Sequence[Any]) -> bool:
+    return bool(frames) and isinstance(frames[0], LocalValue)
 
 
 def dumps_value(obj: Any) -> list:
@@ -40,6 +57,8 @@ def _view(frame: Any) -> Any:
 
 def loads_value(frames: Sequence[Any]) -> Any:
     """The inverse of dumps_value; out-of-band buffers are used in place, not copied."""
+    if is_local(frames):
+        return frames[0].obj
     return pickle.loads(_view(frames[0]), buffers=[_view(f) for f in frames[1:]])
 
 
@@ -53,7 +72,9 @@ def loads_payload(frame: Any) -> tuple:
 
 
 def blob_nbytes(frames: Sequence[Any]) -> int:
+    if is_local(frames):
+        return 0
     total = 0
     for f in frames:
-        total += len(f) if not hasattr(f, "buffer") else f.buffer.nbytes
+        total += f.nbytes if isinstance(f, memoryview) else len(f)
     return total

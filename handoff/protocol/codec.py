@@ -2,7 +2,8 @@
 
 Header: ``[version, op, [field values...], [frames per blob...]]``. Keys that msgpack cannot
 carry (any hashable a user picks as a DAG or function id) travel as pickled ext values; a
-peer's frames are only decoded after the transport has authenticated it.
+peer's frames are only decoded after the transport has authenticated it, and the transport
+decodes a connection's messages before its hello with ``pickles=False``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return pickle.loads(data)
 
 
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # unpickling runs code: a sender that may not run code gets no pickled values decoded
+    raise ProtocolError(f"msgpack extension {code} (a pickled value) is not accepted here")
+
+
 _packer = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
 
 
@@ -53,8 +59,9 @@ def encode(msg: Message) -> list:
     return [_packer.pack([VERSION, cls.op, values, []])]
 
 
-def decode(frames: Sequence[Any]) -> Message:
-    """The message in ``frames`` (bytes or zmq.Frame); ProtocolError on anything malformed."""
+def decode(frames: Sequence[Any], pickles: bool = True) -> Message:
+    """The message in ``frames`` (bytes or zmq.Frame); ProtocolError on anything malformed.
+    With ``pickles=False`` a pickled value in the header is a ProtocolError, never loaded."""
     if not frames:
         raise ProtocolError("empty message")
     head = frames[0]
@@ -65,7 +72,8 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"header of {len(raw)} bytes is too large")
     try:
         header = msgpack.unpackb(
-            raw, use_list=True, raw=False, strict_map_key=False, ext_hook=_ext_hook
+            raw, use_list=True, raw=False, strict_map_key=False,
+            ext_hook=_ext_hook if pickles else _refuse_ext,
         )
     except ProtocolError:
         raise

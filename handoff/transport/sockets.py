@@ -3,6 +3,11 @@
 A node binds one ROUTER for peers and drivers, connects one DEALER to each peer it sends
 to, and binds an ipc ROUTER for its own worker processes. Every received message comes in
 on a ROUTER; every sent one leaves on a DEALER (to a peer) or on the worker ROUTER.
+
+Bad input never reaches the node: a message that does not decode is logged (rate-limited)
+and dropped, and so is anything but a hello (or a refusal) on a peer connection that has not
+said hello yet. A ROUTER identity cannot be disconnected, so one that sends BLOCK_AFTER bad
+messages is ignored for good.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -17,34 +23,75 @@ import zmq
 
 from handoff.errors import ProtocolError
 from handoff.protocol import decode, encode
-from handoff.protocol.messages import Message
+from handoff.protocol.messages import Hello, Message, Refuse
 
 log = logging.getLogger("handoff.transport")
 
-__all__ = ["Transport", "MAX_MESSAGE", "DRAIN_BATCH"]
+__all__ = ["Transport", "DropLog", "MAX_MESSAGE", "DRAIN_BATCH", "BLOCK_AFTER"]
 
-MAX_MESSAGE = 4 * 1024**3  # a peer's single message may not be larger (ZMQ_MAXMSGSIZE)
+MAX_MESSAGE = 4 * 1024**3  # a peer's single frame may not be larger (ZMQ_MAXMSGSIZE)
 DRAIN_BATCH = 256  # messages read from one socket before the loop looks at the others
 HWM = 0  # no silent drops: the loop applies back-pressure itself
+DEALER_RCVHWM = 16  # nothing is ever read from a DEALER: a peer that sends to one fills only this
+BLOCK_AFTER = 20  # bad messages from one peer identity before everything from it is ignored
+FIRST_MESSAGES = (Hello, Refuse)  # what a peer connection may send before its hello
+TRACKED = 4096  # identities whose bad messages are counted; the longest quiet is forgotten first
+BLOCKED_MAX = 65536  # blocked identities remembered; ZeroMQ numbers connections, never reuses
+LOG_FIRST = 3  # drops logged one by one per identity ...
+LOG_BURST = 20  # ... and at most this many in all per LOG_PERIOD; a summary covers the rest
+LOG_PERIOD = 60.0
+
+
+class DropLog:
+    """Warnings about dropped messages that cannot flood the log: the first few per
+    identity, at most ``burst`` per ``period`` in all, then one summary line."""
+
+    def __init__(self, first: int = LOG_FIRST, burst: int = LOG_BURST, period: float = LOG_PERIOD):
+        self.first, self.burst, self.period = first, burst, period
+        self._since = time.monotonic()
+        self._logged = 0
+        self._quiet = 0  # drops not logged since _since
+
+    def note(self, count: int, text: str, *args: Any) -> None:
+        """One drop; ``count`` is how many its sender has had so far (0: always eligible)."""
+        now = time.monotonic()
+        if now - self._since >= self.period:
+            if self._quiet:
+                log.warning("dropped %d more bad messages in the last %.0f s without logging "
+                            "each", self._quiet, now - self._since)
+            self._since, self._logged, self._quiet = now, 0, 0
+        if count <= self.first and self._logged < self.burst:
+            self._logged += 1
+            log.warning(text, *args)
+        else:
+            self._quiet += 1
 
 
 class Transport:
-    def __init__(self, ctx: zmq.Context, curve: Any = None):
+    def __init__(self, ctx: zmq.Context, curve: Any = None, max_message: int = MAX_MESSAGE,
+                 block_after: int = BLOCK_AFTER):
         self.ctx = ctx
         self.curve = curve  # handoff.security.Curve or None
+        self.max_message = max_message
+        self.block_after = block_after
         self.router: zmq.Socket | None = None
         self.workers: zmq.Socket | None = None
         self.address = ""
         self.worker_address = ""
         self._dealers: dict[str, zmq.Socket] = {}
-        self.dropped = 0
+        self.dropped = 0  # messages dropped: undecodable, before hello, or from a blocked peer
+        self.blocked_peers = 0  # peer identities ignored for good
+        self._greeted: set[bytes] = set()  # peer identities whose hello decoded
+        self._bad: dict[bytes, int] = {}  # peer identity -> bad messages, least recent first
+        self._blocked: dict[bytes, None] = {}  # insertion-ordered, so the oldest goes first
+        self._drop_log = DropLog()
 
     # ---- set-up ---------------------------------------------------------------------
     def bind(self, listen: str) -> str:
         """Bind the peer ROUTER; ``tcp://host:0`` picks a free port. Returns the address."""
         sock = self.ctx.socket(zmq.ROUTER)
         sock.linger = 0
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message)
         sock.rcvhwm = HWM
         sock.sndhwm = HWM
         if self.curve is not None:
@@ -78,6 +125,8 @@ class Transport:
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.sndhwm = HWM
+        sock.rcvhwm = DEALER_RCVHWM
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message)
         sock.setsockopt(zmq.IMMEDIATE, 0)
         if self.curve is not None:
             self.curve.client(sock)
@@ -106,25 +155,54 @@ class Transport:
     def receive(self, sock: zmq.Socket) -> Iterator[tuple[bytes, Message, Any]]:
         """Drain up to DRAIN_BATCH messages: (identity, message, first frame). Bad ones are
         logged and dropped here, so a peer's garbage never reaches the node."""
+        peers = sock is self.router
         for _ in range(DRAIN_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 2:
+            identity = frames[0].bytes
+            if identity in self._blocked:
                 self.dropped += 1
                 continue
+            greeted = not peers or identity in self._greeted
             try:
-                msg = decode(frames[1:])
+                if len(frames) < 2:
+                    raise ProtocolError("no header frame")
+                msg = decode(frames[1:], pickles=greeted)
+                if not greeted:
+                    if not isinstance(msg, FIRST_MESSAGES):
+                        raise ProtocolError(f"{msg.op} before hello")
+                    if isinstance(msg, Hello):
+                        self._greeted.add(identity)
             except ProtocolError as exc:
-                self.dropped += 1
-                log.warning("dropped a message: %s", exc)
+                self._reject(identity, peers, str(exc))
                 continue
             except Exception as exc:  # anything the decoder did not foresee is still garbage
-                self.dropped += 1
-                log.warning("dropped an undecodable message: %r", exc)
+                self._reject(identity, peers, f"undecodable: {exc!r}")
                 continue
-            yield frames[0].bytes, msg, frames[1]
+            yield identity, msg, frames[1]
+
+    def _reject(self, identity: bytes, peers: bool, reason: str) -> None:
+        self.dropped += 1
+        if not peers:  # a worker is this node's own process: never blocked
+            self._drop_log.note(0, "dropped a message from a worker: %s", reason)
+            return
+        count = self._bad.pop(identity, 0) + 1  # re-inserted last: most recent
+        if count < self.block_after:
+            self._bad[identity] = count
+            if len(self._bad) > TRACKED:
+                del self._bad[next(iter(self._bad))]
+            self._drop_log.note(count, "dropped a message from peer connection %s: %s",
+                                identity.hex(), reason)
+            return
+        self._greeted.discard(identity)
+        self._blocked[identity] = None
+        if len(self._blocked) > BLOCKED_MAX:
+            del self._blocked[next(iter(self._blocked))]
+        self.blocked_peers += 1
+        self._drop_log.note(0, "ignoring peer connection %s for good after %d bad messages "
+                            "(last: %s)", identity.hex(), count, reason)
 
     def close(self) -> None:
         for sock in self._dealers.values():

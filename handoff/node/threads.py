@@ -1,0 +1,111 @@
+"""``--executor thread``: run user code in a thread pool inside the node process.
+
+For work that releases the GIL (numpy, I/O) and for values too costly to pickle: results stay
+in the node as Python objects (``LocalValue``) and are pickled only when a peer fetches one.
+Admission, resource claims and cancellation are the WorkerPool's; what differs is how jobs
+run. A thread cannot be killed: an attempt past its timeout is reported failed at once and
+its thread's eventual result is dropped, but the thread stays busy until the code returns.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from handoff.node.values import LocalValue, dumps_value
+from handoff.node.worker import Evaluator, describe
+from handoff.node.workers import Job, WorkerPool
+
+__all__ = ["ThreadPool"]
+
+
+class ThreadPool(WorkerPool):
+    def __init__(self, transport, size: int, name: str, caps: dict, report, post: Callable):
+        super().__init__(transport, size, name, caps, report)
+        self.post = post  # runs a callable on the loop thread
+        self.running: dict[int, Job] = {}
+        self._busy = 0  # threads executing user code, timed-out ones included
+        self._executor: ThreadPoolExecutor | None = None
+        self._evaluator = Evaluator()
+
+    def start(self) -> None:
+        self._executor = ThreadPoolExecutor(self.size, thread_name_prefix=f"handoff-{self.name}")
+
+    def ready_count(self) -> int:
+        return self.size
+
+    def pids(self) -> list[int]:
+        return []
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def pump(self) -> None:
+        while self.queue and self._busy < self.size and self._executor is not None:
+            job = self.queue.popleft()
+            if job.cancelled:
+                continue
+            job.sent_at = time.monotonic()
+            self.running[job.job_id] = job
+            self._busy += 1
+            self._executor.submit(self._run, job)
+
+    def _run(self, job: Job) -> None:
+        started = time.time()
+        try:
+            value = self._evaluator.evaluate(job.tree, job.blobs)
+            ok, error, frames = True, None, [LocalValue(value)]
+        except BaseException as exc:  # user code may raise anything
+            ok, error, frames = False, describe(exc), [LocalValue(exc)]
+        finished = time.time()
+        self.post(self._finish, job, ok, error, frames, started, finished)
+
+    def _finish(self, job: Job, ok: bool, error: Any, frames: list, started: float, finished: float) -> None:
+        self._busy -= 1
+        if self.running.pop(job.job_id, None) is None:
+            return  # timed out or cancelled: already reported or not wanted
+        self.jobs.pop(job.job_id, None)
+        self._release(job)
+        self.completed += 1
+        if not job.cancelled:
+            self.report(job, ok, error, frames, started, finished)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for job in list(self.running.values()):
+            if job.timeout is not None and now - job.sent_at > job.timeout:
+                self._abandon(job)
+                self.report(job, False, ["TimeoutError", f"attempt exceeded its timeout of {job.timeout:g} s", ""],
+                            None, time.time(), time.time())
+
+    def _abandon(self, job: Job) -> None:
+        self.running.pop(job.job_id, None)
+        self.jobs.pop(job.job_id, None)
+        self._release(job)
+
+    def cancel(self, run_id: str, indices: set | None) -> None:
+        for job in list(self.running.values()):
+            if job.run_id == run_id and (indices is None or job.index in indices):
+                job.cancelled = True
+                self._abandon(job)
+        super().cancel(run_id, indices)
+
+    def serialize(self, frames: list, callback: Callable) -> None:
+        """Pickle an in-process value off the loop thread, for a peer that fetches it."""
+        def work() -> None:
+            try:
+                out = dumps_value(frames[0].obj)
+            except Exception as exc:
+                self.post(callback, None, f"value could not be pickled for a peer: {exc}")
+                return
+            self.post(callback, out, None)
+
+        self._executor.submit(work)
+
+    def stats(self) -> dict:
+        out = super().stats()
+        out.update(workers=self.size, ready=self.size, running=len(self.running), busy_threads=self._busy)
+        return out

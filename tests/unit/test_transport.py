@@ -1,0 +1,267 @@
+"""The transport's defences against bad input, on real sockets in this process (no node).
+
+Peers reach the ROUTER over loopback TCP because the size limit (ZMQ_MAXMSGSIZE) is enforced
+by the ZMTP decoder, which inproc does not use.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from handoff.protocol import VERSION, encode
+from handoff.protocol.messages import Fetch, Gossip, Hello, Refuse, WorkerReady
+from handoff.transport import Transport
+from handoff.transport.sockets import BLOCK_AFTER, LOG_BURST, LOG_FIRST, DropLog
+
+pytestmark = pytest.mark.timeout(60)
+
+UNPICKLED: list = []
+
+
+class Tripwire:
+    """Records that it was unpickled: a stand-in for code a forged message would run."""
+
+    def __reduce__(self):
+        return (UNPICKLED.append, ("unpickled",))
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def transport(ctx):
+    t = Transport(ctx)
+    t.bind("tcp://127.0.0.1:0")
+    yield t
+    t.close()
+
+
+def dealer(ctx, address: str, identity: bytes | None = None) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    if identity is not None:
+        sock.routing_id = identity
+    sock.connect(address)
+    return sock
+
+
+def drain(t: Transport, until, timeout: float = 5.0, sock=None) -> list:
+    """Messages the transport delivers until ``until(delivered)`` holds or time runs out."""
+    sock = sock if sock is not None else t.router
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(got):
+        if sock.poll(20):
+            got.extend((identity, msg) for identity, msg, _ in t.receive(sock))
+    return got
+
+
+def settle(t: Transport, seconds: float = 0.3, sock=None) -> list:
+    """Everything delivered within ``seconds`` (to show that nothing is)."""
+    return drain(t, lambda got: False, seconds, sock)
+
+
+def hello(name: str = "p") -> list:
+    return encode(Hello(name, "tcp://127.0.0.1:1", 1, {"cpu": 1.0}))
+
+
+def header(*fields) -> bytes:
+    return msgpack.packb(list(fields), use_bin_type=True)
+
+
+GARBAGE = [
+    [b""],
+    [b"\xc1"],
+    [b"\x00" * 100],
+    [header(1, 2, 3)],
+    [header(VERSION, "no-such-op", [], [])],
+    [header(VERSION + 1, "hello", ["p", "tcp://127.0.0.1:1", 1, {}, VERSION], [])],
+    [header(VERSION, "hello", [1, 2, 3, 4, 5], [])],
+    [header(VERSION, "value", ["p", 1, None], [2]), b"only one"],
+    [header(VERSION, "gossip", ["p", []], [1]), b"extra"],
+    [header(VERSION, "hello", "not a list", [])],
+    [header(VERSION, "gossip", ["p", []], [-1])],
+    [header(VERSION, "gossip", ["p", []], []), b"trailing"],
+]
+
+
+def test_garbage_is_dropped_and_counted_and_the_same_peer_can_still_say_hello(ctx, transport):
+    sock = dealer(ctx, transport.address)
+    for frames in GARBAGE:
+        sock.send_multipart(frames)
+    assert settle(transport) == []
+    assert transport.dropped == len(GARBAGE)
+    assert transport.blocked_peers == 0
+
+    sock.send_multipart(hello("p"))
+    got = drain(transport, lambda got: got)
+    assert [m for _, m in got] == [Hello("p", "tcp://127.0.0.1:1", 1, {"cpu": 1.0})]
+
+
+def test_random_bytes_and_random_multipart_never_reach_the_node(ctx, transport):
+    rng = random.Random(1)
+    sent = 0
+    for _ in range(10):
+        sock = dealer(ctx, transport.address)
+        for _ in range(BLOCK_AFTER - 1):  # stay under the block: every one is decoded
+            parts = [rng.randbytes(rng.randrange(0, 300)) for _ in range(rng.randrange(1, 4))]
+            sock.send_multipart(parts)
+            sent += 1
+    drain(transport, lambda got: transport.dropped >= sent)
+    assert settle(transport) == []
+    assert transport.dropped == sent
+    assert transport.blocked_peers == 0
+
+
+def test_only_hello_or_refuse_may_come_first_on_a_connection(ctx, transport):
+    sock = dealer(ctx, transport.address)
+    sock.send_multipart(encode(Gossip("p", [])))
+    assert settle(transport) == []
+    assert transport.dropped == 1
+
+    sock.send_multipart(hello("p"))
+    sock.send_multipart(encode(Gossip("p", [])))
+    got = drain(transport, lambda got: len(got) == 2)
+    assert [type(m) for _, m in got] == [Hello, Gossip]
+
+    other = dealer(ctx, transport.address)
+    other.send_multipart(encode(Refuse("q", "name taken")))
+    got = drain(transport, lambda got: got)
+    assert [m for _, m in got] == [Refuse("q", "name taken")]
+
+
+def test_a_pickled_value_is_not_loaded_before_hello(ctx, transport):
+    UNPICKLED.clear()
+    evil = msgpack.ExtType(1, pickle.dumps(Tripwire()))
+    forged = header(VERSION, "hello", ["p", "tcp://127.0.0.1:1", 1, {"cpu": evil}, VERSION], [])
+    sock = dealer(ctx, transport.address)
+    sock.send_multipart([forged])
+    sock.send_multipart([header(VERSION, "clear", ["p", evil], [])])
+    assert settle(transport) == []
+    assert transport.dropped == 2
+    assert UNPICKLED == []
+
+    # after its hello, a peer's tuple keys (pickled ext values) decode as usual
+    sock.send_multipart(hello("p"))
+    sock.send_multipart(encode(Fetch("p", 1, ("dag", 1), ("fn", 2), "p")))
+    got = drain(transport, lambda got: len(got) == 2)
+    assert got[1][1].key == ("fn", 2)
+
+
+def test_a_peer_is_ignored_for_good_after_too_many_bad_messages(ctx, transport, caplog):
+    caplog.set_level(logging.WARNING, logger="handoff.transport")
+    bad = dealer(ctx, transport.address, b"bad-peer")
+    for _ in range(BLOCK_AFTER):
+        bad.send(b"\xc1garbage")
+    drain(transport, lambda got: transport.blocked_peers == 1)
+    assert transport.blocked_peers == 1
+
+    for _ in range(50):
+        bad.send_multipart(hello("bad"))
+        bad.send(b"\xc1garbage")
+    assert settle(transport) == []
+    assert transport.dropped == BLOCK_AFTER + 100
+    assert transport.blocked_peers == 1
+    blocked_lines = [r for r in caplog.records if "for good" in r.getMessage()]
+    assert len(blocked_lines) == 1
+    assert b"bad-peer".hex() in blocked_lines[0].getMessage()
+
+
+def test_a_good_peer_is_served_while_another_sends_garbage(ctx, transport):
+    bad = dealer(ctx, transport.address, b"bad-peer")
+    good = dealer(ctx, transport.address, b"good-peer")
+    good.send_multipart(hello("good"))
+    for i in range(3 * BLOCK_AFTER):
+        bad.send(random.Random(i).randbytes(64))
+        if i % 10 == 0:
+            good.send_multipart(encode(Gossip("good", [])))
+    got = drain(transport, lambda got: len(got) == 1 + 6)
+    assert {identity for identity, _ in got} == {b"good-peer"}
+    assert [type(m) for _, m in got] == [Hello] + [Gossip] * 6
+    drain(transport, lambda got: transport.blocked_peers == 1)
+    assert transport.blocked_peers == 1
+
+
+def test_an_oversized_message_is_not_delivered(ctx):
+    t = Transport(ctx, max_message=4096)
+    t.bind("tcp://127.0.0.1:0")
+    try:
+        assert t.router.getsockopt(zmq.MAXMSGSIZE) == 4096
+        big = dealer(ctx, t.address)
+        big.send_multipart(hello("big"))
+        assert [type(m) for _, m in drain(t, lambda got: got)] == [Hello]
+        big.send_multipart(encode(Gossip("big", [["x" * 8000]])))
+        assert settle(t, 0.5) == []
+
+        small = dealer(ctx, t.address)  # the node keeps serving everyone else
+        small.send_multipart(hello("small"))
+        small.send_multipart(encode(Gossip("small", [["x" * 2000]])))
+        got = drain(t, lambda got: len(got) == 2)
+        assert [type(m) for _, m in got] == [Hello, Gossip]
+    finally:
+        t.close()
+
+
+def test_dealers_to_peers_limit_what_they_would_receive(ctx, transport):
+    transport.connect("peer", "tcp://127.0.0.1:1")
+    sock = transport._dealers["peer"]
+    assert sock.getsockopt(zmq.MAXMSGSIZE) == transport.max_message
+    assert sock.rcvhwm > 0
+
+
+def test_worker_garbage_is_dropped_but_never_blocks_the_worker(ctx, transport):
+    transport.bind_workers()
+    worker = dealer(ctx, transport.worker_address)
+    for _ in range(2 * BLOCK_AFTER):
+        worker.send(b"\xc1")
+    worker.send_multipart(encode(WorkerReady(0, 123)))  # no hello on the worker socket
+    got = drain(transport, lambda got: got, sock=transport.workers)
+    assert [m for _, m in got] == [WorkerReady(0, 123)]
+    assert transport.dropped == 2 * BLOCK_AFTER
+    assert transport.blocked_peers == 0
+
+
+def test_drop_warnings_do_not_flood_the_log(ctx, caplog):
+    caplog.set_level(logging.WARNING, logger="handoff.transport")
+    t = Transport(ctx, block_after=10**9)
+    t.bind("tcp://127.0.0.1:0")
+    socks = []
+    try:
+        one = dealer(ctx, t.address)
+        for _ in range(1000):
+            one.send(b"\xc1")
+        drain(t, lambda got: t.dropped == 1000)
+        assert t.dropped == 1000
+        assert len(caplog.records) == LOG_FIRST
+
+        for _ in range(3 * LOG_BURST):
+            socks.append(dealer(ctx, t.address))
+            socks[-1].send(b"\xc1")
+        drain(t, lambda got: t.dropped == 1000 + 3 * LOG_BURST)
+        assert t.dropped == 1000 + 3 * LOG_BURST
+        assert len(caplog.records) == LOG_BURST
+    finally:
+        t.close()
+
+
+def test_drop_log_summarizes_what_it_did_not_log(caplog):
+    caplog.set_level(logging.WARNING, logger="handoff.transport")
+    drops = DropLog(first=2, burst=3, period=3600)
+    for count in range(1, 11):
+        drops.note(count, "drop %d", count)
+    assert [r.getMessage() for r in caplog.records] == ["drop 1", "drop 2"]
+    drops.period = 0.0  # the period is over: the next drop first sums up the quiet ones
+    drops.note(1, "drop again")
+    assert "dropped 8 more bad messages" in caplog.records[2].getMessage()
+    assert caplog.records[3].getMessage() == "drop again"
