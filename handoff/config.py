@@ -93,6 +93,7 @@ class NodeConfig:
     dead_after: float = 2.0
     gossip_interval: float = 0.2
     join_timeout: float = 10.0
+    shared_memory: bool = True  # large values go through /dev/shm between processes of one host
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -23,6 +23,7 @@ class PeerMixin:
         self._identities: dict[bytes, str] = {}  # ROUTER identity -> peer that said hello on it
         self._pending_by_node: dict[str, set] = defaultdict(set)
         self._greeted: set[str] = set()
+        self.peer_hosts: dict[str, str] = {}
         self.join_error: str | None = None
 
     def _start_peers(self) -> None:
@@ -48,7 +49,8 @@ class PeerMixin:
                 self.transport.send(name, Leave(self.name))
 
     def _hello(self) -> Hello:
-        return Hello(self.name, self.address, self.membership.incarnation, dict(self.config.resources), VERSION)
+        return Hello(self.name, self.address, self.membership.incarnation,
+                     dict(self.config.resources), VERSION, self.host_id)
 
     def joined(self) -> bool:
         """Whether this node knows at least one peer (or was not asked to join any)."""
@@ -91,6 +93,7 @@ class PeerMixin:
             self._refuse(msg, f"the name {msg.name!r} is taken by a live node")
             return
         self._identities[identity] = msg.name
+        self.peer_hosts[msg.name] = msg.host
         for link in [f"@{msg.address}"]:
             if self.transport.connected(link):  # our join link: it is this peer
                 self.transport.disconnect(link)

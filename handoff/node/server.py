@@ -9,6 +9,7 @@ background thread; ``python -m handoff.node`` runs it in the foreground.
 from __future__ import annotations
 
 import heapq
+import os
 import itertools
 import logging
 import threading
@@ -24,10 +25,11 @@ from handoff.config import NodeConfig
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node.peers import PeerMixin
 from handoff.node.orchestration import OrchestrationMixin
+from handoff.node import shm
 from handoff.node.store import ValueStore
 from handoff.node.values import blob_nbytes
 from handoff.node.threads import ThreadPool
-from handoff.node.values import dumps_value, is_local
+from handoff.node.values import dumps_value, expand_frames, has_shared, is_local
 from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Ping, Pong, Refuse, RunEnded,
@@ -64,6 +66,8 @@ class Node(PeerMixin, OrchestrationMixin):
         self._inflight_fetch: dict[tuple, list[Callable]] = {}
         self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
         self.counters = defaultdict(int)
+        self.use_shm = config.shared_memory and shm.available()
+        self.host_id = shm.host_id() if self.use_shm else ""
         self._init_peers()
         self._init_orchestration()
 
@@ -86,8 +90,10 @@ class Node(PeerMixin, OrchestrationMixin):
             self.pool = ThreadPool(self.transport, self.config.workers, self.name,
                                    self.config.resources, self._job_finished, self._post)
         else:
+            if self.use_shm:
+                shm.sweep_orphans()
             self.pool = WorkerPool(self.transport, self.config.workers, self.name,
-                                   self.config.resources, self._job_finished)
+                                   self.config.resources, self._job_finished, self.use_shm)
         self.pool.start()
         self._start_peers()
         self._running = True
@@ -122,6 +128,8 @@ class Node(PeerMixin, OrchestrationMixin):
             self.pool.stop()
 
     def _close(self) -> None:
+        if self.use_shm:
+            shm.remove_owned(os.getpid())
         self.transport.close()
         if self.transport.curve is not None:
             self.transport.curve.stop()
@@ -370,6 +378,8 @@ class Node(PeerMixin, OrchestrationMixin):
             if is_local(out):  # thread executor: pickle it off the loop first
                 self.pool.serialize(out, reply)
                 return
+            if has_shared(out) and (not self.host_id or self.peer_hosts.get(msg.sender) != self.host_id):
+                out = expand_frames(out)  # another host: send the bytes themselves
             self.store.fetches_served += 1
             self.store.bytes_served += blob_nbytes(out)
             self.transport.send(msg.sender, Value(self.name, msg.request, None, [out]))

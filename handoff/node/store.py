@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable, Hashable
 
+from handoff.node.values import release_frames
+
 __all__ = ["ValueStore"]
 
 Waiter = Callable[[list], None]
@@ -23,7 +25,11 @@ class ValueStore:
         self.fetches_served = 0
 
     def put(self, dag_id: Any, key: Hashable, frames: list) -> None:
-        self._values[dag_id][key] = frames
+        table = self._values[dag_id]
+        old = table.get(key)
+        if old is not None and old is not frames:
+            release_frames(old)
+        table[key] = frames
         waiters = self._waiters.pop((dag_id, key), None)
         if waiters:
             for w in waiters:
@@ -62,7 +68,8 @@ class ValueStore:
         return None if table is None else table.get(key)
 
     def clear(self, dag_id: Any) -> None:
-        self._values.pop(dag_id, None)
+        for frames in self._values.pop(dag_id, {}).values():
+            release_frames(frames)
         self._locations.pop(dag_id, None)
 
     def keys(self, dag_id: Any) -> list:

@@ -7,9 +7,11 @@ from typing import Any, Sequence
 
 import cloudpickle
 
+from handoff.node import shm
+
 __all__ = [
     "dumps_value", "loads_value", "dumps_payload", "loads_payload", "blob_nbytes", "OOB_MIN",
-    "LocalValue", "is_local",
+    "LocalValue", "is_local", "release_frames", "expand_frames", "has_shared",
 ]
 
 OOB_MIN = 64 * 1024  # smaller buffers stay in the pickle stream: a frame costs more than a copy
@@ -29,8 +31,12 @@ def is_local(frames: Sequence[Any]) -> bool:
     return bool(frames) and isinstance(frames[0], LocalValue)
 
 
-def dumps_value(obj: Any) -> list:
-    """``[pickle bytes, buffer, ...]``; buffers of numpy arrays and the like are not copied."""
+def dumps_value(obj: Any, shm_owner: int | None = None) -> list:
+    """``[pickle bytes, buffer, ...]``; buffers of numpy arrays and the like are not copied.
+
+    With ``shm_owner`` (the pid of the node that will own the value), buffers of at least
+    ``shm.SHM_MIN`` bytes are written once to shared memory and travel as descriptors.
+    """
     buffers: list = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -40,12 +46,18 @@ def dumps_value(obj: Any) -> list:
             return True
         if raw.nbytes < OOB_MIN:
             return True
+        if shm_owner is not None and raw.nbytes >= shm.SHM_MIN:
+            descriptor = shm.write_buffer(raw, shm_owner)
+            if descriptor is not None:
+                buffers.append(descriptor)
+                return False
         buffers.append(raw)
         return False
 
     try:
         head = pickle.dumps(obj, protocol=5, buffer_callback=keep)
     except Exception:
+        release_frames([b"", *buffers])
         buffers.clear()
         head = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep)
     return [head, *buffers]
@@ -55,11 +67,34 @@ def _view(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 
+def _buffer(frame: Any) -> Any:
+    return shm.open_descriptor(frame) if shm.is_descriptor(frame) else _view(frame)
+
+
+def has_shared(frames: Sequence[Any]) -> bool:
+    return not is_local(frames) and any(shm.is_descriptor(f) for f in frames[1:])
+
+
+def release_frames(frames: Sequence[Any]) -> None:
+    """Unlink the shared-memory files of a value that is being dropped."""
+    if is_local(frames):
+        return
+    for f in frames[1:]:
+        if shm.is_descriptor(f):
+            shm.unlink_descriptor(f)
+
+
+def expand_frames(frames: Sequence[Any]) -> list:
+    """The same value with every shared-memory buffer as bytes (mapped, not copied here),
+    for a peer on another host."""
+    return [frames[0], *(_buffer(f) for f in frames[1:])]
+
+
 def loads_value(frames: Sequence[Any]) -> Any:
     """The inverse of dumps_value; out-of-band buffers are used in place, not copied."""
     if is_local(frames):
         return frames[0].obj
-    return pickle.loads(_view(frames[0]), buffers=[_view(f) for f in frames[1:]])
+    return pickle.loads(_view(frames[0]), buffers=[_buffer(f) for f in frames[1:]])
 
 
 def dumps_payload(code: Any, extra: Sequence[Any] = ()) -> bytes:
@@ -76,5 +111,8 @@ def blob_nbytes(frames: Sequence[Any]) -> int:
         return 0
     total = 0
     for f in frames:
-        total += f.nbytes if isinstance(f, memoryview) else len(f)
+        if shm.is_descriptor(f):
+            total += shm.descriptor_size(f)
+        else:
+            total += f.nbytes if isinstance(f, memoryview) else len(f)
     return total

@@ -58,23 +58,25 @@ def _buffer(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 
-def run_job(evaluator: Evaluator, tree: list, blobs: list) -> tuple[bool, Any, list | None]:
-    """(ok, error, frames): the pickled result, or the error and the pickled exception."""
+def run_job(evaluator: Evaluator, tree: list, blobs: list, shm_owner: int | None = None) -> tuple:
+    """(ok, error, frames, returned): the pickled result, or the error and the pickled
+    exception, and when the user's code returned (pickling is part of moving the value)."""
     try:
         value = evaluator.evaluate(tree, blobs)
     except BaseException as exc:  # user code may raise anything, SystemExit included
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return False, describe(exc), _pickled_exception(exc)
+        return False, describe(exc), _pickled_exception(exc), time.time()
+    returned = time.time()
     try:
-        return True, None, dumps_value(value)
+        return True, None, dumps_value(value, shm_owner), returned
     except BaseException as exc:
         error = [
             "PicklingError",
             f"the result ({type(value).__name__}) could not be pickled: {exc}",
             traceback.format_exc(),
         ]
-        return False, error, None
+        return False, error, None, returned
 
 
 def describe(exc: BaseException) -> list:
@@ -90,7 +92,7 @@ def _pickled_exception(exc: BaseException) -> list | None:
         return None
 
 
-def serve(address: str, worker_id: int) -> None:
+def serve(address: str, worker_id: int, use_shm: bool = False) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -114,20 +116,20 @@ def serve(address: str, worker_id: int) -> None:
             if isinstance(msg, WorkerStop):
                 return
             if isinstance(msg, WorkerRun):
-                run_batch(sock, worker_id, evaluator, msg)
+                run_batch(sock, worker_id, evaluator, msg, parent if use_shm else None)
     finally:
         sock.close(0)
         ctx.term()
 
 
-def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: WorkerRun) -> None:
+def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: WorkerRun,
+              shm_owner: int | None) -> None:
     rows: list = []
     blobs: list = []
     last_flush = time.perf_counter()
     for job_id, tree, first, count in msg.jobs:
         started = time.time()
-        ok, error, frames = run_job(evaluator, tree, msg.blobs[first:first + count])
-        finished = time.time()
+        ok, error, frames, finished = run_job(evaluator, tree, msg.blobs[first:first + count], shm_owner)
         blob = -1
         if frames is not None:
             blob = len(blobs)
@@ -143,9 +145,9 @@ def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: Worke
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        sys.exit("usage: python -m handoff.node.worker ADDRESS WORKER_ID")
-    serve(args[0], int(args[1]))
+    if len(args) not in (2, 3):
+        sys.exit("usage: python -m handoff.node.worker ADDRESS WORKER_ID [shm]")
+    serve(args[0], int(args[1]), use_shm=args[2:] == ["shm"])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from handoff import _core
+from handoff.node import shm
+from handoff.node.values import release_frames
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 
 log = logging.getLogger("handoff.workers")
@@ -68,7 +70,8 @@ Reporter = Callable[[Job, bool, Any, Any, float, float], None]
 class WorkerPool:
     """Queues admitted jobs and feeds them to worker processes over the ipc ROUTER."""
 
-    def __init__(self, transport, size: int, name: str, caps: dict, report: Reporter):
+    def __init__(self, transport, size: int, name: str, caps: dict, report: Reporter,
+                 use_shm: bool = False):
         self.transport = transport
         self.size = size
         self.name = name
@@ -88,6 +91,7 @@ class WorkerPool:
         self.start_failures = 0  # workers in a row that died before saying ready
         self.broken: str | None = None
         self.env = _worker_env()
+        self.use_shm = use_shm
 
     # ---- processes ------------------------------------------------------------------
     def start(self) -> None:
@@ -98,7 +102,8 @@ class WorkerPool:
         slot = self._next_slot
         self._next_slot += 1
         proc = subprocess.Popen(
-            [sys.executable, "-m", "handoff.node.worker", self.transport.worker_address, str(slot)],
+            [sys.executable, "-m", "handoff.node.worker", self.transport.worker_address, str(slot),
+             *(["shm"] if self.use_shm else [])],
             env=self.env,
             stdin=subprocess.DEVNULL,
         )
@@ -260,9 +265,11 @@ class WorkerPool:
             took = max(0.0, finished - started)
             old = self.durations.get(job.code_key)
             self.durations[job.code_key] = took if old is None else 0.7 * old + 0.3 * took
-            if job.cancelled:
-                continue
             frames = msg.blobs[blob] if blob >= 0 else None
+            if job.cancelled:
+                if frames is not None:
+                    release_frames(frames)
+                continue
             self.report(job, ok, error, frames, started, finished)
         self.pump()
 

@@ -39,7 +39,9 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     # unpickling runs code: a sender that may not run code gets no pickled values decoded
-    raise ProtocolError(f"msgpack extension {code} (a pickled value) is not accepted here")
+    if code != _EXT_PICKLE:
+        raise ProtocolError(f"unknown msgpack extension {code}")
+    raise ProtocolError("a pickled value is not accepted here")
 
 
 _packer = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)

@@ -71,6 +71,7 @@ class Hello(Message):
     incarnation: int
     caps: dict
     version: int = VERSION
+    host: str = ""  # processes with the same host id share /dev/shm
 
 
 @message

@@ -36,29 +36,31 @@ DEALER_RCVHWM = 16  # nothing is ever read from a DEALER: a peer that sends to o
 BLOCK_AFTER = 20  # bad messages from one peer identity before everything from it is ignored
 FIRST_MESSAGES = (Hello, Refuse)  # what a peer connection may send before its hello
 TRACKED = 4096  # identities whose bad messages are counted; the longest quiet is forgotten first
-BLOCKED_MAX = 65536  # blocked identities remembered; ZeroMQ numbers connections, never reuses
+BLOCKED_MAX = 65536  # blocked identities remembered; the oldest is forgotten first
 LOG_FIRST = 3  # drops logged one by one per identity ...
 LOG_BURST = 20  # ... and at most this many in all per LOG_PERIOD; a summary covers the rest
 LOG_PERIOD = 60.0
 
 
 class DropLog:
-    """Warnings about dropped messages that cannot flood the log: the first few per
-    identity, at most ``burst`` per ``period`` in all, then one summary line."""
+    """Warnings about bad input that cannot flood the log: the first few per identity, at
+    most ``burst`` per ``period`` in all, and then one line that counts the rest."""
 
-    def __init__(self, first: int = LOG_FIRST, burst: int = LOG_BURST, period: float = LOG_PERIOD):
+    def __init__(self, what: str = "bad messages dropped", first: int = LOG_FIRST,
+                 burst: int = LOG_BURST, period: float = LOG_PERIOD):
+        self.what = what
         self.first, self.burst, self.period = first, burst, period
         self._since = time.monotonic()
         self._logged = 0
-        self._quiet = 0  # drops not logged since _since
+        self._quiet = 0  # notes not logged since _since
 
     def note(self, count: int, text: str, *args: Any) -> None:
-        """One drop; ``count`` is how many its sender has had so far (0: always eligible)."""
+        """One event; ``count`` is how many its sender has had so far (0: always eligible)."""
         now = time.monotonic()
         if now - self._since >= self.period:
             if self._quiet:
-                log.warning("dropped %d more bad messages in the last %.0f s without logging "
-                            "each", self._quiet, now - self._since)
+                log.warning("%d more %s in the last %.0f s, not logged one by one",
+                            self._quiet, self.what, now - self._since)
             self._since, self._logged, self._quiet = now, 0, 0
         if count <= self.first and self._logged < self.burst:
             self._logged += 1
@@ -81,10 +83,13 @@ class Transport:
         self._dealers: dict[str, zmq.Socket] = {}
         self.dropped = 0  # messages dropped: undecodable, before hello, or from a blocked peer
         self.blocked_peers = 0  # peer identities ignored for good
-        self._greeted: set[bytes] = set()  # peer identities whose hello decoded
+        # peer identities whose hello decoded: one per connection, as peers.py keeps one name
+        self._greeted: set[bytes] = set()
         self._bad: dict[bytes, int] = {}  # peer identity -> bad messages, least recent first
         self._blocked: dict[bytes, None] = {}  # insertion-ordered, so the oldest goes first
         self._drop_log = DropLog()
+        self._block_log = DropLog("peer connections blocked")  # a budget of its own
+        self._unusable: dict[Any, None] = {}  # addresses connect() failed on, logged once
 
     # ---- set-up ---------------------------------------------------------------------
     def bind(self, listen: str) -> str:
@@ -118,7 +123,9 @@ class Transport:
         self.worker_address = addr
         return addr
 
-    def connect(self, peer: str, address: str) -> None:
+    def connect(self, peer: str, address: str) -> bool:
+        """A DEALER to ``peer``. False if ZeroMQ rejects ``address`` (a peer's hello or
+        gossip can name anything): logged once per address, and ``peer`` stays unconnected."""
         old = self._dealers.pop(peer, None)
         if old is not None:
             old.close(0)
@@ -130,8 +137,18 @@ class Transport:
         sock.setsockopt(zmq.IMMEDIATE, 0)
         if self.curve is not None:
             self.curve.client(sock)
-        sock.connect(address)
+        try:
+            sock.connect(address)
+        except (zmq.ZMQError, TypeError, ValueError) as exc:
+            sock.close(0)
+            if address not in self._unusable:
+                self._unusable[address] = None
+                if len(self._unusable) > TRACKED:
+                    del self._unusable[next(iter(self._unusable))]
+                log.warning("cannot connect to %r at %r: %s", peer, address, exc)
+            return False
         self._dealers[peer] = sock
+        return True
 
     def disconnect(self, peer: str) -> None:
         sock = self._dealers.pop(peer, None)
@@ -175,34 +192,36 @@ class Transport:
                         raise ProtocolError(f"{msg.op} before hello")
                     if isinstance(msg, Hello):
                         self._greeted.add(identity)
-            except ProtocolError as exc:
-                self._reject(identity, peers, str(exc))
-                continue
-            except Exception as exc:  # anything the decoder did not foresee is still garbage
-                self._reject(identity, peers, f"undecodable: {exc!r}")
+            except Exception as exc:  # ProtocolError, or anything the decoder did not foresee
+                reason = str(exc) if isinstance(exc, ProtocolError) else f"undecodable: {exc!r}"
+                if peers:
+                    self.reject(identity, reason)
+                else:  # a worker is this node's own process: never blocked
+                    self.dropped += 1
+                    self._drop_log.note(0, "dropped a message from a worker: %s", reason)
                 continue
             yield identity, msg, frames[1]
 
-    def _reject(self, identity: bytes, peers: bool, reason: str) -> None:
+    def reject(self, identity: bytes, reason: str) -> None:
+        """Drop a peer connection's message: counted, logged (rate-limited), and after
+        ``block_after`` of them everything more from ``identity`` is ignored. Public so the
+        node can report messages that decode but break its own rules (unknown sender)."""
         self.dropped += 1
-        if not peers:  # a worker is this node's own process: never blocked
-            self._drop_log.note(0, "dropped a message from a worker: %s", reason)
-            return
         count = self._bad.pop(identity, 0) + 1  # re-inserted last: most recent
         if count < self.block_after:
             self._bad[identity] = count
             if len(self._bad) > TRACKED:
                 del self._bad[next(iter(self._bad))]
             self._drop_log.note(count, "dropped a message from peer connection %s: %s",
-                                identity.hex(), reason)
+                                _show(identity), reason)
             return
         self._greeted.discard(identity)
         self._blocked[identity] = None
         if len(self._blocked) > BLOCKED_MAX:
             del self._blocked[next(iter(self._blocked))]
         self.blocked_peers += 1
-        self._drop_log.note(0, "ignoring peer connection %s for good after %d bad messages "
-                            "(last: %s)", identity.hex(), count, reason)
+        self._block_log.note(0, "ignoring peer connection %s for good after %d bad messages "
+                             "(last: %s)", _show(identity), count, reason)
 
     def close(self) -> None:
         for sock in self._dealers.values():
@@ -216,3 +235,9 @@ class Transport:
                 os.unlink(self.worker_address[len("ipc://"):])
             except OSError:
                 pass
+
+
+def _show(identity: bytes) -> str:
+    # a ZMTP 1.0 or 2.0 peer picks its own identity, up to 255 bytes of anything
+    text = identity.hex()
+    return text if len(text) <= 16 else f"{text[:16]}..."

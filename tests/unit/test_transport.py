@@ -263,5 +263,5 @@ def test_drop_log_summarizes_what_it_did_not_log(caplog):
     assert [r.getMessage() for r in caplog.records] == ["drop 1", "drop 2"]
     drops.period = 0.0  # the period is over: the next drop first sums up the quiet ones
     drops.note(1, "drop again")
-    assert "dropped 8 more bad messages" in caplog.records[2].getMessage()
+    assert "8 more bad messages dropped" in caplog.records[2].getMessage()
     assert caplog.records[3].getMessage() == "drop again"
