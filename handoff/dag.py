@@ -166,6 +166,7 @@ class DAG:
         self._indices = array("q")
         self._inline = bytearray()
         self._forward: list[tuple[int, Hashable]] = []  # (position in _indices, id not yet added)
+        self._collocated: list[Function] = []  # checked at validation: targets may come later
         self._validated = False
 
     def __repr__(self) -> str:
@@ -206,6 +207,8 @@ class DAG:
         self._ids.append(fn.id)
         self._inline.append(1 if fn.type == "inline" else 0)
         self.functions[fn.id] = fn
+        if isinstance(fn.node, Collocated):
+            self._collocated.append(fn)
         self._validated = False
         return self
 
@@ -252,7 +255,7 @@ class DAG:
 
     def _check_placement(self) -> None:
         functions = self.functions
-        for fn in functions.values():
+        for fn in self._collocated:
             if isinstance(fn.node, Collocated):
                 target = functions.get(fn.node.function_id)
                 if target is None:
