@@ -9,8 +9,8 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Hashable, Mapping
 
-from handoff.config import NodeConfig, check_resources, is_loopback
-from handoff.dag import DAG, Function
+from handoff.config import NodeConfig, check_resources
+from handoff.dag import DAG
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.errors import TimeoutError as HandoffTimeout
 from handoff.node.runs import ExecutionResult, prepare_run

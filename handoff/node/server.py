@@ -20,7 +20,6 @@ from typing import Any, Callable, Hashable
 
 import zmq
 
-from handoff import _core
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node.peers import PeerMixin

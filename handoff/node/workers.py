@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from handoff import _core
-from handoff.node import shm
 from handoff.node.values import release_frames
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 

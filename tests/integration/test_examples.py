@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -118,65 +115,22 @@ def test_image_pipeline_example():
     assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(name: str, port: int, resources: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
-    """A ``python -m handoff.node`` process and a queue of its stdout lines."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "handoff.node", "--name", name,
-         "--listen", f"tcp://127.0.0.1:{port}", "--resources", resources, "--workers", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return proc, lines
-
-
-def wait_listening(proc: subprocess.Popen, lines: queue.Queue[str], timeout: float = 60) -> None:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.2)
-        except queue.Empty:
-            if proc.poll() is not None:
-                break
-            continue
-        seen.append(line)
-        if "listening" in line:
-            return
-    raise AssertionError(f"node did not report listening (exit {proc.poll()}):\n{''.join(seen)}")
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_cluster_image_pipeline_example():
-    port = free_port()
-    node, lines = start_node("gpu1", port, "cpu=2,gpu=1,memory=4000")
+    """Three node processes, one with a gpu; the example joins them and the gpu step lands there."""
+    from nodes import start_node as start_cluster_node
+
+    nodes = []
     try:
-        wait_listening(node, lines)
-        out = run(str(EXAMPLES / "cluster_image_pipeline.py"), f"tcp://127.0.0.1:{port}",
-                  "--images", "3").stdout
+        first = start_cluster_node("cpu1", "cpu=2,memory=4000")
+        nodes.append(first)
+        nodes.append(start_cluster_node("cpu2", "cpu=2,memory=4000", join=first.address))
+        nodes.append(start_cluster_node("gpu1", "cpu=2,gpu=1,memory=4000", join=first.address))
+        out = run(str(EXAMPLES / "cluster_image_pipeline.py"), first.address, "--images", "3").stdout
         assert "gpu1: " in out
         assert "Pipeline completed successfully!" in out
-        assert allocated_nodes(out)["edge_detection"] == "gpu1"
+        allocations = allocated_nodes(out)
+        assert allocations["edge_detection"] == "gpu1"
         assert "edge_detection ran on 'gpu1', which has gpu=1" in out
     finally:
-        stop_process(node)
+        for node in nodes:
+            node.stop()

@@ -1,6 +1,5 @@
 """The wire codec: round trips, zero-copy blobs, and garbage that must become ProtocolError."""
 
-import pickle
 import random
 
 import numpy as np
