@@ -11,18 +11,23 @@ Results are checked in every round; speed is reported, never asserted.
 Workloads:
 - W4: a 100 MB float64 array produced on node a and consumed on node b (both pinned), the
   driver holding no resources. Effective transfer rate = 100 MB / (consumer ``started_at`` -
-  producer ``finished_at``) from ``result.stats`` (so it covers producer worker -> node a ->
-  node b -> consumer worker, and the orchestration in between), end-to-end time of
-  ``execute``, and the rate of the driver fetching the value itself with
-  ``handoff.get_value(dag_id, fid, from_node="a")``. Baseline: raw pyzmq, one 100 MB
-  zero-copy frame DEALER -> ROUTER over loopback TCP (two contexts, one process).
+  producer ``finished_at``) from ``result.stats`` (producer worker -> node a -> node b ->
+  consumer worker, with the orchestration in between); also the rate until the consumer has
+  read one item of every page (``finished_at``), which counts a value that is mapped rather
+  than copied; the end-to-end time of ``execute``; and the driver fetching the value itself
+  with ``handoff.get_value(dag_id, fid, from_node="a")`` (until it returns, and until every
+  page was read). Baseline: raw pyzmq, one 100 MB zero-copy frame DEALER -> ROUTER over
+  loopback TCP (two contexts in this process), timed from send to received.
 - W6: 40 functions each costing ``{"gpu": 1}`` and sleeping 20 ms; node a has cpu=2, node b
-  cpu=2,gpu=1 (2 workers each). All must land on b; makespan against the ideal 0.8 s (one gpu).
+  cpu=2,gpu=1 (2 workers each). All must land on b (asserted); makespan of ``execute``
+  against the ideal 0.8 s (one gpu), and the mean idle gap between consecutive tasks on b.
 - W1: 10,000 no-op functions and one sum, over nodes a and b plus the driver (cpu=0, one
   worker), against the same DAG on one local embedded node with 2 workers. Zero-cost
   functions may land on the driver too: the allocation counts per node are reported.
-- Gossip: 8 node processes (1 worker each) started in a chain, each joining the one before;
-  seconds until every node's membership (asked over the wire) holds all 8.
+- Gossip: 8 node processes (1 worker each), each joining the one before: started one after
+  another (each once the previous one is up), and launched all at once. Seconds until every
+  node's membership, asked over the wire by the driver (which joins the first node), holds
+  all 8.
 
 At the end of the module a summary table prints every metric with its target; the same
 numbers are in each benchmark's ``extra_info`` (``--benchmark-json`` keeps them).

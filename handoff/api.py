@@ -44,6 +44,7 @@ def start(
     suspect_after: float = 1.0,
     dead_after: float = 2.0,
     join_timeout: float = 10.0,
+    shared_memory: bool = True,
 ) -> str:
     """Start the embedded node in this process (the driver becomes a full peer); returns its name."""
     global _node
@@ -58,6 +59,7 @@ def start(
             resources=dict(resources) if resources else {}, workers=workers or 0,
             executor=executor, key_file=key_file, insecure=insecure,
             suspect_after=suspect_after, dead_after=dead_after, join_timeout=join_timeout,
+            shared_memory=shared_memory,
         )
         curve = load_curve(config)
         node = Node(config, curve).start()

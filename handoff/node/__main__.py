@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: cpu count)")
     p.add_argument("--executor", choices=("process", "thread"), default="process")
     p.add_argument("--key-file", default=None, help="cluster key (python -m handoff.keygen)")
+    p.add_argument("--no-shared-memory", action="store_true",
+                   help="send large values over the socket even to processes on this host")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback address without a cluster key")
     p.add_argument("--suspect-after", type=float, default=1.0, help="seconds (default 1)")
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers, executor=args.executor, key_file=args.key_file,
             insecure=args.insecure, suspect_after=args.suspect_after,
             dead_after=args.dead_after, join_timeout=args.join_timeout,
+            shared_memory=not args.no_shared_memory,
         )
         curve = load_curve(config)
         node = Node(config, curve)

@@ -68,6 +68,7 @@ class PeerMixin:
 
     def _drop_link(self, name: str) -> None:
         self.transport.disconnect(name)
+        self._forget_transfers(name)
         self._greeted.discard(name)
         for identity in [i for i, n in self._identities.items() if n == name]:
             del self._identities[identity]

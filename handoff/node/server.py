@@ -21,18 +21,19 @@ from typing import Any, Callable, Hashable
 import zmq
 
 from handoff.config import NodeConfig
-from handoff.errors import HandoffError, ResultNotFound
+from handoff.errors import HandoffError
+from handoff.node.fetching import FetchMixin
 from handoff.node.peers import PeerMixin
 from handoff.node.orchestration import OrchestrationMixin
 from handoff.node import shm
 from handoff.node.store import ValueStore
 from handoff.node.values import blob_nbytes
 from handoff.node.threads import ThreadPool
-from handoff.node.values import dumps_value, expand_frames, has_shared, is_local
+from handoff.node.values import dumps_value, is_local
 from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
-    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Ping, Pong, Refuse, RunEnded,
-    Store, Value,
+    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, PartAck, Ping, Pong, Refuse,
+    RunEnded, Store, Value, ValuePart,
 )
 from handoff.transport import Transport
 
@@ -43,7 +44,7 @@ __all__ = ["Node"]
 CHECK_WORKERS = 0.05  # seconds between worker liveness and timeout checks
 
 
-class Node(PeerMixin, OrchestrationMixin):
+class Node(PeerMixin, FetchMixin, OrchestrationMixin):
     def __init__(self, config: NodeConfig, curve: Any = None):
         self.config = config
         self.name = config.name
@@ -64,6 +65,8 @@ class Node(PeerMixin, OrchestrationMixin):
         self._pending: dict[int, Callable] = {}  # request id -> callback(frames, error)
         self._inflight_fetch: dict[tuple, list[Callable]] = {}
         self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
+        self._outgoing: dict[tuple, list] = {}  # (peer, request) -> [parts, next, sizes]
+        self._incoming: dict[int, list] = {}  # request -> [buffers, parts received, peer]
         self.counters = defaultdict(int)
         self.use_shm = config.shared_memory and shm.available()
         self.host_id = shm.host_id() if self.use_shm else ""
@@ -316,109 +319,6 @@ class Node(PeerMixin, OrchestrationMixin):
                 row[8] = sum(1 for _, b in box if b is not None)
             box.append((row, blob))
 
-    # ---- values: local store and peer-to-peer fetch -----------------------------------
-    def fetch_value(self, node: str, dag_id: Any, key: Hashable, hook: list | None,
-                    callback: Callable[[list | None, str | None], None]) -> None:
-        """Get a stored value's frames from ``node`` (this one or a peer), applying a
-        serialization hook on the holder's side if given."""
-        if node == self.name:
-            frames = self.store.get(dag_id, key)
-            if frames is None:
-                callback(None, f"no value for {key!r} in DAG {dag_id!r} on {self.name!r}")
-            elif hook is not None:
-                self._run_hook(hook, frames, self.name, callback)
-            else:
-                callback(frames, None)
-            return
-        if not self.transport.connected(node):
-            callback(None, f"node {node!r} is not reachable")
-            return
-        if hook is None:
-            waiting = self._inflight_fetch.get((node, dag_id, key))
-            if waiting is not None:
-                waiting.append(callback)
-                return
-            self._inflight_fetch[(node, dag_id, key)] = waiting = [callback]
-
-            def fan_out(frames, error, node=node, dag_id=dag_id, key=key):
-                for cb in self._inflight_fetch.pop((node, dag_id, key), ()):
-                    cb(frames, error)
-
-            callback = fan_out
-        request = next(self._requests)
-        self._pending[request] = callback
-        self._pending_by_node[node].add(request)
-        blobs = [hook] if hook is not None else []
-        self.counters["fetches_sent"] += 1
-        self.transport.send(node, Fetch(self.name, request, dag_id, key, self.name, hook is not None, blobs))
-
-    def _run_hook(self, hook: list, frames: list, target: str, callback: Callable) -> None:
-        tree = ["h", 0, self.name, target, ["v", 1]]
-
-        def done(ok, error, out):
-            if ok:
-                callback(out, None)
-            else:
-                callback(None, f"serialization hook failed: {error[0]}: {error[1]}")
-
-        self.pool.submit(Job("", -1, 0, tree, [hook, frames], on_done=done))
-
-    def _on_fetch(self, msg: Fetch) -> None:
-        frames = self.store.get(msg.dag_id, msg.key)
-        if frames is None:
-            self.transport.send(msg.sender, Value(self.name, msg.request,
-                                                  f"no value for {msg.key!r} in DAG {msg.dag_id!r} on {self.name!r}"))
-            return
-
-        def reply(out, error):
-            if out is None:
-                self.transport.send(msg.sender, Value(self.name, msg.request, error))
-                return
-            if is_local(out):  # thread executor: pickle it off the loop first
-                self.pool.serialize(out, reply)
-                return
-            if has_shared(out) and (not self.host_id or self.peer_hosts.get(msg.sender) != self.host_id):
-                out = expand_frames(out)  # another host: send the bytes themselves
-            self.store.fetches_served += 1
-            self.store.bytes_served += blob_nbytes(out)
-            self.transport.send(msg.sender, Value(self.name, msg.request, None, [out]))
-
-        if msg.hook and msg.blobs:
-            self._run_hook(msg.blobs[0], frames, msg.target, reply)
-        elif is_local(frames):
-            self.pool.serialize(frames, reply)
-        else:
-            reply(frames, None)
-
-    def _on_value(self, msg: Value) -> None:
-        callback = self._pending.pop(msg.request, None)
-        self._pending_by_node[msg.sender].discard(msg.request)
-        if callback is None:
-            return
-        if msg.error is not None or not msg.blobs:
-            callback(None, msg.error or "empty reply")
-        else:
-            self.counters["bytes_fetched"] += blob_nbytes(msg.blobs[0])
-            callback(msg.blobs[0], None)
-
-    def fetch_frames(self, node: str, dag_id: Any, key: Hashable, timeout: float = 60.0) -> list:
-        """Blocking, from any thread but the loop's: a value's frames from ``node``."""
-        def start(fut: Future) -> None:
-            def cb(frames, error):
-                if frames is None:
-                    fut.set_exception(ResultNotFound(dag_id, key, node))
-                else:
-                    fut.set_result(frames)
-            self.fetch_value(node, dag_id, key, None, cb)
-
-        fut: Future = Future()
-        self.call(start, fut)
-        try:
-            return fut.result(timeout)
-        except TimeoutError:
-            from handoff.errors import TimeoutError as HTimeout
-            raise HTimeout(f"fetching {key!r} from node {node!r}", timeout) from None
-
     # ---- messages from peers ------------------------------------------------------------
     def _on_peer_message(self, identity: bytes, msg) -> None:
         if isinstance(msg, Hello):
@@ -442,6 +342,10 @@ class Node(PeerMixin, OrchestrationMixin):
             self._on_fetch(msg)
         elif isinstance(msg, Value):
             self._on_value(msg)
+        elif isinstance(msg, ValuePart):
+            self._on_part(msg)
+        elif isinstance(msg, PartAck):
+            self._on_part_ack(msg)
         elif isinstance(msg, Gossip):
             self._on_gossip(msg)
         elif isinstance(msg, Cancel):
@@ -462,30 +366,6 @@ class Node(PeerMixin, OrchestrationMixin):
             self._on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             pass
-
-    def peer_stats(self, name: str, timeout: float = 10.0) -> dict:
-        """Blocking, from any thread but the loop's: a node's counters, asked over the wire."""
-        if name == self.name:
-            return self.call(self.node_stats).result(timeout)
-
-        def ask(fut: Future) -> None:
-            request = next(self._requests)
-
-            def answer(stats, error):
-                if stats is None:
-                    fut.set_exception(HandoffError(f"node {name!r}: {error}"))
-                else:
-                    fut.set_result(stats)
-
-            self._pending[request] = answer
-            self._pending_by_node[name].add(request)
-            if not self.transport.send(name, Ping(self.name, request)):
-                self._pending.pop(request, None)
-                fut.set_exception(HandoffError(f"node {name!r} is not in the cluster"))
-
-        fut: Future = Future()
-        self.call(ask, fut)
-        return fut.result(timeout)
 
     def clear_everywhere(self, dag_id: Any) -> None:
         self.store.clear(dag_id)

@@ -173,6 +173,32 @@ class Value(Message):
 
 
 @message
+class ValuePart(Message):
+    """One part of a large reply to Fetch: ``blobs[0][0]`` goes at ``offset`` of frame
+    ``frame`` of the value, whose frames have ``sizes``; ``index`` of ``total`` parts."""
+
+    op: ClassVar[str] = "value_part"
+    sender: str
+    request: int
+    index: int
+    total: int
+    sizes: list
+    frame: int
+    offset: int
+    blobs: list = field(default_factory=list)
+
+
+@message
+class PartAck(Message):
+    """The receiver has part ``index``: the sender may send another."""
+
+    op: ClassVar[str] = "part_ack"
+    sender: str
+    request: int
+    index: int
+
+
+@message
 class Store(Message):
     """Store a value on the receiver (``store_value`` from a peer)."""
 

@@ -24,6 +24,15 @@ Placement, in short:
   node it just failed on, or it is the first of a collocation group (the group's summed
   cost must fit the node's total), the choice is made among the allowed nodes, ranked by
   the same strategy scores in Python (rare paths; the common path stays in the core).
+
+Lost nodes: work that ran there is re-placed and results only they held are recomputed
+(neither counts as a failed attempt). Work pinned to the lost node (``Function.node``,
+members of a collocation group with such a pin, or a whole ``local_only`` run) cannot
+move: if its run has a ``deadline`` it is held until a node of that name joins again
+(then placed like any other work, with new attempt numbers), and the run fails with
+``NodeLostError`` on the first ``Tick`` past the deadline; without a deadline the run fails
+at once. Collocation groups with no explicit pin are not held: they are placed anew, all
+together, wherever they fit.
 """
 
 from handoff.scheduler.events import (
@@ -43,6 +52,7 @@ from handoff.scheduler.events import (
     RunFinished,
     RunSpec,
     TaskFinished,
+    Tick,
 )
 from handoff.scheduler.orchestrator import DEFAULT_SLOTS, Orchestrator
 from handoff.scheduler.run import RunState
@@ -59,6 +69,7 @@ __all__ = [
     "NodeJoined",
     "NodeUpdated",
     "NodeLost",
+    "Tick",
     "CancelRun",
     "ResultLost",
     "ResultCopied",

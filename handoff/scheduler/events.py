@@ -21,6 +21,7 @@ __all__ = [
     "NodeUpdated",
     "NodeLost",
     "CancelRun",
+    "Tick",
     "ResultLost",
     "ResultCopied",
     "Event",
@@ -52,6 +53,11 @@ class RunSpec:
     ``functions`` are in index order (``functions[i].id == graph.ids[i]``). With
     ``local_only`` every function runs on the orchestrator's own node and costs and pins
     are ignored (``execute_local``).
+
+    ``deadline`` is when the run's timeout expires, on the same clock as the events'
+    ``now`` (submit time + timeout), or None without a timeout. It only decides how long
+    work pinned to a lost node waits for that node to come back (see ``Tick``); the node
+    layer still enforces the timeout itself with ``CancelRun``.
     """
 
     run_id: str
@@ -63,6 +69,7 @@ class RunSpec:
     max_concurrency: int | None = None
     now: float = 0.0
     local_only: bool = False
+    deadline: float | None = None
 
 
 # -- events --------------------------------------------------------------------------------
@@ -114,10 +121,23 @@ class NodeUpdated:
 
 @dataclass(frozen=True, slots=True)
 class NodeLost:
-    """A node was declared dead: its work is re-placed and its results recomputed."""
+    """A node was declared dead: its work is re-placed and its results recomputed.
+
+    Work pinned to it waits for it to come back (``NodeJoined`` with the same name) when
+    its run has a ``deadline`` still ahead of ``now``; otherwise that run fails with
+    ``NodeLostError``.
+    """
 
     name: str
     now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed (sent every fraction of a second): runs whose work has waited for a lost
+    pinned node past their ``deadline`` fail with ``NodeLostError``. O(1) when none waits."""
+
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +173,16 @@ class ResultCopied:
     node: str
 
 
-Event = TaskFinished | NodeJoined | NodeUpdated | NodeLost | CancelRun | ResultLost | ResultCopied
+Event = (
+    TaskFinished
+    | NodeJoined
+    | NodeUpdated
+    | NodeLost
+    | Tick
+    | CancelRun
+    | ResultLost
+    | ResultCopied
+)
 
 
 # -- instructions --------------------------------------------------------------------------

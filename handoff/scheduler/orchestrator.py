@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from handoff import _core
-from handoff.errors import FunctionError, HandoffError, NodeLostError
+from handoff.errors import AllocationError, FunctionError, HandoffError, NodeLostError
 from handoff.scheduler.events import (
     CancelRun,
     CancelTasks,
@@ -28,6 +28,7 @@ from handoff.scheduler.events import (
     RunFinished,
     RunSpec,
     TaskFinished,
+    Tick,
 )
 from handoff.scheduler.run import RunState
 
@@ -35,6 +36,8 @@ __all__ = ["DEFAULT_SLOTS", "Orchestrator"]
 
 DEFAULT_SLOTS = 64
 _FIRST_TRY = 4  # functions of a parked class tried first
+_NO_TIMEOUT = "it is pinned there, and the run has no timeout within which the node could come back"
+_TIMED_OUT = "it is pinned there, and the node did not come back before the run's timeout"
 
 
 def _turn_order(run: RunState) -> tuple[int, int]:
@@ -66,11 +69,15 @@ class Orchestrator:
         self._free_slots = 0
         self._vec_cache: dict[tuple, np.ndarray] = {}
         self._batches: dict[tuple[RunState, str], list[tuple[int, int]]] = {}
+        # (deadline, seq, run) of runs that held work for a lost node; stale entries (the
+        # run finished, or its nodes came back) are dropped when their deadline passes
+        self._deadlines: list[tuple[float, int, RunState]] = []
         self._handlers: dict[type, Callable[[Any], list[Instruction]]] = {
             TaskFinished: self._on_task_finished,
             NodeJoined: self._on_node_joined,
             NodeUpdated: self._on_node_joined,
             NodeLost: self._on_node_lost,
+            Tick: self._on_tick,
             CancelRun: self._on_cancel_run,
             ResultLost: self._on_result_lost,
             ResultCopied: self._on_result_copied,
@@ -106,15 +113,25 @@ class Orchestrator:
         return out + self._pump()
 
     def handle(self, *events: Any) -> list[Instruction]:
-        """Apply events in order, then place whatever became placeable; returns instructions."""
+        """Apply events in order, then place whatever became placeable; returns instructions.
+
+        A ``Tick`` that ends no run changes nothing, so it costs O(1).
+        """
         out: list[Instruction] = []
         handlers = self._handlers
+        pump = not events
         for event in events:
             handler = handlers.get(type(event))
             if handler is None:
                 raise TypeError(f"the orchestrator does not handle {type(event).__name__}")
-            out.extend(handler(event))
-        out.extend(self._pump())
+            got = handler(event)
+            if got:
+                out.extend(got)
+                pump = True
+            elif handler is not self._on_tick:
+                pump = True
+        if pump:
+            out.extend(self._pump())
         return out
 
     def run(self, run_id: str) -> RunState:
@@ -145,6 +162,14 @@ class Orchestrator:
     def active_runs(self) -> list[str]:
         return [run.run_id for run in self._rotation]
 
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest deadline a ``Tick`` may act on, or None when no run waits for a node.
+
+        (Possibly one that no longer matters: the node layer may Tick needlessly, never late.)
+        """
+        return self._deadlines[0][0] if self._deadlines else None
+
     # -- nodes -----------------------------------------------------------------------------
 
     def _sync_nodes(self) -> list[Instruction]:
@@ -153,13 +178,17 @@ class Orchestrator:
         present = set(names)
         out: list[Instruction] = []
         for name in [n for n in self._order if n not in present]:
-            out.extend(self._lose_node(name))
+            out.extend(self._lose_node(name, None))
+        back = []
         for name in names:
             if name not in self._busy:
                 self._busy[name] = 0
                 self._slots[name] = self._slot_setting.get(name, self.default_slots)
+                back.append(name)
         self._order = list(names)
         self._recount_free_slots()
+        for name in back:
+            out.extend(self._node_back(name))
         return out
 
     def _recount_free_slots(self) -> None:
@@ -173,31 +202,69 @@ class Orchestrator:
             self._busy[ev.name] = 0
             self._slots[ev.name] = self._slot_setting.get(ev.name, self.default_slots)
             self._recount_free_slots()
+            return self._node_back(ev.name)
         return []
+
+    def _node_back(self, name: str) -> list[Instruction]:
+        """``name`` is live (again): work held for it is queued, unless it no longer fits."""
+        out: list[Instruction] = []
+        for run in list(self._rotation):
+            if not run.awaiting or not run.node_back(name):
+                continue
+            misfits = run.misfits(name, self.ledger)
+            if misfits:
+                i = misfits[0]
+                g = run.group_of.get(i)
+                cost = run.group_cost[g] if g is not None else run.costs[i]
+                error = AllocationError(
+                    run.graph.ids[i],
+                    cost,
+                    self.ledger.capacities(),
+                    reason=f"it is pinned to node {name!r}, which came back with too small "
+                    "a total capacity",
+                )
+                out.extend(self._finish(run, error))
+        return out
 
     def _on_node_lost(self, ev: NodeLost) -> list[Instruction]:
         if self.ledger.has_node(ev.name):
             self.ledger.unregister(ev.name)
         if ev.name not in self._busy:
             return []
-        return self._lose_node(ev.name)
+        return self._lose_node(ev.name, ev.now)
 
-    def _lose_node(self, dead: str) -> list[Instruction]:
+    def _lose_node(self, dead: str, now: float | None) -> list[Instruction]:
         self._order.remove(dead)
         del self._busy[dead], self._slots[dead]
         self._recount_free_slots()
         out: list[Instruction] = []
         for run in list(self._rotation):
-            out.extend(self._recover(run, dead))
+            out.extend(self._recover(run, dead, now))
         return out
 
-    def _recover(self, run: RunState, dead: str) -> list[Instruction]:
-        """Re-place ``run``'s work from ``dead``; fail it if what is left cannot run anywhere."""
+    def _recover(self, run: RunState, dead: str, now: float | None) -> list[Instruction]:
+        """Re-place ``run``'s work from ``dead``; fail it if what is left cannot run anywhere.
+
+        Work pinned to ``dead`` is held for it while the run's deadline is ahead (``now``
+        is None when the loss was noticed without a time: the next Tick decides).
+        """
         run.lose_node(dead)
         ids = run.graph.ids
         stranded = run.stranded(dead)
         if stranded:
-            return self._finish(run, NodeLostError(dead, [ids[i] for i in stranded]))
+            deadline = run.deadline
+            if deadline is None:
+                return self._finish(
+                    run, NodeLostError(dead, [ids[i] for i in stranded], _NO_TIMEOUT)
+                )
+            if now is not None and now >= deadline:
+                return self._finish(
+                    run, NodeLostError(dead, [ids[i] for i in stranded], _TIMED_OUT)
+                )
+            run.await_node(dead)
+            if not run.watched:
+                run.watched = True
+                heapq.heappush(self._deadlines, (deadline, run.seq, run))
         unplaceable = run.unplaceable(self.ledger)
         if unplaceable:
             reason = "after losing it, no live node has the total capacity to run them"
@@ -238,6 +305,28 @@ class Orchestrator:
             run.graph.ids[i], node, run.failures[i], info.exc_type, info.message, info.traceback
         )
         return self._finish(run, error, info)
+
+    def _on_tick(self, ev: Tick) -> list[Instruction]:
+        """Fail runs whose work waited for a lost node past their deadline."""
+        heap = self._deadlines
+        if not heap or heap[0][0] > ev.now:
+            return []
+        out: list[Instruction] = []
+        while heap and heap[0][0] <= ev.now:
+            _, _, run = heapq.heappop(heap)
+            run.watched = False
+            if run.finished or not run.awaiting:
+                continue  # done, or every node it waited for came back
+            dead = next(iter(run.awaiting))  # the first lost
+            reason = _TIMED_OUT
+            others = sorted(n for n in run.awaiting if n != dead)
+            if others:
+                reason += f" (nor did {', '.join(map(repr, others))})"
+            ids = run.graph.ids
+            out.extend(
+                self._finish(run, NodeLostError(dead, [ids[i] for i in run.stranded(dead)], reason))
+            )
+        return out
 
     def _on_cancel_run(self, ev: CancelRun) -> list[Instruction]:
         run = self._active(ev.run_id)
@@ -386,7 +475,10 @@ class Orchestrator:
             vec = run.vecs.get(i) if run.vecs and run.pin_all is None else None
             if target is not None:
                 n_busy = busy.get(target)
-                if n_busy is None or n_busy >= slots[target]:
+                if n_busy is None:
+                    if not (run.awaiting and run.hold(i, target)):
+                        failed.append((pos, i))
+                elif n_busy >= slots[target]:
                     failed.append((pos, i))
                 elif vec is None:
                     self._commit(run, i, target)

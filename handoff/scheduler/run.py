@@ -30,9 +30,10 @@ class RunState:
     """The orchestrator's record of one run; the node layer reads it, only the orchestrator writes.
 
     For the node layer: ``run_id``, ``dag_id``, ``graph``, ``functions``, ``strategy``,
-    ``finished``, ``error``, ``submitted_at``, ``location(i)``, ``attempt(i)``,
+    ``finished``, ``error``, ``submitted_at``, ``deadline``, ``location(i)``, ``attempt(i)``,
     ``effective_inputs(i)``, ``in_flight()``, ``allocations()``, ``stats`` (by index),
-    ``function_stats()`` (by id), ``nodes_used``. The rest is the scheduler's bookkeeping.
+    ``function_stats()`` (by id), ``nodes_used``, ``awaiting`` (lost nodes the run waits
+    for). The rest is the scheduler's bookkeeping.
     """
 
     def __init__(self, spec: RunSpec):
@@ -51,6 +52,7 @@ class RunState:
         self.max_retries = spec.max_retries
         self.max_concurrency = spec.max_concurrency
         self.submitted_at = spec.now
+        self.deadline = spec.deadline
         self.n = n
         self.tracker = _core.ReadyTracker(n, graph.indptr, graph.indices, graph.inline)
         self.finished = False
@@ -80,6 +82,10 @@ class RunState:
         self.lost: set[int] = set()  # completed, result gone, being recomputed
         self.waiters: dict[int, list[int]] = {}  # lost index -> functions waiting for it
         self.copies: dict[int, set[str]] = {}  # extra nodes holding a result
+        # lost node -> functions pinned to it, held until it joins again (or the deadline);
+        # pinned functions not yet ready are not listed, they are held once they are tried
+        self.awaiting: dict[str, list[int]] = {}
+        self.watched = False  # has an entry in the orchestrator's deadline heap
         self.nodes_used: set[str] = set()
         self.served = 0  # last placement round that started one of its tasks
         self.seq = 0  # submission order among the orchestrator's runs
@@ -223,7 +229,11 @@ class RunState:
                 else:
                     locations[i] = None
                     lost.append(i)
-        self.group_node = [None if node == dead else node for node in self.group_node]
+        pins = self.pins
+        self.group_node = [  # a pinned group stays with its pin; the others are placed anew
+            None if node == dead and self.group_members[g][0] not in pins else node
+            for g, node in enumerate(self.group_node)
+        ]
         self.lost.update(lost)
         parked = [i for dq in self.parked.values() for i in dq]
         self.parked.clear()
@@ -236,20 +246,71 @@ class RunState:
             return [i for i in range(self.n) if not self.graph.inline[i] and self.needed(i)]
         return sorted(i for i, pin in self.pins.items() if pin == dead and self.needed(i))
 
+    def await_node(self, dead: str) -> None:
+        """Hold work pinned to ``dead`` until it joins again (``hold`` / ``node_back``).
+
+        What is queued stays queued: placement holds it when it finds its node missing.
+        """
+        self.awaiting.setdefault(dead, [])
+
+    def hold(self, i: int, node: str) -> bool:
+        """Set ``i`` aside if ``node``, where it must run, is awaited; says whether it was."""
+        held = self.awaiting.get(node)
+        if held is None:
+            return False
+        held.append(i)
+        return True
+
+    def node_back(self, name: str) -> bool:
+        """``name`` joined again: what was held for it goes to the head of the queue."""
+        held = self.awaiting.pop(name, None)
+        if held is None:
+            return False
+        self.queue.extendleft(reversed(held))
+        return True
+
+    def misfits(self, node: str, ledger: Any) -> list[int]:
+        """Functions still to run, pinned to ``node``, whose cost (or pinned group's summed
+        cost) does not fit ``node``'s total capacity (it came back smaller)."""
+        if self.pin_all == node:
+            return []
+        fits: dict[int, bool] = {}
+        bad = []
+        for i in self.stranded(node):
+            g = self.group_of.get(i)
+            cost = self.group_cost[g] if g is not None else self.costs.get(i)
+            if not cost:
+                continue
+            key = id(cost)
+            ok = fits.get(key)
+            if ok is None:
+                ok = fits[key] = node in ledger.fitting_nodes_total(cost)
+            if not ok:
+                bad.append(i)
+        return bad
+
     def unplaceable(self, ledger: Any) -> list[int]:
-        """Functions still to run whose cost (or group's summed cost) fits no node's total."""
+        """Functions still to run whose cost (or group's summed cost) fits no node's total.
+
+        Functions pinned to a node the run awaits are left out: they wait for that node.
+        """
         if self.pin_all is not None:
             return []
+        awaiting, pins = self.awaiting, self.pins
         fits: dict[int, bool] = {}
         bad = []
         for i, vec in self.vecs.items():
             if self.needed(i):
+                if awaiting and pins.get(i) in awaiting:
+                    continue
                 ok = fits.get(id(vec))
                 if ok is None:
                     ok = fits[id(vec)] = bool(ledger.fits_total(self.costs[i]))
                 if not ok:
                     bad.append(i)
         for g, members in enumerate(self.group_members):
+            if awaiting and pins.get(members[0]) in awaiting:
+                continue
             needed = [i for i in members if self.needed(i)]
             cost = self.group_cost[g]
             if needed and self.group_node[g] is None and cost and not ledger.fits_total(cost):
@@ -283,6 +344,7 @@ class RunState:
         self.parked.clear()
         self.waiters.clear()
         self.lost.clear()
+        self.awaiting.clear()
         self.finished, self.error = True, error
 
     def placement_class(self, i: int) -> tuple:

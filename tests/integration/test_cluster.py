@@ -248,3 +248,25 @@ def test_eight_nodes_all_see_each_other():
 
 def peer_stats_members(name: str) -> list:
     return peer_stats(name).get("members", [])
+
+
+def test_large_values_between_hosts_travel_in_parts():
+    """Without shared memory (as between two hosts) a 100 MB value is streamed in acknowledged parts."""
+    handoff.stop()
+    a = start_node("far-a", "cpu=1", extra=["--no-shared-memory"])
+    b = start_node("far-b", "cpu=1", join=a.address, extra=["--no-shared-memory"])
+    try:
+        handoff.start(name="far-driver", join=a.address, resources={"cpu": 0}, workers=1,
+                      shared_memory=False)
+        assert wait_for(lambda: {"far-a", "far-b"} <= set(handoff.discover_nodes()))
+        dag = DAG()
+        dag.add_function(Function(id="big", code=make_array, extra_args=[12_500_000], node="far-a"))
+        dag.add_function(Function(id="total", code=array_sum, args=["big"], node="far-b"))
+        r = handoff.execute(dag)
+        assert r.results["total"] == float(np.arange(12_500_000).sum())
+        assert peer_stats("far-a").get("parts_sent", 0) >= 3
+        assert r.results["big"][-1] == 12_499_999  # the driver's own fetch, in parts too
+    finally:
+        handoff.stop()
+        a.stop()
+        b.stop()

@@ -6,6 +6,7 @@ connections that never said hello; then the node must still be alive and run a D
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import socket
@@ -31,6 +32,7 @@ RAW_SECONDS = 12.0
 ZMQ_MESSAGES = 5_000  # multipart messages over ZeroMQ DEALERs
 ZMQ_SECONDS = 12.0
 PER_CONNECTION = 15  # bad messages per DEALER: under the transport's block, so all decode
+DEAD_AFTER = 2.0  # the nodes' default --dead-after
 GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 31
 
 
@@ -285,6 +287,21 @@ class Fuzzer:
             for s in (greeted, other, refused):
                 s.close()
 
+    def odd_hellos(self) -> None:
+        """Well-typed hellos that name an address ZeroMQ rejects, or impossible capacities."""
+        socks = [self.dealer() for _ in range(5)]
+        try:
+            for sock, address, caps in zip(socks, ["garbage", "", "tcp://[::1", "tcp://x:99999"],
+                                           [{}, {}, {}, {}]):
+                self.members += 1
+                hello = Hello(f"fuzz-odd-{self.members}", address, 1, caps)
+                self.send(sock, encode(hello), "hello with an odd address", bad=False)
+            hello = Hello("fuzz-negative", self.inbox_address, 1, {"cpu": -5})
+            self.send(socks[-1], encode(hello), "hello with negative capacity", bad=False)
+        finally:
+            for s in socks:
+                s.close()
+
     def close(self) -> None:
         self.inbox.close(0)
         self.ctx.term()
@@ -302,7 +319,7 @@ def member_dispatch(address: str, path: str) -> None:
     try:
         sock.send_multipart(encode(Hello("fuzz-control", f"tcp://127.0.0.1:{port}", 1, {})))
         sock.send_multipart(encode(dispatch("fuzz-control", path)))
-        assert wait_for(lambda: __import__("os").path.exists(path), timeout=10)
+        assert wait_for(lambda: os.path.exists(path), timeout=10)
     finally:
         sock.close()
         inbox.close(0)
@@ -310,7 +327,15 @@ def member_dispatch(address: str, path: str) -> None:
 
 
 def internal_errors(node) -> list[str]:
-    return [line for line in node.log if "internal error" in line]
+    """The exception line of each traceback the node logged as an internal error."""
+    out, inside = [], False
+    for line in node.log:
+        if "internal error" in line:
+            inside = True
+        elif inside and line[:1].isalpha() and not line.startswith("Traceback"):
+            out.append(line.strip())
+            inside = False
+    return out
 
 
 def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
@@ -330,6 +355,7 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
             fuzzer.run(touch, str(tmp_path / "member-pickle-loaded"))
             fuzzer.persistent_offender()
             fuzzer.cross_connection_forgeries(touch)
+            fuzzer.odd_hellos()
         finally:
             fuzzer.close()
         zmq_seconds = time.monotonic() - started - raw_seconds
@@ -339,6 +365,8 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
         member_dispatch(node.address, control)  # the forged payloads would have run
         handoff.start(name="fuzz-driver", join=node.address, resources={"cpu": 0}, workers=1)
         assert wait_for(lambda: "fuzzed" in handoff.discover_nodes())
+        time.sleep(DEAD_AFTER + 0.5)  # the node still gossips: the driver has not lost it
+        assert "fuzzed" in handoff.discover_nodes()
         dag = DAG()
         dag.add_function(Function(id="x", code=lambda: 20, node="fuzzed"))
         dag.add_function(Function(id="y", code=lambda v: v * 2 + 2, args=["x"], node="fuzzed"))
@@ -348,24 +376,25 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
 
         stats = peer_stats("fuzzed")
         crashes = int(node.proc.poll() is not None)
+        dropped = stats["dropped_messages"] + stats.get("dropped_unknown_peer", 0)
         print(f"\nfuzz: {counts['raw connections']} raw TCP connections "
-              f"({counts['raw bytes']} bytes, {counts['raw resets']} reset) in {raw_seconds:.1f} s; "
+              f"({counts['raw bytes']} bytes) in {raw_seconds:.1f} s; "
               f"{counts['zmq messages']} ZeroMQ messages ({counts['zmq frames']} frames, "
               f"{counts['bad messages']} bad) in {zmq_seconds:.1f} s")
-        print(f"fuzz: node dropped {stats['dropped_messages']} messages, "
-              f"blocked {stats.get('blocked_peers', '?')} peers, "
-              f"dropped {stats.get('dropped_unknown_peer', 0)} from unknown peers; "
-              f"internal errors logged: {len(internal_errors(node))}; crashes: {crashes}")
-        print("fuzz: " + ", ".join(f"{k[6:]} {v}" for k, v in sorted(counts.items())
-                                   if k.startswith("kind: ")))
-        import os
-        if os.environ.get("FUZZ_LOG"): print("".join(node.log))
+        print(f"fuzz: the node dropped {stats['dropped_messages']} messages in its transport "
+              f"and {stats.get('dropped_unknown_peer', 0)} from unknown peers; blocked peers: "
+              f"{stats.get('blocked_peers', 'not in node stats')}; crashes: {crashes}")
+        print("fuzz: sent " + ", ".join(f"{k[6:]} {v}" for k, v in sorted(counts.items())
+                                        if k.startswith("kind: ")))
+        errors = Counter(internal_errors(node))
+        print(f"fuzz: {sum(errors.values())} internal errors logged (the node kept serving)"
+              + "".join(f"\n  {n} x {line}" for line, n in errors.most_common()))
         assert crashes == 0
-        assert not (tmp_path / "forged-code-ran").exists(), "a forged message ran code"
+        assert not os.path.exists(touch), "a forged message ran code"
         assert counts["raw connections"] >= RAW_CONNECTIONS // 2
         assert counts["bad messages"] >= ZMQ_MESSAGES // 2
-        # everything sent without a hello, or malformed, is dropped by the transport
-        assert stats["dropped_messages"] >= 0.9 * counts["bad messages"]
+        # raw ZMTP 1.0 garbage can also parse as messages: the node drops at least every bad one
+        assert dropped >= counts["bad messages"]
     finally:
         handoff.stop()
         node.stop()

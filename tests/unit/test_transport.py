@@ -220,6 +220,29 @@ def test_dealers_to_peers_limit_what_they_would_receive(ctx, transport):
     assert sock.rcvhwm > 0
 
 
+def test_an_address_zeromq_rejects_is_logged_once_and_left_unconnected(transport, caplog):
+    caplog.set_level(logging.WARNING, logger="handoff.transport")
+    for _ in range(3):  # what every gossip round would do for a peer that named such an address
+        assert transport.connect("m", "garbage") is False
+    assert not transport.connected("m")
+    assert transport.send("m", Gossip("me", [])) is False
+    assert len([r for r in caplog.records if "cannot connect" in r.getMessage()]) == 1
+    assert transport.connect("m", "tcp://127.0.0.1:1") is True
+    assert transport.connected("m")
+
+
+def test_the_node_can_report_messages_that_break_its_own_rules(ctx, transport):
+    sock = dealer(ctx, transport.address, b"impostor")
+    sock.send_multipart(hello("p"))
+    (identity, _), = drain(transport, lambda got: got)
+    for _ in range(BLOCK_AFTER):  # e.g. messages whose sender is not the name it said hello as
+        transport.reject(identity, "Gossip from an unknown peer")
+    assert transport.blocked_peers == 1
+    sock.send_multipart(encode(Gossip("p", [])))
+    assert settle(transport) == []
+    assert transport.dropped == BLOCK_AFTER + 1
+
+
 def test_worker_garbage_is_dropped_but_never_blocks_the_worker(ctx, transport):
     transport.bind_workers()
     worker = dealer(ctx, transport.worker_address)

@@ -1,0 +1,222 @@
+"""The node's side of values: its store, peer-to-peer fetches, and large values in chunks.
+
+A value larger than ``CHUNK`` bytes that must cross hosts is sent as a stream of parts, each
+acknowledged before the next but one leaves, so heartbeats and other messages on the same
+connection wait for one part at most, never for the whole value.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import Any, Callable, Hashable
+
+from handoff.errors import HandoffError, ResultNotFound
+from handoff.node.values import blob_nbytes, expand_frames, has_shared, is_local
+from handoff.node.workers import Job
+from handoff.protocol.messages import Fetch, PartAck, Ping, Value, ValuePart
+
+log = logging.getLogger("handoff.fetching")
+
+CHUNK = 32 * 1024 * 1024  # bytes per part of a large value
+WINDOW = 2  # parts in flight per transfer
+
+__all__ = ["FetchMixin"]
+
+
+class FetchMixin:
+    """Mixed into Node: getting values from wherever they are."""
+
+    # ---- values: local store and peer-to-peer fetch -----------------------------------
+    def fetch_value(self, node: str, dag_id: Any, key: Hashable, hook: list | None,
+                    callback: Callable[[list | None, str | None], None]) -> None:
+        """Get a stored value's frames from ``node`` (this one or a peer), applying a
+        serialization hook on the holder's side if given."""
+        if node == self.name:
+            frames = self.store.get(dag_id, key)
+            if frames is None:
+                callback(None, f"no value for {key!r} in DAG {dag_id!r} on {self.name!r}")
+            elif hook is not None:
+                self._run_hook(hook, frames, self.name, callback)
+            else:
+                callback(frames, None)
+            return
+        if not self.transport.connected(node):
+            callback(None, f"node {node!r} is not reachable")
+            return
+        if hook is None:
+            waiting = self._inflight_fetch.get((node, dag_id, key))
+            if waiting is not None:
+                waiting.append(callback)
+                return
+            self._inflight_fetch[(node, dag_id, key)] = waiting = [callback]
+
+            def fan_out(frames, error, node=node, dag_id=dag_id, key=key):
+                for cb in self._inflight_fetch.pop((node, dag_id, key), ()):
+                    cb(frames, error)
+
+            callback = fan_out
+        request = next(self._requests)
+        self._pending[request] = callback
+        self._pending_by_node[node].add(request)
+        blobs = [hook] if hook is not None else []
+        self.counters["fetches_sent"] += 1
+        self.transport.send(node, Fetch(self.name, request, dag_id, key, self.name, hook is not None, blobs))
+
+    def _run_hook(self, hook: list, frames: list, target: str, callback: Callable) -> None:
+        tree = ["h", 0, self.name, target, ["v", 1]]
+
+        def done(ok, error, out):
+            if ok:
+                callback(out, None)
+            else:
+                callback(None, f"serialization hook failed: {error[0]}: {error[1]}")
+
+        self.pool.submit(Job("", -1, 0, tree, [hook, frames], on_done=done))
+
+    def _on_fetch(self, msg: Fetch) -> None:
+        frames = self.store.get(msg.dag_id, msg.key)
+        if frames is None:
+            self.transport.send(msg.sender, Value(self.name, msg.request,
+                                                  f"no value for {msg.key!r} in DAG {msg.dag_id!r} on {self.name!r}"))
+            return
+
+        def reply(out, error):
+            if out is None:
+                self.transport.send(msg.sender, Value(self.name, msg.request, error))
+                return
+            if is_local(out):  # thread executor: pickle it off the loop first
+                self.pool.serialize(out, reply)
+                return
+            if has_shared(out) and (not self.host_id or self.peer_hosts.get(msg.sender) != self.host_id):
+                out = expand_frames(out)  # another host: send the bytes themselves
+            self.store.fetches_served += 1
+            self.store.bytes_served += blob_nbytes(out)
+            self._send_value(msg.sender, msg.request, out)
+
+        if msg.hook and msg.blobs:
+            self._run_hook(msg.blobs[0], frames, msg.target, reply)
+        elif is_local(frames):
+            self.pool.serialize(frames, reply)
+        else:
+            reply(frames, None)
+
+    def _on_value(self, msg: Value) -> None:
+        if msg.error is not None or not msg.blobs:
+            self._finish_fetch(msg.sender, msg.request, None, msg.error or "empty reply")
+        else:
+            self._finish_fetch(msg.sender, msg.request, msg.blobs[0], None)
+
+    # ---- large values in parts ----------------------------------------------------------
+    def _send_value(self, dest: str, request: int, frames: list) -> None:
+        if blob_nbytes(frames) <= CHUNK:
+            self.transport.send(dest, Value(self.name, request, None, [frames]))
+            return
+        views = [_bytes_view(f) for f in frames]
+        parts = [(i, off, v[off:off + CHUNK]) for i, v in enumerate(views)
+                 for off in range(0, max(v.nbytes, 1), CHUNK)]
+        self._outgoing[(dest, request)] = [parts, 0, [v.nbytes for v in views]]
+        for _ in range(WINDOW):
+            self._send_part(dest, request)
+
+    def _send_part(self, dest: str, request: int) -> None:
+        transfer = self._outgoing.get((dest, request))
+        if transfer is None:
+            return
+        parts, nxt, sizes = transfer
+        if nxt >= len(parts):
+            del self._outgoing[(dest, request)]
+            return
+        transfer[1] = nxt + 1
+        frame, offset, view = parts[nxt]
+        self.counters["parts_sent"] += 1
+        self.transport.send(dest, ValuePart(self.name, request, nxt, len(parts), sizes, frame, offset, [[view]]))
+
+    def _on_part(self, msg: ValuePart) -> None:
+        self.transport.send(msg.sender, PartAck(self.name, msg.request, msg.index))
+        if msg.request not in self._pending or not msg.blobs or len(msg.blobs[0]) != 1:
+            return
+        state = self._incoming.get(msg.request)
+        if state is None:
+            if not all(isinstance(n, int) and 0 <= n for n in msg.sizes):
+                return
+            state = self._incoming[msg.request] = [[bytearray(n) for n in msg.sizes], 0, msg.sender]
+        buffers = state[0]
+        data = _bytes_view(msg.blobs[0][0])
+        if not (0 <= msg.frame < len(buffers)) or msg.offset + data.nbytes > len(buffers[msg.frame]):
+            self._incoming.pop(msg.request, None)
+            self._finish_fetch(msg.sender, msg.request, None, "malformed value part")
+            return
+        buffers[msg.frame][msg.offset:msg.offset + data.nbytes] = data
+        state[1] += 1
+        if state[1] == msg.total:
+            del self._incoming[msg.request]
+            self._finish_fetch(msg.sender, msg.request, buffers, None)
+
+    def _on_part_ack(self, msg: PartAck) -> None:
+        self._send_part(msg.sender, msg.request)
+
+    def _finish_fetch(self, sender: str, request: int, frames: list | None, error: str | None) -> None:
+        callback = self._pending.pop(request, None)
+        self._pending_by_node[sender].discard(request)
+        if callback is None:
+            return
+        if frames is None:
+            callback(None, error)
+        else:
+            self.counters["bytes_fetched"] += blob_nbytes(frames)
+            callback(frames, None)
+
+    def _forget_transfers(self, peer: str) -> None:
+        for key in [k for k in self._outgoing if k[0] == peer]:
+            del self._outgoing[key]
+        for request in [r for r, st in self._incoming.items() if st[2] == peer]:
+            del self._incoming[request]
+
+    def fetch_frames(self, node: str, dag_id: Any, key: Hashable, timeout: float = 60.0) -> list:
+        """Blocking, from any thread but the loop's: a value's frames from ``node``."""
+        def start(fut: Future) -> None:
+            def cb(frames, error):
+                if frames is None:
+                    fut.set_exception(ResultNotFound(dag_id, key, node))
+                else:
+                    fut.set_result(frames)
+            self.fetch_value(node, dag_id, key, None, cb)
+
+        fut: Future = Future()
+        self.call(start, fut)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            from handoff.errors import TimeoutError as HTimeout
+            raise HTimeout(f"fetching {key!r} from node {node!r}", timeout) from None
+
+    def peer_stats(self, name: str, timeout: float = 10.0) -> dict:
+        """Blocking, from any thread but the loop's: a node's counters, asked over the wire."""
+        if name == self.name:
+            return self.call(self.node_stats).result(timeout)
+
+        def ask(fut: Future) -> None:
+            request = next(self._requests)
+
+            def answer(stats, error):
+                if stats is None:
+                    fut.set_exception(HandoffError(f"node {name!r}: {error}"))
+                else:
+                    fut.set_result(stats)
+
+            self._pending[request] = answer
+            self._pending_by_node[name].add(request)
+            if not self.transport.send(name, Ping(self.name, request)):
+                self._pending.pop(request, None)
+                fut.set_exception(HandoffError(f"node {name!r} is not in the cluster"))
+
+        fut: Future = Future()
+        self.call(ask, fut)
+        return fut.result(timeout)
+
+
+
+def _bytes_view(frame: Any) -> memoryview:
+    view = memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
