@@ -59,9 +59,31 @@ class FetchMixin:
         request = next(self._requests)
         self._pending[request] = callback
         self._pending_by_node[node].add(request)
-        blobs = [hook] if hook is not None else []
         self.counters["fetches_sent"] += 1
-        self.transport.send(node, Fetch(self.name, request, dag_id, key, self.name, hook is not None, blobs))
+        self._fetch_box[node].append((request, dag_id, key, hook))
+
+    def _flush_fetches(self) -> None:
+        """End of a loop iteration: one Fetch and one Value message per peer, not one per value."""
+        for node, items in self._fetch_box.items():
+            rows, blobs = [], []
+            for request, dag_id, key, hook in items:
+                pos = -1
+                if hook is not None:
+                    pos = len(blobs)
+                    blobs.append(hook)
+                rows.append([request, dag_id, key, self.name, pos])
+            self.transport.send(node, Fetch(self.name, rows, blobs))
+        self._fetch_box.clear()
+        for node, items in self._value_box.items():
+            rows, blobs = [], []
+            for request, error, frames in items:
+                pos = -1
+                if frames is not None:
+                    pos = len(blobs)
+                    blobs.append(frames)
+                rows.append([request, error, pos])
+            self.transport.send(node, Value(self.name, rows, blobs))
+        self._value_box.clear()
 
     def _run_hook(self, hook: list, frames: list, target: str, callback: Callable) -> None:
         tree = ["h", 0, self.name, target, ["v", 1]]
@@ -75,42 +97,49 @@ class FetchMixin:
         self.pool.submit(Job("", -1, 0, tree, [hook, frames], on_done=done))
 
     def _on_fetch(self, msg: Fetch) -> None:
-        frames = self.store.get(msg.dag_id, msg.key)
+        for request, dag_id, key, target, hook in msg.rows:
+            hook_frames = msg.blobs[hook] if isinstance(hook, int) and 0 <= hook < len(msg.blobs) else None
+            self._serve_fetch(msg.sender, request, dag_id, key, target, hook_frames)
+
+    def _serve_fetch(self, sender: str, request: int, dag_id: Any, key: Hashable, target: str,
+                     hook: list | None) -> None:
+        frames = self.store.get(dag_id, key)
         if frames is None:
-            self.transport.send(msg.sender, Value(self.name, msg.request,
-                                                  f"no value for {msg.key!r} in DAG {msg.dag_id!r} on {self.name!r}"))
+            self._value_box[sender].append(
+                (request, f"no value for {key!r} in DAG {dag_id!r} on {self.name!r}", None))
             return
 
         def reply(out, error):
             if out is None:
-                self.transport.send(msg.sender, Value(self.name, msg.request, error))
+                self._value_box[sender].append((request, error, None))
                 return
             if is_local(out):  # thread executor: pickle it off the loop first
                 self.pool.serialize(out, reply)
                 return
-            if has_shared(out) and (not self.host_id or self.peer_hosts.get(msg.sender) != self.host_id):
+            if has_shared(out) and (not self.host_id or self.peer_hosts.get(sender) != self.host_id):
                 out = expand_frames(out)  # another host: send the bytes themselves
             self.store.fetches_served += 1
             self.store.bytes_served += blob_nbytes(out)
-            self._send_value(msg.sender, msg.request, out)
+            self._send_value(sender, request, out)
 
-        if msg.hook and msg.blobs:
-            self._run_hook(msg.blobs[0], frames, msg.target, reply)
+        if hook is not None:
+            self._run_hook(hook, frames, target, reply)
         elif is_local(frames):
             self.pool.serialize(frames, reply)
         else:
             reply(frames, None)
 
     def _on_value(self, msg: Value) -> None:
-        if msg.error is not None or not msg.blobs:
-            self._finish_fetch(msg.sender, msg.request, None, msg.error or "empty reply")
-        else:
-            self._finish_fetch(msg.sender, msg.request, msg.blobs[0], None)
+        for request, error, pos in msg.rows:
+            if isinstance(pos, int) and 0 <= pos < len(msg.blobs):
+                self._finish_fetch(msg.sender, request, msg.blobs[pos], None)
+            else:
+                self._finish_fetch(msg.sender, request, None, error or "empty reply")
 
     # ---- large values in parts ----------------------------------------------------------
     def _send_value(self, dest: str, request: int, frames: list) -> None:
         if blob_nbytes(frames) <= CHUNK:
-            self.transport.send(dest, Value(self.name, request, None, [frames]))
+            self._value_box[dest].append((request, None, frames))
             return
         views = [_bytes_view(f) for f in frames]
         parts = [(i, off, v[off:off + CHUNK]) for i, v in enumerate(views)

@@ -65,6 +65,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self._pending: dict[int, Callable] = {}  # request id -> callback(frames, error)
         self._inflight_fetch: dict[tuple, list[Callable]] = {}
         self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
+        self._fetch_box: dict[str, list] = defaultdict(list)  # peer -> fetches to send
+        self._value_box: dict[str, list] = defaultdict(list)  # peer -> replies to send
         self._outgoing: dict[tuple, list] = {}  # (peer, request) -> [parts, next, sizes]
         self._incoming: dict[int, list] = {}  # request -> [buffers, parts received, peer]
         self.counters = defaultdict(int)
@@ -207,7 +209,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                                 break
                 self._run_commands()
                 self._run_timers()
-                if busy or self._local_events or self.pool.queue:
+                if busy or self._local_events or self.pool.queue or self._fetch_box or self._value_box:
                     self._flush()
         finally:
             if self._running:
@@ -227,6 +229,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                 # each row's blob index was assigned relative to this batch below
                 self.transport.send(origin, Done(self.name, rows, blobs))
         self._outbox.clear()
+        if self._fetch_box or self._value_box:
+            self._flush_fetches()
         self.pool.pump()
 
     def _run_commands(self) -> None:

@@ -148,27 +148,24 @@ class RunEnded(Message):
 
 @message
 class Fetch(Message):
-    """Ask for a stored value; ``hook`` (blob 0 if present) is a serialization hook to apply
-    on the holder's node before sending, with ``target`` as the consumer's node."""
+    """Ask for stored values, many at once. ``rows``: [request, dag_id, key, target, hook]
+    where hook is -1 or the blob holding a serialization hook to apply on the holder's node
+    before sending (``target`` is the consumer's node)."""
 
     op: ClassVar[str] = "fetch"
     sender: str
-    request: int
-    dag_id: Any
-    key: Any
-    target: str
-    hook: bool = False
+    rows: list
     blobs: list = field(default_factory=list)
 
 
 @message
 class Value(Message):
-    """Reply to Fetch: blob 0 is the value, or ``error`` says why there is none."""
+    """Replies to Fetch, many at once. ``rows``: [request, error, blob]: blob indexes the
+    value's frames, or is -1 with ``error`` saying why there is none."""
 
     op: ClassVar[str] = "value"
     sender: str
-    request: int
-    error: str | None = None
+    rows: list
     blobs: list = field(default_factory=list)
 
 

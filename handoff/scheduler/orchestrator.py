@@ -36,8 +36,8 @@ __all__ = ["DEFAULT_SLOTS", "Orchestrator"]
 
 DEFAULT_SLOTS = 64
 _FIRST_TRY = 4  # functions of a parked class tried first
-_NO_TIMEOUT = "it is pinned there, and the run has no timeout within which the node could come back"
-_TIMED_OUT = "it is pinned there, and the node did not come back before the run's timeout"
+_NO_TIMEOUT = "they are pinned to it, and the run has no timeout to wait in for it to come back"
+_TIMED_OUT = "they are pinned to it, and it did not come back before the run's timeout"
 
 
 def _turn_order(run: RunState) -> tuple[int, int]:
@@ -128,7 +128,7 @@ class Orchestrator:
             if got:
                 out.extend(got)
                 pump = True
-            elif handler is not self._on_tick:
+            elif type(event) is not Tick:
                 pump = True
         if pump:
             out.extend(self._pump())

@@ -17,10 +17,10 @@ def test_every_message_type_is_registered_once_with_an_op():
 
 
 def test_round_trip_keeps_fields_and_tuple_keys():
-    msg = Fetch("a", 7, ("dag", 1), ("fn", 2), "b", False, [])
+    msg = Fetch("a", [[7, ("dag", 1), ("fn", 2), "b", -1]], [])
     out = decode(encode(msg))
     assert out == msg
-    assert isinstance(out.key, tuple)
+    assert isinstance(out.rows[0][2], tuple)
 
 
 def test_blobs_travel_as_separate_frames():
@@ -59,7 +59,7 @@ def test_small_values_and_lambdas():
         ([b"\x94\x63\xa6gossip\x92\xa1a\x90\x90"], "wire version"),
         ([b"\x94\x01\xa6gossip\x91\xa1a\x90"], "expected 2 fields"),
         ([b"\x94\x01\xa6gossip\x92\x01\x90\x90"], "field 'sender'"),
-        (encode(Value("a", 1, None, [[b"x", b"y"]]))[:2], "expected 2 data frames"),
+        (encode(Value("a", [[1, None, 0]], [[b"x", b"y"]]))[:2], "expected 2 data frames"),
         ([encode(Gossip("a", []))[0], b"extra"], "expected 0 data frames"),
         ([b"\x94\x01\xa6gossip\x92\xa1a\x90\x91\x01", b"x"], "carries no data frames"),
     ],
