@@ -23,7 +23,7 @@ from handoff.errors import AuthenticationError, HandoffError
 
 log = logging.getLogger("handoff.security")
 
-__all__ = ["Curve", "load_curve", "generate_key_text", "read_key_file"]
+__all__ = ["Curve", "generate_key_text", "load_curve", "read_key_file"]
 
 KEY_LENGTH = 40  # a Z85-encoded CURVE key
 HOW_TO_MAKE_ONE = "make one with `python -m handoff.keygen cluster.key`"

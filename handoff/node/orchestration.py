@@ -15,7 +15,7 @@ from handoff.node.runs import ExecutionResult, Results, RunContext, chain_error
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
 from handoff.scheduler import (
     CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, NodeJoined, NodeLost,
-    NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished,
+    NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished, Tick,
 )
 
 log = logging.getLogger("handoff.orchestration")
@@ -43,13 +43,21 @@ class OrchestrationMixin:
     def orchestrator_node_lost(self, name: str) -> None:
         self._apply(self.orchestrator.handle(NodeLost(name, time.monotonic())))
 
+    def orchestrator_tick(self) -> None:
+        """Lets runs that wait for a lost pinned node give up when their timeout runs out."""
+        if self.orchestrator.next_deadline is not None:
+            self._apply(self.orchestrator.handle(Tick(time.monotonic())))
+
     # ---- submitting -----------------------------------------------------------------
     def submit_run(self, ctx: RunContext, options: dict) -> None:
         """On the loop thread: start ``ctx``; its future resolves when the run ends."""
+        now = time.monotonic()
+        timeout = options.get("timeout")
         spec = RunSpec(
             run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph, functions=ctx.functions,
             strategy=options["allocation_strategy"], max_retries=options["max_retries"],
-            max_concurrency=options["max_concurrency"], now=time.monotonic(),
+            max_concurrency=options["max_concurrency"], now=now,
+            deadline=None if timeout is None else now + timeout,
         )
         self.runs[ctx.run_id] = ctx
         try:
@@ -61,6 +69,10 @@ class OrchestrationMixin:
             seconds = options["timeout"]
 
             def expire() -> None:
+                if ctx.run_id not in self.runs:
+                    return
+                if self.orchestrator.run(ctx.run_id).awaiting:  # say which node never came back
+                    self._apply(self.orchestrator.handle(Tick(time.monotonic() + 1e-3)))
                 if ctx.run_id in self.runs:
                     err = TimeoutError(f"run of DAG {ctx.dag_id!r}", seconds)
                     self._apply(self.orchestrator.handle(CancelRun(ctx.run_id, err)))

@@ -42,6 +42,7 @@ log = logging.getLogger("handoff.node")
 __all__ = ["Node"]
 
 CHECK_WORKERS = 0.05  # seconds between worker liveness and timeout checks
+TICK = 0.25  # seconds between orchestrator ticks (deadlines of runs waiting for a node)
 
 
 class Node(PeerMixin, FetchMixin, OrchestrationMixin):
@@ -102,6 +103,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self._start_peers()
         self._running = True
         self.every(CHECK_WORKERS, self.pool.check)
+        self.every(TICK, self.orchestrator_tick)
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"handoff-node-{self.name}", daemon=True)
             self._thread.start()

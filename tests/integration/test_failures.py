@@ -177,8 +177,18 @@ def test_pinned_function_on_a_dead_node_fails_with_node_lost(trio):
     dag.add_function(Function(id="x", code=sleeper, extra_args=[10], node="b"))
     threading.Timer(0.8, trio["b"].kill).start()
     with pytest.raises(handoff.NodeLostError) as info:
-        handoff.execute(dag, timeout=60)
+        handoff.execute(dag)  # no run timeout: nothing to wait in, fails at once
     assert info.value.node == "b"
+    assert ledger_idle()
+
+    dag = DAG("pinned-loss-timeout")
+    dag.add_function(Function(id="y", code=sleeper, extra_args=[10], node="c"))
+    threading.Timer(0.8, trio["c"].kill).start()
+    t0 = time.monotonic()
+    with pytest.raises(handoff.NodeLostError, match="did not come back") as info:
+        handoff.execute(dag, timeout=4)
+    assert info.value.node == "c" and info.value.function_ids == ["y"]
+    assert 3.5 < time.monotonic() - t0 < 8
     assert ledger_idle()
 
 
@@ -202,3 +212,28 @@ def test_fail_fast_and_timeouts_cancel_attempts_on_remote_nodes(trio):
     quick = DAG().add_function(Function(id="q", code=lambda: 1, node="b", cost={"cpu": 2}))
     assert handoff.execute(quick, timeout=20).results["q"] == 1
     assert ledger_idle()
+
+
+def test_pinned_work_waits_for_its_node_within_the_run_timeout(trio):
+    """With a run timeout, work pinned to a killed node waits for a node of that name to come back."""
+    dag = DAG("pinned-return")
+    dag.add_function(Function(id="x", code=sleeper, extra_args=[1.0, "back"], node="b"))
+    result = {}
+    runner = threading.Thread(target=lambda: result.setdefault("r", _try(dag)))
+    runner.start()
+    time.sleep(0.5)
+    trio["b"].kill()
+    assert wait_for(lambda: "b" not in handoff.discover_nodes(), timeout=10)
+    trio["b"] = start_node("b", "cpu=2", workers=1, join=trio["a"].address)
+    runner.join(60)
+    r = result["r"]
+    assert not isinstance(r, BaseException), r
+    assert r.results["x"] == "back" and r.allocations["x"] == "b"
+    assert ledger_idle()
+
+
+def _try(dag):
+    try:
+        return handoff.execute(dag, timeout=40)
+    except BaseException as exc:  # handed to the test thread
+        return exc

@@ -32,6 +32,7 @@ from handoff.scheduler import (
     RunFinished,
     RunSpec,
     TaskFinished,
+    Tick,
 )
 
 
@@ -154,11 +155,11 @@ class Cluster:
             self.finish(fid, run_id, ok=not fail(run_id, fid, attempt, node))
         return self.finished
 
-    def lose(self, node):
+    def lose(self, node, now=0.0):
         """``node`` dies with what runs on it."""
         for key in [k for k, (_, n) in self.running.items() if n == node]:
             del self.running[key]
-        return self.handle(NodeLost(node))
+        return self.handle(NodeLost(node, now))
 
     def idle(self):
         return not self.ledger.used_matrix().any() and not any(self.orch.node_load().values())
@@ -674,6 +675,7 @@ def test_pinned_function_on_a_lost_node_fails_the_run(sched):
     c.lose("a")
     err = c.finished["r"].error
     assert isinstance(err, NodeLostError) and err.node == "a" and err.function_ids == ["p"]
+    assert "the run has no timeout" in str(err)
     assert not c.running and c.idle()
 
 
@@ -852,10 +854,217 @@ def test_forget_drops_finished_runs_only(sched):
         Orchestrator(sched.ResourceLedger(), "x", default_slots=0)
 
 
+# -- pinned work waits for its lost node until the run's deadline ---------------------------
+
+
+def test_pinned_work_waits_for_its_node_and_completes_when_it_rejoins(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(
+        dag_of(fn("p", node="a"), fn("use", ["p"]), fn("q", node="a"), fn("free")),
+        deadline=100.0,
+    )
+    assert c.node_of("p") == c.node_of("q") == "a"
+    c.finish("p")  # its result lives only on a
+    assert c.node_of("use") == "a"
+    c.finish("free")
+    p, use, q = c.index("r", "p"), c.index("r", "use"), c.index("r", "q")
+    q_attempt = c.running[("r", q)][0]
+    out = c.lose("a", now=1.0)
+    assert not any(isinstance(i, RunFinished) for i in out) and "r" not in c.finished
+    # free's result was on a too: it is recomputed on b; use waits for p, pinned to a
+    assert c.running_ids() == ["free"] and c.node_of("free") == "b"
+    c.finish("free")
+    assert not c.running
+    state = c.orch.run("r")
+    assert set(state.awaiting) == {"a"} and c.orch.active_runs == ["r"]
+    assert c.orch.next_deadline == 100.0
+    assert c.handle(Tick(50.0)) == []
+    c.handle(NodeJoined("a", {}))
+    assert not state.awaiting
+    assert c.running_ids() == ["p", "q"] and c.node_of("p") == c.node_of("q") == "a"
+    assert c.running[("r", q)][0] == q_attempt + 1 and c.running[("r", p)][0] == 2
+    c.finish("p")
+    assert c.node_of("use") in {"a", "b"}
+    c.drain()
+    assert c.finished["r"].error is None
+    assert set(state.allocations()) == {"p", "use", "q", "free"}
+    assert state.allocations()["p"] == state.allocations()["q"] == "a"
+    stats = state.function_stats()
+    assert stats["p"].attempts == stats["q"].attempts == stats["use"].attempts == 1
+    assert state.recoveries[q] == 1 and state.recoveries[use] == 1
+    assert c.handle(Tick(1000.0)) == [] and c.idle()
+
+
+def test_pinned_work_fails_the_run_when_its_node_misses_the_deadline(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
+    c.submit(
+        dag_of(
+            fn("p", cost={"cpu": 1}, node="a"),
+            fn("later", ["p"], cost={"cpu": 1}, node="a"),
+            fn("w1", cost={"cpu": 1}, node="b"),
+            fn("w2", cost={"cpu": 1}, node="b"),
+            fn("x", ["w1"], cost={"cpu": 1}),
+        ),
+        deadline=10.0,
+    )
+    assert c.node_of("p") == "a" and c.running_ids() == ["p", "w1", "w2"]
+    c.lose("a", now=2.0)
+    assert "r" not in c.finished and c.running_ids() == ["w1", "w2"]
+    c.finish("w1")
+    assert c.node_of("x") == "b"
+    assert c.ledger.used("b") == {"cpu": 2.0}
+    assert c.handle(Tick(9.99)) == []
+    out = c.handle(Tick(10.0))
+    err = c.finished["r"].error
+    assert isinstance(err, NodeLostError) and err.node == "a"
+    assert err.function_ids == ["p", "later"]  # held, and pinned but not yet ready
+    assert "did not come back before the run's timeout" in str(err)
+    assert CancelTasks("r", "b", sorted([c.index("r", "w2"), c.index("r", "x")])) in out
+    assert c.released["r"] == ["a", "b"]
+    assert not c.running and c.idle() and not np.asarray(c.ledger.used_matrix()).any()
+    assert c.orch.active_runs == [] and c.orch.next_deadline is None
+    assert c.handle(NodeJoined("a", {"cpu": 2})) == []  # too late: nothing to place
+
+
+def test_pinned_work_without_a_deadline_fails_at_once(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("p", cost={"cpu": 1}, node="a"), fn("x", cost={"cpu": 1}, node="b")))
+    c.lose("a", now=1.0)
+    err = c.finished["r"].error
+    assert isinstance(err, NodeLostError) and err.node == "a" and err.function_ids == ["p"]
+    assert "pinned to it, and the run has no timeout to wait in" in str(err)
+    assert not c.running and c.idle() and c.orch.next_deadline is None
+
+
+def test_node_lost_after_the_deadline_fails_at_once(sched):
+    c = Cluster(sched, {"a": {}, "b": {}})
+    c.submit(dag_of(fn("p", node="a")), deadline=5.0)
+    c.lose("a", now=5.0)
+    err = c.finished["r"].error
+    assert isinstance(err, NodeLostError) and err.function_ids == ["p"]
+    assert "before the run's timeout" in str(err) and c.idle()
+
+
+def test_tick_with_nothing_waiting_is_a_no_op(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(3)]), deadline=1.0)
+    c.submit(dag_of(fn("y", cost={"cpu": 1}), id="two"), run_id="r2")
+
+    def no_pump():
+        raise AssertionError("a quiet Tick must not look at the runs")
+
+    c.orch._pump = no_pump  # an instance attribute, shadowing the method
+    assert c.orch.next_deadline is None
+    assert c.orch.handle(Tick(0.5)) == [] and c.orch.handle(Tick(1e9), Tick(2e9)) == []
+    del c.orch._pump
+    c.drain()
+    assert c.finished["r"].error is None and c.finished["r2"].error is None and c.idle()
+
+
+def test_a_restarted_node_gets_the_work_pinned_to_it(sched):
+    c = Cluster(sched, {"a": {"cpu": 2, "gpu": 1}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(
+            fn("g", cost={"cpu": 1, "gpu": 1}, node="a"),
+            fn("h", ["g"], cost={"cpu": 1}, node=Collocated("g")),
+            fn("k", ["h"], cost={"cpu": 1}),
+        ),
+        deadline=30.0,
+    )
+    g, h = c.index("r", "g"), c.index("r", "h")
+    c.finish("g")
+    assert c.node_of("h") == "a" and c.ledger.used("a") == {"cpu": 1.0}
+    c.lose("a", now=3.0)  # the process died...
+    assert not c.running and not c.ledger.has_node("a")
+    state = c.orch.run("r")
+    assert state.location(g) is None and state.group_node == ["a"]
+    c.handle(NodeJoined("a", {"cpu": 2, "gpu": 1}))  # ...and was restarted under its name
+    assert c.running_ids() == ["g"] and c.running[("r", g)] == (2, "a")
+    assert c.ledger.used("a") == {"cpu": 1.0, "gpu": 1.0}
+    c.finish("g")
+    assert c.running[("r", h)] == (2, "a")
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
+    alloc = state.allocations()
+    assert alloc["g"] == alloc["h"] == "a"
+    assert state.function_stats()["g"].attempts == 1 and state.recoveries[h] == 1
+
+
+def test_a_node_that_comes_back_too_small_fails_its_pinned_work(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
+    c.submit(dag_of(fn("p", cost={"cpu": 3}, node="a"), fn("x")), deadline=30.0)
+    c.lose("a", now=1.0)
+    assert "r" not in c.finished
+    c.handle(NodeJoined("a", {"cpu": 2}))
+    err = c.finished["r"].error
+    assert isinstance(err, AllocationError) and err.function_id == "p"
+    assert "pinned to node 'a', which came back with too small a total capacity" in str(err)
+    assert c.idle()
+
+
+def test_waiting_runs_and_other_runs_do_not_disturb_each_other(sched):
+    c = Cluster(sched, {"a": {}, "b": {}, "c": {}})
+    c.submit(dag_of(fn("p", node="a"), fn("z", ["p"]), id="one"), run_id="wait", deadline=20.0)
+    c.submit(dag_of(fn("p", node="a"), id="two"), run_id="nowait")
+    c.submit(dag_of(fn("p", node="c"), fn("free"), id="three"), run_id="other", deadline=5.0)
+    c.lose("a", now=1.0)
+    assert isinstance(c.finished["nowait"].error, NodeLostError)
+    assert "wait" not in c.finished and "other" not in c.finished
+    c.lose("c", now=2.0)  # other waits for c, with an earlier deadline
+    assert c.orch.next_deadline == 5.0
+    c.handle(Tick(6.0))
+    err = c.finished["other"].error
+    assert isinstance(err, NodeLostError) and err.node == "c" and err.function_ids == ["p"]
+    assert "wait" not in c.finished
+    c.handle(NodeJoined("a", {}))
+    c.drain()
+    assert c.finished["wait"].error is None
+    assert c.handle(Tick(100.0)) == [] and c.idle()
+
+
+def test_a_run_waiting_for_two_nodes_names_the_first(sched):
+    c = Cluster(sched, {"a": {}, "b": {}, "c": {}})
+    c.submit(dag_of(fn("p", node="a"), fn("q", node="b"), fn("s", node="c")), deadline=9.0)
+    c.finish("s")
+    c.lose("a", now=1.0)
+    c.lose("b", now=2.0)
+    c.handle(NodeJoined("b", {}))
+    assert c.running_ids() == ["q"]
+    c.lose("b", now=3.0)
+    c.handle(Tick(9.0))
+    err = c.finished["r"].error
+    assert err.node == "a" and err.function_ids == ["p"] and "nor did 'b'" in str(err)
+    assert c.idle()
+
+
+def test_local_only_run_waits_for_the_local_node(sched):
+    c = Cluster(sched, {"local": {}, "b": {}})
+    c.submit(dag_of(fn("x"), fn("y", ["x"])), local_only=True, deadline=10.0)
+    c.finish("x")
+    c.lose("local", now=1.0)
+    assert "r" not in c.finished and not c.running
+    c.handle(NodeJoined("local", {}))
+    assert c.running_ids() == ["x"]  # its result went with the node
+    c.drain()
+    assert c.finished["r"].error is None
+    assert set(c.orch.run("r").allocations().values()) == {"local"} and c.idle()
+
+
+def test_a_node_registered_directly_again_releases_the_held_work(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(dag_of(fn("p", cost={"cpu": 1}, node="a")), deadline=10.0)
+    c.lose("a", now=1.0)
+    c.ledger.register("a", {"cpu": 1})
+    c.submit(dag_of(fn("q"), id="two"), run_id="r2")
+    assert c.node_of("p") == "a"
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
+
+
 # -- randomized ----------------------------------------------------------------------------
 
 
-def random_dag(rng, n):
+def random_dag(rng, n, pin_rate=0.03):
     fs = []
     for k in range(n):
         deps = rng.sample(range(k), min(k, rng.randint(0, 3)))
@@ -867,7 +1076,7 @@ def random_dag(rng, n):
             kw["type"] = "inline"
         elif roll < 0.55 and k and not fs[k - 1].is_inline:
             kw["node"] = Collocated(k - 1)
-        elif roll < 0.58:
+        elif roll < 0.55 + pin_rate:
             kw["node"] = rng.choice(["n0", "n1"])
         fs.append(fn(k, deps, **kw))
     return dag_of(*fs, id=f"rand{n}")
@@ -942,3 +1151,60 @@ def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
             assert isinstance(fin.error, (FunctionError, NodeLostError, TimeoutError))
     assert c.idle(), c.ledger.used_matrix()
     assert not np.asarray(c.ledger.used_matrix()).any()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_runs_with_deadlines_survive_node_restarts(sched, seed):
+    rng = random.Random(1000 + seed)
+    strategy = ("first_available", "load_balanced", "cost_optimized")[seed % 3]
+    caps = {f"n{k}": {"cpu": 4, "mem": 1000} for k in range(4)}
+    c = Cluster(sched, caps, slots={f"n{k}": rng.randint(1, 4) for k in range(4)})
+    runs = {f"r{k}": random_dag(rng, rng.randint(5, 40), pin_rate=0.15) for k in range(3)}
+    for k, (run_id, d) in enumerate(runs.items()):
+        c.submit(
+            d,
+            run_id=run_id,
+            strategy=strategy,
+            max_retries=2,
+            max_concurrency=rng.choice([None, 2, 5]),
+            deadline=None if k == 2 and seed % 2 else rng.choice([5.0, 20.0, 60.0]),
+        )
+    down: set = set()
+    now = 0.0
+    steps = 0
+    while c.order or down:
+        steps += 1
+        assert steps < 10_000
+        now += 0.25
+        roll = rng.random()
+        if roll < 0.04 or not c.order:
+            if down and (rng.random() < 0.6 or not c.order):
+                name = rng.choice(sorted(down))
+                down.discard(name)
+                c.handle(NodeJoined(name, caps[name]))
+            elif len(down) < 2:
+                name = rng.choice(sorted(set(caps) - down))
+                down.add(name)
+                c.lose(name, now)
+            if not c.order and not c.orch.active_runs:
+                break
+            continue
+        if roll < 0.1:
+            c.handle(Tick(now))
+            continue
+        run_id, i = c.order[rng.randrange(len(c.order))]
+        fid = c.dags[run_id].compile().ids[i]
+        c.finish(fid, run_id, ok=rng.random() > 0.05)
+    assert set(c.finished) == set(runs), (c.orch.active_runs, down)
+    for run_id, d in runs.items():
+        fin = c.finished[run_id]
+        state = c.orch.run(run_id)
+        if fin.error is None:
+            assert set(state.allocations()) == {f.id for f in d if not f.is_inline}
+            pins = {f.id: f.node for f in d if isinstance(f.node, str)}
+            for fid, node in pins.items():
+                assert state.allocations()[fid] == node
+        else:
+            assert isinstance(fin.error, (FunctionError, NodeLostError))
+        assert not state.awaiting
+    assert c.idle(), c.ledger.used_matrix()
