@@ -383,6 +383,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         stats = {"name": self.name, "store": self.store.stats(), "pool": self.pool.stats()}
         stats.update(self.counters)
         stats["dropped_messages"] = self.transport.dropped
+        curve = self.transport.curve
+        stats["rejected_connections"] = curve.rejected if curve is not None else 0
         stats["members"] = sorted(self.membership.alive())
         return stats
 

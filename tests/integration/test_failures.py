@@ -74,7 +74,9 @@ def trio():
         nodes.append(start_node("c", "cpu=2", workers=2, join=a.address))
         handoff.start(name="driver", join=a.address, resources={"cpu": 0}, workers=1)
         assert wait_for(lambda: set(handoff.discover_nodes()) == {"a", "b", "c", "driver"})
-        yield {n.name: n for n in nodes}
+        live = {n.name: n for n in nodes}
+        yield live  # tests may replace a node with a restarted one: stop those too
+        nodes.extend(n for n in live.values() if n not in nodes)
     finally:
         handoff.stop()
         for n in nodes:

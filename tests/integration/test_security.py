@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from nodes import child_env, free_port, peer_stats, start_node, wait_for
 
 import handoff
 from handoff import DAG, Function
@@ -18,7 +19,6 @@ from handoff.node.values import dumps_payload
 from handoff.protocol import encode
 from handoff.protocol.messages import Dispatch, Gossip, Hello
 from handoff.security import read_key_file
-from nodes import child_env, free_port, peer_stats, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -197,8 +197,6 @@ class TestKeyedCluster:
         intruder = Intruder(keyed["a"].address, other_key)
         try:
             intruder.send(Hello("intruder", intruder.address, 1, {"cpu": 1.0}))
-            if "rejected_connections" not in peer_stats("a"):
-                pytest.skip("node stats do not carry Curve.rejected yet (server.py node_stats)")
             assert wait_for(lambda: peer_stats("a")["rejected_connections"] > 0, timeout=5)
         finally:
             intruder.close()
@@ -288,7 +286,7 @@ def test_keygen_cli(tmp_path):
     keygen(path)
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
     again = subprocess.run([sys.executable, "-m", "handoff.keygen", str(path)], env=child_env(),
-                           timeout=30, capture_output=True, text=True)
+                           timeout=30, capture_output=True, text=True, check=False)
     assert again.returncode != 0 and "already exists" in again.stderr
     out = subprocess.run([sys.executable, "-m", "handoff.keygen"], env=child_env(),
                          timeout=30, capture_output=True, text=True, check=True).stdout
@@ -305,12 +303,6 @@ def make_array(n):
     return np.ones(n, dtype=np.float64)
 
 
-def make_strided_array(n):
-    # not contiguous, so it pickles in-band: the bytes go through the sockets even between
-    # nodes of one host, where a contiguous array would go through shared memory
-    return np.ones(2 * n, dtype=np.float64)[::2]
-
-
 def array_sum(a):
     return float(a.sum())
 
@@ -323,13 +315,15 @@ def two_step(make, first: str, second: str) -> DAG:
 
 
 def measure(key: str | None, rounds: int = 5) -> dict[str, float]:
-    """Best-of-``rounds`` seconds per workload on a fresh cluster a, b and a driver."""
-    extra = ["--key-file", key] if key else []
+    """Best-of-``rounds`` seconds per workload on a fresh cluster a, b and a driver. No
+    shared memory: values cross the sockets as they would between hosts."""
+    extra = ["--no-shared-memory", *(["--key-file", key] if key else [])]
     a = start_node("a", "cpu=2", extra=extra)
     nodes = [a]
     try:
         nodes.append(start_node("b", "cpu=4", workers=4, join=a.address, extra=extra))
-        handoff.start(name="driver", join=a.address, key_file=key, resources={"cpu": 0}, workers=1)
+        handoff.start(name="driver", join=a.address, key_file=key, resources={"cpu": 0},
+                      workers=1, shared_memory=False)
         assert wait_for(lambda: set(handoff.discover_nodes()) == {"a", "b", "driver"})
         w1 = DAG()
         for i in range(W1_N):
@@ -337,10 +331,8 @@ def measure(key: str | None, rounds: int = 5) -> dict[str, float]:
         w1.add_function(Function(id="sum", code=total, args=list(range(W1_N)), node="b"))
         workloads = {
             "w1": (w1, W1_N),
-            "shm move": (two_step(make_array, "a", "b"), float(N)),
-            "shm stay": (two_step(make_array, "a", "a"), float(N)),
-            "wire move": (two_step(make_strided_array, "a", "b"), float(N)),
-            "wire stay": (two_step(make_strided_array, "a", "a"), float(N)),
+            "array a->b": (two_step(make_array, "a", "b"), float(N)),
+            "array on a": (two_step(make_array, "a", "a"), float(N)),
         }
         out = {}
         for label, (dag, expected) in workloads.items():
@@ -391,14 +383,15 @@ def test_curve_cost(tmp_path):
     handoff.stop()
     plain = measure(None)
     keyed = measure(keygen(tmp_path / "cluster.key"))
-    lines = [f"CURVE cost, best of 5 ({W1_N} no-op functions + a sum on b; {ARRAY_MB} MB array "
-             "made on a, summed on b or a):"]
+    title = (f"CURVE cost, best of 5 ({W1_N} no-op functions + a sum on b; {ARRAY_MB} MB array "
+             "made on a, summed on b or a):")
+    lines = [title]
     for label in plain:
         p, k = plain[label], keyed[label]
-        lines.append(f"  {label:10s} plain {p * 1000:8.1f} ms   keyed {k * 1000:8.1f} ms   "
+        lines.append(f"  {label:11s} plain {p * 1000:8.1f} ms   keyed {k * 1000:8.1f} ms   "
                      f"keyed/plain {k / p:.2f}")
     for name, t in (("plain", plain), ("keyed", keyed)):
-        hop = t["wire move"] - t["wire stay"]
+        hop = t["array a->b"] - t["array on a"]
         lines.append(f"  {name}: W1-like {(W1_N + 1) / t['w1']:,.0f} functions/s; the a->b socket "
                      f"hop adds {hop * 1000:.0f} ms for {ARRAY_MB} MB")
     plain_zmq, curve_zmq = zmq_throughput(False), zmq_throughput(True)
