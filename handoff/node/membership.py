@@ -146,6 +146,8 @@ def _is_resources(value: Any) -> bool:
             return False
         if kind is float and amount - amount != 0.0:  # nan or infinity
             return False
+        if amount < 0:
+            return False
     return True
 
 

@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from handoff.config import check_resources
 from handoff.node.membership import MembershipTable
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
 
@@ -93,12 +94,18 @@ class PeerMixin:
         if self.membership.name_taken(msg.name, msg.incarnation, msg.address):
             self._refuse(msg, f"the name {msg.name!r} is taken by a live node")
             return
+        try:
+            caps = check_resources(msg.caps)
+        except ValueError as exc:
+            self._refuse(msg, f"bad capacities: {exc}")
+            return
         self._identities[identity] = msg.name
+        self.transport.greet(identity)
         self.peer_hosts[msg.name] = msg.host
         for link in [f"@{msg.address}"]:
             if self.transport.connected(link):  # our join link: it is this peer
                 self.transport.disconnect(link)
-        row = [msg.name, msg.address, msg.incarnation, 0, "alive", dict(msg.caps), 0, dict(msg.caps)]
+        row = [msg.name, msg.address, msg.incarnation, 0, "alive", caps, 0, caps]
         self._membership_events(self.membership.merge([row], time.monotonic()))
         self._ensure_link(msg.name, msg.address)
         self.transport.send(msg.name, Gossip(self.name, self._digest()))

@@ -336,10 +336,19 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         if not self._is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
             member = self.membership.get(getattr(msg, "sender", None) or "")
-            level = logging.DEBUG if member is not None and member.status in ("left", "dead") else logging.WARNING
+            gone = member is not None and member.status in ("left", "dead")
+            level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return
         self._heard_from(msg.sender)
+        try:
+            self._dispatch_peer_message(msg)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            # decoded but malformed inside (rows of the wrong shape): the peer's fault
+            self.counters["malformed_messages"] += 1
+            self.transport.reject(identity, f"malformed {msg.op}: {type(exc).__name__}: {exc}")
+
+    def _dispatch_peer_message(self, msg) -> None:
         if isinstance(msg, Dispatch):
             self.accept_task_rows(msg.sender, msg.dag_id, _split_task_blobs(msg))
         elif isinstance(msg, Done):
@@ -383,6 +392,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         stats = {"name": self.name, "store": self.store.stats(), "pool": self.pool.stats()}
         stats.update(self.counters)
         stats["dropped_messages"] = self.transport.dropped
+        stats["blocked_peers"] = self.transport.blocked_peers
         curve = self.transport.curve
         stats["rejected_connections"] = curve.rejected if curve is not None else 0
         stats["members"] = sorted(self.membership.alive())

@@ -187,11 +187,8 @@ class Transport:
                 if len(frames) < 2:
                     raise ProtocolError("no header frame")
                 msg = decode(frames[1:], pickles=greeted)
-                if not greeted:
-                    if not isinstance(msg, FIRST_MESSAGES):
-                        raise ProtocolError(f"{msg.op} before hello")
-                    if isinstance(msg, Hello):
-                        self._greeted.add(identity)
+                if not greeted and not isinstance(msg, FIRST_MESSAGES):
+                    raise ProtocolError(f"{msg.op} before an accepted hello")
             except Exception as exc:  # ProtocolError, or anything the decoder did not foresee
                 reason = str(exc) if isinstance(exc, ProtocolError) else f"undecodable: {exc!r}"
                 if peers:
@@ -201,6 +198,12 @@ class Transport:
                     self._drop_log.note(0, "dropped a message from a worker: %s", reason)
                 continue
             yield identity, msg, frames[1]
+
+    def greet(self, identity: bytes) -> None:
+        """The node accepted this connection's hello: its messages may now carry pickles.
+        (The generator above yields the hello before it decodes the next message, so the
+        node's answer always comes first.)"""
+        self._greeted.add(identity)
 
     def reject(self, identity: bytes, reason: str) -> None:
         """Drop a peer connection's message: counted, logged (rate-limited), and after

@@ -22,7 +22,7 @@ import handoff
 from handoff import DAG, Function
 from handoff.node.values import dumps_payload
 from handoff.protocol import REGISTRY, VERSION, encode
-from handoff.protocol.messages import Dispatch, Gossip, Hello
+from handoff.protocol.messages import Dispatch, Hello
 from nodes import peer_stats, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,7 +33,10 @@ ZMQ_MESSAGES = 5_000  # multipart messages over ZeroMQ DEALERs
 ZMQ_SECONDS = 12.0
 PER_CONNECTION = 15  # bad messages per DEALER: under the transport's block, so all decode
 DEAD_AFTER = 2.0  # the nodes' default --dead-after
-GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 31
+# ZMTP 3.0: signature, version, mechanism, as-server, filler; then a DEALER's READY command
+GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+_READY_BODY = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+READY = b"\x04" + bytes([len(_READY_BODY)]) + _READY_BODY
 
 
 class Touch:
@@ -161,23 +164,37 @@ def garbage(rng: random.Random, touch: str, unpickled: str) -> tuple[str, list]:
 
 
 # ---- raw TCP --------------------------------------------------------------------------------
-def raw_payload(rng: random.Random) -> tuple[str, bytes]:
-    kind = rng.choice(["random", "random", "truncated greeting", "greeting then garbage",
-                       "huge frame", "zmtp 1 and 2", "http"])
+def raw_payload(rng: random.Random) -> tuple[str, bytes, bytes]:
+    """(kind, bytes to send, bytes to send after the node's ZMTP greeting)."""
+    kind = rng.choice(["random", "random", "truncated greeting", "garbage after greeting",
+                       "garbage after handshake", "huge frame", "zmtp 1 and 2", "http"])
     if kind == "random":
         size = rng.choice([1, 10, 100, 1000, 10_000, rng.randrange(64 * 1024)])
-        return kind, rng.randbytes(size)
+        return kind, rng.randbytes(size), b""
     if kind == "truncated greeting":
-        return kind, GREETING[:rng.randrange(1, len(GREETING))]
-    if kind == "greeting then garbage":
-        return kind, GREETING + rng.randbytes(rng.randrange(1, 4096))
-    if kind == "huge frame":  # a READY command, then a frame that claims to be enormous
-        ready = b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER"
+        return kind, GREETING[:rng.randrange(1, len(GREETING))], b""
+    if kind == "garbage after greeting":
+        return kind, GREETING, rng.randbytes(rng.randrange(1, 4096))
+    if kind == "garbage after handshake":
+        return kind, GREETING, READY + rng.randbytes(rng.randrange(1, 4096))
+    if kind == "huge frame":  # past the node's ZMQ_MAXMSGSIZE: it must not try to read it
         size = rng.choice([2**63 - 1, 2**40, 5 * 2**30])
-        return kind, GREETING + ready + b"\x02" + struct.pack(">Q", size) + rng.randbytes(100)
+        return kind, GREETING, READY + b"\x02" + struct.pack(">Q", size) + rng.randbytes(100)
     if kind == "zmtp 1 and 2":
-        return kind, rng.choice([b"\x01\x00", b"\xff" + b"\x00" * 8 + b"\x7f\x01\x05"]) + rng.randbytes(50)
-    return kind, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        signature = rng.choice([b"\x01\x00", b"\xff" + b"\x00" * 8 + b"\x7f\x01\x05"])
+        return kind, signature + rng.randbytes(50), b""
+    return kind, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b""
+
+
+def read_greeting(s: socket.socket) -> bool:
+    """Wait for the node's 64-byte greeting (libzmq reads what follows ours only then)."""
+    got = 0
+    while got < len(GREETING):
+        data = s.recv(len(GREETING) - got)
+        if not data:
+            return False
+        got += len(data)
+    return True
 
 
 def fuzz_raw_tcp(address: str, rng: random.Random, counts: Counter) -> None:
@@ -191,11 +208,15 @@ def fuzz_raw_tcp(address: str, rng: random.Random, counts: Counter) -> None:
             counts["raw connect failures"] += 1
             continue
         counts["raw connections"] += 1
-        kind, data = raw_payload(rng)
+        kind, data, after_greeting = raw_payload(rng)
+        counts[f"raw: {kind}"] += 1
         try:
             s.sendall(data)
             counts["raw bytes"] += len(data)
-        except OSError:  # the node reset the connection: fine
+            if after_greeting and read_greeting(s):
+                s.sendall(after_greeting)
+                counts["raw bytes"] += len(after_greeting)
+        except OSError:  # the node reset the connection, or timed out: fine
             counts["raw resets"] += 1
         if rng.random() < 0.3:  # abortive close (RST) now and then
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -236,7 +257,8 @@ class Fuzzer:
     def hello(self, sock: zmq.Socket) -> str:
         self.members += 1
         name = f"fuzz-member-{self.members}"
-        self.send(sock, encode(Hello(name, self.inbox_address, 1, {"cpu": 1.0})), "hello", bad=False)
+        hello = Hello(name, self.inbox_address, 1, {"cpu": 1.0})
+        self.send(sock, encode(hello), "hello", bad=False)
         return name
 
     def run(self, touch: str, unpickled: str) -> None:
@@ -263,7 +285,7 @@ class Fuzzer:
         """One connection that never stops: the transport ends up ignoring it for good."""
         sock = self.dealer()
         try:
-            for i in range(messages):
+            for _ in range(messages):
                 self.send(sock, [self.rng.randbytes(32)], "persistent offender")
         finally:
             sock.close()
@@ -275,8 +297,8 @@ class Fuzzer:
         try:
             name = self.hello(greeted)
             self.send(other, encode(dispatch(name, touch)), "dispatch on another connection")
-            self.send(refused, encode(Hello("fuzzed", self.inbox_address, 999, {})), "hello as the node",
-                      bad=False)
+            as_the_node = Hello("fuzzed", self.inbox_address, 999, {})
+            self.send(refused, encode(as_the_node), "hello as the node", bad=False)
             self.send(refused, encode(dispatch("fuzzed", touch)), "dispatch after a refused hello",
                       bad=False)
             wrong = Hello("fuzz-wrong-version", self.inbox_address, 1, {}, VERSION + 1)
@@ -291,10 +313,9 @@ class Fuzzer:
         """Well-typed hellos that name an address ZeroMQ rejects, or impossible capacities."""
         socks = [self.dealer() for _ in range(5)]
         try:
-            for sock, address, caps in zip(socks, ["garbage", "", "tcp://[::1", "tcp://x:99999"],
-                                           [{}, {}, {}, {}]):
+            for sock, address in zip(socks, ["garbage", "", "tcp://[::1", "tcp://x:99999"]):
                 self.members += 1
-                hello = Hello(f"fuzz-odd-{self.members}", address, 1, caps)
+                hello = Hello(f"fuzz-odd-{self.members}", address, 1, {})
                 self.send(sock, encode(hello), "hello with an odd address", bad=False)
             hello = Hello("fuzz-negative", self.inbox_address, 1, {"cpu": -5})
             self.send(socks[-1], encode(hello), "hello with negative capacity", bad=False)
@@ -362,7 +383,10 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
         crashes = int(node.proc.poll() is not None)
         assert crashes == 0, "".join(node.log)
 
-        member_dispatch(node.address, control)  # the forged payloads would have run
+        member_dispatch(node.address, control)  # the payload the forgeries carry does run
+        # the fake members go dead (they never gossip); while they count as alive they take
+        # the node's gossip fanout, and the node and a new driver can miss each other
+        time.sleep(DEAD_AFTER + 1.0)
         handoff.start(name="fuzz-driver", join=node.address, resources={"cpu": 0}, workers=1)
         assert wait_for(lambda: "fuzzed" in handoff.discover_nodes())
         time.sleep(DEAD_AFTER + 0.5)  # the node still gossips: the driver has not lost it
@@ -378,14 +402,17 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
         crashes = int(node.proc.poll() is not None)
         dropped = stats["dropped_messages"] + stats.get("dropped_unknown_peer", 0)
         print(f"\nfuzz: {counts['raw connections']} raw TCP connections "
-              f"({counts['raw bytes']} bytes) in {raw_seconds:.1f} s; "
+              f"({counts['raw bytes']} bytes, {counts['raw resets']} reset) "
+              f"in {raw_seconds:.1f} s; "
               f"{counts['zmq messages']} ZeroMQ messages ({counts['zmq frames']} frames, "
               f"{counts['bad messages']} bad) in {zmq_seconds:.1f} s")
         print(f"fuzz: the node dropped {stats['dropped_messages']} messages in its transport "
               f"and {stats.get('dropped_unknown_peer', 0)} from unknown peers; blocked peers: "
               f"{stats.get('blocked_peers', 'not in node stats')}; crashes: {crashes}")
-        print("fuzz: sent " + ", ".join(f"{k[6:]} {v}" for k, v in sorted(counts.items())
-                                        if k.startswith("kind: ")))
+        for prefix in ("raw: ", "kind: "):
+            sent = [f"{k[len(prefix):]} {v}" for k, v in sorted(counts.items())
+                    if k.startswith(prefix)]
+            print(f"fuzz: sent ({prefix[:-2]}) " + ", ".join(sent))
         errors = Counter(internal_errors(node))
         print(f"fuzz: {sum(errors.values())} internal errors logged (the node kept serving)"
               + "".join(f"\n  {n} x {line}" for line, n in errors.most_common()))
@@ -397,4 +424,31 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
         assert dropped >= counts["bad messages"]
     finally:
         handoff.stop()
+        node.stop()
+
+
+def test_a_hello_that_names_an_unusable_address_does_not_stop_the_node_gossiping():
+    """Every gossip round connects to each member; one address ZeroMQ rejects used to end
+    the round with an exception, and with it the timer: peers then saw the node as dead."""
+    handoff.stop()
+    node = start_node("fuzzed", "cpu=2", workers=1)
+    ctx = zmq.Context()
+    try:
+        for name, address in (("odd-a", "garbage"), ("odd-b", ""), ("odd-c", "tcp://x:99999")):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 2000
+            sock.connect(node.address)
+            sock.send_multipart(encode(Hello(name, address, 1, {"cpu": 1.0})))
+            sock.close()
+        handoff.start(name="fuzz-driver", join=node.address, resources={"cpu": 0}, workers=1)
+        assert wait_for(lambda: "fuzzed" in handoff.discover_nodes())
+        time.sleep(DEAD_AFTER + 1.0)
+        assert "fuzzed" in handoff.discover_nodes(), "".join(node.log)
+        dag = DAG().add_function(Function(id="x", code=lambda: 7, node="fuzzed"))
+        assert handoff.execute(dag).results["x"] == 7
+        assert node.proc.poll() is None
+        assert "internal error" not in "".join(node.log), "".join(node.log)
+    finally:
+        handoff.stop()
+        ctx.term()
         node.stop()

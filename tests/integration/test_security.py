@@ -216,8 +216,6 @@ class TestKeyedCluster:
         finally:
             intruder.close()
 
-    @pytest.mark.xfail(strict=True, reason="transport/sockets.py trusts a connection once its "
-                       "hello decodes, before peers.py _on_hello accepts or refuses it")
     def test_nothing_is_unpickled_after_a_refused_hello(self, keyed, tmp_path):
         marker = tmp_path / "unpickled"
         intruder = Intruder(keyed["a"].address, key_holder_setup(keyed["key"]))
