@@ -71,7 +71,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        handoff.stop()
+    sys.exit(main())  # handoff stops its embedded node at exit

@@ -60,7 +60,7 @@ def test_first_available_fills_nodes_then_starts_a_new_wave(impl):
             "load_balanced",
             ["a", "a", "b", "a", "a", "b"],
         ),  # loads after: a .25, .5=.5 (tie: a), b .5, ...
-        ("cost_optimized", ["b", "b", "a", "a", "a", "a"]),  # least slack first
+        ("cost_optimized", ["b", "b", "a", "a", "a", "a"]),  # tightest fit first
     ],
 )
 def test_strategies(impl, strategy, expected):

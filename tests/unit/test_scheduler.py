@@ -300,7 +300,7 @@ def test_function_that_does_not_fit_now_waits_and_never_overcommits(sched):
     [
         ("first_available", ["big", "big", "big"]),
         ("load_balanced", ["big", "big", "small"]),  # loads after: .25/.5, .5/.5 (tie), .75/.5
-        ("cost_optimized", ["small", "small", "big"]),  # least slack left
+        ("cost_optimized", ["small", "small", "big"]),  # tightest fit
     ],
 )
 def test_strategies_choose_like_the_core(sched, strategy, expected):
