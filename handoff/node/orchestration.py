@@ -158,7 +158,7 @@ class OrchestrationMixin:
     def _cancel_tasks(self, run_id: str, node: str, indices: Any) -> None:
         idx = None if indices is None else list(indices)
         if node == self.name:
-            self.pool.cancel(run_id, None if idx is None else set(idx))
+            self.cancel_jobs(run_id, idx)
         else:
             self.transport.send(node, Cancel(self.name, run_id, idx))
 

@@ -69,7 +69,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self._fetch_box: dict[str, list] = defaultdict(list)  # peer -> fetches to send
         self._value_box: dict[str, list] = defaultdict(list)  # peer -> replies to send
         self._outgoing: dict[tuple, list] = {}  # (peer, request) -> [parts, next, sizes]
-        self._incoming: dict[int, list] = {}  # request -> [buffers, parts received, peer]
+        self._incoming: dict[int, list] = {}
+        self._cancelled: dict[tuple, None] = {}  # recent (run_id, indices or None) cancellations  # request -> [buffers, parts received, peer]
         self.counters = defaultdict(int)
         self.use_shm = config.shared_memory and shm.available()
         self.host_id = shm.host_id() if self.use_shm else ""
@@ -227,8 +228,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         for origin, items in self._outbox.items():
             if items:
                 rows = [row for row, _ in items]
-                blobs = [b for _, b in items if b is not None]
-                # each row's blob index was assigned relative to this batch below
+                blobs = [b for _, b in items if b is not None]  # rows index these (_job_finished)
                 self.transport.send(origin, Done(self.name, rows, blobs))
         self._outbox.clear()
         if self._fetch_box or self._value_box:
@@ -272,6 +272,17 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             job = Job(run_id, index, attempt, tree, blobs, origin, dag_id, key, cost, timeout)
             self._prepare_job(job, refs)
 
+    def cancel_jobs(self, run_id: str, indices: list | None) -> None:
+        """Cancel a run's attempts here: queued and running ones in the pool, and those still
+        fetching their arguments (they will not start)."""
+        self._cancelled[(run_id, None if indices is None else frozenset(indices))] = None
+        if len(self._cancelled) > 1000:
+            del self._cancelled[next(iter(self._cancelled))]
+        self.pool.cancel(run_id, None if indices is None else set(indices))
+
+    def _is_cancelled(self, job: Job) -> bool:
+        return any(r == job.run_id and (idx is None or job.index in idx) for r, idx in self._cancelled)
+
     def _prepare_job(self, job: Job, refs: list) -> None:
         if not refs:
             self.pool.submit(job)
@@ -289,7 +300,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                     return
                 job.blobs[slot] = frames
                 state["missing"] -= 1
-                if state["missing"] == 0:
+                if state["missing"] == 0 and not (self._cancelled and self._is_cancelled(job)):
                     self.pool.submit(job)
 
             self.fetch_value(node, dag_id, key, hook, filled)
@@ -364,7 +375,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         elif isinstance(msg, Gossip):
             self._on_gossip(msg)
         elif isinstance(msg, Cancel):
-            self.pool.cancel(msg.run_id, None if msg.indices is None else set(msg.indices))
+            self.cancel_jobs(msg.run_id, msg.indices)
         elif isinstance(msg, Store):
             if msg.blobs:
                 self.store.put(msg.dag_id, msg.key, msg.blobs[0])

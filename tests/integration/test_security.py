@@ -136,7 +136,8 @@ def key_holder_setup(key_file: str):
 # ---- a keyed cluster ----------------------------------------------------------------------------
 class TestKeyedCluster:
     @pytest.fixture(scope="class")
-    def keyed(self, tmp_path_factory):
+    @classmethod
+    def keyed(cls, tmp_path_factory):
         """Nodes a and b with one cluster key, and this process as a keyed driver."""
         handoff.stop()
         key = keygen(tmp_path_factory.mktemp("key") / "cluster.key")
