@@ -18,8 +18,8 @@ from handoff.protocol.messages import Fetch, PartAck, Ping, Value, ValuePart
 
 log = logging.getLogger("handoff.fetching")
 
-CHUNK = 32 * 1024 * 1024  # bytes per part of a large value
-WINDOW = 2  # parts in flight per transfer
+CHUNK = 16 * 1024 * 1024  # bytes per part of a large value
+WINDOW = 8  # parts in flight per transfer: at most 128 MB ahead of a heartbeat
 
 __all__ = ["FetchMixin"]
 
