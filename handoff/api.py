@@ -113,46 +113,69 @@ def current_node():
 
 
 def node_name() -> str:
+    """The local (embedded) node's name; starts it with default settings if needed."""
     return current_node().name
 
 
 # ---- running DAGs --------------------------------------------------------------------
 
-def _check_options(opts: dict) -> dict:
-    unknown = sorted(set(opts) - set(EXECUTE_OPTIONS))
+def _check_options(max_retries: Any, allocation_strategy: Any, max_concurrency: Any, timeout: Any,
+                   progress: Any, unknown: dict) -> dict:
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(EXECUTE_OPTIONS)}")
-    out = {"max_retries": 3, "allocation_strategy": "first_available", "max_concurrency": None,
-           "timeout": None, "progress": False}
-    out.update(opts)
-    strategy = out["allocation_strategy"]
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown allocation_strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    retries = out["max_retries"]
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"max_retries must be a non-negative int, got {retries!r}")
-    conc = out["max_concurrency"]
-    if conc is not None and (isinstance(conc, bool) or not isinstance(conc, int) or conc < 1):
-        raise ValueError(f"max_concurrency must be a positive int or None, got {conc!r}")
-    timeout = out["timeout"]
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(EXECUTE_OPTIONS)}")
+    if allocation_strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown allocation_strategy {allocation_strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
+        raise ValueError(f"max_concurrency must be a positive int or None, got {max_concurrency!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+    ):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-    if not (isinstance(out["progress"], bool) or callable(out["progress"])):
+    if not (isinstance(progress, bool) or callable(progress)):
         raise ValueError("progress must be a bool or a callable(done, total)")
-    return out
+    return {"max_retries": max_retries, "allocation_strategy": allocation_strategy,
+            "max_concurrency": max_concurrency, "timeout": timeout}
 
 
-def execute(dag: DAG, **opts: Any) -> ExecutionResult:
+def execute(
+    dag: DAG,
+    *,
+    max_retries: int = 3,
+    allocation_strategy: str = "first_available",
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    **unknown: Any,
+) -> ExecutionResult:
     """Run ``dag`` on the cluster this process belongs to (an embedded local node by default).
 
-    Options: ``max_retries=3``, ``allocation_strategy="first_available"``,
-    ``max_concurrency=None``, ``timeout=None`` (seconds, whole run), ``progress=False``
-    (True prints progress to stderr; a callable gets ``(done, total)``).
+    Parameters
+    ----------
+    max_retries:
+        Retries of a function that raises (attempts = retries + 1); a Function's own
+        ``max_retries`` overrides it. Node losses do not use them up.
+    allocation_strategy:
+        ``"first_available"``, ``"load_balanced"`` or ``"cost_optimized"``.
+    max_concurrency:
+        At most this many functions of the run in flight at once.
+    timeout:
+        Seconds for the whole run; past it, ``handoff.TimeoutError`` and every claim released.
+    progress:
+        True prints progress to stderr; a callable gets ``(done, total)``.
+
+    Raises a ValidationError subclass for a bad DAG, ``AllocationError`` when a function fits
+    no node, ``FunctionError`` when a function runs out of attempts, ``NodeLostError``,
+    ``handoff.TimeoutError``, and ValueError for an unknown or bad option.
     """
     if not isinstance(dag, DAG):
         raise TypeError(f"execute() takes a handoff.DAG, got {type(dag).__name__}")
-    options = _check_options(opts)
-    progress = options.pop("progress")
+    options = _check_options(max_retries, allocation_strategy, max_concurrency, timeout, progress, unknown)
     if progress is True:
         from handoff.node.orchestration import progress_printer
 
@@ -171,7 +194,8 @@ execute_distributed = execute
 
 
 def execute_local(dag: DAG, **opts: Any) -> ExecutionResult:
-    """Run every function on the local node, ignoring ``node`` and ``cost``."""
+    """Run every function on the local node, ignoring ``node`` and ``cost``; takes
+    ``execute``'s options."""
     if not isinstance(dag, DAG):
         raise TypeError(f"execute_local() takes a handoff.DAG, got {type(dag).__name__}")
     here = node_name()
@@ -234,6 +258,7 @@ def store_result(dag_id: Any, fid: Hashable, value: Any, origin_node: str | None
 
 
 def get_local_value(dag_id: Any, id: Hashable) -> Any:
+    """A value from this node's own store; ResultNotFound (a KeyError) if it is not here."""
     n = current_node()
     frames = n.call(n.store.get, dag_id, id).result()
     if frames is None:
@@ -273,11 +298,13 @@ def get_result(dag_id: Any, id: Hashable, timeout: float = 5.0) -> Any:
 
 
 def register_data_location(dag_id: Any, data_id: Hashable, node: str) -> None:
+    """Record, on this node, that ``node`` holds (dag_id, data_id)."""
     n = current_node()
     n.call(n.store.register_location, dag_id, data_id, node).result()
 
 
 def lookup_data_location(dag_id: Any, data_id: Hashable) -> str | None:
+    """The node this node knows to hold (dag_id, data_id), or None if it knows none."""
     n = current_node()
     return n.call(n.store.location, dag_id, data_id).result()
 

@@ -449,8 +449,8 @@ def format_image_report(result: ExecutionResult, *, per_image: bool = True) -> s
     res = result.results
     collage = res["save_collage"]
     lines = [
-        f"Collage saved to: {collage['saved_path']} ({collage['shape'][1]}x{collage['shape'][0]})",
-        f"Thumbnails: {', '.join(t['saved_path'] for t in res['save_thumbnails'].values())}",
+        f"Collage (pretend) saved to: {collage['saved_path']} ({collage['shape'][1]}x{collage['shape'][0]})",
+        f"Thumbnails (pretend): {', '.join(t['saved_path'] for t in res['save_thumbnails'].values())}",
         "Quality metrics:" if per_image else "Quality metrics (mean per effect):",
     ]
     metrics = sorted(res["quality_report"].items())

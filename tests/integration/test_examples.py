@@ -81,7 +81,7 @@ def test_demo_command():
     reports = report_values(out)
     assert len(reports) == 1
     assert_report(reports[0], expected_report(30, "square"))
-    assert "Collage saved to: output/final_collage.png (640x480)" in out
+    assert "Collage (pretend) saved to: output/final_collage.png (640x480)" in out
     assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
     assert set(allocated_nodes(out)) >= {"sum", "format_output", "edge_detection", "save_collage"}
     assert "Demo finished in" in out
