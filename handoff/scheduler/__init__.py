@@ -2,8 +2,9 @@
 
 The node layer feeds ``Orchestrator.submit(RunSpec)`` and ``Orchestrator.handle(*events)``
 and carries out the instructions they return. All runs share the cluster
-``ResourceLedger``: a task's claim is taken when it is dispatched and released when its
-attempt ends (or its run stops), so the ledger never over-commits.
+``ResourceLedger``: a task's claim is taken when it is dispatched (or, queued ahead, when
+its node's resources free up) and released when its attempt ends (or its run stops), so the
+ledger never over-commits.
 
 Placement, in short:
 
@@ -17,6 +18,16 @@ Placement, in short:
   "parked" by cost class; parked classes are retried whenever resources are released or
   nodes join, and a class whose head does not fit is skipped for the rest of that round,
   so waiting work costs O(classes) per round, not O(waiting functions).
+- Lookahead: an executing node queues a task whose resources are busy and starts it as
+  soon as they free up, so such a function need not wait here for a TaskFinished round
+  trip: up to ``lookahead`` tasks per node (``Orchestrator(lookahead=1)``; 0 turns it off)
+  are dispatched "queued ahead" to a node whose total capacity fits them (pins and
+  collocation groups honoured), the node with the fewest queued-ahead tasks first, then by
+  the run's strategy. They hold no claim, so the ledger never over-commits; they count as
+  in flight (slots, max_concurrency, cancels, lost nodes). When claims on a node are
+  released (or it grows), its queued-ahead tasks take their claims, oldest first, up to the
+  first that does not fit, before anything else is placed. One that finishes before that
+  (the node could start it early) simply completes: it has no claim to give back.
 - Fairness: runs take turns: each round, runs with work are served least recently served
   first (oldest first among equals), each with an equal share of the free slots, then
   leftovers go round again in the same order.
@@ -54,12 +65,13 @@ from handoff.scheduler.events import (
     TaskFinished,
     Tick,
 )
-from handoff.scheduler.orchestrator import DEFAULT_SLOTS, Orchestrator
+from handoff.scheduler.orchestrator import DEFAULT_LOOKAHEAD, DEFAULT_SLOTS, Orchestrator
 from handoff.scheduler.run import RunState
 
 __all__ = [
     "Orchestrator",
     "DEFAULT_SLOTS",
+    "DEFAULT_LOOKAHEAD",
     "RunSpec",
     "RunState",
     "FunctionStats",

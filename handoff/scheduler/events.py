@@ -190,7 +190,12 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Run these ``(index, attempt)`` tasks of a run on ``node``; resources are already claimed."""
+    """Run these ``(index, attempt)`` tasks of a run on ``node``.
+
+    Their resources are claimed in the orchestrator's ledger, except for tasks queued ahead
+    (``RunState.queued_ahead()``): the node runs those once its own resources free up, as it
+    does for any task that arrives while they are busy.
+    """
 
     run_id: str
     node: str

@@ -30,11 +30,12 @@ from handoff.scheduler.events import (
     TaskFinished,
     Tick,
 )
-from handoff.scheduler.run import RunState
+from handoff.scheduler.run import RunState, rank_nodes
 
-__all__ = ["DEFAULT_SLOTS", "Orchestrator"]
+__all__ = ["DEFAULT_LOOKAHEAD", "DEFAULT_SLOTS", "Orchestrator"]
 
 DEFAULT_SLOTS = 64
+DEFAULT_LOOKAHEAD = 1
 _FIRST_TRY = 4  # functions of a parked class tried first
 _NO_TIMEOUT = "they are pinned to it, and the run has no timeout to wait in for it to come back"
 _TIMED_OUT = "they are pinned to it, and it did not come back before the run's timeout"
@@ -50,14 +51,27 @@ class Orchestrator:
     Node membership changes reach the ledger through ``handle(NodeJoined/NodeUpdated/
     NodeLost)``; nodes registered directly on the ledger are picked up at the next
     ``submit``. Finished runs stay readable through ``run()`` until ``forget()``.
+
+    ``lookahead``: per node, how many costed tasks may be sent ahead of their resources
+    ("queued ahead"; 0 turns that off). See the package docstring.
     """
 
-    def __init__(self, ledger: Any, local_node: str, *, default_slots: int = DEFAULT_SLOTS):
+    def __init__(
+        self,
+        ledger: Any,
+        local_node: str,
+        *,
+        default_slots: int = DEFAULT_SLOTS,
+        lookahead: int = DEFAULT_LOOKAHEAD,
+    ):
         if default_slots < 1:
             raise ValueError(f"default_slots must be >= 1, got {default_slots}")
+        if lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.ledger = ledger
         self.local_node = local_node
         self.default_slots = default_slots
+        self.lookahead = lookahead
         self._runs: dict[str, RunState] = {}
         self._rotation: list[RunState] = []  # unfinished runs, oldest first
         self._round = 0  # placement rounds so far; a run remembers the last that served it
@@ -69,6 +83,10 @@ class Orchestrator:
         self._free_slots = 0
         self._vec_cache: dict[tuple, np.ndarray] = {}
         self._batches: dict[tuple[RunState, str], list[tuple[int, int]]] = {}
+        # live node -> its queued-ahead tasks (dispatched, holding no claim), oldest first
+        self._ahead: dict[str, list[tuple[RunState, int]]] = {}
+        self._freed: set[str] = set()  # nodes with queued-ahead tasks that may fit now
+        self._fit_cache: dict[int, list[str]] = {}  # id(cost vector) -> nodes whose total fits
         # (deadline, seq, run) of runs that held work for a lost node; stale entries (the
         # run finished, or its nodes came back) are dropped when their deadline passes
         self._deadlines: list[tuple[float, int, RunState]] = []
@@ -155,8 +173,12 @@ class Orchestrator:
         return self._pump()
 
     def node_load(self) -> dict[str, int]:
-        """{live node: in-flight tasks from this orchestrator}."""
+        """{live node: in-flight tasks from this orchestrator} (queued-ahead ones included)."""
         return dict(self._busy)
+
+    def queued_ahead(self) -> dict[str, int]:
+        """{live node: tasks queued ahead there} for nodes that have some."""
+        return {node: len(tasks) for node, tasks in self._ahead.items() if tasks}
 
     @property
     def active_runs(self) -> list[str]:
@@ -177,6 +199,7 @@ class Orchestrator:
         names = self.ledger.nodes
         present = set(names)
         out: list[Instruction] = []
+        self._fit_cache.clear()
         for name in [n for n in self._order if n not in present]:
             out.extend(self._lose_node(name, None))
         back = []
@@ -197,6 +220,9 @@ class Orchestrator:
 
     def _on_node_joined(self, ev: NodeJoined | NodeUpdated) -> list[Instruction]:
         self.ledger.register(ev.name, ev.caps)
+        self._fit_cache.clear()
+        if self._ahead.get(ev.name):
+            self._freed.add(ev.name)  # it may have grown
         if ev.name not in self._busy:
             self._order.append(ev.name)
             self._busy[ev.name] = 0
@@ -236,6 +262,9 @@ class Orchestrator:
     def _lose_node(self, dead: str, now: float | None) -> list[Instruction]:
         self._order.remove(dead)
         del self._busy[dead], self._slots[dead]
+        self._ahead.pop(dead, None)  # its runs re-place these (RunState.lose_node)
+        self._freed.discard(dead)
+        self._fit_cache.clear()
         self._recount_free_slots()
         out: list[Instruction] = []
         for run in list(self._rotation):
@@ -357,14 +386,25 @@ class Orchestrator:
     # -- ending ----------------------------------------------------------------------------
 
     def _release(self, run: RunState, i: int, node: str) -> None:
-        """Give back the claim and the slot of ``i``'s attempt on ``node``."""
+        """Give back the claim and the slot of ``i``'s attempt on ``node``.
+
+        A queued-ahead attempt holds no claim. Either way the node may now start a task
+        queued ahead there, so its queue is looked at before the next placement.
+        """
+        ahead = run.ahead.pop(i, None) if run.ahead else None
         busy = self._busy.get(node)
         if busy is None:
             return  # the node is gone, and its claims with it
-        vec = run.vecs.get(i) if run.vecs else None
-        if vec is not None and run.pin_all is None:
-            ledger = self.ledger
-            ledger.release_vec(ledger.node_index(node), vec)
+        queue = self._ahead.get(node)
+        if ahead is not None:
+            queue.remove((run, i))
+        else:
+            vec = run.vecs.get(i) if run.vecs else None
+            if vec is not None and run.pin_all is None:
+                ledger = self.ledger
+                ledger.release_vec(ledger.node_index(node), vec)
+        if queue:
+            self._freed.add(node)
         self._busy[node] = busy - 1
         if busy <= self._slots[node]:
             self._free_slots += 1
@@ -389,8 +429,29 @@ class Orchestrator:
 
     # -- placement -------------------------------------------------------------------------
 
+    def _claim_ahead(self) -> None:
+        """Queued-ahead tasks on nodes that freed resources take their claims, oldest first,
+        up to the first that does not fit (the node starts them as its resources free up)."""
+        ledger = self.ledger
+        for node in self._freed:
+            queue = self._ahead.get(node)
+            if not queue or not ledger.has_node(node):
+                continue
+            j = ledger.node_index(node)
+            claimed = 0
+            for run, i in queue:
+                if not ledger.request_vec(j, run.vecs[i]):
+                    break
+                del run.ahead[i]
+                claimed += 1
+            if claimed:
+                del queue[:claimed]
+        self._freed.clear()
+
     def _pump(self) -> list[Instruction]:
         """Place ready work into free slots and resources; one Dispatch per (run, node)."""
+        if self._freed:
+            self._claim_ahead()
         if self._free_slots <= 0 or not self._rotation:
             return []
         blocked: set = set()  # cost classes that found no room this round
@@ -488,7 +549,8 @@ class Orchestrator:
             elif i in run.group_of or i in run.avoid:
                 node = self._place_among(run, i, vec)
                 if node is None:
-                    failed.append((pos, i))
+                    if not (vec is not None and self.lookahead and self._queue_ahead(run, i, vec)):
+                        failed.append((pos, i))
                 else:
                     g = run.group_of.get(i)
                     if g is not None:
@@ -506,11 +568,18 @@ class Orchestrator:
         failed.sort()
         return started, [i for _, i in failed]
 
-    def _commit(self, run: RunState, i: int, node: str) -> None:
-        """Record the dispatch of ``i`` on ``node`` (its claim is already taken)."""
+    def _commit(self, run: RunState, i: int, node: str, ahead: bool = False) -> None:
+        """Record the dispatch of ``i`` on ``node`` (its claim is already taken, or it is
+        queued ahead and holds none)."""
         attempt = run.dispatch_no[i] + 1
         run.dispatch_no[i] = attempt
         run.inflight[i] = node
+        if ahead:
+            run.ahead[i] = node
+            queue = self._ahead.get(node)
+            if queue is None:
+                queue = self._ahead[node] = []
+            queue.append((run, i))
         if run.avoid:
             run.avoid.pop(i, None)
         self._busy[node] += 1
@@ -534,6 +603,7 @@ class Orchestrator:
         names = ledger.nodes
         busy, slots = self._busy, self._slots
         started = 0
+        no_room: set = set()  # (cost vector, target) that found no node to queue ahead on
         for k, j in enumerate(chosen):
             pos, i, vec, target = costed[k]
             if j >= 0:
@@ -549,6 +619,13 @@ class Orchestrator:
                         self._commit(run, i, node)
                         started += 1
                         continue
+            if self.lookahead:
+                key = (id(vec), target)
+                if key not in no_room:
+                    if self._queue_ahead(run, i, vec, target):
+                        started += 1
+                        continue
+                    no_room.add(key)
             failed.append((pos, i))
         return started
 
@@ -581,6 +658,59 @@ class Orchestrator:
             self._commit(run, i, order[p])
             started += 1
         return started
+
+    def _queue_ahead(
+        self, run: RunState, i: int, vec: np.ndarray, target: str | None = None
+    ) -> bool:
+        """Dispatch costed ``i``, which fits no node's free resources, ahead of its resources.
+
+        Among the live nodes with a free slot whose total capacity fits it (only ``target``
+        when it has one; for the first member of a collocation group, the group's summed
+        cost), those with the fewest queued-ahead tasks first, then by the run's strategy
+        (a retry's failed node last among equals). Says whether it was dispatched: not when
+        every such node already has ``lookahead`` tasks queued ahead.
+        """
+        ahead, lookahead = self._ahead, self.lookahead
+        busy, slots = self._busy, self._slots
+        g = run.group_of.get(i) if run.group_of else None
+        if target is not None:
+            n_busy = busy.get(target)
+            if (
+                n_busy is None
+                or n_busy >= slots[target]
+                or len(ahead.get(target, ())) >= lookahead
+                or target not in self._fitting(vec, run.costs[i])
+            ):
+                return False
+            self._commit(run, i, target, ahead=True)
+            return True
+        if g is not None:
+            names = self.ledger.fitting_nodes_total(run.group_cost[g] or run.costs[i])
+        else:
+            names = self._fitting(vec, run.costs[i])
+        names = [
+            n
+            for n in names
+            if n in busy and busy[n] < slots[n] and len(ahead.get(n, ())) < lookahead
+        ]
+        if not names:
+            return False
+        if len(names) > 1:
+            names = rank_nodes(self.ledger, run.strategy, vec, names, busy)
+            avoid = run.avoid.get(i) if run.avoid else None
+            names.sort(key=lambda n: (len(ahead.get(n, ())), n == avoid))  # stable: keeps rank
+        node = names[0]
+        if g is not None:
+            run.group_node[g] = node
+        self._commit(run, i, node, ahead=True)
+        return True
+
+    def _fitting(self, vec: np.ndarray, cost: dict) -> list[str]:
+        """Nodes whose total capacity fits ``cost`` (cached by its vector until nodes change)."""
+        nodes = self._fit_cache.get(id(vec))
+        if nodes is None:
+            nodes = self._fit_cache[id(vec)] = self.ledger.fitting_nodes_total(cost)
+        return nodes
 
     def _place_among(self, run: RunState, i: int, vec: np.ndarray | None) -> str | None:
         """Claim the best node for ``i`` among those its run allows (``RunState.candidates``)."""

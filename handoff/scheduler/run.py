@@ -33,7 +33,7 @@ class RunState:
     ``finished``, ``error``, ``submitted_at``, ``deadline``, ``location(i)``, ``attempt(i)``,
     ``effective_inputs(i)``, ``in_flight()``, ``allocations()``, ``stats`` (by index),
     ``function_stats()`` (by id), ``nodes_used``, ``awaiting`` (lost nodes the run waits
-    for). The rest is the scheduler's bookkeeping.
+    for), ``queued_ahead()``. The rest is the scheduler's bookkeeping.
     """
 
     def __init__(self, spec: RunSpec):
@@ -76,6 +76,8 @@ class RunState:
         self.retries: dict[int, int] = {}  # Function.max_retries overrides
         # scheduling
         self.inflight: dict[int, str] = {}
+        # in flight, queued ahead of their resources on that node: they hold no claim yet
+        self.ahead: dict[int, str] = {}
         self.queue: deque[int] = deque()  # ready, not yet tried
         self.parked: dict[Any, deque[int]] = {}  # tried, waiting for resources, by class
         self.avoid: dict[int, str] = {}  # retry prefers another node than this one
@@ -106,8 +108,12 @@ class RunState:
         return self.dispatch_no[i]
 
     def in_flight(self) -> dict[int, str]:
-        """{index: node} of tasks dispatched and not yet finished."""
+        """{index: node} of tasks dispatched and not yet finished (queued-ahead ones too)."""
         return dict(self.inflight)
+
+    def queued_ahead(self) -> dict[int, str]:
+        """{index: node} of in-flight tasks sent ahead of their resources, holding no claim."""
+        return dict(self.ahead)
 
     def effective_inputs(self, i: int) -> list[int]:
         """Non-inline functions whose results task ``i`` fetches, looking through inline ones."""
@@ -208,14 +214,17 @@ class RunState:
     def lose_node(self, dead: str) -> tuple[list[int], list[int]]:
         """Forget ``dead``: what ran there and results only it held go back to the queue.
 
-        Returns (moved, lost): tasks that were running there (their claims went with the
-        node) and completed functions to recompute. Parked work is re-queued too, so it is
-        classified again against the new membership.
+        Returns (moved, lost): tasks that were running or queued ahead there (their claims
+        went with the node) and completed functions to recompute. Parked work is re-queued
+        too, so it is classified again against the new membership.
         """
         moved = [i for i, node in self.inflight.items() if node == dead]
+        ahead = self.ahead
         for i in moved:
             del self.inflight[i]
             self.recoveries[i] += 1
+            if ahead:
+                ahead.pop(i, None)
         for nodes in self.copies.values():
             nodes.discard(dead)
         lost = []
@@ -340,6 +349,7 @@ class RunState:
     def end(self, error: HandoffError | None) -> None:
         """Mark the run over; whatever was queued or waiting is dropped."""
         self.inflight.clear()
+        self.ahead.clear()
         self.queue.clear()
         self.parked.clear()
         self.waiters.clear()

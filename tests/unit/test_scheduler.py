@@ -2,7 +2,9 @@
 
 A small fake cluster (``Cluster``) plays the node layer: it records Dispatches as running
 tasks, finishes them on request, and checks after every step that no node is
-over-committed, no node holds more than its slots, and claims match what is in flight.
+over-committed, no node holds more than its slots, and claims match what is in flight
+(tasks queued ahead of their resources hold none, and there are at most ``lookahead`` of
+them per node).
 """
 
 from __future__ import annotations
@@ -62,9 +64,10 @@ def dag_of(*functions, id="d"):
 class Cluster:
     """Plays the node layer around one Orchestrator."""
 
-    def __init__(self, core, nodes, slots=None, local="local"):
+    def __init__(self, core, nodes, slots=None, local="local", lookahead=None):
         self.ledger = core.ResourceLedger()
-        self.orch = Orchestrator(self.ledger, local)
+        kw = {} if lookahead is None else {"lookahead": lookahead}
+        self.orch = Orchestrator(self.ledger, local, **kw)
         self.running: dict[tuple[str, int], tuple[int, str]] = {}  # (run, index) -> (attempt, node)
         self.order: list[tuple[str, int]] = []  # dispatch order of what is running
         self.dispatched: list[tuple[str, int, int, str]] = []
@@ -110,10 +113,23 @@ class Cluster:
         for name, n in load.items():
             assert n <= self.orch._slots[name]
         counted: dict[str, int] = {}
+        ahead: dict[str, int] = {}
+        claims = np.zeros_like(used)
         for run_id in self.orch.active_runs:
-            for node in self.orch.run(run_id).inflight.values():
+            state = self.orch.run(run_id)
+            for i, node in state.inflight.items():
                 counted[node] = counted.get(node, 0) + 1
+                if i in state.ahead:
+                    assert state.ahead[i] == node
+                    ahead[node] = ahead.get(node, 0) + 1
+                elif state.pin_all is None and i in state.vecs:
+                    vec = state.vecs[i]
+                    claims[self.ledger.node_index(node), : vec.shape[0]] += vec
+            assert set(state.ahead) <= set(state.inflight)
         assert {k: v for k, v in load.items() if v} == counted
+        assert self.orch.queued_ahead() == ahead
+        assert all(n <= self.orch.lookahead for n in ahead.values())
+        assert np.allclose(used, claims), f"claims:\n{used}\nin flight:\n{claims}"
 
     def submit(self, dag, run_id="r", **kw):
         g = dag.compile()
@@ -285,7 +301,7 @@ def test_inline_functions_need_no_placement(sched):
 
 
 def test_function_that_does_not_fit_now_waits_and_never_overcommits(sched):
-    c = Cluster(sched, {"a": {"cpu": 4}})
+    c = Cluster(sched, {"a": {"cpu": 4}}, lookahead=0)
     c.submit(dag_of(*[fn(k, cost={"cpu": 3}) for k in "xyz"]))
     assert c.running_ids() == ["x"]
     assert c.ledger.used("a") == {"cpu": 3.0}
@@ -307,6 +323,18 @@ def test_strategies_choose_like_the_core(sched, strategy, expected):
     c = Cluster(sched, {"big": {"cpu": 4}, "small": {"cpu": 2}})
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in "xyz"]), strategy=strategy)
     assert [c.node_of(k) for k in "xyz"] == expected
+
+
+def test_function_that_does_not_fit_now_is_queued_ahead_without_a_claim(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}})  # lookahead=1
+    c.submit(dag_of(*[fn(k, cost={"cpu": 3}) for k in "xyz"]))
+    assert c.running_ids() == ["x", "y"] and c.orch.run("r").queued_ahead() == {1: "a"}
+    assert c.ledger.used("a") == {"cpu": 3.0}  # y holds no claim
+    c.finish("x")  # y takes x's place, z is queued ahead
+    assert c.running_ids() == ["y", "z"] and c.orch.run("r").queued_ahead() == {2: "a"}
+    assert c.ledger.used("a") == {"cpu": 3.0}
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
 
 
 def test_zero_cost_work_respects_slots_and_spreads(sched):
@@ -345,7 +373,7 @@ def test_costed_function_on_a_slot_full_node_goes_elsewhere(sched):
 
 
 def test_waiting_work_is_placed_when_a_node_joins_or_grows(sched):
-    c = Cluster(sched, {"a": {"cpu": 2}})
+    c = Cluster(sched, {"a": {"cpu": 2}}, lookahead=0)
     c.submit(dag_of(*[fn(k, cost={"cpu": 2}) for k in "xyz"]))
     assert c.running_ids() == ["x"]
     c.handle(NodeJoined("b", {"cpu": 2}))
@@ -353,6 +381,19 @@ def test_waiting_work_is_placed_when_a_node_joins_or_grows(sched):
     c.handle(NodeUpdated("a", {"cpu": 4}))  # keeps x's claim: only 2 free
     assert c.running_ids() == ["x", "y", "z"] and c.node_of("z") == "a"
     assert c.ledger.used("a") == {"cpu": 4.0}
+    c.drain()
+    assert c.idle()
+
+
+def test_queued_ahead_work_takes_its_claim_when_its_node_grows(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 2}) for k in "xyz"]))
+    assert c.running_ids() == ["x", "y"] and c.orch.queued_ahead() == {"a": 1}
+    c.handle(NodeJoined("b", {"cpu": 2}))  # z fits b's free resources: claimed there
+    assert c.running_ids() == ["x", "y", "z"] and c.node_of("z") == "b"
+    assert c.orch.queued_ahead() == {"a": 1}
+    c.handle(NodeUpdated("a", {"cpu": 4}))  # y, queued ahead on a, now fits: claimed
+    assert c.orch.queued_ahead() == {} and c.ledger.used("a") == {"cpu": 4.0}
     c.drain()
     assert c.idle()
 
@@ -368,7 +409,7 @@ def test_nodes_registered_directly_on_the_ledger_are_used_from_the_next_submit(s
 
 
 def test_pinned_function_waits_for_its_node(sched):
-    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}}, lookahead=0)
     c.submit(
         dag_of(
             fn("x", cost={"cpu": 1}, node="b"),
@@ -381,6 +422,26 @@ def test_pinned_function_waits_for_its_node(sched):
     assert c.node_of("y") == "b"
     c.drain()
     assert c.orch.run("r").allocations() == {"x": "b", "y": "b", "z": "a"}
+
+
+def test_pinned_function_is_queued_ahead_only_on_its_node(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(
+        dag_of(
+            fn("x", cost={"cpu": 1}, node="b"),
+            fn("y", cost={"cpu": 1}, node="b"),
+            fn("w", cost={"cpu": 1}, node="b"),
+            fn("z", node="a"),
+        )
+    )
+    assert c.running_ids() == ["x", "y", "z"] and c.node_of("y") == "b"
+    assert c.orch.run("r").queued_ahead() == {c.index("r", "y"): "b"}  # w waits: b has one
+    assert c.ledger.used("a") == {}
+    c.finish("x")
+    assert c.node_of("w") == "b" and c.orch.run("r").queued_ahead() == {c.index("r", "w"): "b"}
+    c.drain()
+    assert c.orch.run("r").allocations() == {"x": "b", "y": "b", "w": "b", "z": "a"}
+    assert c.idle()
 
 
 def test_collocated_group_goes_where_its_first_member_went(sched):
@@ -414,7 +475,7 @@ def test_collocated_group_goes_where_its_first_member_went(sched):
 
 
 def test_collocated_member_waits_for_its_groups_node(sched):
-    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}}, lookahead=0)
     c.submit(
         dag_of(
             fn("other", cost={"cpu": 2}, node="a"),
@@ -426,6 +487,23 @@ def test_collocated_member_waits_for_its_groups_node(sched):
     assert c.running_ids() == ["other", "x"]  # y waits for a although b is free
     c.finish("other")
     assert c.node_of("y") == "a"
+
+
+def test_collocated_member_is_queued_ahead_on_its_groups_node(sched):
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(
+            fn("other", cost={"cpu": 2}, node="a"),
+            fn("x", cost={"cpu": 2}),
+            fn("y", cost={"cpu": 2}, node=Collocated("x")),
+        )
+    )
+    assert c.node_of("x") == "a" and c.node_of("y") == "a"  # y ahead on a, not on free b
+    assert c.orch.run("r").queued_ahead() == {c.index("r", "y"): "a"}
+    c.finish("other")
+    assert c.orch.queued_ahead() == {} and c.ledger.used("a") == {"cpu": 4.0}
+    c.drain()
+    assert c.idle()
 
 
 # -- concurrency ---------------------------------------------------------------------------
@@ -443,7 +521,7 @@ def test_max_concurrency_bounds_in_flight_functions(sched):
 
 
 def test_runs_are_isolated_and_take_turns(sched):
-    c = Cluster(sched, {"a": {"cpu": 1}})
+    c = Cluster(sched, {"a": {"cpu": 1}}, lookahead=0)
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="one"), run_id="r1")
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="two"), run_id="r2")
     turns = []
@@ -452,6 +530,22 @@ def test_runs_are_isolated_and_take_turns(sched):
         turns.append(run_id)
         c.finish(i, run_id)
     assert turns == ["r1", "r2", "r1", "r2", "r1", "r2", "r1", "r2"]
+    assert c.finished["r1"].error is None and c.finished["r2"].error is None
+    assert c.idle()
+
+
+def test_runs_take_turns_with_queued_ahead_work(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="one"), run_id="r1")
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="two"), run_id="r2")
+    turns = []
+    while c.order:
+        assert len(c.running) == 2 or len(c.order) == 1  # one running, one queued ahead
+        run_id, i = c.order[0]
+        turns.append(run_id)
+        c.finish(i, run_id)
+    # r1 queued its second task ahead before r2 arrived; then the runs alternate
+    assert turns == ["r1", "r1", "r2", "r1", "r2", "r1", "r2", "r2"]
     assert c.finished["r1"].error is None and c.finished["r2"].error is None
     assert c.idle()
 
@@ -572,7 +666,7 @@ def test_late_and_unknown_events_are_ignored(sched):
 
 
 def test_cancel_run_cancels_in_flight_and_releases_everything(sched):
-    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}}, lookahead=0)
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(6)]))
     assert len(c.running) == 4
     reason = TimeoutError("run of DAG 'd'", 3.0)
@@ -583,11 +677,22 @@ def test_cancel_run_cancels_in_flight_and_releases_everything(sched):
     assert c.orch.handle(CancelRun("r", reason)) == []
 
 
+def test_cancel_run_cancels_queued_ahead_tasks_too(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(8)]))
+    assert len(c.running) == 6 and c.orch.queued_ahead() == {"a": 1, "b": 1}
+    ahead = c.orch.run("r").queued_ahead()
+    c.handle(CancelRun("r", TimeoutError("run of DAG 'd'", 3.0)))
+    cancelled = {(node, i) for _, node, indices in c.cancelled for i in indices}
+    assert {(node, i) for i, node in ahead.items()} <= cancelled and len(cancelled) == 6
+    assert not c.running and c.idle() and c.orch.queued_ahead() == {}
+
+
 # -- node loss and lineage -----------------------------------------------------------------
 
 
 def test_lost_node_work_is_replaced_without_using_attempts(sched):
-    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}}, lookahead=0)
     c.submit(dag_of(fn("x", cost={"cpu": 1}), fn("y", cost={"cpu": 1})), max_retries=0)
     assert c.node_of("x") == "a"
     i = c.index("r", "x")
@@ -603,6 +708,28 @@ def test_lost_node_work_is_replaced_without_using_attempts(sched):
     assert c.finished["r"].error is None
     state = c.orch.run("r")
     assert state.function_stats()["x"].attempts == 1 and state.recoveries[i] == 1
+    assert c.idle()
+
+
+def test_lost_node_queued_ahead_work_is_replaced_without_using_attempts(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}, "b": {"cpu": 1}})
+    c.submit(
+        dag_of(*[fn(k, cost={"cpu": 1}) for k in "wxyz"]),
+        max_retries=0,
+    )
+    state = c.orch.run("r")
+    assert state.in_flight() == {0: "a", 1: "b", 2: "a", 3: "b"}
+    assert state.queued_ahead() == {2: "a", 3: "b"}
+    c.lose("a", 5.0)  # w (claimed) and y (queued ahead) go back to the queue
+    assert state.queued_ahead() == {3: "b"} and c.orch.queued_ahead() == {"b": 1}
+    assert c.running_ids() == ["x", "z"]  # b already has one queued ahead: w and y wait
+    c.finish("x")  # z takes x's claim, w is queued ahead on b
+    assert state.queued_ahead() == {0: "b"} and c.running[("r", 0)] == (2, "b")
+    assert c.orch.handle(TaskFinished("r", 2, 1, "a", True)) == []  # from the dead node
+    c.drain()
+    assert c.finished["r"].error is None
+    assert all(s.attempts == 1 for s in state.function_stats().values())
+    assert state.recoveries[0] == state.recoveries[2] == 1 and state.recoveries[1] == 0
     assert c.idle()
 
 
@@ -818,11 +945,22 @@ def test_a_node_removed_directly_from_the_ledger_counts_as_lost_at_next_submit(s
 
 
 def test_many_waiting_functions_start_at_once_when_room_appears(sched):
-    c = Cluster(sched, {"a": {"cpu": 1}})
+    c = Cluster(sched, {"a": {"cpu": 1}}, lookahead=0)
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(20)]))
     assert len(c.running) == 1
     c.handle(NodeJoined("big", {"cpu": 12}))
     assert len(c.running) == 13 and c.ledger.used("big") == {"cpu": 12.0}
+    c.drain()
+    assert c.idle()
+
+
+def test_many_waiting_functions_start_at_once_when_room_appears_with_lookahead(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}}, lookahead=2)
+    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(20)]))
+    assert len(c.running) == 3 and c.orch.queued_ahead() == {"a": 2}
+    c.handle(NodeJoined("big", {"cpu": 12}))
+    assert len(c.running) == 17 and c.ledger.used("big") == {"cpu": 12.0}
+    assert c.orch.queued_ahead() == {"a": 2, "big": 2}
     c.drain()
     assert c.idle()
 
@@ -1082,14 +1220,15 @@ def random_dag(rng, n, pin_rate=0.03):
     return dag_of(*fs, id=f"rand{n}")
 
 
-@pytest.mark.parametrize("seed", range(16))
-def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
+def drive_random_runs(sched, seed, lookahead=None):
+    """Three random runs with failures, a lost node, joins, cancels, copies, lost results."""
     rng = random.Random(seed)
     strategy = ("first_available", "load_balanced", "cost_optimized")[seed % 3]
     c = Cluster(
         sched,
         {f"n{k}": {"cpu": 4, "mem": 1000} for k in range(4)},
         slots={f"n{k}": rng.randint(1, 4) for k in range(4)},
+        lookahead=lookahead,
     )
     runs = {f"r{k}": random_dag(rng, rng.randint(5, 40)) for k in range(3)}
     for run_id, d in runs.items():
@@ -1136,6 +1275,13 @@ def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
                 continue
         fid = c.dags[run_id].compile().ids[i]
         c.finish(fid, run_id, ok=rng.random() > 0.1)
+    return c, runs, finished_before_loss
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+@pytest.mark.parametrize("seed", range(16))
+def test_random_runs_end_with_every_result_and_no_claims(sched, seed, lookahead):
+    c, runs, finished_before_loss = drive_random_runs(sched, seed, lookahead)
     assert set(c.finished) == set(runs)
     for run_id, d in runs.items():
         fin = c.finished[run_id]
@@ -1153,12 +1299,14 @@ def test_random_runs_end_with_every_result_and_no_claims(sched, seed):
     assert not np.asarray(c.ledger.used_matrix()).any()
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_random_runs_with_deadlines_survive_node_restarts(sched, seed):
+def drive_random_restarts(sched, seed, lookahead=None):
+    """Three random runs with deadlines and pins while nodes die and come back."""
     rng = random.Random(1000 + seed)
     strategy = ("first_available", "load_balanced", "cost_optimized")[seed % 3]
     caps = {f"n{k}": {"cpu": 4, "mem": 1000} for k in range(4)}
-    c = Cluster(sched, caps, slots={f"n{k}": rng.randint(1, 4) for k in range(4)})
+    c = Cluster(
+        sched, caps, slots={f"n{k}": rng.randint(1, 4) for k in range(4)}, lookahead=lookahead
+    )
     runs = {f"r{k}": random_dag(rng, rng.randint(5, 40), pin_rate=0.15) for k in range(3)}
     for k, (run_id, d) in enumerate(runs.items()):
         c.submit(
@@ -1195,6 +1343,13 @@ def test_random_runs_with_deadlines_survive_node_restarts(sched, seed):
         run_id, i = c.order[rng.randrange(len(c.order))]
         fid = c.dags[run_id].compile().ids[i]
         c.finish(fid, run_id, ok=rng.random() > 0.05)
+    return c, runs, down
+
+
+@pytest.mark.parametrize("lookahead", [0, 1, 3])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_runs_with_deadlines_survive_node_restarts(sched, seed, lookahead):
+    c, runs, down = drive_random_restarts(sched, seed, lookahead)
     assert set(c.finished) == set(runs), (c.orch.active_runs, down)
     for run_id, d in runs.items():
         fin = c.finished[run_id]
