@@ -73,17 +73,26 @@ def start(
 
 
 def _wait_ready(node, config: NodeConfig) -> None:
+    def state() -> tuple:  # read on the loop thread, which owns it
+        return node.pool.ready_count(), node.pool.broken, node.joined(), node.join_error
+
     deadline = time.monotonic() + START_TIMEOUT
-    while node.pool.ready_count() == 0:
-        if node.pool.broken:
-            raise HandoffError(f"node {node.name!r}: {node.pool.broken}")
+    while True:
+        ready, broken, _, _ = node.call(state).result()
+        if ready:
+            break
+        if broken:
+            raise HandoffError(f"node {node.name!r}: {broken}")
         if time.monotonic() > deadline:
             raise HandoffError(f"node {node.name!r}: no worker process started within {START_TIMEOUT:g} s")
         time.sleep(0.01)
     deadline = time.monotonic() + config.join_timeout
-    while not node.joined():
-        if node.join_error:
-            raise HandoffError(node.join_error)
+    while True:
+        _, _, joined, join_error = node.call(state).result()
+        if joined:
+            break
+        if join_error:
+            raise HandoffError(join_error)
         if time.monotonic() > deadline:
             raise HandoffError(
                 f"could not join the cluster at {', '.join(config.join)} within "

@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         deadline = time.monotonic() + config.join_timeout
-        while not node.joined():
-            if node.join_error or time.monotonic() > deadline or stopping:
-                reason = node.join_error or (
+        while not node.call(node.joined).result():
+            join_error = node.call(lambda: node.join_error).result()
+            if join_error or time.monotonic() > deadline or stopping:
+                reason = join_error or (
                     f"no node answered at {', '.join(config.join)} within {config.join_timeout:g} s"
                 )
                 print(f"handoff.node: could not join the cluster: {reason}", file=sys.stderr)

@@ -8,6 +8,7 @@ connection wait for one part at most, never for the whole value.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future
 from typing import Any, Callable, Hashable
 
@@ -19,6 +20,7 @@ from handoff.protocol.messages import Fetch, PartAck, Ping, Value, ValuePart
 log = logging.getLogger("handoff.fetching")
 
 CHUNK = 16 * 1024 * 1024  # bytes per part of a large value
+FETCH_STALL = 30.0  # seconds without any progress before a request to a live peer fails
 WINDOW = 8  # parts in flight per transfer: at most 128 MB ahead of a heartbeat
 
 __all__ = ["FetchMixin"]
@@ -59,6 +61,7 @@ class FetchMixin:
         request = next(self._requests)
         self._pending[request] = callback
         self._pending_by_node[node].add(request)
+        self._progress[request] = time.monotonic()
         self.counters["fetches_sent"] += 1
         self._fetch_box[node].append((request, dag_id, key, hook))
 
@@ -178,6 +181,7 @@ class FetchMixin:
             return
         buffers[msg.frame][msg.offset:msg.offset + data.nbytes] = data
         state[1] += 1
+        self._progress[msg.request] = time.monotonic()
         if state[1] == msg.total:
             del self._incoming[msg.request]
             self._finish_fetch(msg.sender, msg.request, buffers, None)
@@ -188,6 +192,7 @@ class FetchMixin:
     def _finish_fetch(self, sender: str, request: int, frames: list | None, error: str | None) -> None:
         callback = self._pending.pop(request, None)
         self._pending_by_node[sender].discard(request)
+        self._progress.pop(request, None)
         if callback is None:
             return
         if frames is None:
@@ -195,6 +200,16 @@ class FetchMixin:
         else:
             self.counters["bytes_fetched"] += blob_nbytes(frames)
             callback(frames, None)
+
+    def _expire_fetches(self) -> None:
+        """A timer: fail requests that made no progress for FETCH_STALL seconds (the peer
+        lives but the request or its reply was lost, e.g. across a restart on one address)."""
+        now = time.monotonic()
+        stale = [r for r, t in self._progress.items() if now - t > FETCH_STALL]
+        for request in stale:
+            peer = next((n for n, reqs in self._pending_by_node.items() if request in reqs), "")
+            self._incoming.pop(request, None)
+            self._finish_fetch(peer, request, None, f"no reply from node {peer!r} within {FETCH_STALL:g} s")
 
     def _forget_transfers(self, peer: str) -> None:
         for key in [k for k in self._outgoing if k[0] == peer]:
@@ -206,6 +221,8 @@ class FetchMixin:
         """Blocking, from any thread but the loop's: a value's frames from ``node``."""
         def start(fut: Future) -> None:
             def cb(frames, error):
+                if fut.done():  # the caller gave up already
+                    return
                 if frames is None:
                     fut.set_exception(ResultNotFound(dag_id, key, node))
                 else:
@@ -238,6 +255,7 @@ class FetchMixin:
             self._pending_by_node[name].add(request)
             if not self.transport.send(name, Ping(self.name, request)):
                 self._pending.pop(request, None)
+                self._pending_by_node[name].discard(request)
                 fut.set_exception(HandoffError(f"node {name!r} is not in the cluster"))
 
         fut: Future = Future()

@@ -51,6 +51,8 @@ class OrchestrationMixin:
     # ---- submitting -----------------------------------------------------------------
     def submit_run(self, ctx: RunContext, options: dict) -> None:
         """On the loop thread: start ``ctx``; its future resolves when the run ends."""
+        if not self._running:
+            raise HandoffError(f"node {self.name!r} is shutting down")
         now = time.monotonic()
         timeout = options.get("timeout")
         spec = RunSpec(
@@ -114,7 +116,11 @@ class OrchestrationMixin:
                 info = ErrorInfo(exc_type, message, tb, blob)
             elif ctx.progress is not None:
                 ctx.done_count += 1
-                ctx.progress(ctx.done_count, ctx.total)
+                try:
+                    ctx.progress(ctx.done_count, ctx.total)
+                except Exception:  # the user's callback must not stop the run or the node
+                    log.exception("progress callback of DAG %r raised; progress reports stop", ctx.dag_id)
+                    ctx.progress = None
             events.append(TaskFinished(run_id, index, attempt, node, ok, info, started, finished))
         if events:
             self._apply(self.orchestrator.handle(*events))
@@ -167,11 +173,16 @@ class OrchestrationMixin:
         timer = self._timeouts.pop(ins.run_id, None)
         if timer is not None:
             self.cancel_timer(timer)
-        if ctx is None or ctx.future.done():
-            return
+        try:
+            if ctx is not None and not ctx.future.done():
+                self._resolve(ctx, ins)
+        finally:
+            self.orchestrator.forget(ins.run_id)
+
+    def _resolve(self, ctx: RunContext, ins: RunFinished) -> None:
         if ins.error is not None:
             error = ins.error
-            info = getattr(ins, "error_info", None)
+            info = ins.error_info
             if isinstance(error, FunctionError) and info is not None:
                 error = chain_error(error, info.exc_blob)
             ctx.future.set_exception(error)
@@ -182,9 +193,8 @@ class OrchestrationMixin:
         allocations = {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]}
         for fid, node in allocations.items():
             self.store.register_location(ctx.dag_id, fid, node)
-        stats = {ids[i]: s for i, s in state.stats.items()} if isinstance(state.stats, dict) else state.stats
+        stats = {ids[i]: s for i, s in state.stats.items()}
         result = ExecutionResult(ctx.dag_id, Results(self, ctx.dag_id, allocations), allocations, stats)
-        self.orchestrator.forget(ins.run_id)
         ctx.future.set_result(result)
 
     def _fail_all_runs(self, error: HandoffError) -> None:

@@ -9,7 +9,6 @@ background thread; ``python -m handoff.node`` runs it in the foreground.
 from __future__ import annotations
 
 import heapq
-import os
 import itertools
 import logging
 import threading
@@ -70,9 +69,11 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self._value_box: dict[str, list] = defaultdict(list)  # peer -> replies to send
         self._outgoing: dict[tuple, list] = {}  # (peer, request) -> [parts, next, sizes]
         self._incoming: dict[int, list] = {}
-        self._cancelled: dict[tuple, None] = {}  # recent (run_id, indices or None) cancellations  # request -> [buffers, parts received, peer]
+        self._cancelled: dict[tuple, None] = {}
+        self._progress: dict[int, float] = {}  # fetch request -> when it last made progress  # recent (run_id, indices or None) cancellations  # request -> [buffers, parts received, peer]
         self.counters = defaultdict(int)
         self.use_shm = config.shared_memory and shm.available()
+        self.shm_owner = shm.owner_prefix() if self.use_shm else None
         self.host_id = shm.host_id() if self.use_shm else ""
         self._init_peers()
         self._init_orchestration()
@@ -99,12 +100,13 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             if self.use_shm:
                 shm.sweep_orphans()
             self.pool = WorkerPool(self.transport, self.config.workers, self.name,
-                                   self.config.resources, self._job_finished, self.use_shm)
+                                   self.config.resources, self._job_finished, self.shm_owner)
         self.pool.start()
         self._start_peers()
         self._running = True
         self.every(CHECK_WORKERS, self.pool.check)
         self.every(TICK, self.orchestrator_tick)
+        self.every(5.0, self._expire_fetches)
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"handoff-node-{self.name}", daemon=True)
             self._thread.start()
@@ -114,16 +116,17 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self._loop()
 
     def stop(self, timeout: float = 5.0) -> None:
-        if not self._running:
+        on_loop = self._thread is None or threading.current_thread() is self._thread
+        if on_loop:
+            self._shutdown()
             return
-        if self._thread is not None and threading.current_thread() is not self._thread:
+        if self._running:
             try:
                 self.call(self._shutdown).result(timeout)
             except Exception:
                 pass
-            self._thread.join(timeout)
-        else:
-            self._shutdown()
+        if self._thread.is_alive():  # also after the loop died on its own: let it clean up
+            self._thread.join(timeout + 5)
 
     def _shutdown(self) -> None:
         if not self._running:
@@ -135,14 +138,20 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             self.pool.stop()
 
     def _close(self) -> None:
-        if self.use_shm:
-            shm.remove_owned(os.getpid())
+        if self.shm_owner:
+            shm.remove_owned(self.shm_owner)
         self.transport.close()
         if self.transport.curve is not None:
             self.transport.curve.stop()
-        for sock in (self._wake_rx, self._wake_tx):
-            if sock is not None:
-                sock.close(0)
+        with self._wake_lock:
+            for sock in (self._wake_rx, self._wake_tx):
+                if sock is not None:
+                    sock.close(0)
+            self._wake_tx = None
+            stranded, self._commands = self._commands, deque()
+        for fut, _, _ in stranded:  # calls that came in after the last iteration
+            if fut is not None and fut.set_running_or_notify_cancel():
+                fut.set_exception(HandoffError(f"node {self.name!r} stopped"))
         self.ctx.term()
         self._stopped.set()
 
@@ -150,20 +159,20 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
     def call(self, fn: Callable, *args: Any) -> Future:
         """Run ``fn(*args)`` on the loop thread; the Future gets its return value."""
         fut: Future = Future()
-        if not self._running:
-            fut.set_exception(HandoffError(f"node {self.name!r} is not running"))
-            return fut
-        self._commands.append((fut, fn, args))
         with self._wake_lock:
+            if not self._running or self._wake_tx is None:
+                fut.set_exception(HandoffError(f"node {self.name!r} is not running"))
+                return fut
+            self._commands.append((fut, fn, args))
             self._wake_tx.send(b"", zmq.NOBLOCK)
         return fut
 
     def _post(self, fn: Callable, *args: Any) -> None:
         """Fire-and-forget call on the loop thread (from executor threads)."""
-        if not self._running:
-            return
-        self._commands.append((None, fn, args))
         with self._wake_lock:
+            if not self._running or self._wake_tx is None:
+                return
+            self._commands.append((None, fn, args))
             self._wake_tx.send(b"", zmq.NOBLOCK)
 
     # ---- timers -----------------------------------------------------------------------
@@ -200,7 +209,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                     busy = True
                     if sock is workers:
                         for identity, msg, _ in self.transport.receive(workers):
-                            self.pool.handle(identity, msg)
+                            self._safely(self.pool.handle, identity, msg)
                     elif sock is router:
                         for identity, msg, _ in self.transport.receive(router):
                             self._safely(self._on_peer_message, identity, msg)
@@ -213,7 +222,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                 self._run_commands()
                 self._run_timers()
                 if busy or self._local_events or self.pool.queue or self._fetch_box or self._value_box:
-                    self._flush()
+                    self._safely(self._flush)
         finally:
             if self._running:
                 self._shutdown()
@@ -385,6 +394,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         elif isinstance(msg, Ping):
             self.transport.send(msg.sender, Pong(self.name, msg.request, self.node_stats()))
         elif isinstance(msg, Pong):
+            self._pending_by_node[msg.sender].discard(msg.request)
             cb = self._pending.pop(msg.request, None)
             if cb is not None:
                 cb(msg.stats, None)

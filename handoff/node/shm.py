@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "SHM_DIR", "SHM_MIN", "host_id", "write_buffer", "is_descriptor", "descriptor_size",
-    "open_descriptor", "unlink_descriptor", "sweep_orphans",
+    "open_descriptor", "unlink_descriptor", "sweep_orphans", "owner_prefix", "remove_owned",
 ]
 
 SHM_DIR = "/dev/shm"
@@ -29,7 +29,7 @@ SHM_MIN = 1024 * 1024
 _MAGIC = b"handoff-shm\x00"
 _HEAD = struct.Struct("!12sQ")  # magic, size; the path follows
 _counter = itertools.count()
-_prefix = f"handoff-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_writer = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"  # tells this process's files apart
 
 
 def available() -> bool:
@@ -46,9 +46,16 @@ def host_id() -> str:
     return f"{os.uname().nodename}/{boot}" if available() else ""
 
 
-def write_buffer(raw: memoryview, owner_pid: int) -> bytes | None:
-    """Copy ``raw`` into a new shared-memory file; its descriptor, or None if there is no room."""
-    path = os.path.join(SHM_DIR, f"handoff-{owner_pid}-{_prefix}-{next(_counter)}")
+def owner_prefix() -> str:
+    """A file-name prefix for one node instance: ``handoff-<pid>-<token>`` (the pid lets a
+    later node sweep the files of a dead one)."""
+    return f"handoff-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def write_buffer(raw: memoryview, owner: str) -> bytes | None:
+    """Copy ``raw`` into a new shared-memory file named for its ``owner`` (a node's prefix);
+    its descriptor, or None if there is no room."""
+    path = os.path.join(SHM_DIR, f"{owner}-{_writer}-{next(_counter)}")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:
@@ -113,14 +120,14 @@ def unlink_descriptor(frame: Any) -> None:
         pass
 
 
-def remove_owned(owner_pid: int) -> int:
-    """Remove every file a node owns (at its shutdown)."""
+def remove_owned(owner: str) -> int:
+    """Remove every file a node instance owns (at its shutdown)."""
     removed = 0
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
         return 0
-    prefix = f"handoff-{owner_pid}-"
+    prefix = f"{owner}-"
     for name in names:
         if name.startswith(prefix):
             try:

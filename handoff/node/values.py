@@ -31,10 +31,10 @@ def is_local(frames: Sequence[Any]) -> bool:
     return bool(frames) and isinstance(frames[0], LocalValue)
 
 
-def dumps_value(obj: Any, shm_owner: int | None = None) -> list:
+def dumps_value(obj: Any, shm_owner: str | None = None) -> list:
     """``[pickle bytes, buffer, ...]``; buffers of numpy arrays and the like are not copied.
 
-    With ``shm_owner`` (the pid of the node that will own the value), buffers of at least
+    With ``shm_owner`` (the file prefix of the node that will own the value), buffers of at least
     ``shm.SHM_MIN`` bytes are written once to shared memory and travel as descriptors.
     """
     buffers: list = []

@@ -6,7 +6,9 @@ node over one DEALER socket; exits when told to, or when its node is gone.
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 import sys
 import time
 import traceback
@@ -58,7 +60,7 @@ def _buffer(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 
-def run_job(evaluator: Evaluator, tree: list, blobs: list, shm_owner: int | None = None) -> tuple:
+def run_job(evaluator: Evaluator, tree: list, blobs: list, shm_owner: str | None = None) -> tuple:
     """(ok, error, frames, returned): the pickled result, or the error and the pickled
     exception, and when the user's code returned (pickling is part of moving the value)."""
     try:
@@ -92,7 +94,30 @@ def _pickled_exception(exc: BaseException) -> list | None:
         return None
 
 
-def serve(address: str, worker_id: int, use_shm: bool = False) -> None:
+class CurrentJob:
+    """Which job this worker is running, in a file its node reads if the worker dies: the
+    node then blames that job alone and re-queues the others (finished but unreported, or
+    not started) without charging them an attempt."""
+
+    def __init__(self, path: str | None):
+        self._map = None
+        if path:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                self._map = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+
+    def set(self, job_id: int) -> None:
+        if self._map is not None:
+            self._map[:8] = _JOB.pack(job_id)
+
+
+_JOB = struct.Struct("q")
+
+
+def serve(address: str, worker_id: int, current_path: str | None = None,
+          shm_owner: str | None = None) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
@@ -100,6 +125,7 @@ def serve(address: str, worker_id: int, use_shm: bool = False) -> None:
     sock.send_multipart(encode(WorkerReady(worker_id, os.getpid())))
     parent = os.getppid()
     evaluator = Evaluator()
+    current = CurrentJob(current_path)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     try:
@@ -116,20 +142,22 @@ def serve(address: str, worker_id: int, use_shm: bool = False) -> None:
             if isinstance(msg, WorkerStop):
                 return
             if isinstance(msg, WorkerRun):
-                run_batch(sock, worker_id, evaluator, msg, parent if use_shm else None)
+                run_batch(sock, worker_id, evaluator, msg, shm_owner, current)
     finally:
         sock.close(0)
         ctx.term()
 
 
 def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: WorkerRun,
-              shm_owner: int | None) -> None:
+              shm_owner: str | None, current: CurrentJob) -> None:
     rows: list = []
     blobs: list = []
     last_flush = time.perf_counter()
     for job_id, tree, first, count in msg.jobs:
         started = time.time()
+        current.set(job_id)
         ok, error, frames, finished = run_job(evaluator, tree, msg.blobs[first:first + count], shm_owner)
+        current.set(0)
         blob = -1
         if frames is not None:
             blob = len(blobs)
@@ -145,9 +173,9 @@ def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: Worke
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3):
-        sys.exit("usage: python -m handoff.node.worker ADDRESS WORKER_ID [shm]")
-    serve(args[0], int(args[1]), use_shm=args[2:] == ["shm"])
+    if len(args) not in (2, 3, 4):
+        sys.exit("usage: python -m handoff.node.worker ADDRESS WORKER_ID [CURRENT_JOB_FILE [SHM_OWNER]]")
+    serve(args[0], int(args[1]), args[2] if len(args) > 2 else None, args[3] if len(args) > 3 else None)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import tempfile
+import uuid
 import subprocess
 import sys
 import time
@@ -61,6 +64,20 @@ class Worker:
     inflight: deque = field(default_factory=deque)  # jobs in the order the worker runs them
     exclusive: bool = False  # running a job with a timeout: nothing else is sent to it
     started: float = 0.0
+    current_path: str = ""  # the worker writes the id of the job it is running here
+
+    def running_job_id(self) -> int:
+        try:
+            with open(self.current_path, "rb") as f:
+                return struct.unpack("q", f.read(8))[0]
+        except (OSError, struct.error):
+            return -1  # unknown: blame the oldest unreported job
+
+    def discard_current_file(self) -> None:
+        try:
+            os.unlink(self.current_path)
+        except OSError:
+            pass
 
 
 Reporter = Callable[[Job, bool, Any, Any, float, float], None]
@@ -70,7 +87,7 @@ class WorkerPool:
     """Queues admitted jobs and feeds them to worker processes over the ipc ROUTER."""
 
     def __init__(self, transport, size: int, name: str, caps: dict, report: Reporter,
-                 use_shm: bool = False):
+                 shm_owner: str | None = None):
         self.transport = transport
         self.size = size
         self.name = name
@@ -90,7 +107,9 @@ class WorkerPool:
         self.start_failures = 0  # workers in a row that died before saying ready
         self.broken: str | None = None
         self.env = _worker_env()
-        self.use_shm = use_shm
+        self.shm_owner = shm_owner
+        self.stopping = False
+        self._files = f"handoff-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # ---- processes ------------------------------------------------------------------
     def start(self) -> None:
@@ -98,15 +117,20 @@ class WorkerPool:
             self._spawn()
 
     def _spawn(self) -> None:
+        if self.stopping:
+            return
         slot = self._next_slot
         self._next_slot += 1
+        current = os.path.join(tempfile.gettempdir(), f"{self._files}-w{slot}.job")
+        with open(current, "wb") as f:
+            f.write(bytes(8))
         proc = subprocess.Popen(
             [sys.executable, "-m", "handoff.node.worker", self.transport.worker_address, str(slot),
-             *(["shm"] if self.use_shm else [])],
+             current, *([self.shm_owner] if self.shm_owner else [])],
             env=self.env,
             stdin=subprocess.DEVNULL,
         )
-        self.workers[slot] = Worker(slot, proc, started=time.monotonic())
+        self.workers[slot] = Worker(slot, proc, started=time.monotonic(), current_path=current)
 
     def ready_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.identity is not None)
@@ -119,6 +143,7 @@ class WorkerPool:
         self._admit_blocked()
 
     def stop(self, timeout: float = 2.0) -> None:
+        self.stopping = True  # nothing is respawned from here on
         for w in self.workers.values():
             if w.identity is not None:
                 try:
@@ -132,6 +157,7 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
+            w.discard_current_file()
         self.workers.clear()
         self._by_identity.clear()
 
@@ -307,26 +333,31 @@ class WorkerPool:
         self._lost_worker(w, error, culprit)
 
     def _lost_worker(self, w: Worker, error: list | None, culprit: Job | None = None) -> None:
+        """The worker is gone: charge the job it was running (``culprit``, or the one its
+        current-job file names) and re-queue the rest, which are not attempts."""
         self.workers.pop(w.slot, None)
         if w.identity is not None:
             self._by_identity.pop(w.identity, None)
         inflight = list(w.inflight)
         w.inflight.clear()
-        if inflight:
-            culprit = culprit or inflight[0]
-            requeue = []
-            for job in inflight:
-                if job is culprit:
-                    self.jobs.pop(job.job_id, None)
-                    self._release(job)
-                    if not job.cancelled and error is not None:
-                        self.report(job, False, error, None, job.sent_at, time.time())
-                elif not job.cancelled:
-                    requeue.append(job)  # it never started: not an attempt
-                else:
-                    self.jobs.pop(job.job_id, None)
-                    self._release(job)
-            self.queue.extendleft(reversed(requeue))
+        if culprit is None and inflight:
+            running = w.running_job_id()
+            if running < 0:
+                culprit = inflight[0]
+            else:
+                culprit = next((j for j in inflight if j.job_id == running), None)
+        w.discard_current_file()
+        requeue = []
+        for job in inflight:
+            job.worker = -1
+            if job.cancelled or (job is culprit and error is not None):
+                self.jobs.pop(job.job_id, None)
+                self._release(job)
+                if not job.cancelled:
+                    self.report(job, False, error, None, job.sent_at, time.time())
+            else:
+                requeue.append(job)
+        self.queue.extendleft(reversed(requeue))
         self.replaced += 1
         if self.start_failures >= MAX_START_FAILURES:
             if self.broken is None and not self.workers:
@@ -340,24 +371,21 @@ class WorkerPool:
         def hit(job: Job) -> bool:
             return job.run_id == run_id and (indices is None or job.index in indices)
 
-        for q in (self.queue, self.blocked):
-            for job in q:
-                if hit(job):
-                    job.cancelled = True
+        waiting = [j for q in (self.queue, self.blocked) for j in q if hit(j)]
+        for job in waiting:
+            job.cancelled = True
         self.queue = deque(j for j in self.queue if not j.cancelled)
-        for job in [j for j in self.blocked if j.cancelled]:
-            self.jobs.pop(job.job_id, None)
         self.blocked = deque(j for j in self.blocked if not j.cancelled)
+        for job in waiting:
+            self.jobs.pop(job.job_id, None)
+            self._release(job)
         for w in list(self.workers.values()):
             for job in w.inflight:
                 if hit(job):
-                    job.cancelled = True
-            if w.inflight and w.inflight[0].cancelled:
-                self._kill(w, w.inflight[0], None)  # stop the code that is running now
-        for job in list(self.jobs.values()):
-            if job.cancelled and job.worker < 0:
-                self.jobs.pop(job.job_id, None)
-                self._release(job)
+                    job.cancelled = True  # its result is dropped when it comes
+            running = w.running_job_id() if w.inflight else 0
+            if any(j.cancelled and (j.job_id == running or running < 0) for j in w.inflight):
+                self._kill(w, None, None)  # stop the code that is running now
 
     def stats(self) -> dict:
         return {
