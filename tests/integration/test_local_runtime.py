@@ -414,3 +414,41 @@ def test_results_mapping_is_read_only_and_knows_locations():
     with pytest.raises(handoff.ResultNotFound):
         r.results["zzz"]
     assert handoff.get_value(dag.id, "a") == 5
+
+
+def ok_value():
+    return "fine"
+
+
+def die_now():
+    os._exit(1)
+
+
+def test_a_dead_worker_is_blamed_on_the_function_it_was_running():
+    """Short functions go to a worker in batches; when one kills the worker, only it is
+    charged, the others of the batch run again, and no claim is left behind."""
+    for _ in range(3):  # learn that both are fast, so they share a batch
+        warm = DAG()
+        for i in range(4):
+            warm.add_function(Function(id=i, code=ok_value))
+        handoff.execute(warm)
+    dag = DAG()
+    dag.add_function(Function(id="fine", code=ok_value, cost={"cpu": 1}))
+    dag.add_function(Function(id="dies", code=die_now, cost={"cpu": 1}, max_retries=0))
+    with pytest.raises(handoff.FunctionError) as info:
+        handoff.execute(dag)
+    assert info.value.function_id == "dies" and info.value.exc_type == "WorkerDied"
+    assert _ledger_idle()
+    node = handoff.api.current_node()
+    assert node.call(lambda: node.pool.ledger.used(node.name)).result() == {}
+    whole = DAG().add_function(Function(id="all", code=ok_value, cost={"cpu": 2}))
+    assert handoff.execute(whole, timeout=30).results["all"] == "fine"
+
+
+def test_a_failing_progress_callback_does_not_stop_the_run():
+    dag = DAG()
+    for i in range(3):
+        dag.add_function(Function(id=i, code=ok_value))
+    r = handoff.execute(dag, progress=lambda done, total: 1 / 0)
+    assert dict(r.results) == {0: "fine", 1: "fine", 2: "fine"}
+    assert handoff.execute(DAG().add_function(Function(id="x", code=ok_value))).results["x"] == "fine"
