@@ -87,19 +87,18 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
-        self.transport.bind_workers()
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
         self._wake_rx.bind(wake)
         self._wake_tx = self.ctx.socket(zmq.PUSH)
         self._wake_tx.connect(wake)
         if self.config.executor == "thread":
-            self.pool = ThreadPool(self.transport, self.config.workers, self.name,
+            self.pool = ThreadPool(self.config.workers, self.name,
                                    self.config.resources, self._job_finished, self._post)
         else:
             if self.use_shm:
                 shm.sweep_orphans()
-            self.pool = WorkerPool(self.transport, self.config.workers, self.name,
+            self.pool = WorkerPool(self.config.workers, self.name,
                                    self.config.resources, self._job_finished, self.shm_owner)
         self.pool.start()
         self._start_peers()
@@ -195,30 +194,39 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
     # ---- the loop ---------------------------------------------------------------------
     def _loop(self) -> None:
         poller = zmq.Poller()
-        router, workers, wake = self.transport.router, self.transport.workers, self._wake_rx
+        router, wake = self.transport.router, self._wake_rx
         poller.register(router, zmq.POLLIN)
-        poller.register(workers, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
+        workers: dict[int, Any] = {}
+        generation = -1
         try:
             while self._running:
+                if generation != self.pool.generation:  # workers came or went
+                    for fd in workers:
+                        poller.unregister(fd)
+                    workers = self.pool.channels()
+                    for fd in workers:
+                        poller.register(fd, zmq.POLLIN)
+                    generation = self.pool.generation
+                for fd, w in workers.items():
+                    poller.modify(fd, zmq.POLLIN | (zmq.POLLOUT if w.channel.wants_write else 0))
                 timeout = 100.0
                 if self._timers:
                     timeout = max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
                 busy = False
                 for sock, _ in poller.poll(timeout):
                     busy = True
-                    if sock is workers:
-                        for identity, msg, _ in self.transport.receive(workers):
-                            self._safely(self.pool.handle, identity, msg)
-                    elif sock is router:
+                    if sock is router:
                         for identity, msg, _ in self.transport.receive(router):
                             self._safely(self._on_peer_message, identity, msg)
-                    else:
+                    elif sock is wake:
                         while True:
                             try:
                                 wake.recv(zmq.NOBLOCK)
                             except zmq.Again:
                                 break
+                    elif sock in workers:
+                        self._safely(self.pool.read, workers[sock])
                 self._run_commands()
                 self._run_timers()
                 if busy or self._local_events or self.pool.queue or self._fetch_box or self._value_box:

@@ -21,8 +21,8 @@ __all__ = ["ThreadPool"]
 
 
 class ThreadPool(WorkerPool):
-    def __init__(self, transport, size: int, name: str, caps: dict, report, post: Callable):
-        super().__init__(transport, size, name, caps, report)
+    def __init__(self, size: int, name: str, caps: dict, report, post: Callable):
+        super().__init__(size, name, caps, report)
         self.post = post  # runs a callable on the loop thread
         self.running: dict[int, Job] = {}
         self._busy = 0  # threads executing user code, timed-out ones included
@@ -37,6 +37,9 @@ class ThreadPool(WorkerPool):
 
     def pids(self) -> list[int]:
         return []
+
+    def channels(self) -> dict:
+        return {}
 
     def stop(self, timeout: float = 2.0) -> None:
         if self._executor is not None:

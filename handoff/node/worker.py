@@ -1,7 +1,8 @@
 """A worker process: runs the user code that its node sends, and nothing else.
 
-Started by the node as ``python -m handoff.node.worker ADDRESS WORKER_ID``; talks to the
-node over one DEALER socket; exits when told to, or when its node is gone.
+Started by the node as ``python -m handoff.node.worker FD WORKER_ID ...``; talks to the node
+over one end of a Unix socket pair (handoff.node.pipes); exits when told to, or when its
+node is gone (its end of the pair closes).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import time
 import traceback
 from typing import Any
 
-import zmq
-
 from handoff.errors import ProtocolError
+from handoff.node.pipes import WorkerEnd
 from handoff.node.values import dumps_value, loads_payload, loads_value
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
@@ -116,39 +116,31 @@ class CurrentJob:
 _JOB = struct.Struct("q")
 
 
-def serve(address: str, worker_id: int, current_path: str | None = None,
+def serve(fd: int, worker_id: int, current_path: str | None = None,
           shm_owner: str | None = None) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.connect(address)
-    sock.send_multipart(encode(WorkerReady(worker_id, os.getpid())))
-    parent = os.getppid()
+    channel = WorkerEnd(fd)
+    channel.send(encode(WorkerReady(worker_id, os.getpid())))
     evaluator = Evaluator()
     current = CurrentJob(current_path)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
     try:
         while True:
-            if not poller.poll(ORPHAN_CHECK_MS):
-                if os.getppid() != parent:
-                    return
-                continue
+            frames = channel.recv()
+            if frames is None:  # the node closed its end, or is gone
+                return
             try:
-                msg = decode(sock.recv_multipart(copy=False))
+                msg = decode(frames)
             except ProtocolError as exc:
                 print(f"handoff worker {worker_id}: dropped {exc}", file=sys.stderr)
                 continue
             if isinstance(msg, WorkerStop):
                 return
             if isinstance(msg, WorkerRun):
-                run_batch(sock, worker_id, evaluator, msg, shm_owner, current)
+                run_batch(channel, worker_id, evaluator, msg, shm_owner, current)
     finally:
-        sock.close(0)
-        ctx.term()
+        channel.close()
 
 
-def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: WorkerRun,
+def run_batch(channel: WorkerEnd, worker_id: int, evaluator: Evaluator, msg: WorkerRun,
               shm_owner: str | None, current: CurrentJob) -> None:
     rows: list = []
     blobs: list = []
@@ -165,17 +157,17 @@ def run_batch(sock: zmq.Socket, worker_id: int, evaluator: Evaluator, msg: Worke
         rows.append([job_id, ok, started, finished, error, blob])
         now = time.perf_counter()
         if now - last_flush > FLUSH_AFTER:
-            sock.send_multipart(encode(WorkerDone(worker_id, rows, blobs)), copy=False)
+            channel.send(encode(WorkerDone(worker_id, rows, blobs)))
             rows, blobs, last_flush = [], [], now
     if rows:
-        sock.send_multipart(encode(WorkerDone(worker_id, rows, blobs)), copy=False)
+        channel.send(encode(WorkerDone(worker_id, rows, blobs)))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3, 4):
-        sys.exit("usage: python -m handoff.node.worker ADDRESS WORKER_ID [CURRENT_JOB_FILE [SHM_OWNER]]")
-    serve(args[0], int(args[1]), args[2] if len(args) > 2 else None, args[3] if len(args) > 3 else None)
+        sys.exit("usage: python -m handoff.node.worker FD WORKER_ID [CURRENT_JOB_FILE [SHM_OWNER]]")
+    serve(int(args[0]), int(args[1]), args[2] if len(args) > 2 else None, args[3] if len(args) > 3 else None)
 
 
 if __name__ == "__main__":

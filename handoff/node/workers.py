@@ -20,6 +20,9 @@ from typing import Any, Callable, Hashable
 
 from handoff import _core
 from handoff.node.values import release_frames
+from handoff.errors import ProtocolError
+from handoff.node.pipes import NodeEnd, socket_pair
+from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 
 log = logging.getLogger("handoff.workers")
@@ -60,7 +63,8 @@ class Job:
 class Worker:
     slot: int
     proc: subprocess.Popen
-    identity: bytes | None = None
+    channel: NodeEnd | None = None
+    ready: bool = False  # said WorkerReady
     inflight: deque = field(default_factory=deque)  # jobs in the order the worker runs them
     exclusive: bool = False  # running a job with a timeout: nothing else is sent to it
     started: float = 0.0
@@ -86,16 +90,15 @@ Reporter = Callable[[Job, bool, Any, Any, float, float], None]
 class WorkerPool:
     """Queues admitted jobs and feeds them to worker processes over the ipc ROUTER."""
 
-    def __init__(self, transport, size: int, name: str, caps: dict, report: Reporter,
+    def __init__(self, size: int, name: str, caps: dict, report: Reporter,
                  shm_owner: str | None = None):
-        self.transport = transport
         self.size = size
         self.name = name
         self.report = report  # (job, ok, error, frames, started, finished)
         self.ledger = _core.ResourceLedger()
         self.ledger.register(name, caps)
         self.workers: dict[int, Worker] = {}
-        self._by_identity: dict[bytes, Worker] = {}
+        self.generation = 0  # bumped whenever the set of worker channels changes
         self.queue: deque[Job] = deque()  # admitted, waiting for a worker
         self.blocked: deque[Job] = deque()  # waiting for local resources
         self.jobs: dict[int, Job] = {}
@@ -124,16 +127,23 @@ class WorkerPool:
         current = os.path.join(tempfile.gettempdir(), f"{self._files}-w{slot}.job")
         with open(current, "wb") as f:
             f.write(bytes(8))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "handoff.node.worker", self.transport.worker_address, str(slot),
-             current, *([self.shm_owner] if self.shm_owner else [])],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
-        self.workers[slot] = Worker(slot, proc, started=time.monotonic(), current_path=current)
+        node_end, worker_end = socket_pair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "handoff.node.worker", str(worker_end.fileno()), str(slot),
+                 current, *([self.shm_owner] if self.shm_owner else [])],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=[worker_end.fileno()],
+            )
+        finally:
+            worker_end.close()  # the child has it; the node must not, or it never sees EOF
+        self.workers[slot] = Worker(slot, proc, channel=NodeEnd(node_end), started=time.monotonic(),
+                                    current_path=current)
+        self.generation += 1
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.identity is not None)
+        return sum(1 for w in self.workers.values() if w.ready)
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers.values()]
@@ -145,9 +155,9 @@ class WorkerPool:
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping = True  # nothing is respawned from here on
         for w in self.workers.values():
-            if w.identity is not None:
+            if w.ready:
                 try:
-                    self.transport.send_worker(w.identity, WorkerStop())
+                    w.channel.send(encode(WorkerStop()))
                 except Exception:
                     pass
         deadline = time.monotonic() + timeout
@@ -158,8 +168,9 @@ class WorkerPool:
                 w.proc.kill()
                 w.proc.wait()
             w.discard_current_file()
+            w.channel.close()
         self.workers.clear()
-        self._by_identity.clear()
+        self.generation += 1
 
     # ---- admission ------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -241,7 +252,7 @@ class WorkerPool:
     def _pick_worker(self, cap: int) -> Worker | None:
         best = None
         for w in self.workers.values():
-            if w.identity is None or w.exclusive or len(w.inflight) >= cap:
+            if not w.ready or w.exclusive or len(w.inflight) >= cap:
                 continue
             if best is None or len(w.inflight) < len(best.inflight):
                 best = w
@@ -256,25 +267,38 @@ class WorkerPool:
             worker.inflight.append(job)
             rows.append([job.job_id, job.tree, len(blobs), len(job.blobs)])
             blobs.extend(job.blobs)
-        self.transport.send_worker(worker.identity, WorkerRun(rows, blobs))
+        worker.channel.send(encode(WorkerRun(rows, blobs)))
 
     # ---- worker messages ------------------------------------------------------------
-    def handle(self, identity: bytes, msg) -> None:
+    def channels(self) -> dict[int, Worker]:
+        """fd -> worker, for the loop to poll."""
+        return {w.channel.fd: w for w in self.workers.values() if not w.channel.closed}
+
+    def read(self, worker: Worker) -> None:
+        """The loop saw the worker's channel readable (or writable)."""
+        worker.channel.flush()
+        for frames in worker.channel.read():
+            try:
+                msg = decode(frames)
+            except ProtocolError as exc:
+                log.warning("dropped a message from worker %s: %s", worker.slot, exc)
+                continue
+            self.handle(worker, msg)
+
+    def handle(self, worker: Worker, msg) -> None:
         if isinstance(msg, WorkerDone):
-            self._done(identity, msg)
+            self._done(worker, msg)
         elif isinstance(msg, WorkerReady):
             w = self.workers.get(msg.worker)
-            if w is None or w.proc.pid != msg.pid:
+            if w is not worker or w.proc.pid != msg.pid:
                 log.warning("ignored a worker that this node did not start (pid %s)", msg.pid)
                 return
-            w.identity = identity
-            self._by_identity[identity] = w
+            w.ready = True
             self.start_failures = 0
             self.pump()
 
-    def _done(self, identity: bytes, msg: WorkerDone) -> None:
-        worker = self._by_identity.get(identity)
-        if worker is None:
+    def _done(self, worker: Worker, msg: WorkerDone) -> None:
+        if self.workers.get(worker.slot) is not worker:
             return
         for job_id, ok, started, finished, error, blob in msg.results:
             job = self.jobs.pop(job_id, None)
@@ -317,10 +341,10 @@ class WorkerPool:
                     continue
             code = w.proc.poll()
             if code is not None:
-                if w.identity is None:
+                if not w.ready:
                     self.start_failures += 1
                 self._lost_worker(w, ["WorkerDied", f"worker process exited with code {code} while running it", ""])
-            elif w.identity is None and now - w.started > 60:
+            elif not w.ready and now - w.started > 60:
                 log.error("worker %s did not start within 60 s; replacing it", w.slot)
                 self._kill(w, None, None)
 
@@ -336,8 +360,8 @@ class WorkerPool:
         """The worker is gone: charge the job it was running (``culprit``, or the one its
         current-job file names) and re-queue the rest, which are not attempts."""
         self.workers.pop(w.slot, None)
-        if w.identity is not None:
-            self._by_identity.pop(w.identity, None)
+        w.channel.close()
+        self.generation += 1
         inflight = list(w.inflight)
         w.inflight.clear()
         if culprit is None and inflight:

@@ -1,8 +1,8 @@
 """The only code that knows ZeroMQ socket types, identity frames and multipart layout.
 
-A node binds one ROUTER for peers and drivers, connects one DEALER to each peer it sends
-to, and binds an ipc ROUTER for its own worker processes. Every received message comes in
-on a ROUTER; every sent one leaves on a DEALER (to a peer) or on the worker ROUTER.
+A node binds one ROUTER for peers and drivers and connects one DEALER to each peer it sends
+to: every received message comes in on the ROUTER, every sent one leaves on a DEALER. (A
+node's own worker processes use Unix socket pairs: handoff.node.pipes.)
 
 Bad input never reaches the node: a message that does not decode is logged (rate-limited)
 and dropped, and so is anything but a hello (or a refusal) on a peer connection that has not
@@ -13,10 +13,7 @@ messages is ignored for good.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
-import uuid
 from typing import Any, Iterator
 
 import zmq
@@ -77,9 +74,7 @@ class Transport:
         self.max_message = max_message
         self.block_after = block_after
         self.router: zmq.Socket | None = None
-        self.workers: zmq.Socket | None = None
         self.address = ""
-        self.worker_address = ""
         self._dealers: dict[str, zmq.Socket] = {}
         self.dropped = 0  # messages dropped: undecodable, before hello, or from a blocked peer
         self.blocked_peers = 0  # peer identities ignored for good
@@ -110,18 +105,6 @@ class Transport:
         self.router = sock
         self.address = listen
         return listen
-
-    def bind_workers(self) -> str:
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.linger = 0
-        sock.rcvhwm = HWM
-        sock.sndhwm = HWM
-        path = os.path.join(tempfile.gettempdir(), f"handoff-{os.getpid()}-{uuid.uuid4().hex[:8]}.ipc")
-        addr = f"ipc://{path}"
-        sock.bind(addr)
-        self.workers = sock
-        self.worker_address = addr
-        return addr
 
     def connect(self, peer: str, address: str) -> bool:
         """A DEALER to ``peer``. False if ZeroMQ rejects ``address`` (a peer's hello or
@@ -166,13 +149,9 @@ class Transport:
         sock.send_multipart(encode(msg), copy=False)
         return True
 
-    def send_worker(self, identity: bytes, msg: Message) -> None:
-        self.workers.send_multipart([identity, *encode(msg)], copy=False)
-
     def receive(self, sock: zmq.Socket) -> Iterator[tuple[bytes, Message, Any]]:
         """Drain up to DRAIN_BATCH messages: (identity, message, first frame). Bad ones are
         logged and dropped here, so a peer's garbage never reaches the node."""
-        peers = sock is self.router
         for _ in range(DRAIN_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -182,7 +161,7 @@ class Transport:
             if identity in self._blocked:
                 self.dropped += 1
                 continue
-            greeted = not peers or identity in self._greeted
+            greeted = identity in self._greeted
             try:
                 if len(frames) < 2:
                     raise ProtocolError("no header frame")
@@ -191,11 +170,7 @@ class Transport:
                     raise ProtocolError(f"{msg.op} before an accepted hello")
             except Exception as exc:  # ProtocolError, or anything the decoder did not foresee
                 reason = str(exc) if isinstance(exc, ProtocolError) else f"undecodable: {exc!r}"
-                if peers:
-                    self.reject(identity, reason)
-                else:  # a worker is this node's own process: never blocked
-                    self.dropped += 1
-                    self._drop_log.note(0, "dropped a message from a worker: %s", reason)
+                self.reject(identity, reason)
                 continue
             yield identity, msg, frames[1]
 
@@ -230,14 +205,9 @@ class Transport:
         for sock in self._dealers.values():
             sock.close(0)
         self._dealers.clear()
-        for sock in (self.router, self.workers):
+        for sock in (self.router,):
             if sock is not None:
                 sock.close(0)
-        if self.worker_address.startswith("ipc://"):
-            try:
-                os.unlink(self.worker_address[len("ipc://"):])
-            except OSError:
-                pass
 
 
 def _show(identity: bytes) -> str:

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from handoff.protocol import VERSION, encode
-from handoff.protocol.messages import Fetch, Gossip, Hello, Refuse, WorkerReady
+from handoff.protocol.messages import Fetch, Gossip, Hello, Refuse
 from handoff.transport import Transport
 from handoff.transport.sockets import BLOCK_AFTER, LOG_BURST, LOG_FIRST, DropLog
 
@@ -245,18 +245,6 @@ def test_the_node_can_report_messages_that_break_its_own_rules(ctx, transport):
     sock.send_multipart(encode(Gossip("p", [])))
     assert settle(transport) == []
     assert transport.dropped == BLOCK_AFTER + 1
-
-
-def test_worker_garbage_is_dropped_but_never_blocks_the_worker(ctx, transport):
-    transport.bind_workers()
-    worker = dealer(ctx, transport.worker_address)
-    for _ in range(2 * BLOCK_AFTER):
-        worker.send(b"\xc1")
-    worker.send_multipart(encode(WorkerReady(0, 123)))  # no hello on the worker socket
-    got = drain(transport, lambda got: got, sock=transport.workers)
-    assert [m for _, m in got] == [WorkerReady(0, 123)]
-    assert transport.dropped == 2 * BLOCK_AFTER
-    assert transport.blocked_peers == 0
 
 
 def test_drop_warnings_do_not_flood_the_log(ctx, caplog):
