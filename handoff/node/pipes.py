@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections import deque
 from typing import Iterator
 
@@ -20,7 +21,7 @@ __all__ = ["NodeEnd", "WorkerEnd", "MAX_FRAMES", "socket_pair"]
 _COUNT = struct.Struct("!I")
 _LEN = struct.Struct("!Q")
 MAX_FRAMES = 1 << 20
-_READ = 1 << 20  # bytes asked for per recv while a small frame is read
+_READ = 1 << 18  # bytes asked for per recv
 
 
 def _pack(frames: list) -> list:
@@ -33,40 +34,72 @@ def _pack(frames: list) -> list:
     return out
 
 
+class _Parser:
+    """Cuts complete messages out of the bytes read so far (frames are copied out)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def messages(self) -> list[list]:
+        buf = self.buf
+        out: list = []
+        pos = 0
+        while True:
+            end = len(buf)
+            if end - pos < _COUNT.size:
+                break
+            (count,) = _COUNT.unpack_from(buf, pos)
+            if count > MAX_FRAMES:
+                raise ValueError(f"a message of {count} frames")
+            q = pos + _COUNT.size
+            frames = []
+            for _ in range(count):
+                if end - q < _LEN.size:
+                    break
+                (n,) = _LEN.unpack_from(buf, q)
+                q += _LEN.size
+                if end - q < n:
+                    break
+                frames.append(bytes(buf[q:q + n]))
+                q += n
+            if len(frames) < count:
+                break
+            out.append(frames)
+            pos = q
+        if pos:
+            del buf[:pos]
+        return out
+
+
 class WorkerEnd:
     """The worker's end: blocking reads and writes."""
 
     def __init__(self, fd: int):
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(True)
+        self._parser = _Parser()
+        self._ready: deque = deque()
 
-    def _read_exactly(self, n: int) -> bytearray | None:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.sock.recv_into(view[got:])
-            if k == 0:
+    def recv(self, spin: float = 0.0) -> list | None:
+        """The next message; first polls for up to ``spin`` seconds without sleeping, since
+        a chain's next task often arrives within microseconds and waking costs more."""
+        deadline = time.perf_counter() + spin if spin else 0.0
+        while not self._ready:
+            if deadline:
+                try:
+                    data = self.sock.recv(_READ, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    if time.perf_counter() < deadline:
+                        continue
+                    deadline = 0.0
+                    continue
+            else:
+                data = self.sock.recv(_READ)
+            if not data:
                 return None  # the node is gone
-            got += k
-        return buf
-
-    def recv(self) -> list | None:
-        head = self._read_exactly(_COUNT.size)
-        if head is None:
-            return None
-        (count,) = _COUNT.unpack(head)
-        frames = []
-        for _ in range(count):
-            raw = self._read_exactly(_LEN.size)
-            if raw is None:
-                return None
-            (length,) = _LEN.unpack(raw)
-            frame = self._read_exactly(length) if length else bytearray()
-            if frame is None:
-                return None
-            frames.append(frame)
-        return frames
+            self._parser.buf += data
+            self._ready.extend(self._parser.messages())
+        return self._ready.popleft()
 
     def send(self, frames: list) -> None:
         pieces = _pack(frames)
@@ -95,13 +128,7 @@ class NodeEnd:
         self.fd = sock.fileno()
         self.closed = False
         self._out: deque = deque()
-        # reading state: 0 = frame count, 1 = a frame's length, 2 = a frame's bytes
-        self._stage = 0
-        self._buf = bytearray(_COUNT.size)
-        self._view = memoryview(self._buf)
-        self._got = 0
-        self._left = 0
-        self._frames: list = []
+        self._parser = _Parser()
 
     # ---- writing ----------------------------------------------------------------------
     @property
@@ -141,54 +168,27 @@ class NodeEnd:
 
     # ---- reading ----------------------------------------------------------------------
     def read(self) -> Iterator[list]:
+        parser = self._parser
         while True:
             try:
-                n = self.sock.recv_into(self._view[self._got:])
+                data = self.sock.recv(_READ)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.closed = True
                 return
-            if n == 0:
+            if not data:
                 self.closed = True
                 return
-            self._got += n
-            if self._got < len(self._view):
-                continue
-            message = self._advance()
-            if message is not None:
-                yield message
-
-    def _expect(self, size: int, stage: int) -> None:
-        self._stage = stage
-        self._buf = bytearray(size)
-        self._view = memoryview(self._buf)
-        self._got = 0
-
-    def _advance(self) -> list | None:
-        """The current piece is complete: move to the next; a finished message is returned."""
-        if self._stage == 0:
-            (self._left,) = _COUNT.unpack(self._buf)
-            if self._left > MAX_FRAMES:
+            parser.buf += data
+            try:
+                messages = parser.messages()
+            except ValueError:
                 self.closed = True
-                return None
-            self._frames = []
-        elif self._stage == 1:
-            (length,) = _LEN.unpack(self._buf)
-            if length:
-                self._expect(length, 2)
-                return None
-            self._frames.append(bytearray())
-            self._left -= 1
-        else:
-            self._frames.append(self._buf)
-            self._left -= 1
-        if self._left > 0:
-            self._expect(_LEN.size, 1)
-            return None
-        message, self._frames = self._frames, []
-        self._expect(_COUNT.size, 0)
-        return message
+                return
+            yield from messages
+            if len(data) < _READ:
+                return  # drained: skip the system call that would only say so
 
     def close(self) -> None:
         self.closed = True

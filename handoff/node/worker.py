@@ -22,6 +22,7 @@ from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 
 FLUSH_AFTER = 0.002  # send finished results at least this often while a batch runs
+SPIN = 0.0002  # after a batch, poll this long for the next one before sleeping
 ORPHAN_CHECK_MS = 1000
 
 
@@ -124,7 +125,7 @@ def serve(fd: int, worker_id: int, current_path: str | None = None,
     current = CurrentJob(current_path)
     try:
         while True:
-            frames = channel.recv()
+            frames = channel.recv(SPIN)
             if frames is None:  # the node closed its end, or is gone
                 return
             try:
