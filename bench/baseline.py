@@ -2,8 +2,10 @@
 
 ``run_with_pool(dag, pool)`` drives a ``handoff.DAG`` with a
 ``concurrent.futures.ProcessPoolExecutor`` the way one would by hand: in-degree counters,
-submit every ready function, wait for the first completion, hand its result to the argument
-lists of its dependents, submit the ones that became ready. Every result travels back through
+submit every ready function, take completions as they come (a done-callback feeds a queue,
+so each completion costs O(1) however many functions are pending; ``wait(FIRST_COMPLETED)``
+over thousands of futures would make the baseline quadratic), hand each result to the
+argument lists of its dependents, submit the ones that became ready. Every result travels back through
 the driver (that is what a plain pool does). Functions must be picklable by reference
 (module-level), since the pool pickles them with the standard pickle.
 
@@ -14,7 +16,8 @@ Only what the benchmarks use is supported: ``args`` (plain ids, variadic), ``ext
 from __future__ import annotations
 
 from collections.abc import Hashable
-from concurrent.futures import FIRST_COMPLETED, Executor, wait
+import queue
+from concurrent.futures import Executor
 from typing import Any
 
 from handoff.dag import DAG
@@ -41,29 +44,31 @@ def run_with_pool(dag: DAG, pool: Executor) -> dict[Hashable, Any]:
             dependents[dep].append((fid, slot))
 
     results: dict[Hashable, Any] = {}
-    running: dict = {}  # future -> function id
+    finished: queue.SimpleQueue = queue.SimpleQueue()  # (function id, future)
 
     def submit(fid: Hashable) -> None:
         fn = fns[fid]
         fut = pool.submit(
             _call, fn.code, fn.argument_inclusion, argvals.pop(fid), list(fn.extra_args)
         )
-        running[fut] = fid
+        fut.add_done_callback(lambda f, fid=fid: finished.put((fid, f)))
 
+    pending = 0
     for fid, n in missing.items():
         if n == 0:
             submit(fid)
-    while running:
-        done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for fut in done:
-            fid = running.pop(fut)
-            value = fut.result()  # re-raises a failure: no retries in the baseline
-            results[fid] = value
-            for consumer, slot in dependents[fid]:
-                argvals[consumer][slot] = value
-                missing[consumer] -= 1
-                if missing[consumer] == 0:
-                    submit(consumer)
+            pending += 1
+    while pending:
+        fid, fut = finished.get()
+        pending -= 1
+        value = fut.result()  # re-raises a failure: no retries in the baseline
+        results[fid] = value
+        for consumer, slot in dependents[fid]:
+            argvals[consumer][slot] = value
+            missing[consumer] -= 1
+            if missing[consumer] == 0:
+                submit(consumer)
+                pending += 1
     if len(results) != len(fns):
         raise RuntimeError(f"baseline finished {len(results)} of {len(fns)} functions")
     return results
