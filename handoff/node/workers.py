@@ -88,7 +88,7 @@ Reporter = Callable[[Job, bool, Any, Any, float, float], None]
 
 
 class WorkerPool:
-    """Queues admitted jobs and feeds them to worker processes over the ipc ROUTER."""
+    """Queues admitted jobs and feeds them to worker processes over their socket pairs."""
 
     def __init__(self, size: int, name: str, caps: dict, report: Reporter,
                  shm_owner: str | None = None):
