@@ -10,18 +10,22 @@ write yet; the worker side blocks, as a worker has nothing else to do.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import struct
 import time
 from collections import deque
-from typing import Iterator
+from typing import Any
 
 __all__ = ["NodeEnd", "WorkerEnd", "MAX_FRAMES", "socket_pair"]
 
 _COUNT = struct.Struct("!I")
 _LEN = struct.Struct("!Q")
 MAX_FRAMES = 1 << 20
+ORPHAN_CHECK = 1.0  # seconds a worker waits before it checks that its node still lives
 _READ = 1 << 18  # bytes asked for per recv
+_BIG = 1 << 20  # frames this large are filled in place instead of cut out of the buffer
 
 
 def _pack(frames: list) -> list:
@@ -35,40 +39,75 @@ def _pack(frames: list) -> list:
 
 
 class _Parser:
-    """Cuts complete messages out of the bytes read so far (frames are copied out)."""
+    """Cuts complete messages out of a byte stream, in time linear in its length: finished
+    frames are kept, never parsed again, and a large frame is filled in place."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self.count: int | None = None  # frames of the message being read
+        self.frames: list = []
+        self.big: bytearray | None = None  # a large frame being filled
+        self.filled = 0
 
-    def messages(self) -> list[list]:
-        buf = self.buf
+    def feed(self, data: bytes) -> list[list]:
         out: list = []
+        view = memoryview(data)
+        if self.big is not None:
+            take = min(len(self.big) - self.filled, len(view))
+            self.big[self.filled:self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self.filled < len(self.big):
+                return out
+            frame, self.big = self.big, None
+            self._add(frame, out)
+        self.buf += view
+        self._parse(out)
+        return out
+
+    def _add(self, frame: Any, out: list) -> None:
+        self.frames.append(frame)
+        if len(self.frames) == self.count:
+            out.append(self.frames)
+            self.frames, self.count = [], None
+
+    def _parse(self, out: list) -> None:
+        buf = self.buf
         pos = 0
-        while True:
-            end = len(buf)
-            if end - pos < _COUNT.size:
-                break
-            (count,) = _COUNT.unpack_from(buf, pos)
-            if count > MAX_FRAMES:
-                raise ValueError(f"a message of {count} frames")
-            q = pos + _COUNT.size
-            frames = []
-            for _ in range(count):
-                if end - q < _LEN.size:
+        with memoryview(buf) as mv:
+            while True:
+                if self.count is None:
+                    if len(buf) - pos < _COUNT.size:
+                        break
+                    (count,) = _COUNT.unpack_from(buf, pos)
+                    if count > MAX_FRAMES:
+                        raise ValueError(f"a message of {count} frames")
+                    pos += _COUNT.size
+                    if count == 0:
+                        out.append([])
+                        continue
+                    self.count, self.frames = count, []
+                if len(buf) - pos < _LEN.size:
                     break
-                (n,) = _LEN.unpack_from(buf, q)
-                q += _LEN.size
-                if end - q < n:
+                (n,) = _LEN.unpack_from(buf, pos)
+                if n >= _BIG:
+                    pos += _LEN.size
+                    frame = bytearray(n)
+                    avail = min(n, len(buf) - pos)
+                    frame[:avail] = mv[pos:pos + avail]
+                    pos += avail
+                    if avail < n:
+                        self.big, self.filled = frame, avail
+                        break
+                    self._add(frame, out)
+                    continue
+                if len(buf) - pos - _LEN.size < n:
                     break
-                frames.append(bytes(buf[q:q + n]))
-                q += n
-            if len(frames) < count:
-                break
-            out.append(frames)
-            pos = q
+                pos += _LEN.size
+                self._add(mv[pos:pos + n].tobytes(), out)
+                pos += n
         if pos:
             del buf[:pos]
-        return out
 
 
 class WorkerEnd:
@@ -76,29 +115,34 @@ class WorkerEnd:
 
     def __init__(self, fd: int):
         self.sock = socket.socket(fileno=fd)
-        self.sock.setblocking(True)
+        self.sock.setblocking(True)  # MSG_DONTWAIT below polls; select() bounds the sleep
         self._parser = _Parser()
         self._ready: deque = deque()
+        self._parent = os.getppid()
 
     def recv(self, spin: float = 0.0) -> list | None:
         """The next message; first polls for up to ``spin`` seconds without sleeping, since
-        a chain's next task often arrives within microseconds and waking costs more."""
+        a chain's next task often arrives within microseconds and waking costs more. None
+        when the node is gone (its end closed, or this process was orphaned)."""
         deadline = time.perf_counter() + spin if spin else 0.0
         while not self._ready:
             if deadline:
                 try:
                     data = self.sock.recv(_READ, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
-                    if time.perf_counter() < deadline:
-                        continue
-                    deadline = 0.0
+                    if time.perf_counter() >= deadline:
+                        deadline = 0.0
                     continue
             else:
+                ready, _, _ = select.select([self.sock], [], [], ORPHAN_CHECK)
+                if not ready:
+                    if os.getppid() != self._parent:
+                        return None  # orphaned: a fork of the node may still hold its end
+                    continue
                 data = self.sock.recv(_READ)
             if not data:
-                return None  # the node is gone
-            self._parser.buf += data
-            self._ready.extend(self._parser.messages())
+                return None
+            self._ready.extend(self._parser.feed(data))
         return self._ready.popleft()
 
     def send(self, frames: list) -> None:
@@ -167,28 +211,27 @@ class NodeEnd:
             out.popleft()
 
     # ---- reading ----------------------------------------------------------------------
-    def read(self) -> Iterator[list]:
-        parser = self._parser
+    def read(self) -> list[list]:
+        """Every complete message that has arrived; sets ``closed`` at end of file."""
+        out: list = []
         while True:
             try:
                 data = self.sock.recv(_READ)
             except (BlockingIOError, InterruptedError):
-                return
+                return out
             except OSError:
                 self.closed = True
-                return
+                return out
             if not data:
                 self.closed = True
-                return
-            parser.buf += data
+                return out
             try:
-                messages = parser.messages()
+                out.extend(self._parser.feed(data))
             except ValueError:
                 self.closed = True
-                return
-            yield from messages
+                return out
             if len(data) < _READ:
-                return  # drained: skip the system call that would only say so
+                return out  # drained: skip the system call that would only say so
 
     def close(self) -> None:
         self.closed = True

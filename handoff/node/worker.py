@@ -23,7 +23,6 @@ from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, Worker
 
 FLUSH_AFTER = 0.002  # send finished results at least this often while a batch runs
 SPIN = 0.0002  # after a batch, poll this long for the next one before sleeping
-ORPHAN_CHECK_MS = 1000
 
 
 class Evaluator:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import struct
 import tempfile
 import uuid
@@ -136,6 +137,12 @@ class WorkerPool:
                 stdin=subprocess.DEVNULL,
                 pass_fds=[worker_end.fileno()],
             )
+        except OSError as exc:  # out of processes or fds: try again at the next check
+            node_end.close()
+            os.unlink(current)
+            self.start_failures += 1
+            log.error("could not start a worker process: %s", exc)
+            return
         finally:
             worker_end.close()  # the child has it; the node must not, or it never sees EOF
         self.workers[slot] = Worker(slot, proc, channel=NodeEnd(node_end), started=time.monotonic(),
@@ -155,11 +162,13 @@ class WorkerPool:
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping = True  # nothing is respawned from here on
         for w in self.workers.values():
-            if w.ready:
-                try:
+            try:
+                if w.ready:
                     w.channel.send(encode(WorkerStop()))
-                except Exception:
-                    pass
+                    w.channel.flush()
+                w.channel.sock.shutdown(socket.SHUT_WR)  # end of file stops a worker too
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
         for w in self.workers.values():
             try:
@@ -252,7 +261,7 @@ class WorkerPool:
     def _pick_worker(self, cap: int) -> Worker | None:
         best = None
         for w in self.workers.values():
-            if not w.ready or w.exclusive or len(w.inflight) >= cap:
+            if not w.ready or w.exclusive or len(w.inflight) >= cap or w.channel.closed:
                 continue
             if best is None or len(w.inflight) < len(best.inflight):
                 best = w
@@ -276,14 +285,20 @@ class WorkerPool:
 
     def read(self, worker: Worker) -> None:
         """The loop saw the worker's channel readable (or writable)."""
+        if self.workers.get(worker.slot) is not worker:
+            return
         worker.channel.flush()
         for frames in worker.channel.read():
             try:
-                msg = decode(frames)
+                self.handle(worker, decode(frames))
             except ProtocolError as exc:
                 log.warning("dropped a message from worker %s: %s", worker.slot, exc)
-                continue
-            self.handle(worker, msg)
+            except Exception:  # one bad message must not cost the others
+                log.exception("internal error handling a message from worker %s", worker.slot)
+        if worker.channel.closed and self.workers.get(worker.slot) is worker:
+            # its end closed (it died, or closed the socket): replace it now, or the loop
+            # would wake for the end of file until the process is reaped
+            self._kill(worker, None, ["WorkerDied", "the worker process's channel closed while running it", ""])
 
     def handle(self, worker: Worker, msg) -> None:
         if isinstance(msg, WorkerDone):
@@ -343,10 +358,15 @@ class WorkerPool:
             if code is not None:
                 if not w.ready:
                     self.start_failures += 1
-                self._lost_worker(w, ["WorkerDied", f"worker process exited with code {code} while running it", ""])
+                self.read(w)  # results it sent before it died still count
+                if self.workers.get(w.slot) is w:
+                    self._lost_worker(w, ["WorkerDied", f"worker process exited with code {code} while running it", ""])
             elif not w.ready and now - w.started > 60:
                 log.error("worker %s did not start within 60 s; replacing it", w.slot)
                 self._kill(w, None, None)
+        if (len(self.workers) < self.size and not self.stopping and self.broken is None
+                and self.start_failures < MAX_START_FAILURES):
+            self._spawn()  # a start that failed earlier (no processes or fds left then)
 
     def _kill(self, w: Worker, culprit: Job | None, error: list | None) -> None:
         try:

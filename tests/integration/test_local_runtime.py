@@ -452,3 +452,20 @@ def test_a_failing_progress_callback_does_not_stop_the_run():
     r = handoff.execute(dag, progress=lambda done, total: 1 / 0)
     assert dict(r.results) == {0: "fine", 1: "fine", 2: "fine"}
     assert handoff.execute(DAG().add_function(Function(id="x", code=ok_value))).results["x"] == "fine"
+
+
+def close_my_channel_and_linger():
+    import sys
+
+    os.close(int(sys.argv[1]))  # the worker's end of its socket pair with the node
+    time.sleep(30)
+
+
+def test_a_worker_whose_channel_closes_is_replaced_at_once():
+    dag = DAG().add_function(Function(id="rude", code=close_my_channel_and_linger))
+    t0 = time.monotonic()
+    with pytest.raises(handoff.FunctionError) as info:
+        handoff.execute(dag, max_retries=0)
+    assert info.value.exc_type == "WorkerDied"
+    assert time.monotonic() - t0 < 10  # not the 30 s the function would linger
+    assert handoff.execute(DAG().add_function(Function(id="x", code=ok_value))).results["x"] == "fine"

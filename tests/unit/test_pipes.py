@@ -67,3 +67,29 @@ def test_end_of_file_is_seen_on_both_sides():
     assert worker2.recv() is None
     worker2.close()
     raw2.close()
+
+
+def test_several_large_frames_in_one_message_parse_in_linear_time():
+    import time
+
+    from handoff.node.pipes import _Parser, _pack
+
+    frames = [b"head", os.urandom(1 << 20) * 40, b"mid", b"z" * (40 << 20)]  # two 40 MB frames
+    stream = b"".join(bytes(p) for p in _pack(frames))
+    parser = _Parser()
+    t0 = time.perf_counter()
+    out = []
+    for i in range(0, len(stream), 256 * 1024):  # arriving in 256 KB reads
+        out.extend(parser.feed(stream[i:i + 256 * 1024]))
+    took = time.perf_counter() - t0
+    assert len(out) == 1 and [bytes(f) for f in out[0]] == frames
+    assert took < 2.0  # a quadratic parser takes tens of seconds here
+
+
+def test_worker_recv_returns_none_when_the_node_end_closes_while_it_waits():
+    node, worker, raw = _pair()
+    closer = threading.Timer(0.2, node.close)
+    closer.start()
+    assert worker.recv(spin=0.001) is None
+    worker.close()
+    raw.close()
