@@ -137,7 +137,9 @@ class OrchestrationMixin:
                 self._run_finished(ins)
             elif isinstance(ins, ReleaseRun):
                 for node in ins.nodes:
-                    if node != self.name:
+                    if node == self.name:
+                        self.forget_run(ins.run_id)
+                    else:
                         self.transport.send(node, RunEnded(self.name, ins.run_id))
         for (run_id, node), tasks in dispatch.items():
             self._dispatch(run_id, node, tasks)
@@ -148,7 +150,6 @@ class OrchestrationMixin:
             return
         state = self.orchestrator.run(run_id)
         location = state.location
-        ctx.nodes_used.add(node)
         if node == self.name:
             self.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
             return
@@ -206,7 +207,7 @@ class OrchestrationMixin:
         self.runs.clear()
 
 
-def progress_printer(total_hint: int = 0):
+def progress_printer():
     """A progress callback that rewrites one line on stderr at most 5 times a second."""
     last = [0.0]
 

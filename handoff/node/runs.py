@@ -40,7 +40,6 @@ class RunContext:
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
-    nodes_used: set = field(default_factory=set)
 
     @property
     def total(self) -> int:

@@ -111,9 +111,6 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        self._loop()
-
     def stop(self, timeout: float = 5.0) -> None:
         on_loop = self._thread is None or threading.current_thread() is self._thread
         if on_loop:
@@ -297,6 +294,11 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             del self._cancelled[next(iter(self._cancelled))]
         self.pool.cancel(run_id, None if indices is None else set(indices))
 
+    def forget_run(self, run_id: str) -> None:
+        """The run is over: its cancellations need not be remembered."""
+        for key in [k for k in self._cancelled if k[0] == run_id]:
+            del self._cancelled[key]
+
     def _is_cancelled(self, job: Job) -> bool:
         return any(r == job.run_id and (idx is None or job.index in idx) for r, idx in self._cancelled)
 
@@ -409,7 +411,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         elif isinstance(msg, Leave):
             self._on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
-            pass
+            self.forget_run(msg.run_id)
 
     def clear_everywhere(self, dag_id: Any) -> None:
         self.store.clear(dag_id)

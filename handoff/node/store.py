@@ -72,9 +72,6 @@ class ValueStore:
             release_frames(frames)
         self._locations.pop(dag_id, None)
 
-    def keys(self, dag_id: Any) -> list:
-        return list(self._values.get(dag_id, ()))
-
     def stats(self) -> dict:
         return {
             "dags": len(self._values),

@@ -35,9 +35,6 @@ class ThreadPool(WorkerPool):
     def ready_count(self) -> int:
         return self.size
 
-    def pids(self) -> list[int]:
-        return []
-
     def channels(self) -> dict:
         return {}
 

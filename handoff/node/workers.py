@@ -152,9 +152,6 @@ class WorkerPool:
     def ready_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.ready)
 
-    def pids(self) -> list[int]:
-        return [w.proc.pid for w in self.workers.values()]
-
     def set_capacity(self, caps: dict) -> None:
         self.ledger.register(self.name, caps)
         self._admit_blocked()
@@ -309,8 +306,7 @@ class WorkerPool:
                 log.warning("ignored a worker that this node did not start (pid %s)", msg.pid)
                 return
             w.ready = True
-            self.start_failures = 0
-            self.pump()
+            self.start_failures = 0  # the loop pumps work to it at the end of this iteration
 
     def _done(self, worker: Worker, msg: WorkerDone) -> None:
         if self.workers.get(worker.slot) is not worker:
@@ -335,7 +331,6 @@ class WorkerPool:
                     release_frames(frames)
                 continue
             self.report(job, ok, error, frames, started, finished)
-        self.pump()
 
     # ---- failures, timeouts, cancellation ------------------------------------------
     def check(self) -> None:

@@ -17,8 +17,6 @@ from typing import Any, ClassVar
 
 VERSION = 1
 
-Frames = list  # a blob: [pickle bytes, out-of-band buffer, ...]
-
 REGISTRY: dict[str, type["Message"]] = {}
 
 
@@ -139,6 +137,8 @@ class Cancel(Message):
 
 @message
 class RunEnded(Message):
+    """A run the sender orchestrated is over: per-run state (cancellations) may go."""
+
     op: ClassVar[str] = "run_ended"
     sender: str
     run_id: str
