@@ -237,44 +237,24 @@ def bench_baseline(benchmark, pool, workload: str) -> None:
     record(benchmark, workload, "baseline", times)
 
 
-@pytest.mark.benchmark(group="W1 10k independent + sum")
-def test_w1_handoff(benchmark, node):
-    bench_handoff(benchmark, "W1")
+GROUPS = {
+    "W1": "W1 10k independent + sum",
+    "W2": "W2 chain of 1,000",
+    "W3": "W3 100 x 1,000 layered",
+    "W5": "W5 200 x sleep 10 ms",
+}
 
 
-@pytest.mark.benchmark(group="W1 10k independent + sum")
-def test_w1_baseline(benchmark, pool):
-    bench_baseline(benchmark, pool, "W1")
+@pytest.mark.parametrize("workload", list(GROUPS))
+def test_handoff(benchmark, node, workload):
+    benchmark.group = GROUPS[workload]
+    bench_handoff(benchmark, workload)
 
 
-@pytest.mark.benchmark(group="W2 chain of 1,000")
-def test_w2_handoff(benchmark, node):
-    bench_handoff(benchmark, "W2")
-
-
-@pytest.mark.benchmark(group="W2 chain of 1,000")
-def test_w2_baseline(benchmark, pool):
-    bench_baseline(benchmark, pool, "W2")
-
-
-@pytest.mark.benchmark(group="W3 100 x 1,000 layered")
-def test_w3_handoff(benchmark, node):
-    bench_handoff(benchmark, "W3")
-
-
-@pytest.mark.benchmark(group="W3 100 x 1,000 layered")
-def test_w3_baseline(benchmark, pool):
-    bench_baseline(benchmark, pool, "W3")
-
-
-@pytest.mark.benchmark(group="W5 200 x sleep 10 ms")
-def test_w5_handoff(benchmark, node):
-    bench_handoff(benchmark, "W5")
-
-
-@pytest.mark.benchmark(group="W5 200 x sleep 10 ms")
-def test_w5_baseline(benchmark, pool):
-    bench_baseline(benchmark, pool, "W5")
+@pytest.mark.parametrize("workload", list(GROUPS))
+def test_baseline(benchmark, pool, workload):
+    benchmark.group = GROUPS[workload]
+    bench_baseline(benchmark, pool, workload)
 
 
 # ---- reporting ---------------------------------------------------------------------------
