@@ -21,6 +21,7 @@ class ValueStore:
         self._values: dict[Any, dict[Hashable, list]] = defaultdict(dict)
         self._locations: dict[Any, dict[Hashable, str]] = defaultdict(dict)
         self._waiters: dict[tuple, list[Waiter]] = defaultdict(list)
+        self._watchers: dict[tuple, list[Callable[[str], None]]] = defaultdict(list)  # on registration
         self.bytes_served = 0
         self.fetches_served = 0
 
@@ -62,6 +63,22 @@ class ValueStore:
 
     def register_location(self, dag_id: Any, key: Hashable, node: str) -> None:
         self._locations[dag_id][key] = node
+        for watcher in list(self._watchers.get((dag_id, key), ())):
+            watcher(node)
+
+    def watch_location(self, dag_id: Any, key: Hashable, watcher: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``watcher(node)`` on every registration of the key's location; returns a
+        function that stops watching."""
+        self._watchers[(dag_id, key)].append(watcher)
+
+        def cancel() -> None:
+            watchers = self._watchers.get((dag_id, key))
+            if watchers and watcher in watchers:
+                watchers.remove(watcher)
+                if not watchers:
+                    del self._watchers[(dag_id, key)]
+
+        return cancel
 
     def location(self, dag_id: Any, key: Hashable) -> str | None:
         table = self._locations.get(dag_id)

@@ -214,6 +214,29 @@ class Clear(Message):
 
 
 @message
+class Locate(Message):
+    """Where are these values of a DAG? The receiver answers with Located (``get_result``
+    and ``synchronize`` ask every peer when their own node does not know)."""
+
+    op: ClassVar[str] = "locate"
+    sender: str
+    request: int
+    dag_id: Any
+    keys: list
+
+
+@message
+class Located(Message):
+    """Replies to Locate: ``holders[i]`` is the node holding ``keys[i]`` (the sender itself if
+    stored there, else the node its data-location registry names) or None."""
+
+    op: ClassVar[str] = "located"
+    sender: str
+    request: int
+    holders: list
+
+
+@message
 class Ping(Message):
     op: ClassVar[str] = "ping"
     sender: str
