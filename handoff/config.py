@@ -6,11 +6,12 @@ import ipaddress
 import math
 import os
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-__all__ = ["NodeConfig", "parse_resources", "detect_resources", "is_loopback"]
+__all__ = ["NodeConfig", "parse_resources", "detect_resources", "is_loopback", "user_runtime_dir"]
 
 EXECUTORS = ("process", "thread")
 
@@ -70,6 +71,16 @@ def is_loopback(address: str) -> bool:
             return False
 
 
+def user_runtime_dir() -> str:
+    """Where this user's default node key lives: ``$XDG_RUNTIME_DIR/handoff`` when that is
+    set and writable, else ``handoff-<uid>`` in the temp dir (handoff.security checks it)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+        return os.path.join(xdg, "handoff")
+    uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return os.path.join(tempfile.gettempdir(), f"handoff-{uid}")
+
+
 def _check_address(address: str, what: str) -> str:
     if not address.startswith("tcp://") or ":" not in address[len("tcp://"):]:
         raise ValueError(f"{what} must look like tcp://HOST:PORT, got {address!r}")
@@ -89,6 +100,7 @@ class NodeConfig:
     executor: str = "process"
     key_file: str | None = None
     insecure: bool = False
+    runtime_dir: str = ""  # per-user key dir used without key_file (default: user_runtime_dir())
     suspect_after: float = 1.0
     dead_after: float = 2.0
     gossip_interval: float = 0.2
@@ -101,6 +113,7 @@ class NodeConfig:
         if not isinstance(self.name, str):
             raise ValueError(f"node name must be a string, got {self.name!r}")
         self.listen = _check_address(self.listen, "listen address")
+        self.runtime_dir = self.runtime_dir or user_runtime_dir()
         if isinstance(self.join, str):
             self.join = [self.join]
         self.join = [_check_address(a, "join address") for a in self.join]

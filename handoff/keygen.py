@@ -1,4 +1,5 @@
-"""``python -m handoff.keygen [FILE]``: write a new cluster key (to stdout by default)."""
+"""``python -m handoff.keygen [FILE]``: write a new cluster key (to stdout by default);
+``--user`` makes (or finds) this user's default key and prints its path."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import os
 import sys
 
+from handoff.config import user_runtime_dir
 from handoff.errors import HandoffError
-from handoff.security import generate_key_text
+from handoff.security import USER_KEY_FILE, generate_key_text, user_key
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,11 +21,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", nargs="?", default="-",
                    help="file to create with mode 0600; never overwritten (default: stdout)")
+    p.add_argument("--user", action="store_true",
+                   help="make this user's default key if it is missing (the one loopback nodes "
+                   "use without --key-file) and print its path")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.user:
+        if args.file != "-":
+            parser.error("--user takes no FILE: the key lives in the user's runtime directory")
+        runtime_dir = user_runtime_dir()
+        try:
+            user_key(runtime_dir)
+        except HandoffError as exc:
+            print(f"handoff.keygen: {exc}", file=sys.stderr)
+            return 1
+        print(os.path.join(runtime_dir, USER_KEY_FILE))
+        return 0
     try:
         text = generate_key_text()
     except HandoffError as exc:

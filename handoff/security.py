@@ -4,6 +4,8 @@ A cluster key is one CURVE key pair shared by every node of the cluster (written
 ``python -m handoff.keygen``). Each node's ROUTER is a CURVE server with it, each DEALER a
 CURVE client with it, and a ZAP handler admits only clients that present the cluster's
 public key. Traffic is encrypted; a peer without the key never gets a message through.
+Without a key file a loopback node uses a per-user key kept in the user's runtime directory
+(mode 0600), so the same user's processes join with no flags and other users cannot.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import stat
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +26,8 @@ from handoff.errors import AuthenticationError, HandoffError
 
 log = logging.getLogger("handoff.security")
 
-__all__ = ["Curve", "generate_key_text", "load_curve", "read_key_file"]
+__all__ = ["Curve", "generate_key_text", "load_curve", "read_key_file", "user_key",
+           "private_dir"]
 
 KEY_LENGTH = 40  # a Z85-encoded CURVE key
 HOW_TO_MAKE_ONE = "make one with `python -m handoff.keygen cluster.key`"
@@ -34,6 +38,7 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 _LOG_EVERY = 10.0  # seconds between warnings about rejected connections
+USER_KEY_FILE = "user.key"  # the per-user key's name inside the runtime directory
 
 
 def _require_curve() -> None:
@@ -106,13 +111,80 @@ def _warn_if_readable_by_others(path: str) -> None:
                     path, stat.S_IMODE(mode))
 
 
+# ---- the per-user key ------------------------------------------------------------------------
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def private_dir(path: str) -> str:
+    """``path`` as a directory only this user can write to: created with mode 0700 if absent;
+    AuthenticationError if it is a symlink, someone else's, or group/world-writable."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise AuthenticationError(f"cannot create the key directory {path!r}: {exc.strerror}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise AuthenticationError(f"{path!r} is not a directory (a symlink?); refusing to keep "
+                                  "a key there")
+    if _uid() is not None and st.st_uid != _uid():
+        raise AuthenticationError(f"{path!r} belongs to uid {st.st_uid}, not to this user "
+                                  f"(uid {_uid()}); refusing to keep a key there")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AuthenticationError(f"{path!r} can be written by other users (mode "
+                                  f"{stat.S_IMODE(st.st_mode):o}); refusing to keep a key there")
+    return path
+
+
+def _create_key_file(path: str) -> None:
+    """Write a new key to ``path`` atomically with mode 0600; if another process won the
+    race, its key stays (both then read the same one)."""
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o600)  # the umask can only take bits away
+            f.write(generate_key_text())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if the file exists: never replaces a key in use
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def user_key(runtime_dir: str) -> tuple[bytes, bytes]:
+    """This user's default key pair from ``runtime_dir``, made on first use; refuses a key
+    file that is not this user's or that others could read."""
+    private_dir(runtime_dir)
+    path = os.path.join(runtime_dir, USER_KEY_FILE)
+    if not os.path.lexists(path):
+        _create_key_file(path)
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise AuthenticationError(f"{path!r} is not a regular file; refusing it as a key")
+    if _uid() is not None and st.st_uid != _uid():
+        raise AuthenticationError(f"{path!r} belongs to uid {st.st_uid}, not to this user")
+    if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AuthenticationError(f"{path!r} can be read by other users (mode "
+                                  f"{stat.S_IMODE(st.st_mode):o}); chmod 600 it or delete it")
+    return read_key_file(path)
+
+
 @dataclass
 class Curve:
     """The cluster key pair, applied to a node's sockets; ``rejected`` counts connections
-    that failed to authenticate (no CURVE, another key, a denied client key, garbage)."""
+    that failed to authenticate (no CURVE, another key, a denied client key, garbage).
+    ``source`` says where the key came from: "key file" or "user key"."""
 
     public: bytes
     secret: bytes
+    source: str = "key file"
     rejected: int = 0
     _auth: Any = field(default=None, repr=False)
     _watchers: list = field(default_factory=list, repr=False)
@@ -192,15 +264,23 @@ class Curve:
 
 
 def load_curve(config: NodeConfig) -> Curve | None:
-    """The node's CURVE settings, or None; refuses an open non-loopback node without a key."""
+    """The node's CURVE settings: the key file's, else (loopback) the per-user key; None only
+    with ``insecure``. Refuses a non-loopback node with neither key nor ``insecure``."""
     if config.key_file:
         public, secret = read_key_file(config.key_file)
         return Curve(public, secret)
-    if not is_loopback(config.listen) and not config.insecure:
+    if config.insecure:
+        log.warning(
+            "INSECURE: node %s listens on %s without CURVE; any process that can reach that "
+            "address (other users of this machine too) can run code as this user. Drop "
+            "--insecure (insecure=True) to use a key.", config.name, config.listen)
+        return None
+    if not is_loopback(config.listen):
         raise HandoffError(
             f"refusing to listen on {config.listen} without a cluster key: anyone who can reach "
             "it could run code here. Make a key with `python -m handoff.keygen cluster.key`, "
             "copy it to every node and pass --key-file cluster.key (handoff.start(key_file=...)), "
             "or pass --insecure (insecure=True) on a network you trust."
         )
-    return None
+    public, secret = user_key(config.runtime_dir)
+    return Curve(public, secret, source="user key")

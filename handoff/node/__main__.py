@@ -27,11 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capacities (default: detected cpu count and memory in MB, gpu=0)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: cpu count)")
     p.add_argument("--executor", choices=("process", "thread"), default="process")
-    p.add_argument("--key-file", default=None, help="cluster key (python -m handoff.keygen)")
+    p.add_argument("--key-file", default=None,
+                   help="cluster key (python -m handoff.keygen); default on loopback: this "
+                   "user's key in the runtime directory, made on first use")
     p.add_argument("--no-shared-memory", action="store_true",
                    help="send large values over the socket even to processes on this host")
     p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback address without a cluster key")
+                   help="no CURVE at all: any process that can reach the address, other "
+                   "users' too, can run code here (prints a warning)")
     p.add_argument("--suspect-after", type=float, default=1.0, help="seconds (default 1)")
     p.add_argument("--dead-after", type=float, default=2.0, help="seconds (default 2)")
     p.add_argument("--join-timeout", type=float, default=10.0, help="seconds (default 10)")

@@ -426,6 +426,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         stats["blocked_peers"] = self.transport.blocked_peers
         curve = self.transport.curve
         stats["rejected_connections"] = curve.rejected if curve is not None else 0
+        stats["curve"] = curve.source if curve is not None else None  # None: --insecure
         stats["members"] = sorted(self.membership.alive())
         return stats
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import threading
 import time
 import uuid
 
 import pytest
 import zmq
 
-from handoff import keygen
-from handoff.config import NodeConfig, is_loopback
-from handoff.errors import AuthenticationError, HandoffError
-from handoff.security import Curve, generate_key_text, load_curve, read_key_file
+from handoff import keygen, security
+from handoff.config import NodeConfig, is_loopback, user_runtime_dir
+from handoff.errors import AuthenticationError, HandoffError, ProtocolError
+from handoff.protocol import decode, encode
+from handoff.protocol.messages import Clear, Gossip, Hello
+from handoff.security import (
+    USER_KEY_FILE, Curve, generate_key_text, load_curve, private_dir, read_key_file, user_key,
+)
+from handoff.transport import Transport
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -158,9 +164,163 @@ def test_open_address_without_a_key_is_refused():
     assert "--key-file" in text and "--insecure" in text
 
 
-def test_insecure_or_loopback_needs_no_key():
-    assert load_curve(config(listen="tcp://0.0.0.0:5555", insecure=True)) is None
-    assert load_curve(config(listen="tcp://127.0.0.1:5555")) is None
+def test_insecure_means_no_curve_and_says_so(tmp_path, caplog):
+    runtime = str(tmp_path / "runtime")
+    for listen in ("tcp://0.0.0.0:5555", "tcp://127.0.0.1:5555"):
+        caplog.clear()
+        assert load_curve(config(listen=listen, insecure=True, runtime_dir=runtime)) is None
+        assert "INSECURE" in caplog.text and listen in caplog.text
+    assert not os.path.exists(runtime)  # no key was made
+
+
+# ---- the per-user key (loopback without a key file) -------------------------------------------
+def test_loopback_without_a_key_uses_the_user_key(tmp_path):
+    runtime = str(tmp_path / "runtime")
+    curve = load_curve(config(listen="tcp://127.0.0.1:5555", runtime_dir=runtime))
+    assert isinstance(curve, Curve) and curve.source == "user key"
+    path = os.path.join(runtime, USER_KEY_FILE)
+    assert stat.S_IMODE(os.stat(runtime).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert (curve.public, curve.secret) == read_key_file(path)
+    # the same user's next process reuses it; someone with another runtime dir has another
+    again = load_curve(config(runtime_dir=runtime))
+    assert (again.public, again.secret) == (curve.public, curve.secret)
+    other = load_curve(config(runtime_dir=str(tmp_path / "other")))
+    assert other.public != curve.public
+    assert sorted(os.listdir(runtime)) == [USER_KEY_FILE]  # no temporary file left behind
+
+
+def test_user_key_made_by_many_at_once_is_one_key(tmp_path):
+    runtime = str(tmp_path / "runtime")
+    barrier = threading.Barrier(8)
+    keys, errors = [], []
+
+    def make() -> None:
+        barrier.wait()
+        try:
+            keys.append(user_key(runtime))
+        except Exception as exc:  # reported below with the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert len(keys) == 8 and len(set(keys)) == 1
+    assert sorted(os.listdir(runtime)) == [USER_KEY_FILE]
+
+
+def test_a_runtime_dir_others_can_write_is_refused(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    os.chmod(runtime, 0o777)
+    with pytest.raises(AuthenticationError, match="can be written by other users"):
+        load_curve(config(runtime_dir=str(runtime)))
+    assert not (runtime / USER_KEY_FILE).exists()
+
+
+def test_a_runtime_dir_of_another_user_is_refused(tmp_path, monkeypatch):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    # the directory's owner is who we are; pretend to be someone else (any uid but it)
+    monkeypatch.setattr(security, "_uid", lambda: os.stat(runtime).st_uid + 1)
+    with pytest.raises(AuthenticationError, match="belongs to uid"):
+        private_dir(str(runtime))
+
+
+def test_a_runtime_dir_that_is_a_symlink_is_refused(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "runtime"
+    link.symlink_to(target)
+    with pytest.raises(AuthenticationError, match="not a directory"):
+        private_dir(str(link))
+
+
+def test_a_user_key_others_can_read_is_refused(tmp_path):
+    runtime = tmp_path / "runtime"
+    user_key(str(runtime))
+    os.chmod(runtime / USER_KEY_FILE, 0o644)
+    with pytest.raises(AuthenticationError, match="can be read by other users"):
+        user_key(str(runtime))
+
+
+def test_runtime_dir_follows_xdg_runtime_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert user_runtime_dir() == str(tmp_path / "handoff")
+    assert config().runtime_dir == str(tmp_path / "handoff")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "absent"))
+    fallback = user_runtime_dir()
+    assert fallback.startswith(tempfile.gettempdir()) and str(os.getuid()) in fallback
+
+
+def test_keygen_user_prints_the_user_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert keygen.main(["--user"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == str(tmp_path / "handoff" / USER_KEY_FILE)
+    assert read_key_file(path) == user_key(str(tmp_path / "handoff"))
+
+
+# ---- nothing pickled is loaded from a peer that has not been accepted ---------------------------
+class Touch:
+    """Unpickling this creates a file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_codec_never_unpickles_a_header_value_when_told_not_to(tmp_path):
+    marker = tmp_path / "unpickled"
+    frames = encode(Clear("stranger", Touch(str(marker))))  # a key msgpack cannot carry
+    with pytest.raises(ProtocolError, match="pickled value is not accepted"):
+        decode(frames, pickles=False)
+    assert not marker.exists()
+    # nested anywhere in the header: still refused
+    nested = encode(Gossip("stranger", [["x", {"k": [Touch(str(marker))]}]]))
+    with pytest.raises(ProtocolError):
+        decode(nested, pickles=False)
+    assert not marker.exists()
+    decode(frames, pickles=True)  # control: the same frames do run code when allowed
+    assert marker.exists()
+
+
+def test_transport_loads_pickles_only_after_the_hello_is_accepted(tmp_path):
+    """Before ``greet`` a connection's pickled header values are dropped unread; after, loaded."""
+    marker = tmp_path / "unpickled"
+    ctx = zmq.Context()
+    transport = Transport(ctx)
+    address = transport.bind(f"ipc://{tempfile.gettempdir()}/handoff-test-{uuid.uuid4().hex[:8]}.ipc")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(address)
+    try:
+        def receive_one() -> list:
+            assert transport.router.poll(5000)
+            return list(transport.receive(transport.router))
+
+        dealer.send_multipart(encode(Hello("stranger", "tcp://127.0.0.1:1", 1, {"cpu": Touch(str(marker))})))
+        assert receive_one() == [] and transport.dropped == 1
+        dealer.send_multipart(encode(Clear("stranger", Touch(str(marker)))))
+        assert receive_one() == [] and transport.dropped == 2
+        assert not marker.exists()
+        dealer.send_multipart(encode(Hello("stranger", "tcp://127.0.0.1:1", 1, {"cpu": 1.0})))
+        [(identity, hello, _)] = receive_one()
+        assert isinstance(hello, Hello)
+        transport.greet(identity)  # what the node does when it accepts the hello
+        dealer.send_multipart(encode(Clear("stranger", Touch(str(marker)))))
+        [(_, clear, _)] = receive_one()
+        assert isinstance(clear, Clear) and marker.exists()
+    finally:
+        dealer.close(0)
+        transport.close()
+        ctx.term()
+        os.unlink(address[len("ipc://"):])
 
 
 def test_a_key_turns_on_curve_anywhere(tmp_path):
