@@ -19,6 +19,7 @@ __all__ = [
     "find_cycle",
     "implementations",
     "levels",
+    "rank_nodes",
     "reverse_csr",
     "topological_order",
 ]
@@ -31,6 +32,7 @@ API = (
     "ReadyTracker",
     "ResourceLedger",
     "allocate",
+    "rank_nodes",
     "STRATEGIES",
 )
 
@@ -52,6 +54,7 @@ def _compiled() -> SimpleNamespace:
         ReadyTracker=graph.ReadyTracker,
         ResourceLedger=ledger.ResourceLedger,
         allocate=allocator.allocate,
+        rank_nodes=allocator.rank_nodes,
         STRATEGIES=allocator.STRATEGIES,
     )
 
@@ -92,5 +95,6 @@ levels = _selected.levels
 ReadyTracker = _selected.ReadyTracker
 ResourceLedger = _selected.ResourceLedger
 allocate = _selected.allocate
+rank_nodes = _selected.rank_nodes
 STRATEGIES: tuple[str, ...] = _selected.STRATEGIES
 del _selected

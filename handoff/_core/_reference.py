@@ -22,6 +22,7 @@ __all__ = [
     "allocate",
     "find_cycle",
     "levels",
+    "rank_nodes",
     "reverse_csr",
     "topological_order",
 ]
@@ -488,14 +489,9 @@ def allocate(
 ) -> np.ndarray:
     """Choose a node for each row of reqs, in order; -1 where no node has the free resources now.
 
-    Same contract as ``handoff._core.allocator.allocate``; scores are summed resource by
-    resource, in column order, as the C loop does, so ties break identically.
-
-    ``cost_optimized`` (best fit) compares nodes lexicographically: first the normalized
-    leftover of the resources the function requests (req > 0), sum of (free - req) / capacity
-    over those the node declares; then, among exact ties, the free share of the declared
-    resources it does not request, sum of free / capacity (a node with a free gpu is kept for
-    gpu work); then the lowest node index. Comparisons are exact, with no tolerance.
+    Same contract as ``handoff._core.allocator.allocate``; scores (``_scores``) are summed
+    resource by resource, in column order, as the C loop does, so ties break identically:
+    the smallest (score, spare), then the lowest node index. Comparisons are exact.
     """
     if strategy not in STRATEGIES:
         raise ValueError(
@@ -527,46 +523,100 @@ def allocate(
     if m and (pin_arr.min() < -1 or pin_arr.max() >= n):
         raise ValueError(f"pinned node indices must be -1 or in [0, {n})")
 
-    cap = ledger._cap
     used = ledger._used  # updated in place when claiming
-    declared = cap > 0
-    safe_cap = np.where(declared, cap, 1.0)
-    allowance = _slack_for(cap)
     out = np.full(m, -1, dtype=np.int64)
     for f in range(m):
         v = np.zeros(nres, dtype=np.float64)
         v[:k] = req_arr[f]
-        need = v > 0
         pin = int(pin_arr[f])
         if pin >= 0:
             best = pin if ledger._fits(pin, v) else -1
         else:
-            fits = np.all(used[:, need] + v[need] <= cap[:, need] + allowance[:, need], axis=1)
-            candidates = np.flatnonzero(fits)
+            candidates = np.flatnonzero(_fitting_now(ledger, v))
             if candidates.size == 0:
                 best = -1
             elif strategy == "first_available":
                 best = int(candidates[0])
-            elif strategy == "load_balanced":
-                score = np.zeros(n, dtype=np.float64)
-                for r in range(nres):  # column by column, as the C loop does
-                    term = np.where(declared[:, r], (used[:, r] + v[r]) / safe_cap[:, r], 0.0)
-                    score = np.maximum(score, term)
-                best = int(candidates[np.argmin(score[candidates])])
-            else:  # cost_optimized: lexicographic (fit, spare), then lowest index
-                fit = np.zeros(n, dtype=np.float64)
-                spare = np.zeros(n, dtype=np.float64)
-                for r in range(nres):  # column by column, as the C loop adds them
-                    if need[r]:
-                        term = ((cap[:, r] - used[:, r]) - v[r]) / safe_cap[:, r]
-                        fit = fit + np.where(declared[:, r], term, 0.0)
-                    else:
-                        term = (cap[:, r] - used[:, r]) / safe_cap[:, r]
-                        spare = spare + np.where(declared[:, r], term, 0.0)
-                fit_c = fit[candidates]
-                tied = candidates[fit_c == fit_c.min()]  # exact ties only, like the C `<`
-                best = int(tied[np.argmin(spare[tied])])
+            else:
+                score, spare = _scores(ledger, v, strategy)
+                score_c = score[candidates]
+                tied = candidates[score_c == score_c.min()]  # exact ties only, like the C `<`
+                best = int(tied[np.argmin(spare[tied])])  # 0 for load_balanced: lowest index
         out[f] = best
         if best >= 0 and claim:
             used[best] += v
     return out
+
+
+def rank_nodes(ledger: ResourceLedger, req: Any, rows: Any, strategy: str) -> np.ndarray:
+    """The nodes in rows, best first for one function needing req: allocate's choice, then the rest.
+
+    Same contract as ``handoff._core.allocator.rank_nodes``: nodes with the free resources
+    first, then by the strategy's (score, spare), ties in the order of rows.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
+        )
+    if not isinstance(ledger, ResourceLedger):
+        raise TypeError(
+            f"rank_nodes needs a {ResourceLedger.__module__}.ResourceLedger, "
+            f"got {type(ledger).__name__}"
+        )
+    v_arr = np.ascontiguousarray(req, dtype=np.float64)
+    if v_arr.ndim != 1:
+        raise ValueError(f"req must be 1-D (resources), got shape {v_arr.shape}")
+    n, nres = len(ledger._nodes), len(ledger._resources)
+    if v_arr.shape[0] > nres:
+        raise ValueError(f"req has {v_arr.shape[0]} resources but the ledger has {nres}")
+    if not np.isfinite(v_arr).all() or (v_arr < 0).any():
+        raise ValueError("req must be finite numbers >= 0")
+    row_arr = np.ascontiguousarray(rows, dtype=np.int64)
+    if row_arr.ndim != 1:
+        raise ValueError(f"rows must be 1-D (node indices), got shape {row_arr.shape}")
+    if row_arr.shape[0] and (row_arr.min() < 0 or row_arr.max() >= n):
+        raise ValueError(f"rows must be node indices in [0, {n})")
+    v = np.zeros(nres, dtype=np.float64)
+    v[: v_arr.shape[0]] = v_arr
+    misfit = ~_fitting_now(ledger, v)[row_arr]
+    if strategy == "first_available":
+        score = spare = np.zeros(row_arr.shape[0])
+    else:
+        score, spare = (a[row_arr] for a in _scores(ledger, v, strategy))
+    return row_arr[np.lexsort((spare, score, misfit))]
+
+
+def _fitting_now(ledger: ResourceLedger, v: np.ndarray) -> np.ndarray:
+    """Per node: whether v fits its free resources now (bool[n])."""
+    cap, used = ledger._cap, ledger._used
+    need = v > 0
+    allowance = _slack_for(cap[:, need])
+    return np.all(used[:, need] + v[need] <= cap[:, need] + allowance, axis=1)
+
+
+def _scores(ledger: ResourceLedger, v: np.ndarray, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per node (score, spare) for a scored strategy, summed column by column as the C loop does.
+
+    ``load_balanced``: score is the highest (used + req) / capacity over the declared
+    resources, spare is 0. ``cost_optimized`` (best fit): score is the sum of
+    (free - req) / capacity over the declared resources the function requests; spare the
+    sum of free / capacity over the declared ones it does not (a node with a free gpu is
+    kept for gpu work). Smaller is better for both.
+    """
+    cap, used = ledger._cap, ledger._used
+    n, nres = cap.shape
+    declared = cap > 0
+    safe_cap = np.where(declared, cap, 1.0)
+    score = np.zeros(n, dtype=np.float64)
+    spare = np.zeros(n, dtype=np.float64)
+    for r in range(nres):
+        if strategy == "load_balanced":
+            term = np.where(declared[:, r], (used[:, r] + v[r]) / safe_cap[:, r], 0.0)
+            score = np.maximum(score, term)
+        elif v[r] > 0:
+            term = ((cap[:, r] - used[:, r]) - v[r]) / safe_cap[:, r]
+            score = score + np.where(declared[:, r], term, 0.0)
+        else:
+            term = (cap[:, r] - used[:, r]) / safe_cap[:, r]
+            spare = spare + np.where(declared[:, r], term, 0.0)
+    return score, spare

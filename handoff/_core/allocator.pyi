@@ -14,3 +14,10 @@ def allocate(
     strategy: str,
     claim: bool = True,
 ) -> npt.NDArray[np.int64]: ...
+
+def rank_nodes(
+    ledger: ResourceLedger,
+    req: npt.ArrayLike,
+    rows: npt.ArrayLike,
+    strategy: str,
+) -> npt.NDArray[np.int64]: ...

@@ -1,6 +1,6 @@
-"""Allocation strategies: a node for each function of a batch, from the ledger's free resources.
+"""Allocation strategies: a node for each function of a batch, and nodes ranked for one function.
 
-The loop over functions x nodes x resources runs in C on the ledger's matrices.
+Both use the same scores; the loops over nodes x resources run in C on the ledger's matrices.
 """
 
 import numpy as np
@@ -58,6 +58,16 @@ cdef double _fit_after(
     return fit
 
 
+cdef Strategy _strategy(str name) except *:
+    if name == "first_available":
+        return FIRST_AVAILABLE
+    if name == "load_balanced":
+        return LOAD_BALANCED
+    if name == "cost_optimized":
+        return COST_OPTIMIZED
+    raise ValueError(f"unknown allocation strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+
+
 def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint claim=True):
     """Choose a node for each row of reqs, in order; -1 where no node has the free resources now.
 
@@ -85,17 +95,7 @@ def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint cl
     int64[m]
         Node index per function, or -1.
     """
-    cdef Strategy s
-    if strategy == "first_available":
-        s = FIRST_AVAILABLE
-    elif strategy == "load_balanced":
-        s = LOAD_BALANCED
-    elif strategy == "cost_optimized":
-        s = COST_OPTIMIZED
-    else:
-        raise ValueError(
-            f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
-        )
+    cdef Strategy s = _strategy(strategy)
     req_arr = np.ascontiguousarray(reqs, dtype=np.float64)
     if req_arr.ndim != 2:
         raise ValueError(f"reqs must be 2-D (functions x resources), got shape {req_arr.shape}")
@@ -155,3 +155,63 @@ def allocate(ResourceLedger ledger not None, reqs, pinned, str strategy, bint cl
             if best >= 0 and claim:
                 ledger._claim(best, v, k)
     return out_arr
+
+
+def rank_nodes(ResourceLedger ledger not None, req, rows, str strategy):
+    """The nodes in rows, best first for one function needing req: allocate's choice, then the rest.
+
+    Parameters
+    ----------
+    ledger : ResourceLedger
+        Capacities and current claims; nothing is claimed.
+    req : float64[R']
+        Requirement over the ledger's first R' resources (the rest are 0).
+    rows : int64[p]
+        Node indices to rank (a subset of the ledger's nodes, in any order).
+    strategy : str
+        One of STRATEGIES, scored as in ``allocate``.
+
+    Returns
+    -------
+    int64[p]
+        rows reordered: those with the free resources for req now first, then the others;
+        within each part by the strategy's score (``first_available`` has none), then, for
+        ``cost_optimized``, the spare share of the unrequested resources; ties keep the order
+        of rows. So over every node in index order, the first entry is what ``allocate``
+        picks when anything fits.
+    """
+    cdef Strategy s = _strategy(strategy)
+    v_arr = np.ascontiguousarray(req, dtype=np.float64)
+    if v_arr.ndim != 1:
+        raise ValueError(f"req must be 1-D (resources), got shape {v_arr.shape}")
+    cdef Py_ssize_t k = v_arr.shape[0], n = ledger._n
+    if k > ledger._r:
+        raise ValueError(f"req has {k} resources but the ledger has {ledger._r}")
+    if not np.isfinite(v_arr).all() or (v_arr < 0).any():
+        raise ValueError("req must be finite numbers >= 0")
+    row_arr = np.ascontiguousarray(rows, dtype=np.int64)
+    if row_arr.ndim != 1:
+        raise ValueError(f"rows must be 1-D (node indices), got shape {row_arr.shape}")
+    cdef Py_ssize_t p = row_arr.shape[0]
+    if p and (row_arr.min() < 0 or row_arr.max() >= n):
+        raise ValueError(f"rows must be node indices in [0, {n})")
+
+    misfit_arr = np.empty(p, dtype=np.uint8)
+    score_arr = np.zeros(p, dtype=np.float64)
+    spare_arr = np.zeros(p, dtype=np.float64)
+    cdef const double[::1] vv = v_arr
+    cdef const int64_t[::1] row = row_arr
+    cdef unsigned char[::1] misfit = misfit_arr
+    cdef double[::1] score = score_arr
+    cdef double[::1] spare = spare_arr
+    cdef const double* v = &vv[0] if k > 0 else NULL
+    cdef Py_ssize_t q, j
+    with nogil:
+        for q in range(p):
+            j = row[q]
+            misfit[q] = not ledger._fits(j, v, k)
+            if s == LOAD_BALANCED:
+                score[q] = _load_after(ledger, j, v, k)
+            elif s == COST_OPTIMIZED:
+                score[q] = _fit_after(ledger, j, v, k, &spare[q])
+    return row_arr[np.lexsort((spare_arr, score_arr, misfit_arr))]

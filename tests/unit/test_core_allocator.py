@@ -198,3 +198,36 @@ def test_bad_arguments(core, ledger):
         core.allocate(ledger, reqs, np.array([3]), "first_available")
     with pytest.raises(TypeError):
         core.allocate({"a": {"cpu": 1}}, reqs, None, "first_available")
+
+
+# -- rank_nodes ------------------------------------------------------------------------------
+
+
+def test_rank_nodes_puts_nodes_with_room_first_then_by_score(core, ledger):
+    # cpu 6 on a (cpu 4, no room), b (cpu 16), c (cpu 8):
+    # load_balanced: b 6/16 < c 6/8, then a; cost_optimized: c (2/8 left + spare mem 1) beats
+    # b (10/16 left), then a; first_available: room first (b, c) in the order given, then a.
+    v = ledger.resource_vector({"cpu": 6})
+    assert core.rank_nodes(ledger, v, [A, B, C], "load_balanced").tolist() == [B, C, A]
+    assert core.rank_nodes(ledger, v, [A, B, C], "cost_optimized").tolist() == [C, B, A]
+    assert core.rank_nodes(ledger, v, [C, A, B], "first_available").tolist() == [C, B, A]
+    assert core.rank_nodes(ledger, v, [A], "cost_optimized").tolist() == [A]
+    assert core.rank_nodes(ledger, v, [], "cost_optimized").tolist() == []
+    assert ledger.used("b") == {}  # ranking claims nothing
+
+
+def test_rank_nodes_breaks_exact_ties_by_spare_then_by_the_order_given(core):
+    led = core.ResourceLedger()
+    led.register("x", {"cpu": 4, "gpu": 1})
+    led.register("y", {"cpu": 4})
+    led.register("z", {"cpu": 4})
+    v = led.resource_vector({"cpu": 2})
+    # equal cpu leftovers; x keeps its free gpu for work that needs it, so it comes last
+    assert core.rank_nodes(led, v, [0, 1, 2], "cost_optimized").tolist() == [1, 2, 0]
+    assert core.rank_nodes(led, v, [2, 0, 1], "cost_optimized").tolist() == [2, 1, 0]
+    assert core.rank_nodes(led, v, [2, 1, 0], "load_balanced").tolist() == [2, 1, 0]
+
+
+def test_rank_nodes_names_the_valid_strategies(core, ledger):
+    with pytest.raises(ValueError, match="first_available, load_balanced, cost_optimized"):
+        core.rank_nodes(ledger, [1.0], [A], "cheapest")

@@ -408,3 +408,84 @@ def test_allocations_agree_on_small_clusters(caps, reqs, strategy):
         )
         outs.append((out.tolist(), ledger_state(led)))
     assert outs[0] == outs[1]
+
+
+# -- ranking -----------------------------------------------------------------------------
+
+
+def test_ranking_agrees_with_allocate_on_the_issue_case():
+    """a = {cpu 3, gpu 1}, b = {cpu 4}, cpu 2, cost_optimized: both pick a, and rank a first.
+
+    a leaves 1/3 of its cpu, b 1/2: a is the tighter fit; its free gpu is the secondary key,
+    which decides only among exact ties (a ranking that summed it in would put b first).
+    """
+    for impl in both():
+        led = impl.ResourceLedger()
+        led.register("a", {"cpu": 3, "gpu": 1})
+        led.register("b", {"cpu": 4})
+        v = led.resource_vector({"cpu": 2})
+        assert impl.allocate(led, v[None, :], None, "cost_optimized", False).tolist() == [0]
+        assert impl.rank_nodes(led, v, [0, 1], "cost_optimized").tolist() == [0, 1]
+        assert impl.rank_nodes(led, v, [1, 0], "cost_optimized").tolist() == [0, 1]
+
+
+def rank_both(ledgers, v, rows, strategy):
+    cy, py = both()
+    got = [
+        outcome(impl.rank_nodes, led, v, rows, strategy)
+        for impl, led in zip((cy, py), ledgers)
+    ]
+    assert got[0] == got[1]
+    return got[0]
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("strategy", ["first_available", "load_balanced", "cost_optimized"])
+def test_rankings_agree_and_lead_with_allocates_choice(seed, strategy):
+    cy, py = both()
+    rng = np.random.default_rng(5000 + seed)
+    n_nodes, n_res = int(rng.integers(1, 10)), int(rng.integers(1, 5))
+    state = rng.bit_generator.state
+    ledgers = []
+    for impl in (cy, py):
+        rng.bit_generator.state = state
+        led = random_cluster(impl, rng, n_nodes, n_res)
+        claim_some(led, rng, n_nodes, n_res)
+        ledgers.append(led)
+    for _ in range(20):
+        v = rng.choice([0, 0.5, 1, 2, 3, 0.1], size=int(rng.integers(0, n_res + 1)))
+        everyone = list(range(n_nodes))
+        ranked = rank_both(ledgers, v, everyone, strategy)[1][2]
+        assert sorted(ranked) == everyone
+        chosen = cy.allocate(ledgers[0], v[None, :], None, strategy, False).tolist()[0]
+        fitting = [j for j in ranked if ledgers[0].available_vec(j, v)]
+        assert ranked[: len(fitting)] == fitting  # nodes with room first
+        assert chosen == (fitting[0] if fitting else -1)
+        subset = rng.permutation(n_nodes)[: int(rng.integers(0, n_nodes + 1))]
+        kept = set(subset.tolist())
+        in_order = rank_both(ledgers, v, np.sort(subset), strategy)[1][2]
+        assert in_order == [j for j in ranked if j in kept]  # a subset ranks as in the whole
+        shuffled = rank_both(ledgers, v, subset, strategy)[1][2]
+        assert sorted(shuffled) == sorted(kept)
+        if strategy == "first_available":  # no score: room first, then the order given
+            given_order = subset.tolist()
+            room = [j for j in given_order if ledgers[0].available_vec(j, v)]
+            assert shuffled == room + [j for j in given_order if j not in room]
+
+
+def test_ranking_rejects_bad_input_alike():
+    ledgers = []
+    for impl in both():
+        led = impl.ResourceLedger()
+        led.register("a", {"cpu": 1})
+        ledgers.append(led)
+    for v, rows, strategy in [
+        ([1.0], [1], "cost_optimized"),
+        ([1.0], [-1], "load_balanced"),
+        ([1.0, 2.0], [0], "load_balanced"),
+        ([-1.0], [0], "load_balanced"),
+        ([[1.0]], [0], "load_balanced"),
+        ([1.0], [[0]], "load_balanced"),
+        ([1.0], [0], "fastest"),
+    ]:
+        assert rank_both(ledgers, np.array(v), np.array(rows), strategy)[0] == "raised"
