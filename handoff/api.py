@@ -45,6 +45,7 @@ def start(
     dead_after: float = 2.0,
     join_timeout: float = 10.0,
     shared_memory: bool = True,
+    store_limit: int | str | None = None,
 ) -> str:
     """Start the embedded node in this process (the driver becomes a full peer); returns its name."""
     global _node
@@ -59,7 +60,7 @@ def start(
             resources=dict(resources) if resources else {}, workers=workers or 0,
             executor=executor, key_file=key_file, insecure=insecure,
             suspect_after=suspect_after, dead_after=dead_after, join_timeout=join_timeout,
-            shared_memory=shared_memory,
+            shared_memory=shared_memory, store_limit=store_limit,
         )
         curve = load_curve(config)
         node = Node(config, curve).start()

@@ -11,9 +11,47 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-__all__ = ["NodeConfig", "parse_resources", "detect_resources", "is_loopback", "user_runtime_dir"]
+__all__ = [
+    "NodeConfig", "parse_resources", "parse_size", "detect_resources", "is_loopback",
+    "user_runtime_dir", "default_store_limit",
+]
 
 EXECUTORS = ("process", "thread")
+STORE_FRACTION = 0.25  # of physical memory: the default budget of a node's value store
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"2G"``, ``"500M"``, ``"64MiB"``, ``"1048576"`` (bytes) or ``"10%"`` (of physical
+    memory) -> bytes; ValueError says what is accepted."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        size = text
+    elif isinstance(text, str):
+        raw = text.strip().upper()
+        try:
+            if raw.endswith("%"):
+                size = int(float(raw[:-1]) / 100 * _total_memory())
+            else:
+                number = raw.removesuffix("IB").removesuffix("B")
+                unit = number[-1:] if number[-1:] in _UNITS else ""
+                size = int(float(number[:len(number) - len(unit)]) * _UNITS[unit])
+        except (ValueError, OverflowError):
+            size = -1
+    else:
+        size = -1
+    if size <= 0:
+        raise ValueError(f"a size must be a positive number of bytes like 2G, 500M or 10%, got {text!r}")
+    return size
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def default_store_limit() -> int:
+    return int(STORE_FRACTION * _total_memory())
 
 
 def detect_resources() -> dict[str, float]:
@@ -106,6 +144,7 @@ class NodeConfig:
     gossip_interval: float = 0.2
     join_timeout: float = 10.0
     shared_memory: bool = True  # large values go through /dev/shm between processes of one host
+    store_limit: int | str | None = None  # bytes of values in memory; past it they spill to disk
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -126,3 +165,4 @@ class NodeConfig:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if not (0 < self.suspect_after < self.dead_after):
             raise ValueError("need 0 < suspect_after < dead_after")
+        self.store_limit = default_store_limit() if self.store_limit is None else parse_size(self.store_limit)

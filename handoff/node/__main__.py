@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from handoff.config import NodeConfig, parse_resources
+from handoff.config import NodeConfig, parse_resources, parse_size
 from handoff.errors import HandoffError
 
 
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "user's key in the runtime directory, made on first use")
     p.add_argument("--no-shared-memory", action="store_true",
                    help="send large values over the socket even to processes on this host")
+    p.add_argument("--store-limit", type=_size, default=None, metavar="SIZE",
+                   help="bytes of values kept in memory before the least recently used spill "
+                   "to disk, e.g. 2G, 500M or 10%% (default: a quarter of physical memory)")
     p.add_argument("--insecure", action="store_true",
                    help="no CURVE at all: any process that can reach the address, other "
                    "users' too, can run code here (prints a warning)")
@@ -40,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join-timeout", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers, executor=args.executor, key_file=args.key_file,
             insecure=args.insecure, suspect_after=args.suspect_after,
             dead_after=args.dead_after, join_timeout=args.join_timeout,
-            shared_memory=not args.no_shared_memory,
+            shared_memory=not args.no_shared_memory, store_limit=args.store_limit,
         )
         curve = load_curve(config)
         node = Node(config, curve)

@@ -26,6 +26,7 @@ from handoff.node.peers import PeerMixin
 from handoff.node.orchestration import OrchestrationMixin
 from handoff.node import shm
 from handoff.node.store import ValueStore
+from handoff.node.sweep import sweep_dead
 from handoff.node.values import blob_nbytes
 from handoff.node.threads import ThreadPool
 from handoff.node.values import dumps_value, is_local
@@ -42,6 +43,7 @@ __all__ = ["Node"]
 
 CHECK_WORKERS = 0.05  # seconds between worker liveness and timeout checks
 TICK = 0.25  # seconds between orchestrator ticks (deadlines of runs waiting for a node)
+SWEEP = 2.0  # seconds between sweeps of dead processes' files and spilled values' shm files
 
 
 class Node(PeerMixin, FetchMixin, OrchestrationMixin):
@@ -50,7 +52,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self.name = config.name
         self.ctx = zmq.Context()
         self.transport = Transport(self.ctx, curve)
-        self.store = ValueStore()
+        self.store = ValueStore(config.store_limit)
         self.pool: WorkerPool | None = None
         self._timers: list = []
         self._seq = itertools.count()
@@ -96,8 +98,6 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             self.pool = ThreadPool(self.config.workers, self.name,
                                    self.config.resources, self._job_finished, self._post)
         else:
-            if self.use_shm:
-                shm.sweep_orphans()
             self.pool = WorkerPool(self.config.workers, self.name,
                                    self.config.resources, self._job_finished, self.shm_owner)
         self.pool.start()
@@ -106,6 +106,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self.every(CHECK_WORKERS, self.pool.check)
         self.every(TICK, self.orchestrator_tick)
         self.every(5.0, self._expire_fetches)
+        self._sweep()
+        self.every(SWEEP, self._sweep)
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"handoff-node-{self.name}", daemon=True)
             self._thread.start()
@@ -136,6 +138,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
     def _close(self) -> None:
         if self.shm_owner:
             shm.remove_owned(self.shm_owner)
+        self.store.close()
         self.transport.close()
         if self.transport.curve is not None:
             self.transport.curve.stop()
@@ -283,6 +286,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
         for row, blobs in rows:
             run_id, index, attempt, key, cost, timeout, tree, refs = row
+            self.store.begin_run(run_id, dag_id)
             job = Job(run_id, index, attempt, tree, blobs, origin, dag_id, key, cost, timeout)
             self._prepare_job(job, refs)
 
@@ -295,7 +299,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self.pool.cancel(run_id, None if indices is None else set(indices))
 
     def forget_run(self, run_id: str) -> None:
-        """The run is over: its cancellations need not be remembered."""
+        """The run is over: its cancellations need not be remembered, its values may spill."""
+        self.store.end_run(run_id)
         for key in [k for k in self._cancelled if k[0] == run_id]:
             del self._cancelled[key]
 
@@ -412,6 +417,11 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             self._on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.forget_run(msg.run_id)
+
+    def _sweep(self) -> None:
+        """A timer: files of dead node processes on this host, spilled values' shm files."""
+        self.store.tick()
+        self.counters["files_swept"] += sweep_dead()
 
     def clear_everywhere(self, dag_id: Any) -> None:
         self.store.clear(dag_id)

@@ -21,7 +21,8 @@ from typing import Any
 
 __all__ = [
     "SHM_DIR", "SHM_MIN", "host_id", "write_buffer", "is_descriptor", "descriptor_size",
-    "open_descriptor", "unlink_descriptor", "sweep_orphans", "owner_prefix", "remove_owned",
+    "descriptor_path", "describe_file", "open_descriptor", "unlink_descriptor", "owner_prefix",
+    "remove_owned",
 ]
 
 SHM_DIR = "/dev/shm"
@@ -74,6 +75,12 @@ def write_buffer(raw: memoryview, owner: str) -> bytes | None:
             pass
         return None
     os.close(fd)
+    return describe_file(path, size)
+
+
+def describe_file(path: str, size: int) -> bytes:
+    """A descriptor for the first ``size`` bytes of any file on this host (a spilled buffer
+    is served this way from its spill file)."""
     return _HEAD.pack(_MAGIC, size) + path.encode()
 
 
@@ -98,6 +105,10 @@ def _parse(frame: Any) -> tuple[int, str]:
 
 def descriptor_size(frame: Any) -> int:
     return _parse(frame)[0]
+
+
+def descriptor_path(frame: Any) -> str:
+    return _parse(frame)[1]
 
 
 def open_descriptor(frame: Any) -> memoryview:
@@ -135,31 +146,4 @@ def remove_owned(owner: str) -> int:
                 removed += 1
             except OSError:
                 pass
-    return removed
-
-
-def sweep_orphans() -> int:
-    """Remove files left by node processes that no longer run (a kill -9 leaves them)."""
-    removed = 0
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith("handoff-"):
-            continue
-        try:
-            pid = int(name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                removed += 1
-            except OSError:
-                pass
-        except PermissionError:
-            pass
     return removed

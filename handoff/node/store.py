@@ -1,44 +1,101 @@
-"""A node's result store and data-location registry, per DAG id.
+"""A node's result store and data-location registry, per DAG id, within a memory budget.
 
 Values are kept as the frames a worker produced (pickle bytes plus out-of-band buffers), so
 the event loop never unpickles user data and a value is served to peers without re-pickling.
+Past ``limit`` bytes in memory, values spill to the node's spill directory, least recently
+used first and values of DAGs with no run in progress here before those of active ones; a
+spilled value is served from disk (``SpillDir.read``) and is never lost.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
+import sys
+import time
+from collections import Counter, OrderedDict, defaultdict, deque
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from handoff.node.values import release_frames
+from handoff.node.spill import SpillDir, SpilledValue
+from handoff.node.values import blob_nbytes, dumps_value, has_shared, is_local, release_frames
 
-__all__ = ["ValueStore"]
+log = logging.getLogger("handoff.store")
+
+__all__ = ["ValueStore", "UNLINK_GRACE"]
 
 Waiter = Callable[[list], None]
 
+# Seconds a spilled value's shared-memory files outlive its last hand-out: a consumer on this
+# host that was given the descriptor maps the file within that time.
+UNLINK_GRACE = 10.0
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    frames: list | None  # None once spilled
+    nbytes: int  # bytes in memory while not spilled (an estimate for thread-executor objects)
+    spilled: SpilledValue | None = None
+    unspillable: bool = False  # could not be pickled or written: stays in memory
+    handed_out: float = float("-inf")  # when its frames were last given to a consumer
+
 
 class ValueStore:
-    def __init__(self) -> None:
-        self._values: dict[Any, dict[Hashable, list]] = defaultdict(dict)
+    def __init__(self, limit: int | None = None, spill_dir: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, grace: float = UNLINK_GRACE) -> None:
+        self.limit = limit
+        self.spill = SpillDir(spill_dir)
+        self.clock = clock
+        self.grace = grace
+        self._values: dict[Any, dict[Hashable, _Entry]] = defaultdict(dict)
+        self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # values in memory, oldest first
+        self._runs: dict[str, Any] = {}  # runs in progress on this node -> their DAG id
+        self._active: Counter = Counter()  # DAG id -> runs in progress
+        self._releasing: deque = deque()  # (when, frames, nbytes): shm files of spilled values
         self._locations: dict[Any, dict[Hashable, str]] = defaultdict(dict)
         self._waiters: dict[tuple, list[Waiter]] = defaultdict(list)
         self._watchers: dict[tuple, list[Callable[[str], None]]] = defaultdict(list)  # on registration
+        self.memory_bytes = 0
+        self.disk_bytes = 0
+        self.releasing_bytes = 0
+        self.spills = 0
+        self.loads = 0
+        self.spill_failures = 0
         self.bytes_served = 0
         self.fetches_served = 0
 
+    # ---- values -----------------------------------------------------------------------
     def put(self, dag_id: Any, key: Hashable, frames: list) -> None:
         table = self._values[dag_id]
         old = table.get(key)
-        if old is not None and old is not frames:
-            release_frames(old)
-        table[key] = frames
+        if old is not None:
+            self._drop(dag_id, key, old, release=old.frames is not frames)
+        entry = table[key] = _Entry(frames, _size(frames))
+        self._lru[(dag_id, key)] = entry
+        self.memory_bytes += entry.nbytes
         waiters = self._waiters.pop((dag_id, key), None)
         if waiters:
+            entry.handed_out = self.clock()
             for w in waiters:
                 w(frames)
+        self._fit()
 
     def get(self, dag_id: Any, key: Hashable) -> list | None:
+        """The value's frames (read back from disk if it was spilled), or None."""
         table = self._values.get(dag_id)
-        return None if table is None else table.get(key)
+        entry = None if table is None else table.get(key)
+        if entry is None:
+            return None
+        entry.handed_out = self.clock()
+        if entry.frames is not None:
+            self._lru.move_to_end((dag_id, key))
+            return entry.frames
+        try:
+            frames = self.spill.read(entry.spilled)
+        except OSError as exc:
+            log.error("spilled value %r of DAG %r could not be read back: %s", key, dag_id, exc)
+            return None
+        self.loads += 1
+        return frames
 
     def has(self, dag_id: Any, key: Hashable) -> bool:
         table = self._values.get(dag_id)
@@ -61,6 +118,104 @@ class ValueStore:
 
         return cancel
 
+    def clear(self, dag_id: Any) -> None:
+        for key, entry in self._values.pop(dag_id, {}).items():
+            self._drop(dag_id, key, entry, release=True)
+        self._locations.pop(dag_id, None)
+
+    # ---- runs in progress: their DAGs' values spill last --------------------------------
+    def begin_run(self, run_id: str, dag_id: Any) -> None:
+        if run_id not in self._runs:
+            self._runs[run_id] = dag_id
+            self._active[dag_id] += 1
+
+    def end_run(self, run_id: str) -> None:
+        dag_id = self._runs.pop(run_id, None)
+        if dag_id is None:
+            return
+        self._active[dag_id] -= 1
+        if self._active[dag_id] <= 0:
+            del self._active[dag_id]
+        self._fit()
+
+    # ---- the budget -----------------------------------------------------------------------
+    def _fit(self) -> None:
+        if self.limit is None:
+            return
+        while self.memory_bytes > self.limit:
+            victim = self._victim()
+            if victim is None:
+                return
+            self._spill(*victim)
+
+    def _victim(self) -> tuple | None:
+        """The least recently used value of a DAG with no run here, else of an active one."""
+        fallback = None
+        for k, entry in self._lru.items():
+            if entry.unspillable:
+                continue
+            if k[0] not in self._active:
+                return k, entry
+            if fallback is None:
+                fallback = (k, entry)
+        return fallback
+
+    def _spill(self, k: tuple, entry: _Entry) -> None:
+        frames = entry.frames
+        try:
+            # the thread executor's objects are pickled here, on the loop: spilling them is rare
+            record = self.spill.write(dumps_value(frames[0].obj) if is_local(frames) else frames)
+        except Exception as exc:  # unpicklable object, disk full: keep it in memory
+            entry.unspillable = True
+            self.spill_failures += 1
+            log.warning("value %r of DAG %r stays in memory (spilling failed: %s)", k[1], k[0], exc)
+            return
+        del self._lru[k]
+        self.memory_bytes -= entry.nbytes
+        self.disk_bytes += record.nbytes
+        self.spills += 1
+        entry.frames, entry.spilled = None, record
+        if has_shared(frames):
+            self._release_later(frames, entry.nbytes, entry.handed_out + self.grace)
+
+    def _release_later(self, frames: list, nbytes: int, when: float) -> None:
+        if when <= self.clock():
+            release_frames(frames)
+            return
+        self._releasing.append((when, frames, nbytes))
+        self.releasing_bytes += nbytes
+
+    def tick(self) -> None:
+        """A timer: unlink the shared-memory files of spilled values once their grace is over."""
+        now = self.clock()
+        keep: deque = deque()
+        for when, frames, nbytes in self._releasing:
+            if when <= now:
+                release_frames(frames)
+                self.releasing_bytes -= nbytes
+            else:
+                keep.append((when, frames, nbytes))
+        self._releasing = keep
+
+    def _drop(self, dag_id: Any, key: Hashable, entry: _Entry, release: bool) -> None:
+        if entry.frames is not None:
+            self._lru.pop((dag_id, key), None)
+            self.memory_bytes -= entry.nbytes
+            if release:
+                release_frames(entry.frames)
+        if entry.spilled is not None:
+            self.spill.remove(entry.spilled)
+            self.disk_bytes -= entry.spilled.nbytes
+
+    def close(self) -> None:
+        """At shutdown: unlink pending shared-memory files and remove the spill directory."""
+        for _, frames, _ in self._releasing:
+            release_frames(frames)
+        self._releasing.clear()
+        self.releasing_bytes = 0
+        self.spill.close()
+
+    # ---- data locations -----------------------------------------------------------------
     def register_location(self, dag_id: Any, key: Hashable, node: str) -> None:
         self._locations[dag_id][key] = node
         for watcher in list(self._watchers.get((dag_id, key), ())):
@@ -84,15 +239,43 @@ class ValueStore:
         table = self._locations.get(dag_id)
         return None if table is None else table.get(key)
 
-    def clear(self, dag_id: Any) -> None:
-        for frames in self._values.pop(dag_id, {}).values():
-            release_frames(frames)
-        self._locations.pop(dag_id, None)
-
     def stats(self) -> dict:
         return {
             "dags": len(self._values),
             "values": sum(len(t) for t in self._values.values()),
+            "limit": self.limit,
+            "memory_bytes": self.memory_bytes,
+            "disk_bytes": self.disk_bytes,
+            "releasing_bytes": self.releasing_bytes,
+            "spilled_values": sum(1 for t in self._values.values() for e in t.values() if e.frames is None),
+            "spills": self.spills,
+            "loads": self.loads,
+            "spill_failures": self.spill_failures,
             "bytes_served": self.bytes_served,
             "fetches_served": self.fetches_served,
         }
+
+
+def _size(frames: list) -> int:
+    """Bytes a value holds: its frames, or for a thread-executor object an estimate (buffers of
+    arrays and bytes-like objects, one level into lists, tuples and dicts, else shallow sizes)."""
+    if not is_local(frames):
+        return blob_nbytes(frames)
+    obj = frames[0].obj
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        items = list(obj)
+    else:
+        return _object_size(obj)
+    return sys.getsizeof(obj) + sum(_object_size(x) for x in items[:1000])
+
+
+def _object_size(obj: Any) -> int:
+    nbytes = getattr(obj, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return memoryview(obj).nbytes
+    except TypeError:
+        return sys.getsizeof(obj)
