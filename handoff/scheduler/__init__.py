@@ -31,10 +31,14 @@ Placement, in short:
 - Fairness: runs take turns: each round, runs with work are served least recently served
   first (oldest first among equals), each with an equal share of the free slots, then
   leftovers go round again in the same order.
+- Collocation means the same node, not the same time: the first member of a group to be
+  placed picks the group's node among those whose total capacity fits each member alone,
+  preferring one that fits their summed cost; the others go there and the ledger runs
+  them one after another when they do not fit side by side.
 - When a costed function's chosen node has no free slot, or the function must avoid the
-  node it just failed on, or it is the first of a collocation group (the group's summed
-  cost must fit the node's total), the choice is made among the allowed nodes, ranked by
-  the same strategy scores in Python (rare paths; the common path stays in the core).
+  node it just failed on, or it is the first of a collocation group, the choice is made
+  among the allowed nodes, ranked by ``_core.rank_nodes`` (the allocator's own scores;
+  ``handoff.scheduler.placement``).
 
 Lost nodes: work that ran there is re-placed and results only they held are recomputed
 (neither counts as a failed attempt). Work pinned to the lost node (``Function.node``,

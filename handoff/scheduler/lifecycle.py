@@ -98,11 +98,9 @@ class Lifecycle:
             misfits = run.misfits(name, self.ledger)
             if misfits:
                 i = misfits[0]
-                g = run.group_of.get(i)
-                cost = run.group_cost[g] if g is not None else run.costs[i]
                 error = AllocationError(
                     run.graph.ids[i],
-                    cost,
+                    run.costs[i],
                     self.ledger.capacities(),
                     reason=f"it is pinned to node {name!r}, which came back with too small "
                     "a total capacity",

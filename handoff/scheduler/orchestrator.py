@@ -29,7 +29,8 @@ from handoff.scheduler.events import (
     Tick,
 )
 from handoff.scheduler.lifecycle import Lifecycle
-from handoff.scheduler.run import RunState, rank_nodes
+from handoff.scheduler.placement import group_tiers, order_nodes
+from handoff.scheduler.run import RunState
 
 __all__ = ["DEFAULT_LOOKAHEAD", "DEFAULT_SLOTS", "Orchestrator"]
 
@@ -427,9 +428,10 @@ class Orchestrator(Lifecycle):
         """Dispatch costed ``i``, which fits no node's free resources, ahead of its resources.
 
         Among the live nodes with a free slot whose total capacity fits it (only ``target``
-        when it has one; for the first member of a collocation group, the group's summed
-        cost), those with the fewest queued-ahead tasks first, then by the run's strategy
-        (a retry's failed node last among equals). Says whether it was dispatched: not when
+        when it has one; for the first member of a collocation group, nodes that fit the
+        group's summed cost before those that fit each member), those with the fewest
+        queued-ahead tasks first, then by the run's strategy (a retry's failed node last
+        among equals). Says whether it was dispatched: not when
         every such node already has ``lookahead`` tasks queued ahead.
         """
         ahead, lookahead = self._ahead, self.lookahead
@@ -447,20 +449,23 @@ class Orchestrator(Lifecycle):
             self._commit(run, i, target, ahead=True)
             return True
         if g is not None:
-            names = self.ledger.fitting_nodes_total(run.group_cost[g] or run.costs[i])
+            tiers = group_tiers(self.ledger, run.group_cost[g], run.group_need[g])
         else:
-            names = self._fitting(vec, run.costs[i])
-        names = [
-            n
-            for n in names
-            if n in busy and busy[n] < slots[n] and len(ahead.get(n, ())) < lookahead
-        ]
+            tiers = [self._fitting(vec, run.costs[i])]
+        avoid = run.avoid.get(i) if run.avoid else None
+        names: list[str] = []
+        for tier in tiers:
+            tier = [
+                n
+                for n in tier
+                if n in busy and busy[n] < slots[n] and len(ahead.get(n, ())) < lookahead
+            ]
+            if len(tier) > 1:
+                tier = order_nodes(self.ledger, run.strategy, vec, tier, busy)
+                tier.sort(key=lambda n: (len(ahead.get(n, ())), n == avoid))  # stable: keeps rank
+            names += tier
         if not names:
             return False
-        if len(names) > 1:
-            names = rank_nodes(self.ledger, run.strategy, vec, names, busy)
-            avoid = run.avoid.get(i) if run.avoid else None
-            names.sort(key=lambda n: (len(ahead.get(n, ())), n == avoid))  # stable: keeps rank
         node = names[0]
         if g is not None:
             run.group_node[g] = node

@@ -7,23 +7,16 @@ so the orchestrator's per-task work is list and dict operations on small ints.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable
 
 import numpy as np
 
 from handoff import _core
-from handoff.dag import Collocated
 from handoff.errors import AllocationError, HandoffError
 from handoff.scheduler.events import FunctionStats, RunSpec
+from handoff.scheduler.placement import group_tiers, order_nodes, read_placement
 
-__all__ = ["RunState", "rank_nodes"]
-
-
-def _cost_key(cost: Mapping[str, float] | None) -> tuple:
-    """Hashable form of a cost; () when it claims nothing."""
-    if not cost:
-        return ()
-    return tuple(sorted((name, float(amount)) for name, amount in cost.items() if amount))
+__all__ = ["RunState"]
 
 
 class RunState:
@@ -64,7 +57,9 @@ class RunState:
         self.locations: list[str | None] = [None] * n
         self.started = [0.0] * n
         self.finished_at = [0.0] * n
-        # placement rules, filled by prepare(); sparse because most functions have none
+        # placement rules, filled by prepare(); sparse because most functions have none.
+        # A collocation group goes to one node that fits each member alone (group_need, the
+        # resource-wise largest cost), preferably one that fits their sum (group_cost).
         self.vecs: dict[int, np.ndarray] = {}  # resource vector of functions that claim something
         self.costs: dict[int, dict] = {}
         self.pins: dict[int, str] = {}  # explicit pins, and members of a pinned collocation group
@@ -73,6 +68,7 @@ class RunState:
         self.group_members: list[list[int]] = []
         self.group_node: list[str | None] = []
         self.group_cost: list[dict] = []
+        self.group_need: list[dict] = []
         self.retries: dict[int, int] = {}  # Function.max_retries overrides
         # scheduling
         self.inflight: dict[int, str] = {}
@@ -279,15 +275,14 @@ class RunState:
         return True
 
     def misfits(self, node: str, ledger: Any) -> list[int]:
-        """Functions still to run, pinned to ``node``, whose cost (or pinned group's summed
-        cost) does not fit ``node``'s total capacity (it came back smaller)."""
+        """Functions still to run, pinned to ``node`` (members of a pinned group too), whose
+        cost does not fit ``node``'s total capacity (it came back smaller)."""
         if self.pin_all == node:
             return []
         fits: dict[int, bool] = {}
         bad = []
         for i in self.stranded(node):
-            g = self.group_of.get(i)
-            cost = self.group_cost[g] if g is not None else self.costs.get(i)
+            cost = self.costs.get(i)
             if not cost:
                 continue
             key = id(cost)
@@ -299,7 +294,7 @@ class RunState:
         return bad
 
     def unplaceable(self, ledger: Any) -> list[int]:
-        """Functions still to run whose cost (or group's summed cost) fits no node's total.
+        """Functions still to run whose cost fits no node's total, or whose group no node holds.
 
         Functions pinned to a node the run awaits are left out: they wait for that node.
         """
@@ -321,8 +316,8 @@ class RunState:
             if awaiting and pins.get(members[0]) in awaiting:
                 continue
             needed = [i for i in members if self.needed(i)]
-            cost = self.group_cost[g]
-            if needed and self.group_node[g] is None and cost and not ledger.fits_total(cost):
+            need = self.group_need[g]
+            if needed and self.group_node[g] is None and need and not ledger.fits_total(need):
                 bad.extend(needed)
         return sorted(set(bad))
 
@@ -383,17 +378,19 @@ class RunState:
     ) -> list[str]:
         """Nodes with a free slot where ``i`` may go, best first by the run's strategy.
 
-        For a restricted choice: the first member of a collocation group (the group's
-        summed cost must fit the node's total), a retry (the node it failed on comes last),
-        or a pick whose node had no free slot.
+        For a restricted choice: the first member of a collocation group (nodes that fit its
+        summed cost first, then those that fit each member), a retry (the node it failed on
+        comes last), or a pick whose node had no free slot.
         """
         g = self.group_of.get(i)
-        if g is not None and self.group_cost[g]:
-            names = ledger.fitting_nodes_total(self.group_cost[g])
+        if g is not None:
+            tiers = group_tiers(ledger, self.group_cost[g], self.group_need[g])
         else:
-            names = ledger.nodes
-        names = [n for n in names if n in busy and busy[n] < slots[n]]
-        names = rank_nodes(ledger, self.strategy, vec, names, busy)
+            tiers = [ledger.nodes]
+        names: list[str] = []
+        for tier in tiers:
+            open_ = [n for n in tier if n in busy and busy[n] < slots[n]]
+            names += order_nodes(ledger, self.strategy, vec, open_, busy)
         avoid = self.avoid.get(i)
         if avoid in names and len(names) > 1:
             names.remove(avoid)
@@ -409,150 +406,6 @@ class RunState:
     # -- placement rules -------------------------------------------------------------------
 
     def prepare(self, ledger: Any, local_node: str, vec_cache: dict) -> AllocationError | None:
-        """Read costs, pins and collocation groups; the error that fails the run at start, if any.
-
-        ``vec_cache`` maps cost keys to resource vectors, shared across runs so equal costs
-        share one array (the orchestrator uses its identity to tell cost classes apart).
-        """
-        functions = self.functions
-        inline = self.graph.inline
-        if self.spec.local_only:
-            if not ledger.has_node(local_node):
-                return AllocationError(
-                    functions[0].id if functions else None,
-                    None,
-                    ledger.capacities(),
-                    reason=f"the local node {local_node!r} is not in the ledger",
-                )
-            self.pin_all = local_node
-            for i, fn in enumerate(functions):
-                if fn.max_retries is not None:
-                    self.retries[i] = fn.max_retries
-            return None
-        fits: dict[tuple, list] = {}  # cost key -> nodes whose total capacity fits it
-        links: list[tuple[int, int]] = []
-        index = self.graph.index
-        for i, fn in enumerate(functions):
-            if inline[i]:
-                continue
-            if fn.max_retries is not None:
-                self.retries[i] = fn.max_retries
-            cost, node = fn.cost, fn.node
-            if cost:
-                key = _cost_key(cost)
-                if key:
-                    vec = vec_cache.get(key)
-                    if vec is None:
-                        vec = vec_cache[key] = ledger.resource_vector(dict(key))
-                    self.vecs[i] = vec
-                    self.costs[i] = dict(key)
-            if node is None and not cost:
-                continue
-            if isinstance(node, Collocated):
-                links.append((i, index[node.function_id]))
-                node = None
-            if node is not None:
-                if not ledger.has_node(node):
-                    return AllocationError(
-                        fn.id,
-                        cost,
-                        ledger.capacities(),
-                        reason=f"it is pinned to node {node!r}, which is not in the cluster",
-                    )
-                self.pins[i] = node
-            key = _cost_key(cost)
-            if key:
-                nodes = fits.get(key)
-                if nodes is None:
-                    nodes = fits[key] = ledger.fitting_nodes_total(dict(key))
-                if not nodes:
-                    return AllocationError(fn.id, cost, ledger.capacities())
-                if node is not None and node not in nodes:
-                    return AllocationError(
-                        fn.id,
-                        cost,
-                        ledger.capacities(),
-                        reason=f"it is pinned to node {node!r}, whose total capacity is too small",
-                    )
-        if links:
-            return self._prepare_groups(links, ledger)
-        return None
-
-    def _prepare_groups(self, links: list[tuple[int, int]], ledger: Any) -> AllocationError | None:
-        parent: dict[int, int] = {}
-
-        def root(x: int) -> int:
-            parent.setdefault(x, x)
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for a, b in links:
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-        members: dict[int, list[int]] = {}
-        for x in sorted(parent):
-            members.setdefault(root(x), []).append(x)
-        ids = self.graph.ids
-        for group in members.values():
-            g = len(self.group_members)
-            fids = [ids[i] for i in group]
-            total: dict[str, float] = {}
-            for i in group:
-                for name, amount in self.costs.get(i, {}).items():
-                    total[name] = total.get(name, 0.0) + amount
-            pins = sorted({self.pins[i] for i in group if i in self.pins})
-            first = self.functions[group[0]]
-            if len(pins) > 1:
-                return AllocationError(
-                    first.id,
-                    total,
-                    ledger.capacities(),
-                    reason=f"the collocated functions {fids} are pinned to different nodes {pins}",
-                )
-            nodes = ledger.fitting_nodes_total(total) if total else list(ledger.nodes)
-            if pins and pins[0] not in nodes or not nodes:
-                where = f"node {pins[0]!r}, where they are pinned" if pins else "any node"
-                return AllocationError(
-                    first.id,
-                    total,
-                    ledger.capacities(),
-                    reason=f"the summed cost of the collocated functions {fids} does not fit "
-                    f"{where}",
-                )
-            for i in group:
-                self.group_of[i] = g
-                if pins:
-                    self.pins[i] = pins[0]
-            self.group_members.append(group)
-            self.group_node.append(pins[0] if pins else None)
-            self.group_cost.append(total)
-        return None
-
-
-def rank_nodes(
-    ledger: Any, strategy: str, vec: np.ndarray | None, names: list[str], busy: Mapping[str, int]
-) -> list[str]:
-    """``names`` best first for ``strategy``: the core allocator's scores, over a subset.
-
-    Zero-cost work ranks by in-flight count (``busy``) for load_balanced, else by ledger order.
-    """
-    if len(names) <= 1 or strategy == "first_available":
-        return list(names)
-    if vec is None:
-        return sorted(names, key=busy.__getitem__) if strategy == "load_balanced" else list(names)
-    rows = [ledger.node_index(n) for n in names]
-    cap = ledger.capacity_matrix()[rows]
-    used = ledger.used_matrix()[rows]
-    v = np.zeros(cap.shape[1])
-    v[: vec.shape[0]] = vec
-    declared = cap > 0
-    safe = np.where(declared, cap, 1.0)
-    if strategy == "load_balanced":
-        score = np.where(declared, (used + v) / safe, 0.0).max(axis=1, initial=0.0)
-    else:
-        score = np.where(declared, ((cap - used) - v) / safe, 0.0).sum(axis=1)
-    order = sorted(range(len(names)), key=lambda k: (score[k], busy[names[k]], k))
-    return [names[k] for k in order]
+        """Read costs, pins and collocation groups (``placement.read_placement``); the error
+        that fails the run at start, if any."""
+        return read_placement(self, ledger, local_node, vec_cache)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import handoff.scheduler.orchestrator as orchestrator_module
+import handoff.scheduler.placement as placement_module
 import handoff.scheduler.run as run_module
 from handoff.dag import DAG, Collocated, Function
 from handoff.errors import AllocationError, FunctionError, NodeLostError, TimeoutError
@@ -43,6 +44,7 @@ def sched(core, monkeypatch):
     """The scheduler wired to one core implementation (ledger, tracker and allocate alike)."""
     monkeypatch.setattr(run_module, "_core", core)
     monkeypatch.setattr(orchestrator_module, "_core", core)
+    monkeypatch.setattr(placement_module, "_core", core)
     return core
 
 
@@ -267,14 +269,15 @@ def test_forward_references_schedule_by_dependencies(sched):
         ([fn("p", node="nowhere")], "p", "pinned to node 'nowhere', which is not in the cluster"),
         ([fn("p", node="a", cost={"cpu": 6})], "p", "pinned to node 'a', whose total capacity"),
         (
-            [fn("x", cost={"cpu": 5}), fn("y", cost={"cpu": 4}, node=Collocated("x"))],
-            "x",
-            "summed cost of the collocated functions ['x', 'y'] does not fit any node",
+            [fn("x", cost={"cpu": 5}), fn("y", cost={"cpu": 9}, node=Collocated("x"))],
+            "y",
+            "its cost fits no node's total capacity",
         ),
         (
-            [fn("x", cost={"cpu": 3}, node="a"), fn("y", cost={"cpu": 3}, node=Collocated("x"))],
-            "x",
-            "does not fit node 'a', where they are pinned",
+            [fn("x", cost={"cpu": 3}, node="a"), fn("y", cost={"cpu": 5}, node=Collocated("x"))],
+            "y",
+            "the total capacity of node 'a', where the collocated functions ['x', 'y'] are "
+            "pinned, does not fit it",
         ),
     ],
 )
@@ -453,9 +456,13 @@ def test_collocated_group_goes_where_its_first_member_went(sched):
             fn("z", cost={"cpu": 1}, node=Collocated("y")),
         )
     )
-    # x alone fits a (first available), but the group's summed cost (5) fits only b... which
-    # has 4: the group is x+y+z = 5 > 4, so this must fail at start.
-    assert isinstance(c.finished["r"].error, AllocationError)
+    # the summed cost (5) fits no node, but each member fits a (first available): the group
+    # goes there and its members run one after another
+    assert "r" not in c.finished and c.node_of("x") == c.node_of("z") == "a"
+    assert c.orch.run("r").queued_ahead() == {c.index("r", "z"): "a"}  # waits for x's cpu
+    c.drain()  # Cluster.check: never over-committed
+    assert c.finished["r"].error is None and c.idle()
+    assert set(c.orch.run("r").allocations().values()) == {"a"}
 
     c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 4}})
     c.submit(
@@ -472,6 +479,69 @@ def test_collocated_group_goes_where_its_first_member_went(sched):
     alloc = c.orch.run("r").allocations()
     assert alloc["x"] == alloc["y"] == alloc["z"] == "b"
     assert c.idle()
+
+
+def test_collocated_functions_that_fit_one_at_a_time_run_one_at_a_time(sched):
+    # the issue's case: together 8050 > 8000, each alone fits; no over-commit, both run on n
+    for lookahead in (0, 1):
+        c = Cluster(sched, {"n": {"cpu": 2, "memory": 8000}, "m": {"cpu": 8}}, lookahead=lookahead)
+        c.submit(
+            dag_of(
+                fn("task_A", cost={"cpu": 1, "memory": 7900}, node="n"),
+                fn("task_B", cost={"cpu": 1, "memory": 150}, node=Collocated("task_A")),
+            )
+        )
+        assert c.node_of("task_A") == "n" and c.ledger.used("n")["memory"] == 7900
+        if lookahead:  # sent ahead to n, holding no claim until task_A releases its memory
+            assert c.orch.run("r").queued_ahead() == {c.index("r", "task_B"): "n"}
+        else:
+            assert c.running_ids() == ["task_A"]
+        c.finish("task_A")
+        assert c.node_of("task_B") == "n" and c.ledger.used("n")["memory"] == 150
+        c.drain()
+        assert c.finished["r"].error is None
+        assert c.orch.run("r").allocations() == {"task_A": "n", "task_B": "n"}
+
+
+@pytest.mark.parametrize("strategy", ["first_available", "load_balanced", "cost_optimized"])
+def test_an_unpinned_group_prefers_a_node_that_fits_its_sum(sched, strategy):
+    # x and y fit a alone (cpu 2) but together (4) only b
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 4}})
+    c.submit(
+        dag_of(fn("x", cost={"cpu": 2}), fn("y", cost={"cpu": 2}, node=Collocated("x"))),
+        strategy=strategy,
+    )
+    assert c.node_of("x") == c.node_of("y") == "b"
+    # b busy: the group takes a, where each member fits, rather than waiting for b
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 4}}, lookahead=0)
+    c.submit(dag_of(fn("hog", cost={"cpu": 4}, node="b")), run_id="hog")
+    c.submit(
+        dag_of(fn("x", cost={"cpu": 2}), fn("y", cost={"cpu": 2}, node=Collocated("x"))),
+        strategy=strategy,
+    )
+    assert c.node_of("x") == "a" and c.running_ids() == ["x"]
+    c.finish("x")
+    assert c.node_of("y") == "a"
+    c.drain()
+    assert c.finished["r"].error is None and c.idle()
+
+
+def test_a_group_no_single_node_can_hold_fails_naming_the_member(sched):
+    # x needs the gpu only a has; y needs more cpu than a has: each fits some node, not one
+    c = Cluster(sched, {"a": {"cpu": 1, "gpu": 1}, "b": {"cpu": 8}})
+    c.submit(
+        dag_of(
+            fn("x", cost={"gpu": 1}),
+            fn("y", cost={"cpu": 4}, node=Collocated("x")),
+            fn("z", node=Collocated("y")),
+        )
+    )
+    err = c.finished["r"].error
+    assert isinstance(err, AllocationError) and err.function_id == "y"
+    assert err.cost == {"cpu": 4.0}
+    assert "need one node that fits each of them" in str(err)
+    assert "['x', 'y', 'z']" in str(err)
+    assert not c.dispatched and c.idle()
 
 
 def test_collocated_member_waits_for_its_groups_node(sched):

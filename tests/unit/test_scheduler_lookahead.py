@@ -17,6 +17,7 @@ import pytest
 from test_scheduler import Cluster, dag_of, drive_random_restarts, drive_random_runs, fn
 
 import handoff.scheduler.orchestrator as orchestrator_module
+import handoff.scheduler.placement as placement_module
 import handoff.scheduler.run as run_module
 from handoff.dag import Collocated
 from handoff.errors import FunctionError, NodeLostError, TimeoutError
@@ -41,6 +42,7 @@ def sched(core, monkeypatch):
     """The scheduler wired to one core implementation (ledger, tracker and allocate alike)."""
     monkeypatch.setattr(run_module, "_core", core)
     monkeypatch.setattr(orchestrator_module, "_core", core)
+    monkeypatch.setattr(placement_module, "_core", core)
     return core
 
 
