@@ -39,6 +39,7 @@ from handoff.api import (
     stop,
     store_result,
     store_value,
+    synchronize,
 )
 
 __version__ = "0.1.0"
@@ -52,6 +53,6 @@ __all__ = [
     "FunctionStats", "ExecutionResult",
     "execute", "execute_distributed", "execute_local", "start", "stop", "node_name",
     "register_local_node", "register_node", "resources_available", "discover_nodes",
-    "store_value", "get_local_value", "get_value", "get_result", "store_result",
+    "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
 ]

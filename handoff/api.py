@@ -6,11 +6,11 @@ import atexit
 import dataclasses
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable, Hashable, Mapping
+from numbers import Integral
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from handoff.config import NodeConfig, check_resources
-from handoff.dag import DAG
+from handoff.dag import DAG, retries_problem, timeout_problem
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.errors import TimeoutError as HandoffTimeout
 from handoff.node.runs import ExecutionResult, prepare_run
@@ -19,13 +19,14 @@ from handoff.node.values import dumps_value, loads_value
 __all__ = [
     "start", "stop", "node_name", "execute", "execute_distributed", "execute_local",
     "register_local_node", "register_node", "resources_available", "discover_nodes",
-    "store_value", "get_local_value", "get_value", "get_result", "store_result",
+    "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear", "current_node",
 ]
 
 STRATEGIES = ("first_available", "load_balanced", "cost_optimized")
 EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress")
 START_TIMEOUT = 60.0
+MAX_CONCURRENCY = 1_000_000
 
 _lock = threading.RLock()
 _node = None
@@ -137,20 +138,20 @@ def _check_options(max_retries: Any, allocation_strategy: Any, max_concurrency: 
     if allocation_strategy not in STRATEGIES:
         raise ValueError(
             f"unknown allocation_strategy {allocation_strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
+    problem = retries_problem(max_retries) or (timeout is not None and timeout_problem(timeout))
+    if problem:
+        raise ValueError(problem)
     if max_concurrency is not None and (
-        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, Integral)
+        or not 1 <= max_concurrency <= MAX_CONCURRENCY
     ):
-        raise ValueError(f"max_concurrency must be a positive int or None, got {max_concurrency!r}")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
-    ):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        raise ValueError(
+            f"max_concurrency must be None or an int from 1 to {MAX_CONCURRENCY}, got {max_concurrency!r}")
     if not (isinstance(progress, bool) or callable(progress)):
         raise ValueError("progress must be a bool or a callable(done, total)")
-    return {"max_retries": max_retries, "allocation_strategy": allocation_strategy,
-            "max_concurrency": max_concurrency, "timeout": timeout}
+    return {"max_retries": int(max_retries), "allocation_strategy": allocation_strategy,
+            "max_concurrency": None if max_concurrency is None else int(max_concurrency),
+            "timeout": None if timeout is None else float(timeout)}
 
 
 def execute(
@@ -290,21 +291,45 @@ def get_value(dag_id: Any, id: Hashable, from_node: str | None = None) -> Any:
 
 
 def get_result(dag_id: Any, id: Hashable, timeout: float = 5.0) -> Any:
-    """Wait up to ``timeout`` seconds for a result to be stored on this node."""
+    """Wait up to ``timeout`` seconds for a result to exist anywhere in the cluster, and
+    fetch it from its origin node.
+
+    Found, in this order: in this node's store; on the node this node's data-location
+    registry names; on a node that a peer names when asked (the peer stores it, or its
+    registry knows where it is). A store or registration on this node wakes the wait at
+    once; peers are asked again at a falling rate (after 50 ms, doubling to once a second).
+    The timeout bounds the whole call, transfer included. Raises ``handoff.TimeoutError``
+    when the value is not found in time, ValueError for a timeout outside (0, 30 days].
+    """
+    problem = timeout_problem(timeout)
+    if problem:
+        raise ValueError(problem)
     n = current_node()
-    fut: Future = Future()
-    cancel_box: list[Callable] = []
+    found = n.find_values(dag_id, [id], float(timeout), wait=True)
+    if id not in found:
+        raise HandoffTimeout(f"waiting for result {id!r} of DAG {dag_id!r} anywhere in the cluster", timeout)
+    return loads_value(found[id])
 
-    def arm() -> None:
-        cancel_box.append(n.store.wait(dag_id, id, lambda frames: fut.done() or fut.set_result(frames)))
 
-    n.call(arm).result()
-    try:
-        return loads_value(fut.result(timeout))
-    except TimeoutError:
-        if cancel_box:
-            n.call(cancel_box[0])
-        raise HandoffTimeout(f"waiting for result {id!r} of DAG {dag_id!r}", timeout) from None
+def synchronize(dag_id: Any, function_ids: Iterable[Hashable], timeout: float = 5.0) -> dict[Hashable, Any]:
+    """``{fid: value}`` of those ``function_ids`` that exist now somewhere in the cluster,
+    each fetched from its origin node; ids that cannot be found are absent.
+
+    Looks once, where ``get_result`` looks, without waiting for values to appear; the
+    ``timeout`` bounds the peers' answers and the transfers (a holder that does not answer
+    in time counts as not holding the value). ValueError for a timeout outside (0, 30 days].
+    """
+    if isinstance(function_ids, (str, bytes)) or not isinstance(function_ids, Iterable):
+        raise TypeError(f"function_ids must be a list of function ids, got {function_ids!r}")
+    problem = timeout_problem(timeout)
+    if problem:
+        raise ValueError(problem)
+    ids = list(dict.fromkeys(function_ids))
+    if not ids:
+        return {}
+    n = current_node()
+    found = n.find_values(dag_id, ids, float(timeout), wait=False)
+    return {fid: loads_value(found[fid]) for fid in ids if fid in found}
 
 
 def register_data_location(dag_id: Any, data_id: Hashable, node: str) -> None:

@@ -6,7 +6,7 @@ import math
 import uuid
 from array import array
 from dataclasses import dataclass, field
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +21,8 @@ from handoff.errors import (
 __all__ = ["Function", "Argument", "Collocated", "DAG", "new", "CompiledGraph"]
 
 TYPES = ("regular", "inline")
+MAX_TIMEOUT = 30 * 24 * 3600.0  # seconds: any longer is a typo, and inf/1e300 overflow deadlines
+MAX_RETRIES = 1000
 INCLUSIONS = ("variadic", "as_list")
 
 Hook = Callable[..., Any] | tuple  # a callable or (callable, [extra, ...])
@@ -116,14 +118,26 @@ def _check_function(fn: Function) -> None:
         raise InvalidFunctionError(fid, "node must be a node name, Collocated(function_id) or None")
     if fn.is_inline and fn.node is not None:
         raise InvalidFunctionError(fid, "an inline function runs inside its consumers and cannot be placed")
-    if fn.max_retries is not None and (
-        isinstance(fn.max_retries, bool) or not isinstance(fn.max_retries, int) or fn.max_retries < 0
-    ):
-        raise InvalidFunctionError(fid, f"max_retries must be a non-negative int, got {fn.max_retries!r}")
-    if fn.timeout is not None and (
-        isinstance(fn.timeout, bool) or not isinstance(fn.timeout, Real) or not fn.timeout > 0
-    ):
-        raise InvalidFunctionError(fid, f"timeout must be a positive number of seconds, got {fn.timeout!r}")
+    problem = fn.max_retries is not None and retries_problem(fn.max_retries)
+    problem = problem or (fn.timeout is not None and timeout_problem(fn.timeout))
+    if problem:
+        raise InvalidFunctionError(fid, problem)
+
+
+def timeout_problem(value: Any, name: str = "timeout") -> str:
+    """Why ``value`` is not a usable timeout in seconds ('' when it is): the one rule for all."""
+    if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
+            or not 0 < value <= MAX_TIMEOUT):
+        return (f"{name} must be a finite number of seconds between 0 (exclusive) and "
+                f"{MAX_TIMEOUT:.0f} (30 days), got {value!r}")
+    return ""
+
+
+def retries_problem(value: Any, name: str = "max_retries") -> str:
+    """Why ``value`` is not a usable retry count ('' when it is)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value <= MAX_RETRIES:
+        return f"{name} must be an int from 0 to {MAX_RETRIES}, got {value!r}"
+    return ""
 
 
 def _check_hook(fid: Hashable, name: str, hook: Any) -> None:

@@ -15,15 +15,17 @@ from typing import Any, Callable, Hashable
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node.values import blob_nbytes, expand_frames, has_shared, is_local
 from handoff.node.workers import Job
-from handoff.protocol.messages import Fetch, PartAck, Ping, Value, ValuePart
+from handoff.protocol.messages import Fetch, Locate, Located, PartAck, Ping, Value, ValuePart
 
 log = logging.getLogger("handoff.fetching")
 
 CHUNK = 16 * 1024 * 1024  # bytes per part of a large value
 FETCH_STALL = 30.0  # seconds without any progress before a request to a live peer fails
 WINDOW = 8  # parts in flight per transfer: at most 128 MB ahead of a heartbeat
+ASK_FIRST = 0.05  # seconds before a waiting search asks its peers again; doubles each round
+ASK_EVERY = 1.0  # ... up to once a second: a long wait costs each peer one small message a second
 
-__all__ = ["FetchMixin"]
+__all__ = ["FetchMixin", "ValueSearch"]
 
 
 class FetchMixin:
@@ -237,6 +239,29 @@ class FetchMixin:
             from handoff.errors import TimeoutError as HTimeout
             raise HTimeout(f"fetching {key!r} from node {node!r}", timeout) from None
 
+    def find_values(self, dag_id: Any, keys: list, timeout: float, wait: bool) -> dict:
+        """Blocking, from any thread but the loop's: ``{key: frames}`` of the keys found
+        anywhere in the cluster within ``timeout`` seconds (see ValueSearch)."""
+        fut: Future = Future()
+        deadline = time.monotonic() + timeout
+        self.call(lambda: ValueSearch(self, dag_id, keys, wait, deadline, fut).start()).result()
+        try:
+            return fut.result(timeout + 5.0)  # the loop ends the search at the deadline
+        except TimeoutError:  # the loop stopped under us
+            return {}
+
+    # ---- locating values on peers -----------------------------------------------------
+    def _on_locate(self, msg: Locate) -> None:
+        holders = [self.name if self.store.has(msg.dag_id, key) else self.store.location(msg.dag_id, key)
+                   for key in msg.keys]
+        self.transport.send(msg.sender, Located(self.name, msg.request, holders))
+
+    def _on_located(self, msg: Located) -> None:
+        self._pending_by_node[msg.sender].discard(msg.request)
+        callback = self._pending.pop(msg.request, None)
+        if callback is not None:
+            callback(msg.holders, None)
+
     def peer_stats(self, name: str, timeout: float = 10.0) -> dict:
         """Blocking, from any thread but the loop's: a node's counters, asked over the wire."""
         if name == self.name:
@@ -262,6 +287,148 @@ class FetchMixin:
         self.call(ask, fut)
         return fut.result(timeout)
 
+
+class ValueSearch:
+    """Finds stored values anywhere in the cluster for ``get_result`` and ``synchronize``.
+
+    Owned by the loop thread. A key is taken from the first of: this node's store; the node
+    this node's data-location registry names; a node that a peer names when asked (Locate:
+    the peer itself if it stores the key, else its registry's entry). Each holder is asked
+    for the value once per round; a holder that fails is skipped for the next one.
+    One-shot (``wait=False``): a single round; keys nobody holds are left out. Waiting: wakes
+    at once on a local store or registration, asks the peers again after 50 ms, doubling up
+    to once a second, and ends at the deadline with whatever it found.
+    """
+
+    def __init__(self, node: Any, dag_id: Any, keys: list, wait: bool, deadline: float,
+                 future: Future) -> None:
+        self.node = node
+        self.dag_id = dag_id
+        self.wait = wait
+        self.deadline = deadline
+        self.future = future
+        self.missing = dict.fromkeys(keys)  # ordered set
+        self.found: dict[Hashable, list] = {}
+        self.holders: dict[Hashable, list[str]] = {k: [] for k in keys}  # not yet tried this round
+        self.tried: dict[Hashable, set[str]] = {k: set() for k in keys}
+        self.fetching: set[Hashable] = set()
+        self.asking: dict[str, int] = {}  # peer -> its outstanding Locate request
+        self.cancels: list[Callable[[], None]] = []
+        self.timers: list[list] = []
+        self.interval = ASK_FIRST
+        self.done = False
+
+    def start(self) -> None:
+        store = self.node.store
+        for key in list(self.missing):
+            frames = store.get(self.dag_id, key)
+            if frames is not None:
+                self._found(key, frames)
+        if self.done:
+            return
+        if self.wait:
+            for key in self.missing:
+                self.cancels.append(store.wait(self.dag_id, key, lambda f, key=key: self._found(key, f)))
+                self.cancels.append(store.watch_location(self.dag_id, key, lambda n, key=key: self._offer(key, n)))
+        self.timers.append(self.node.after(max(0.0, self.deadline - time.monotonic()), self._finish))
+        self._round()
+
+    def _round(self) -> None:
+        if self.done:
+            return
+        for key in self.missing:
+            self.tried[key].clear()
+            holder = self.node.store.location(self.dag_id, key)
+            if holder is not None:
+                self._offer(key, holder)
+        self._ask_peers()
+        if self.wait:
+            self.timers.append(self.node.after(self.interval, self._round))
+            self.interval = min(2 * self.interval, ASK_EVERY)
+        else:
+            self._settle()
+
+    def _ask_peers(self) -> None:
+        node = self.node
+        keys = list(self.missing)  # also those being fetched: that holder may fail
+        for peer in node.membership.alive():
+            if peer == node.name or peer in self.asking:
+                continue
+            request = next(node._requests)
+            node._pending[request] = lambda holders, error, peer=peer, keys=keys: self._located(peer, keys, holders)
+            node._pending_by_node[peer].add(request)
+            self.asking[peer] = request
+            if not node.transport.send(peer, Locate(node.name, request, self.dag_id, keys)):
+                self._forget(peer)
+
+    def _located(self, peer: str, keys: list, holders: Any) -> None:
+        self.asking.pop(peer, None)
+        if self.done:
+            return
+        if isinstance(holders, list) and len(holders) == len(keys):
+            for key, holder in zip(keys, holders):
+                if isinstance(holder, str):
+                    self._offer(key, holder)
+        self._settle()
+
+    def _offer(self, key: Hashable, holder: str) -> None:
+        """``holder`` may have ``key``: fetch it from there unless a fetch is under way."""
+        if self.done or key not in self.missing or holder == self.node.name:
+            return  # a value stored here arrives through the store's waiter
+        if holder not in self.tried[key] and holder not in self.holders[key]:
+            self.holders[key].append(holder)
+        self._fetch_next(key)
+
+    def _fetch_next(self, key: Hashable) -> None:
+        if key in self.fetching or not self.holders[key]:
+            return
+        holder = self.holders[key].pop(0)
+        self.tried[key].add(holder)
+        self.fetching.add(key)
+
+        def fetched(frames: list | None, error: str | None) -> None:
+            self.fetching.discard(key)
+            if self.done:
+                return
+            if frames is not None:
+                self._found(key, frames)
+                return
+            self._fetch_next(key)
+            self._settle()
+
+        self.node.fetch_value(holder, self.dag_id, key, None, fetched)
+
+    def _found(self, key: Hashable, frames: list) -> None:
+        if self.done or key not in self.missing:
+            return
+        del self.missing[key]
+        self.found[key] = frames
+        if not self.missing:
+            self._finish()
+
+    def _settle(self) -> None:
+        """One-shot: done once every peer answered and no fetch is under way."""
+        if not self.wait and not self.done and not self.asking and not self.fetching:
+            self._finish()
+
+    def _forget(self, peer: str) -> None:
+        request = self.asking.pop(peer, None)
+        if request is not None:
+            self.node._pending.pop(request, None)
+            self.node._pending_by_node[peer].discard(request)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        for cancel in self.cancels:
+            cancel()
+        for entry in self.timers:
+            self.node.cancel_timer(entry)
+        for peer in list(self.asking):
+            self._forget(peer)
+        if not self.future.done():
+            self.future.set_result(self.found)
 
 
 def _bytes_view(frame: Any) -> memoryview:

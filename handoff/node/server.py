@@ -32,7 +32,8 @@ from handoff.node.threads import ThreadPool
 from handoff.node.values import dumps_value, is_local
 from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
-    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, PartAck, Ping, Pong, Refuse,
+    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, PartAck, Ping,
+    Pong, Refuse,
     RunEnded, Store, Value, ValuePart,
 )
 from handoff.transport import Transport
@@ -406,6 +407,10 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                 self.store.register_location(msg.dag_id, msg.key, self.name)
         elif isinstance(msg, Clear):
             self.store.clear(msg.dag_id)
+        elif isinstance(msg, Locate):
+            self._on_locate(msg)
+        elif isinstance(msg, Located):
+            self._on_located(msg)
         elif isinstance(msg, Ping):
             self.transport.send(msg.sender, Pong(self.name, msg.request, self.node_stats()))
         elif isinstance(msg, Pong):
