@@ -5,9 +5,11 @@ import os
 import numpy as np
 import pytest
 
+from handoff.config import NodeConfig, default_store_limit, parse_size
 from handoff.node import shm
+from handoff.node.__main__ import build_parser
 from handoff.node.store import ValueStore
-from handoff.node.values import LocalValue, dumps_value, has_shared, loads_value
+from handoff.node.values import LocalValue, dumps_value, expand_frames, has_shared, loads_value
 
 MB = 1024 * 1024
 
@@ -197,3 +199,33 @@ def test_waiters_get_the_value_even_if_it_spills_at_once(spill_parent):
     assert store.spills == 1
     np.testing.assert_array_equal(loads_value(got[0]), array_value(9))
     store.close()
+
+
+def test_a_spilled_value_expands_to_bytes_for_a_peer_on_another_host(spill_parent):
+    store = make_store(spill_parent, limit=MB // 2)
+    try:
+        store.put("d", "k", dumps_value(array_value(6)))
+        frames = store.get("d", "k")
+        assert has_shared(frames)  # served as descriptors of the spill files
+        expanded = expand_frames(frames)
+        assert not has_shared(expanded)
+        np.testing.assert_array_equal(loads_value(expanded), array_value(6))
+    finally:
+        store.close()
+
+
+def test_store_limit_sizes_parse_and_bad_ones_say_what_is_accepted():
+    assert parse_size("2G") == 2 << 30
+    assert parse_size("500M") == 500 << 20
+    assert parse_size("64MiB") == parse_size("64mb") == 64 << 20
+    assert parse_size("1.5K") == 1536
+    assert parse_size("1048576") == parse_size(1048576) == MB
+    assert 0 < parse_size("10%") < parse_size("20%")
+    for bad in ("", "abc", "-1G", "0", "12X", True, 1.5):
+        with pytest.raises(ValueError, match="2G, 500M or 10%"):
+            parse_size(bad)
+    assert NodeConfig(resources={"cpu": 1}, store_limit="64M").store_limit == 64 << 20
+    assert NodeConfig(resources={"cpu": 1}).store_limit == default_store_limit() > 0
+    assert build_parser().parse_args(["--store-limit", "2G"]).store_limit == 2 << 30
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--store-limit", "lots"])
