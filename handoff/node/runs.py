@@ -15,18 +15,31 @@ from typing import Any, Callable, Hashable, Iterator
 
 from handoff.dag import DAG, Argument, CompiledGraph, Function
 from handoff.errors import HandoffError, ResultNotFound
-from handoff.node.values import dumps_payload, loads_value
+from handoff.node.values import dumps_args, dumps_payload, loads_value
 
 __all__ = ["RunContext", "ExecutionResult", "Results", "prepare_run"]
 
 
-def _hook_payload(hook: Any) -> bytes | None:
-    if hook is None:
-        return None
-    if callable(hook):
-        return dumps_payload(hook, ())
-    fn, extra = hook
-    return dumps_payload(fn, extra)
+class PayloadPickler:
+    """Payload blobs for one run: each distinct code object is pickled once (by identity),
+    each function's extra arguments on their own (see ``values.dumps_payload``)."""
+
+    def __init__(self) -> None:
+        self._code: dict[int, tuple[Any, bytes]] = {}  # id(code) -> (code kept alive, frame)
+
+    def blob(self, code: Any, extra: Any) -> list:
+        found = self._code.get(id(code))
+        if found is None:
+            found = self._code[id(code)] = (code, dumps_payload(code))
+        return [found[1], dumps_args(extra)] if extra else [found[1]]
+
+    def hook(self, hook: Any) -> list | None:
+        if hook is None:
+            return None
+        if callable(hook):
+            return self.blob(hook, ())
+        fn, extra = hook
+        return self.blob(fn, extra)
 
 
 @dataclass(eq=False)
@@ -35,8 +48,8 @@ class RunContext:
     dag: DAG
     graph: CompiledGraph
     functions: list[Function]
-    payloads: list[bytes | None]
-    hooks: dict[tuple[int, int], tuple[bytes | None, bytes | None, bool]]
+    payloads: list[list]  # per function: its payload blob (frames)
+    hooks: dict[tuple[int, int], tuple[list | None, list | None, bool]]
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
@@ -64,7 +77,7 @@ class RunContext:
     def _tree(self, j: int, target: str, location, blobs: list, refs: list) -> list:
         fn = self.functions[j]
         k = len(blobs)
-        blobs.append([self.payloads[j]])
+        blobs.append(self.payloads[j])
         index, inline = self.graph.index, self.graph.inline
         children = []
         for pos, arg in enumerate(fn.args):
@@ -83,26 +96,28 @@ class RunContext:
                 if always or source != target:
                     if ser is not None:
                         hook_pos = len(blobs)
-                        blobs.append([ser])
+                        blobs.append(ser)
                     if deser is not None:
                         leaf = ["h", len(blobs), source, target, leaf]
-                        blobs.append([deser])
+                        blobs.append(deser)
             refs.append([source, self.dag.id, self.graph.ids[dep], hook_pos, slot])
             children.append(leaf)
         return ["c", k, fn.argument_inclusion, children]
 
 
 def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
-    """Validate ``dag`` and pickle every function once; raises before anything is sent."""
+    """Validate ``dag`` and pickle every code object and every function's extra arguments
+    once; raises before anything is sent."""
     from handoff.errors import InvalidFunctionError
 
     graph = dag.compile()
     functions = [dag.functions[i] for i in graph.ids]
-    payloads: list[bytes | None] = []
+    payloads: list[list] = []
     hooks: dict = {}
+    pickler = PayloadPickler()
     for j, fn in enumerate(functions):
         try:
-            payloads.append(dumps_payload(fn.code, fn.extra_args))
+            payloads.append(pickler.blob(fn.code, fn.extra_args))
         except Exception as exc:
             raise InvalidFunctionError(
                 fn.id, f"its code or extra_args cannot be pickled for shipping: {type(exc).__name__}: {exc}"
@@ -111,8 +126,8 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
             if isinstance(arg, Argument) and (arg.serialization_fn or arg.deserialization_fn):
                 try:
                     hooks[(j, pos)] = (
-                        _hook_payload(arg.serialization_fn),
-                        _hook_payload(arg.deserialization_fn),
+                        pickler.hook(arg.serialization_fn),
+                        pickler.hook(arg.deserialization_fn),
                         arg.always,
                     )
                 except Exception as exc:

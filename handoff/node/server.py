@@ -305,6 +305,17 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         for key in [k for k in self._cancelled if k[0] == run_id]:
             del self._cancelled[key]
 
+    def cancel_jobs_from(self, origin: str) -> None:
+        """``origin`` is dead or gone: the work it sent here has nobody to report to."""
+        if origin != self.name and self.pool is not None:
+            cancelled = self.pool.cancel_origin(origin)
+            if cancelled:
+                log.info("%s: cancelled the work of %d runs from %s", self.name, cancelled, origin)
+
+    def _origin_alive(self, origin: str) -> bool:
+        member = self.membership.get(origin) if origin and origin != self.name else None
+        return member is None or member.status not in ("dead", "left")
+
     def _is_cancelled(self, job: Job) -> bool:
         return any(r == job.run_id and (idx is None or job.index in idx) for r, idx in self._cancelled)
 
@@ -326,7 +337,8 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                 job.blobs[slot] = frames
                 state["missing"] -= 1
                 if state["missing"] == 0 and not (self._cancelled and self._is_cancelled(job)):
-                    self.pool.submit(job)
+                    if self._origin_alive(job.origin):
+                        self.pool.submit(job)
 
             self.fetch_value(node, dag_id, key, hook, filled)
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
 import struct
 import sys
+import threading
 import time
 import traceback
+from collections import OrderedDict
 from typing import Any
 
 from handoff.errors import ProtocolError
 from handoff.node.pipes import WorkerEnd
-from handoff.node.values import dumps_value, loads_payload, loads_value
+from handoff.node.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 
@@ -25,19 +28,47 @@ FLUSH_AFTER = 0.002  # send finished results at least this often while a batch r
 SPIN = 0.0002  # after a batch, poll this long for the next one before sleeping
 
 
-class Evaluator:
-    """Builds calls from argument trees (see handoff.protocol.messages) and runs them."""
+CODE_CACHE_BYTES = 64 << 20  # decoded code kept per worker, counted by its pickled size
 
-    def __init__(self) -> None:
-        self._payloads: dict[bytes, tuple] = {}
+
+class Evaluator:
+    """Builds calls from argument trees (see handoff.protocol.messages) and runs them.
+
+    Decoded code is cached by its frame (shared by every function that runs that code),
+    least recently used first out, within ``limit`` bytes; extra arguments are decoded per
+    call and never kept, so nothing of a run outlives its jobs but its code."""
+
+    def __init__(self, limit: int = CODE_CACHE_BYTES) -> None:
+        self._code: OrderedDict[bytes, tuple] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()  # the thread executor shares one Evaluator
+        self.cached_bytes = 0
 
     def payload(self, frames: list) -> tuple:
-        key = bytes(_buffer(frames[0]))
-        found = self._payloads.get(key)
-        if found is None:
-            if len(self._payloads) > 4096:
-                self._payloads.clear()
-            found = self._payloads[key] = loads_payload(frames[0])
+        fn, bound = self.code(frames[0])
+        if len(frames) < 2:
+            return fn, bound
+        extra = loads_args(frames[1])
+        return fn, (bound + extra if bound else extra)
+
+    def code(self, frame: Any) -> tuple:
+        key = bytes(_buffer(frame))  # no copy for a bytes frame
+        cache = self._code
+        with self._lock:
+            found = cache.get(key)
+            if found is not None:
+                cache.move_to_end(key)
+                return found
+        found = loads_payload(key)
+        size = len(key)
+        if size <= self._limit // 4:  # one huge closure must not flush everything else
+            with self._lock:
+                if key not in cache:
+                    cache[key] = found
+                    self.cached_bytes += size
+                while self.cached_bytes > self._limit:
+                    old, _ = cache.popitem(last=False)
+                    self.cached_bytes -= len(old)
         return found
 
     def evaluate(self, node: list, blobs: list) -> Any:
@@ -65,9 +96,8 @@ def run_job(evaluator: Evaluator, tree: list, blobs: list, shm_owner: str | None
     exception, and when the user's code returned (pickling is part of moving the value)."""
     try:
         value = evaluator.evaluate(tree, blobs)
-    except BaseException as exc:  # user code may raise anything, SystemExit included
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+    except BaseException as exc:  # user code may raise anything, SystemExit and
+        # KeyboardInterrupt included: the worker ignores SIGINT, so one raised here is the code's
         return False, describe(exc), _pickled_exception(exc), time.time()
     returned = time.time()
     try:
@@ -118,6 +148,9 @@ _JOB = struct.Struct("q")
 
 def serve(fd: int, worker_id: int, current_path: str | None = None,
           shm_owner: str | None = None) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the node decides what stops,
+    # and a worker must not report the user's code as failed because of it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = WorkerEnd(fd)
     channel.send(encode(WorkerReady(worker_id, os.getpid())))
     evaluator = Evaluator()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import struct
 import tempfile
@@ -107,6 +108,7 @@ class WorkerPool:
         self._next_slot = 0
         self.durations: dict[int, float] = {}  # code key -> running average of its run time
         self.completed = 0
+        self.batches = 0  # WorkerRun messages sent
         self.replaced = 0
         self.start_failures = 0  # workers in a row that died before saying ready
         self.broken: str | None = None
@@ -226,6 +228,9 @@ class WorkerPool:
 
     def pump(self) -> None:
         queue = self.queue
+        # each ready worker's share of what is queued now: computed once, so a backlog goes
+        # out in one batch per worker rather than in ever smaller halves
+        share = -(-len(queue) // max(1, self.ready_count()))
         while queue:
             head = queue[0]
             if head.cancelled:
@@ -242,7 +247,6 @@ class WorkerPool:
             elif estimate >= FAST_JOB:
                 batch = [queue.popleft()]
             else:
-                share = -(-len(queue) // max(1, self.ready_count()))
                 n = min(cap - len(worker.inflight), share, BATCH_MAX)
                 batch = []
                 while queue and len(batch) < n:
@@ -274,6 +278,7 @@ class WorkerPool:
             rows.append([job.job_id, job.tree, len(blobs), len(job.blobs)])
             blobs.extend(job.blobs)
         worker.channel.send(encode(WorkerRun(rows, blobs)))
+        self.batches += 1
 
     # ---- worker messages ------------------------------------------------------------
     def channels(self) -> dict[int, Worker]:
@@ -295,7 +300,10 @@ class WorkerPool:
         if worker.channel.closed and self.workers.get(worker.slot) is worker:
             # its end closed (it died, or closed the socket): replace it now, or the loop
             # would wake for the end of file until the process is reaped
-            self._kill(worker, None, ["WorkerDied", "the worker process's channel closed while running it", ""])
+            if not worker.ready:
+                self.start_failures += 1
+            how = _reap(worker.proc)
+            self._lost_worker(worker, ["WorkerDied", f"the worker process running it {how}", ""])
 
     def handle(self, worker: Worker, msg) -> None:
         if isinstance(msg, WorkerDone):
@@ -351,11 +359,12 @@ class WorkerPool:
                     continue
             code = w.proc.poll()
             if code is not None:
-                if not w.ready:
+                self.read(w)  # results it sent before it died still count (and counts a
+                # failed start when it sees the channel closed)
+                if not w.ready and self.workers.get(w.slot) is w:
                     self.start_failures += 1
-                self.read(w)  # results it sent before it died still count
                 if self.workers.get(w.slot) is w:
-                    self._lost_worker(w, ["WorkerDied", f"worker process exited with code {code} while running it", ""])
+                    self._lost_worker(w, ["WorkerDied", f"the worker process running it {exit_description(code)}", ""])
             elif not w.ready and now - w.started > 60:
                 log.error("worker %s did not start within 60 s; replacing it", w.slot)
                 self._kill(w, None, None)
@@ -426,6 +435,14 @@ class WorkerPool:
             if any(j.cancelled and (j.job_id == running or running < 0) for j in w.inflight):
                 self._kill(w, None, None)  # stop the code that is running now
 
+    def cancel_origin(self, origin: str) -> int:
+        """Cancel every job that ``origin`` (a peer now dead or gone) sent here: nobody is
+        left to take its results. Returns how many were cancelled."""
+        runs = {j.run_id for j in self.jobs.values() if j.origin == origin and not j.cancelled}
+        for run_id in runs:
+            self.cancel(run_id, None)
+        return len(runs)
+
     def stats(self) -> dict:
         return {
             "workers": len(self.workers),
@@ -433,9 +450,39 @@ class WorkerPool:
             "queued": len(self.queue),
             "blocked": len(self.blocked),
             "completed": self.completed,
+            "batches": self.batches,
             "replaced": self.replaced,
+            "pids": sorted(w.proc.pid for w in self.workers.values()),
             "used": self.ledger.used(self.name),
         }
+
+
+def exit_description(code: int | None) -> str:
+    """How a worker process ended, in words a user can act on."""
+    if code is None:
+        return "closed its channel and was killed"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} (signal {-code})"
+    return f"exited with code {code}"
+
+
+def _reap(proc: subprocess.Popen, wait: float = 1.0) -> str:
+    """The exit of a worker whose channel closed: it is normally already gone (the kernel
+    closes its files as it exits); one that lingers is killed."""
+    try:
+        return exit_description(proc.wait(wait))
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        proc.kill()
+        proc.wait(5)
+    except Exception:
+        pass
+    return exit_description(None)
 
 
 def _bytes(frame: Any) -> bytes:

@@ -6,8 +6,11 @@ out-of-band buffers) after the header, never copied or inspected by the codec.
 
 Argument trees (``Task.tree``) tell a worker how to build a call:
 ``["v", k]`` the value in blob k; ``["c", k, inclusion, [children]]`` call the payload in blob k
-(a pickled ``(callable, extra_args)``) with the children's values; ``["h", k, source, target,
-child]`` apply the hook in blob k as ``fn(value, source, target, *extra)``.
+with the children's values; ``["h", k, source, target, child]`` apply the hook in blob k as
+``fn(value, source, target, *extra)``. A payload blob is ``[code]`` or ``[code, args]``: ``code``
+a cloudpickled ``(callable, bound_args)``, the same frame for every function of a run that
+runs that callable (so it keys run-time estimates and the workers' code caches); ``args`` the
+function's own extra arguments, a pickled list appended to ``bound_args``.
 """
 
 from __future__ import annotations
