@@ -7,13 +7,14 @@ would each one go?
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from handoff import _core
 from handoff.dag import Collocated, Function
 from handoff.errors import AllocationError, DuplicateFunctionError, InvalidFunctionError
+from handoff.scheduler.placement import check_group, collocation_groups, group_costs
 
 __all__ = ["Allocator", "SimpleAllocator", "STRATEGIES"]
 
@@ -38,8 +39,10 @@ class SimpleAllocator:
     next function fits some node's total capacity but no node's remaining capacity, a new
     *wave* starts: claims are reset and placement goes on (the earlier functions are
     assumed to have finished by then). Pinned functions go to their node, collocated ones
-    (``Collocated``, transitively) all go where the group goes, placed as one unit whose
-    cost is the sum of its members' costs. Inline functions are left out of the plan.
+    (``Collocated``, transitively) all go where the group goes, placed as one unit: on a
+    node that fits the sum of its members' costs when one does (they may run side by
+    side), else on one that fits each member alone (they run one after another; the unit
+    claims the largest cost per resource). Inline functions are left out of the plan.
 
     Parameters
     ----------
@@ -65,9 +68,9 @@ class SimpleAllocator:
     def allocate(self, functions: Iterable[Function], caps: Caps) -> dict[Hashable, str]:
         """``{function_id: node}`` for every non-inline function, in the order given.
 
-        Raises ``AllocationError(function_id, cost, capacities)`` when a function (or its
-        collocation group's summed cost) fits no node's total capacity, is pinned to a
-        node not in ``caps``, or its group is pinned to two different nodes.
+        Raises ``AllocationError(function_id, cost, capacities)`` when a function fits no
+        node's total capacity (for a collocation group: no node fits each member), is
+        pinned to a node not in ``caps``, or its group is pinned to two different nodes.
         """
         given = list(functions)
         for fn in given:
@@ -77,9 +80,10 @@ class SimpleAllocator:
         inline_ids = {fn.id for fn in given if fn.is_inline}
         ledger = _new_ledger(caps, ())
         capacities = ledger.capacities()
-        units = _units(fns, inline_ids)
-        for members, cost, pin in units:
-            _check_unit(ledger, capacities, members, cost, pin)
+        units = [
+            _checked_unit(ledger, capacities, members, costs, pin)
+            for members, costs, pin in _units(fns, inline_ids)
+        ]
         vecs = [ledger.resource_vector(cost) for _, cost, _ in units]
         resources = ledger.resources
         m = len(units)
@@ -133,21 +137,20 @@ def _is_fresh(ledger) -> bool:
     return not ledger.used_matrix().any()
 
 
-def _units(fns: list[Function], inline_ids: set) -> list[tuple[list[Hashable], dict, str | None]]:
-    """Collocation groups (and lone functions) as (member ids, summed cost, pin), in order."""
+def _units(
+    fns: list[Function], inline_ids: set
+) -> list[tuple[list[Hashable], list[dict | None], Any]]:
+    """Collocation groups (and lone functions) as (member ids, member costs, pin), in order.
+
+    The pin is a node name, None, or a tuple of the distinct pins of a group pinned to
+    more than one node (reported by ``_checked_unit``).
+    """
     position: dict[Hashable, int] = {}
     for k, fn in enumerate(fns):
         if fn.id in position:
             raise DuplicateFunctionError(fn.id)
         position[fn.id] = k
-    parent = list(range(len(fns)))
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    links = []
     for k, fn in enumerate(fns):
         if isinstance(fn.node, Collocated):
             other = position.get(fn.node.function_id)
@@ -163,59 +166,56 @@ def _units(fns: list[Function], inline_ids: set) -> list[tuple[list[Hashable], d
                     f"collocated with {fn.node.function_id!r}, "
                     "which is not among the functions to allocate",
                 )
-            a, b = root(k), root(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    groups: dict[int, list[int]] = {}
-    for k in range(len(fns)):
-        groups.setdefault(root(k), []).append(k)
+            links.append((k, other))
+    group_of = {}
+    for group in collocation_groups(links):
+        for k in group:
+            group_of[k] = group
     units = []
-    for members in sorted(groups.values()):
-        cost: dict[str, float] = {}
-        pins = []
-        for k in members:
-            for name, amount in (fns[k].cost or {}).items():
-                cost[name] = cost.get(name, 0.0) + float(amount)
-            if isinstance(fns[k].node, str):
-                pins.append(fns[k].node)
-        ids = [fns[k].id for k in members]
-        distinct = sorted(set(pins))
-        if len(distinct) > 1:
-            units.append((ids, cost, tuple(distinct)))  # reported by _check_unit
-        else:
-            units.append((ids, cost, distinct[0] if distinct else None))
+    for k in range(len(fns)):
+        members = group_of.get(k, [k])
+        if members[0] != k:
+            continue
+        pins = sorted({fns[j].node for j in members if isinstance(fns[j].node, str)})
+        pin = (tuple(pins) if len(pins) > 1 else pins[0]) if pins else None
+        units.append(([fns[j].id for j in members], [fns[j].cost for j in members], pin))
     return units
 
 
-def _check_unit(ledger, capacities: dict, members: list, cost: dict, pin) -> None:
+def _checked_unit(ledger, capacities: dict, members: list, costs: list, pin) -> tuple:
+    """(members, cost to claim, pin) of a placeable unit; raises AllocationError otherwise."""
     fid = members[0]
-    what = f"the collocated functions {members}" if len(members) > 1 else "it"
-    verb = "are" if len(members) > 1 else "is"
+    total, each = group_costs(costs)
+    grouped = len(members) > 1
+    what = f"the collocated functions {members}" if grouped else "it"
+    verb = "are" if grouped else "is"
     if isinstance(pin, tuple):
         raise AllocationError(
-            fid, cost, capacities, reason=f"{what} are pinned to different nodes {list(pin)}"
+            fid, total, capacities, reason=f"{what} are pinned to different nodes {list(pin)}"
         )
     if pin is not None and not ledger.has_node(pin):
         raise AllocationError(
             fid,
-            cost,
+            total,
             capacities,
             reason=f"{what} {verb} pinned to node {pin!r}, which is not in caps",
         )
-    fitting = ledger.fitting_nodes_total(cost)
+    if grouped:
+        error = check_group(members, costs, pin, ledger)
+        if error is not None:
+            raise error
+        fitting = ledger.fitting_nodes_total(total)
+        if fitting and (pin is None or pin in fitting):
+            return members, total, pin
+        return members, each, pin
+    fitting = ledger.fitting_nodes_total(total)
     if pin is not None and pin not in fitting:
         raise AllocationError(
             fid,
-            cost,
+            total,
             capacities,
-            reason=f"the total capacity of node {pin!r}, where {what} {verb} pinned, does not fit",
+            reason=f"the total capacity of node {pin!r}, where it is pinned, does not fit",
         )
     if not fitting:
-        if len(members) > 1:
-            raise AllocationError(
-                fid,
-                cost,
-                capacities,
-                reason=f"the summed cost of {what} fits no node's total capacity",
-            )
-        raise AllocationError(fid, cost, capacities)
+        raise AllocationError(fid, total, capacities)
+    return members, total, pin

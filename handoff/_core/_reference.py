@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from handoff._core.strategies import STRATEGIES
+
 __all__ = [
     "STRATEGIES",
     "ReadyTracker",
@@ -26,9 +28,6 @@ __all__ = [
     "reverse_csr",
     "topological_order",
 ]
-
-STRATEGIES = ("first_available", "load_balanced", "cost_optimized")
-
 
 # -- graph -------------------------------------------------------------------------------
 

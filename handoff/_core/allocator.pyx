@@ -9,8 +9,7 @@ from libc.stdint cimport int64_t
 from libc.math cimport isfinite
 
 from handoff._core.ledger cimport ResourceLedger, slack_for
-
-STRATEGIES = ("first_available", "load_balanced", "cost_optimized")
+from handoff._core.strategies import STRATEGIES
 
 cdef enum Strategy:
     FIRST_AVAILABLE = 0

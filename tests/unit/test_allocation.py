@@ -100,6 +100,29 @@ def test_collocated_functions_go_together_with_their_summed_cost(impl):
     assert SimpleAllocator().allocate(pinned, CAPS) == {"x": "a", "y": "a", "p": "b", "q": "b"}
 
 
+def test_collocated_functions_that_fit_only_one_at_a_time_share_a_node(impl):
+    # x and y (3 + 2 cpu) fit a (4) one at a time: the unit claims their largest cost (3)
+    functions = [fn("x", {"cpu": 3}), fn("y", {"cpu": 2}, node=Collocated("x")), fn("z", {"cpu": 1})]
+    assert SimpleAllocator().allocate(functions, CAPS) == {"x": "a", "y": "a", "z": "a"}
+    memory = {"n": {"cpu": 2, "memory": 8000}, "m": {"cpu": 8}}
+    issue = [
+        fn("task_A", {"cpu": 1, "memory": 7900}, node="n"),
+        fn("task_B", {"cpu": 1, "memory": 150}, node=Collocated("task_A")),
+    ]
+    assert SimpleAllocator().allocate(issue, memory) == {"task_A": "n", "task_B": "n"}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_group_prefers_a_node_that_fits_its_summed_cost(impl, strategy):
+    group = [fn("x", {"cpu": 2}), fn("y", {"cpu": 2}, node=Collocated("x"))]
+    assert set(SimpleAllocator(strategy).allocate(group, CAPS).values()) == {"a"}
+    caps = {"a": {"cpu": 1, "gpu": 1}, "b": {"cpu": 8}}
+    apart = [fn("x", {"gpu": 1}), fn("y", {"cpu": 4}, node=Collocated("x"))]
+    with pytest.raises(AllocationError, match="need one node that fits each of them") as info:
+        SimpleAllocator(strategy).allocate(apart, caps)
+    assert info.value.function_id == "y"
+
+
 @pytest.mark.parametrize(
     "functions, fid, reason",
     [
@@ -112,13 +135,13 @@ def test_collocated_functions_go_together_with_their_summed_cost(impl):
             "total capacity of node 'b', where it is pinned, does not fit",
         ),
         (
-            [fn("x", {"cpu": 3}), fn("y", {"cpu": 2}, node=Collocated("x"))],
-            "x",
-            "the summed cost of the collocated functions ['x', 'y'] fits no node's total capacity",
+            [fn("x", {"cpu": 3}), fn("y", {"cpu": 5}, node=Collocated("x"))],
+            "y",
+            "its cost fits no node's total capacity",
         ),
         (
-            [fn("x", {"cpu": 1}, node="b"), fn("y", {"cpu": 2}, node=Collocated("x"))],
-            "x",
+            [fn("x", {"cpu": 1}, node="b"), fn("y", {"cpu": 3}, node=Collocated("x"))],
+            "y",
             "total capacity of node 'b', where the collocated functions ['x', 'y'] are pinned",
         ),
     ],
