@@ -31,6 +31,16 @@ seconds becomes "suspect", and after ``dead_after`` seconds (counted from the sa
 advance) "dead". Dead and left rows are still gossiped for ``forget_after`` seconds so the
 news reaches everyone, then dropped; a tombstone then keeps stale rows from reviving them.
 
+Healing (SWIM): "dead" may be wrong (a paused process, a partition). A dead member that we
+had heard from directly keeps being probed: :meth:`~MembershipTable.probe_targets` names it
+every ``probe_interval`` seconds for ``probe_for`` seconds, and the node sends it our digest,
+which says it is dead. A live member that reads that refutes it with a higher incarnation
+(the rule above) and says hello again, and every table takes it back as "joined". Members we
+only know from gossip are never probed here (a stranger's made-up row cannot make us connect
+anywhere); the nodes that talked to them probe them. A tick that comes much later than the
+previous one means this node itself was stalled: nobody is declared dead on it, and it
+returns a "stalled" event so the node re-probes its peers at once.
+
 Tuning: a heartbeat reaches a node through a chain of a few gossip hops, so the news a node
 holds is a few rounds old. Keep the gossip interval at or below ``dead_after / 10`` (0.1 to
 0.2 s with the defaults): in simulation, 50 nodes at 0.2 s never declare a live node dead
@@ -56,6 +66,7 @@ __all__ = [
     "Member",
     "MembershipEvent",
     "MembershipTable",
+    "Probe",
 ]
 
 ALIVE = "alive"
@@ -97,6 +108,8 @@ class MembershipEvent(NamedTuple):
       the cluster now treats us as a new instance and re-places work given to the old one.
     - ``"conflict"`` (our own name): a live instance with our name and a higher incarnation
       exists elsewhere; two processes use the same name.
+    - ``"stalled"`` (our own name): this tick came more than ``max_tick_gap`` after the last
+      one, so this node was paused; peers were not blamed for it. Re-probe them now.
     """
 
     kind: str
@@ -107,8 +120,9 @@ class MembershipEvent(NamedTuple):
 class Member:
     """One row of the membership table.
 
-    ``last_advanced`` and ``status_since`` are local bookkeeping (this node's monotonic
-    clock) and are never gossiped. Treat a Member returned by the table as read-only: the
+    ``last_advanced``, ``status_since`` and ``contacted`` (we heard from this instance
+    directly, so its address is worth probing once it is declared dead) are local
+    bookkeeping and are never gossiped. Treat a Member returned by the table as read-only: the
     table replaces ``caps`` and ``free`` dicts instead of mutating them, so sharing is safe.
     """
 
@@ -122,6 +136,7 @@ class Member:
     caps_version: int = 0
     last_advanced: float = 0.0
     status_since: float = 0.0
+    contacted: bool = False
 
     def row(self) -> tuple[Any, ...]:
         """This member as a digest row (see ``ROW_FIELDS``)."""
@@ -135,6 +150,17 @@ class Member:
             self.caps_version,
             self.free,
         )
+
+
+@dataclass(slots=True)
+class Probe:
+    """A dead member we keep knocking on: where, which instance, and when next."""
+
+    address: str
+    incarnation: int
+    next_at: float
+    until: float
+    last_at: float = float("-inf")
 
 
 def _is_resources(value: Any) -> bool:
@@ -200,6 +226,12 @@ class MembershipTable:
     max_tick_gap:
         If set and two ticks are further apart than this, the gap is taken as this node's own
         stall (GC pause, suspended machine) and not held against peers. None disables it.
+    probe_interval, probe_for:
+        A dead member we had heard from directly is probed every ``probe_interval`` seconds
+        for ``probe_for`` seconds after it was declared dead.
+    max_members:
+        Rows the table holds at most; rows of new members past it are dropped (counted in
+        ``refused_members``), so a flood of made-up rows cannot grow it without bound.
     rng:
         Source of randomness for :meth:`gossip_targets` (inject a seeded one in tests).
     """
@@ -216,6 +248,9 @@ class MembershipTable:
         fanout: int = 3,
         forget_after: float = 60.0,
         max_tick_gap: float | None = None,
+        probe_interval: float = 1.0,
+        probe_for: float = 600.0,
+        max_members: int = 4096,
         rng: random.Random | None = None,
     ) -> None:
         if not name:
@@ -229,13 +264,24 @@ class MembershipTable:
             raise ValueError(f"fanout must be at least 1, got {fanout}")
         if forget_after < 0:
             raise ValueError(f"forget_after must be >= 0, got {forget_after}")
+        if probe_interval <= 0 or probe_for < 0:
+            raise ValueError(
+                f"need probe_interval > 0 and probe_for >= 0, got probe_interval="
+                f"{probe_interval}, probe_for={probe_for}"
+            )
+        if max_members < 1:
+            raise ValueError(f"max_members must be at least 1, got {max_members}")
         self.name = name
         self.suspect_after = float(suspect_after)
         self.dead_after = float(dead_after)
         self.fanout = fanout
         self.forget_after = float(forget_after)
         self.max_tick_gap = max_tick_gap
+        self.probe_interval = float(probe_interval)
+        self.probe_for = float(probe_for)
+        self.max_members = max_members
         self.malformed_rows = 0  # rows dropped by merge() because they had the wrong shape
+        self.refused_members = 0  # rows of new members dropped because the table was full
         self._rng = rng if rng is not None else random.Random()
         self._me = Member(
             name=name,
@@ -251,6 +297,8 @@ class MembershipTable:
         self._gone: OrderedDict[str, Member] = OrderedDict()
         # Forgotten instances: name -> (incarnation, since); stale rows must not revive them.
         self._tombstones: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # Dead members we keep probing (see the module docstring), by name.
+        self._probes: dict[str, Probe] = {}
         self._conflict_seen = -1
         self._last_tick: float | None = None
 
@@ -354,19 +402,22 @@ class MembershipTable:
         """Advance our heartbeat and run the failure detector at local time ``now``.
 
         Returns the "suspect" and "dead" events of this tick (a member silent for longer
-        than ``dead_after`` goes straight to "dead"). ``now`` must not go backwards.
+        than ``dead_after`` goes straight to "dead"), and "stalled" first if this node was
+        itself paused since the last tick. ``now`` must not go backwards.
         """
         me = self._me
         if me.status != LEFT:
             me.heartbeat += 1
         last, self._last_tick = self._last_tick, now
+        events: list[MembershipEvent] = []
         if self.max_tick_gap is not None and last is not None and now - last > self.max_tick_gap:
-            # We were stalled, not the peers: keep the silence each had before the stall.
+            # We were stalled, not the peers: keep the silence each had before the stall, and
+            # let the node probe them before anyone can be declared dead.
             shift = now - last
             for member in self._age.values():
                 member.last_advanced = min(now, member.last_advanced + shift)
+            events.append(MembershipEvent("stalled", self.name))
 
-        events: list[MembershipEvent] = []
         stale: list[Member] = []
         for member in self._age.values():
             if now - member.last_advanced < self.suspect_after:
@@ -402,12 +453,76 @@ class MembershipTable:
         member = self._members.get(name)
         if member is None or member.status not in _LIVE or member is self._me:
             return []
+        member.contacted = True
         self._advanced(member, now)
         if member.status == SUSPECT:
             member.status = ALIVE
             member.status_since = now
             return [MembershipEvent(ALIVE, name)]
         return []
+
+    # ----------------------------------------------------------------- probing
+    def probe_targets(self, now: float) -> list[tuple[str, str]]:
+        """``(name, address)`` of the dead members due for a probe at ``now``: send each our
+        digest (it tells them they were declared dead). Probes past ``probe_for`` end."""
+        due: list[tuple[str, str]] = []
+        for name, probe in list(self._probes.items()):
+            if now >= probe.until:
+                del self._probes[name]
+            elif now >= probe.next_at:
+                probe.last_at = now
+                probe.next_at = now + self.probe_interval
+                due.append((name, probe.address))
+        return due
+
+    def probe_soon(self, name: str, now: float) -> None:
+        """A dead member just spoke to us (it does not know it is dead): probe it on the
+        next :meth:`probe_targets`, but not more often than four times per interval."""
+        probe = self._probes.get(name)
+        if probe is not None:
+            probe.next_at = min(probe.next_at, max(now, probe.last_at + self.probe_interval / 4))
+
+    def probing(self) -> dict[str, str]:
+        """``{name: address}`` of the dead members being probed."""
+        return {name: probe.address for name, probe in self._probes.items()}
+
+    def forget(self, name: str) -> bool:
+        """Drop a live member that never spoke to us directly (a hello whose sender did not
+        follow up): no tombstone, no probing. False if ``name`` is us, unknown or contacted."""
+        member = self._members.get(name)
+        if member is None or member is self._me or member.contacted:
+            return False
+        del self._members[name]
+        self._age.pop(name, None)
+        self._gone.pop(name, None)
+        self._probes.pop(name, None)
+        return True
+
+    def validate_state(self) -> None:
+        """Check the table's invariants; AssertionError says which one broke."""
+        me = self._me
+        assert self._members.get(self.name) is me, "our own row is missing or replaced"
+        assert self.name not in self._age and self.name not in self._gone, "we are in a peer index"
+        for name, member in self._members.items():
+            assert member.name == name, f"row {name!r} holds member {member.name!r}"
+            assert member.status in _STATUSES, f"{name!r} has status {member.status!r}"
+            if member is me:
+                continue
+            live = member.status in _LIVE
+            assert (name in self._age) == live, f"{name!r} ({member.status}) vs the live index"
+            assert (name in self._gone) == (not live), f"{name!r} ({member.status}) vs the gone index"
+            assert name not in self._tombstones, f"{name!r} is both a member and a tombstone"
+        assert set(self._age) | set(self._gone) | {self.name} == set(self._members), "stray index entry"
+        ages = [m.last_advanced for m in self._age.values()]
+        assert ages == sorted(ages), "live index is not ordered by last advance"
+        sinces = [m.status_since for m in self._gone.values()]
+        assert sinces == sorted(sinces), "gone index is not ordered by status time"
+        for name, probe in self._probes.items():
+            member = self._members.get(name)
+            assert member is None or member.status == DEAD, f"probing {name!r}, which is {member.status}"
+            assert member is None or member.incarnation == probe.incarnation, f"probe of an old {name!r}"
+            assert name != self.name, "probing ourselves"
+        assert len(self._members) <= self.max_members, "more members than max_members"
 
     # ------------------------------------------------------------------ merging
     def merge(self, rows: Iterable[Any], now: float) -> list[MembershipEvent]:
@@ -472,7 +587,11 @@ class MembershipTable:
             self._tombstones[name] = (incarnation, now)
             self._tombstones.move_to_end(name)
             return
+        if len(self._members) >= self.max_members:
+            self.refused_members += 1
+            return
         self._tombstones.pop(name, None)
+        self._probes.pop(name, None)
         member = Member(
             name=name,
             address=address,
@@ -494,6 +613,8 @@ class MembershipTable:
         name, address, incarnation, heartbeat, status, caps, caps_version, free = row
         if incarnation > member.incarnation:
             was_live = member.status in _LIVE
+            member.contacted = False  # a new instance: it has not spoken to us yet
+            self._probes.pop(name, None)
             member.address = address
             member.incarnation = incarnation
             member.heartbeat = heartbeat
@@ -564,6 +685,7 @@ class MembershipTable:
 
     def _set_live(self, member: Member, now: float) -> None:
         self._gone.pop(member.name, None)
+        self._probes.pop(member.name, None)
         member.status = ALIVE
         member.status_since = now
         member.last_advanced = now
@@ -576,3 +698,9 @@ class MembershipTable:
         member.status_since = now
         self._gone[member.name] = member
         self._gone.move_to_end(member.name)
+        if status == DEAD and member.contacted:
+            self._probes[member.name] = Probe(
+                member.address, member.incarnation, now, now + self.probe_for
+            )
+        else:
+            self._probes.pop(member.name, None)

@@ -62,6 +62,12 @@ class Cluster:
         self.rounds = 0
         self.stopped: set[str] = set()
         self.log: list[tuple[float, str, MembershipEvent]] = []
+        # invariants re-checked after every step; O(n) each, so not for the 1000-node runs
+        self.checked = n <= 64
+
+    def check(self, table: MembershipTable) -> None:
+        if self.checked:
+            table.validate_state()
 
     def join_all_via(self, seed_name: str) -> None:
         seed = self.tables[seed_name]
@@ -79,18 +85,27 @@ class Cluster:
         outbox = []
         for table in self.running():
             self.log.extend((self.now, table.name, e) for e in table.tick(self.now))
+            self.check(table)
             digest = table.digest()
             outbox.extend((target, table.name, digest) for target in table.gossip_targets())
+            # dead members are probed with the same digest (it tells them they are dead)
+            outbox.extend((target, table.name, digest) for target, _ in table.probe_targets(self.now))
         for target, sender, digest in outbox:
             if target in self.stopped:
                 continue
             table = self.tables[target]
             self.log.extend((self.now, target, e) for e in table.merge(digest, self.now))
+            self.check(table)
             self.log.extend((self.now, target, e) for e in table.heard_from(sender, self.now))
+            self.check(table)
 
     def converged(self) -> bool:
         n = len(self.names) - len(self.stopped)
         return all(len(t.addresses()) == n - 1 for t in self.running())
+
+    def one_cluster(self) -> bool:
+        """Every table holds every member alive (the healed state)."""
+        return all(set(t.addresses(include_self=True)) == set(self.names) for t in self.tables.values())
 
 
 # ------------------------------------------------------------------ construction
@@ -184,6 +199,7 @@ def run_ticks(table: MembershipTable, start: float, stop: float, step: float = 0
     for i in range(1, round((stop - start) / step) + 1):
         now = round(start + i * step, 9)
         seen.extend((now, e) for e in table.tick(now))
+        table.validate_state()
     return seen
 
 
@@ -246,7 +262,7 @@ def test_stall_of_our_own_is_not_held_against_peers():
     a, b = make("a", max_tick_gap=0.5), make("b")
     join(a, b)
     assert a.tick(0.1) == []
-    assert a.tick(5.0) == []  # we were paused for 4.9 s: b is not to blame
+    assert a.tick(5.0) == [("stalled", "a")]  # we were paused for 4.9 s: b is not to blame
     assert a.get("b").status == ALIVE
     assert run_ticks(a, 5.0, 6.0) == [(5.9, ("suspect", "b"))]
 
@@ -578,3 +594,143 @@ def test_stopped_member_is_declared_dead_by_all_others(seed):
     assert max(declared.values()) - stopped_at <= dead_after + 3 * interval + 1e-9
     others = [e for e in cluster.log if e[2].kind in ("suspect", "dead") and e[2].name != victim]
     assert others == []
+
+
+# ------------------------------------------------------------------ healing
+def contacted_pair(**kwargs) -> tuple[MembershipTable, MembershipTable]:
+    """a and b joined, each having heard from the other directly."""
+    a, b = make("a", **kwargs), make("b", **kwargs)
+    join(a, b)
+    a.heard_from("b", 0.0)
+    b.heard_from("a", 0.0)
+    return a, b
+
+
+def test_dead_member_we_talked_to_is_probed_at_a_slow_rate_until_probe_for():
+    a, _ = contacted_pair(probe_interval=1.0, probe_for=3.0)
+    run_ticks(a, 0.0, 2.0)
+    assert a.get("b").status == DEAD
+    a.validate_state()
+    b_address = a.get("b").address
+    assert a.probe_targets(2.0) == [("b", b_address)]
+    assert a.probe_targets(2.5) == []  # not before the interval
+    assert a.probe_targets(3.0) == [("b", b_address)]
+    assert a.probing() == {"b": b_address}
+    assert a.probe_targets(5.1) == []  # probe_for is over
+    assert a.probing() == {}
+    a.validate_state()
+
+
+def test_member_known_only_from_gossip_is_never_probed():
+    a, b, c = make("a"), make("b"), make("c")
+    join(a, b)
+    c.merge(wire(a.digest()), 0.0)  # c knows b only through a's gossip
+    run_ticks(c, 0.0, 2.0)
+    assert c.get("b").status == DEAD
+    assert c.probe_targets(2.0) == []
+    c.validate_state()
+
+
+def test_left_member_is_not_probed():
+    a, b = contacted_pair()
+    b.leave()
+    a.merge(wire(b.digest()), 0.1)
+    assert a.get("b").status == LEFT
+    assert a.probe_targets(5.0) == []
+    a.validate_state()
+
+
+def test_probe_tells_the_paused_member_it_is_dead_and_it_rejoins_everywhere():
+    a, b = contacted_pair(max_tick_gap=0.5)
+    a.tick(0.0)
+    b.tick(0.0)
+    run_ticks(a, 0.0, 3.0)  # b is paused: a declares it dead at 2.0
+    assert a.get("b").status == DEAD
+    # b wakes up at 3.0: its first tick knows it was stalled and blames nobody
+    assert b.tick(3.0) == [("stalled", "b")]
+    assert b.get("a").status == ALIVE
+    (probe,) = a.probe_targets(3.0)
+    assert probe[0] == "b"
+    assert b.merge(wire(a.digest()), 3.0) == [("refuted", "b")]  # it learns it was declared dead
+    b.validate_state()
+    assert a.merge(wire(b.digest()), 3.1) == [("joined", "b")]
+    assert a.probing() == {}
+    assert a.get("b").status == ALIVE and a.get("b").incarnation == b.incarnation
+    a.validate_state()
+    assert run_ticks(a, 3.1, 4.0) == []
+
+
+def test_both_sides_declared_dead_heal_by_probing_each_other():
+    """A partition: each side declared the other dead; both probe, both refute, both rejoin."""
+    a, b = contacted_pair()
+    run_ticks(a, 0.0, 2.0)
+    run_ticks(b, 0.0, 2.0)
+    assert a.get("b").status == DEAD and b.get("a").status == DEAD
+    # the partition ends: the probes cross
+    to_b, to_a = a.digest(), b.digest()
+    assert [n for n, _ in a.probe_targets(2.5)] == ["b"]
+    assert [n for n, _ in b.probe_targets(2.5)] == ["a"]
+    assert b.merge(wire(to_b), 2.5) == [("refuted", "b")]
+    assert a.merge(wire(to_a), 2.5) == [("refuted", "a")]
+    assert a.merge(wire(b.digest()), 2.6) == [("joined", "b")]
+    assert b.merge(wire(a.digest()), 2.6) == [("joined", "a")]
+    for table in (a, b):
+        table.validate_state()
+        assert set(table.addresses(include_self=True)) == {"a", "b"}
+
+
+def test_probe_soon_hastens_the_next_probe_but_not_beyond_a_quarter_interval():
+    a, _ = contacted_pair(probe_interval=2.0)
+    run_ticks(a, 0.0, 2.0)
+    assert [n for n, _ in a.probe_targets(2.0)] == ["b"]
+    a.probe_soon("b", 2.1)
+    assert a.probe_targets(2.1) == []  # probed 0.1 s ago: wait a quarter interval
+    assert [n for n, _ in a.probe_targets(2.5)] == ["b"]
+    a.probe_soon("nobody", 2.5)  # unknown names are ignored
+
+
+def test_forget_drops_a_member_that_never_spoke_but_keeps_contacted_ones():
+    a, b, c = make("a"), make("b"), make("c")
+    join(a, b)
+    join(a, c)
+    a.heard_from("c", 0.1)
+    assert a.forget("b")
+    assert "b" not in a
+    assert not a.forget("c")
+    assert not a.forget("a")
+    a.validate_state()
+    assert a.merge(wire(b.digest()), 0.2) == [("joined", "b")]  # no tombstone: it may come back
+
+
+def test_table_refuses_new_members_past_max_members():
+    a = make("a", max_members=3)
+    rows = [make(f"x{i}").me.row() for i in range(5)]
+    events = a.merge(wire(rows), 0.0)
+    assert [e.name for e in events] == ["x0", "x1"]
+    assert a.refused_members == 3
+    a.validate_state()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_paused_member_heals_back_into_a_simulated_cluster(seed):
+    """Paused for 3 s (declared dead by all), then resumed: one cluster again within 2 s."""
+    cluster = Cluster(12, seed=seed, max_tick_gap=0.5)
+    cluster.join_all_via("node-0")
+    while not cluster.one_cluster():
+        cluster.round()
+    for _ in range(10):  # everyone talks to everyone directly
+        cluster.round()
+    victim = "node-5"
+    cluster.stopped.add(victim)
+    paused_at = cluster.now
+    while cluster.now < paused_at + 3.0:
+        cluster.round()
+    assert all(t.get(victim).status == DEAD for n, t in cluster.tables.items() if n != victim)
+    cluster.stopped.discard(victim)
+    resumed_at = cluster.now
+    while not cluster.one_cluster():
+        cluster.round()
+        assert cluster.now - resumed_at <= 2.0, "did not heal"
+    victim_events = [e for when, who, e in cluster.log if who == victim and when > resumed_at]
+    assert ("stalled", victim) in victim_events
+    assert not [e for e in victim_events if e.kind == "dead"]  # it blamed nobody for its pause
