@@ -252,6 +252,7 @@ class FetchMixin:
 
     # ---- locating values on peers -----------------------------------------------------
     def _on_locate(self, msg: Locate) -> None:
+        self.counters["locates_served"] += 1
         holders = [self.name if self.store.has(msg.dag_id, key) else self.store.location(msg.dag_id, key)
                    for key in msg.keys]
         self.transport.send(msg.sender, Located(self.name, msg.request, holders))
