@@ -101,6 +101,16 @@ class ValueStore:
         table = self._values.get(dag_id)
         return table is not None and key in table
 
+    def spilled(self, dag_id: Any, key: Hashable) -> bool:
+        """Whether the value is on disk rather than in memory."""
+        table = self._values.get(dag_id)
+        entry = None if table is None else table.get(key)
+        return entry is not None and entry.frames is None
+
+    def active(self, dag_id: Any) -> bool:
+        """Whether a run of the DAG is in progress on this node (its values spill last)."""
+        return dag_id in self._active
+
     def wait(self, dag_id: Any, key: Hashable, waiter: Waiter) -> Callable[[], None]:
         """Call ``waiter(frames)`` once the value is stored; returns a function that cancels."""
         found = self.get(dag_id, key)

@@ -45,6 +45,7 @@ def test_past_the_limit_least_recently_used_values_spill_and_read_back(spill_par
         store.put("d", 3, dumps_value(array_value(3)))
         stats = store.stats()
         assert stats["spills"] == 1 and stats["spilled_values"] == 1
+        assert store.spilled("d", 1) and not store.spilled("d", 0)
         assert stats["memory_bytes"] <= store.limit
         assert stats["disk_bytes"] >= MB
         assert store.has("d", 1)
@@ -65,13 +66,13 @@ def test_values_of_active_runs_spill_only_after_finished_ones(spill_parent):
         store.put("done", "b", dumps_value(array_value(2)))
         store.put("done", "c", dumps_value(array_value(3)))
         assert store.get("active", "a") is not None
-        assert [k for k, e in store._values["done"].items() if e.frames is None] == ["b"]
-        assert store._values["active"]["a"].frames is not None
+        assert store.spilled("done", "b") and not store.spilled("done", "c")
+        assert not store.spilled("active", "a")
         # nothing finished is left in memory: the active value goes too, rather than overrun
         store.put("active", "d", dumps_value(array_value(4)))
         store.put("active", "e", dumps_value(array_value(5)))
         assert store.memory_bytes <= store.limit
-        assert store._values["active"]["a"].frames is None
+        assert store.spilled("active", "a")
         store.end_run("r-active")
         np.testing.assert_array_equal(loads_value(store.get("active", "a")), array_value(1))
     finally:
@@ -87,9 +88,10 @@ def test_ending_a_run_spills_its_values_if_over_budget(spill_parent):
         store.put("x", 2, dumps_value(array_value(2)))
         spilled_while_active = store.spills
         assert spilled_while_active == 1 and store.memory_bytes <= store.limit
+        assert store.active("x")
         store.end_run("r1")
         store.end_run("r1")
-        assert store._active == {}
+        assert not store.active("x")
     finally:
         store.close()
 
@@ -106,7 +108,7 @@ def test_shared_memory_files_of_a_spilled_value_outlive_their_last_hand_out(spil
         store.put("d", "k", frames)
         handed = store.get("d", "k")  # handed out, then spilled by the next put
         store.put("d", "other", dumps_value(array_value(8, 2 * MB)))
-        assert store._values["d"]["k"].frames is None
+        assert store.spilled("d", "k")
         assert os.path.exists(path) and store.releasing_bytes >= 2 * MB
         clock.now += 5
         store.tick()
@@ -145,7 +147,7 @@ def test_thread_executor_objects_are_pickled_on_spill(spill_parent):
         assert store.memory_bytes >= 0
         store.put("d", "arr", [LocalValue(array_value(4))])
         store.put("d", "more", [LocalValue(array_value(5))])
-        assert store._values["d"]["arr"].frames is None
+        assert store.spilled("d", "arr")
         back = store.get("d", "arr")
         assert not isinstance(back[0], LocalValue)
         np.testing.assert_array_equal(loads_value(back), array_value(4))
@@ -161,7 +163,7 @@ def test_an_unpicklable_object_stays_in_memory(spill_parent):
         assert store.spill_failures == 1 and store.spills == 0
         assert store.get("d", "lock") is lock_value
         store.put("d", "arr", [LocalValue(array_value(2))])  # the next one spills instead
-        assert store.spills == 1 and store._values["d"]["arr"].frames is None
+        assert store.spills == 1 and store.spilled("d", "arr")
     finally:
         store.close()
 
