@@ -337,12 +337,14 @@ class ValueSearch:
     def _round(self) -> None:
         if self.done:
             return
-        for key in self.missing:
+        # peers first: a registered holder that is unreachable fails at once, and a one-shot
+        # search must not settle before the peers have had their say
+        self._ask_peers()
+        for key in list(self.missing):
             self.tried[key].clear()
             holder = self.node.store.location(self.dag_id, key)
             if holder is not None:
                 self._offer(key, holder)
-        self._ask_peers()
         if self.wait:
             self.timers.append(self.node.after(self.interval, self._round))
             self.interval = min(2 * self.interval, ASK_EVERY)

@@ -196,3 +196,10 @@ def test_synchronize_returns_the_values_it_finds_and_leaves_out_the_rest(cluster
     got = handoff.synchronize(dag.id, ["on_ra", "on_rb", "here", "helper's", "missing", ("no", 1)])
     assert got == {"on_ra": "a", "on_rb": "b", "here": "h", "helper's": "x"}
     assert handoff.synchronize(dag.id, []) == {}
+
+
+def test_synchronize_asks_the_peers_when_the_registered_node_is_gone(cluster):
+    cluster.store("stale", "k", "still here")
+    handoff.register_data_location("stale", "k", "ghost")  # no such node
+    assert handoff.synchronize("stale", ["k"]) == {"k": "still here"}
+    assert handoff.get_result("stale", "k", timeout=10) == "still here"
