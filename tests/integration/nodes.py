@@ -126,3 +126,87 @@ def peer_stats(name: str) -> dict:
     """A node's counters, asked over the wire."""
     node = handoff.api.current_node()
     return node.peer_stats(name)
+
+
+def seen_heartbeat(name: str) -> int | None:
+    """``name``'s heartbeat in the embedded node's membership table; None unless alive."""
+    node = handoff.api.current_node()
+
+    def read():  # on the loop thread, which owns the table
+        member = node.membership.get(name)
+        return member.heartbeat if member is not None and member.status == "alive" else None
+
+    return node.call(read).result()
+
+
+def keeps_gossiping(name: str, rounds: int, timeout: float = 30.0) -> bool:
+    """Whether the embedded node sees ``name``'s heartbeat advance ``rounds`` times while it
+    stays alive: a node whose gossip timer died never gets there."""
+    first = seen_heartbeat(name)
+    if first is None:
+        return False
+    return wait_for(lambda: (seen_heartbeat(name) or -1) >= first + rounds, timeout=timeout)
+
+
+def peer_members(name: str) -> list[str] | None:
+    """The live members node ``name`` reports over the wire; None if it does not answer."""
+    try:
+        return peer_stats(name)["members"]
+    except Exception:  # not (or no longer) a member the driver can ask
+        return None
+
+
+# ---- workloads and what their stats show ------------------------------------------------------
+def nap(seconds: float, value=None):
+    """Workload: user code that takes ``seconds`` (what a test runs, not how it waits)."""
+    return time.sleep(seconds) or value
+
+
+def hang(pid_file: str | None = None):
+    """Workload: never returns in a test's lifetime; writes its process id first, so a test
+    can see the process end when the attempt is cancelled."""
+    if pid_file:
+        with open(pid_file + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(pid_file + ".tmp", pid_file)
+    return time.sleep(3600)
+
+
+def process_gone(pid_file: str, timeout: float = 15.0) -> bool:
+    """Whether the process whose id ``hang`` wrote ends (or is a zombie) within ``timeout``."""
+    import psutil
+
+    if not wait_for(lambda: os.path.exists(pid_file), timeout=timeout):
+        return False
+    with open(pid_file) as f:
+        pid = int(f.read())
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    return wait_for(gone, timeout=timeout)
+
+
+def max_overlap(stats) -> int:
+    """The most functions whose FunctionStats spans (started_at, finished_at) overlap at once."""
+    edges = sorted([(s.started_at, 1) for s in stats] + [(s.finished_at, -1) for s in stats],
+                   key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def seen_status(name: str) -> str | None:
+    """``name``'s status ("alive", "suspect", "dead", "left") in the embedded node's table."""
+    node = handoff.api.current_node()
+
+    def read():
+        member = node.membership.get(name)
+        return member.status if member is not None else None
+
+    return node.call(read).result()

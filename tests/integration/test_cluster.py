@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 
 import handoff
 from handoff import Argument, Collocated, DAG, Function
-from nodes import child_env, free_port, peer_stats, start_node, wait_for
+from nodes import child_env, free_port, nap, peer_stats, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def sleeper(seconds, value=None):
-    time.sleep(seconds)
-    return value
+sleeper = nap
+
+
+def hold_until(path):
+    """Runs until ``path`` exists (the test creates it when it no longer needs the hold)."""
+    if not wait_for(lambda: os.path.exists(path), timeout=120, interval=0.02):
+        raise RuntimeError(f"{path} never appeared")
+    return "released"
 
 
 def make_array(n):
@@ -131,7 +136,7 @@ def _gone(dag_id, key, node) -> bool:
         return True
 
 
-def test_concurrent_dags_spill_over_nodes(cluster):
+def test_concurrent_dags_spill_over_nodes(cluster, tmp_path):
     """4 DAGs at once, each needing 2 cpus, over a (2 cpus) and b (2 cpus): 2 each, none waits forever."""
     out = {}
 
@@ -142,16 +147,21 @@ def test_concurrent_dags_spill_over_nodes(cluster):
         out[k] = handoff.execute(dag, allocation_strategy="first_available")
 
     # keep c busy so the 2-cpu work has a and b only
-    hold = DAG("hold").add_function(Function(id="h", code=sleeper, extra_args=[2.5], cost={"cpu": 4}, node="c"))
+    release = str(tmp_path / "release")
+    hold = DAG("hold").add_function(Function(id="h", code=hold_until, extra_args=[release],
+                                             cost={"cpu": 4}, node="c"))
     holder = threading.Thread(target=handoff.execute, args=(hold,))
     holder.start()
-    time.sleep(0.3)
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    holder.join(60)
+    try:
+        assert wait_for(lambda: peer_stats("c")["pool"]["used"].get("cpu") == 4, timeout=30)
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        open(release, "w").close()
+        holder.join(60)
     nodes = sorted(r.allocations["w"] for r in out.values())
     assert nodes == ["a", "a", "b", "b"]
 
@@ -214,15 +224,13 @@ def test_a_name_already_taken_is_refused(cluster):
 
 
 def test_joining_a_dead_address_fails_in_bounded_time():
-    t0 = time.monotonic()
-    proc = subprocess.run(
+    proc = subprocess.run(  # bounded: the run's timeout fails the test
         [sys.executable, "-m", "handoff.node", "--name", "lonely", "--join",
          f"tcp://127.0.0.1:{free_port()}", "--join-timeout", "1.5", "--workers", "1"],
         capture_output=True, text=True, timeout=60, env=child_env(),
     )
     assert proc.returncode != 0
     assert "could not join" in proc.stderr
-    assert time.monotonic() - t0 < 30
 
 
 def test_eight_nodes_all_see_each_other():
