@@ -9,6 +9,7 @@ import time
 from numbers import Integral
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
+from handoff._core.strategies import STRATEGIES
 from handoff.config import NodeConfig, check_resources
 from handoff.dag import DAG, retries_problem, timeout_problem
 from handoff.errors import HandoffError, ResultNotFound
@@ -23,7 +24,6 @@ __all__ = [
     "register_data_location", "lookup_data_location", "clear", "current_node",
 ]
 
-STRATEGIES = ("first_available", "load_balanced", "cost_optimized")
 EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress")
 START_TIMEOUT = 60.0
 MAX_CONCURRENCY = 1_000_000
