@@ -1,4 +1,10 @@
-"""The node's side of the cluster: hellos, gossip rounds, and acting on membership events."""
+"""The node's side of the cluster: hellos, gossip rounds, probes, and acting on membership events.
+
+Who may make this node connect where: only an accepted hello (its sender's own address, at
+most MAX_PENDING_JOINS of them waiting for the sender to follow up) and gossip from accepted
+members. A refused hello is answered on the connection it came in on. A member admitted by a
+hello that never sends anything else is forgotten after JOIN_FOLLOW_UP seconds.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,18 @@ from collections import defaultdict
 from typing import Any
 
 from handoff.config import check_resources
-from handoff.node.membership import MembershipTable
+from handoff.node.membership import ALIVE, DEAD, SUSPECT, Member, MembershipTable
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
+from handoff.transport.sockets import DropLog, LinkEvent
 
 log = logging.getLogger("handoff.peers")
 
-__all__ = ["PeerMixin"]
+__all__ = ["PeerMixin", "BUSY"]
+
+REJOIN_EVERY = 1.0  # seconds between hellos to the join addresses while this node is alone
+MAX_PENDING_JOINS = 32  # hello-admitted members that have not spoken since
+JOIN_FOLLOW_UP = 10.0  # seconds such a member has to send something besides its hello
+BUSY = "too many joins in progress; the joining node retries"  # a refusal that is not final
 
 
 class PeerMixin:
@@ -24,6 +36,9 @@ class PeerMixin:
         self._identities: dict[bytes, str] = {}  # ROUTER identity -> peer that said hello on it
         self._pending_by_node: dict[str, set] = defaultdict(set)
         self._greeted: set[str] = set()
+        self._pending_joins: dict[str, float] = {}  # hello-admitted member -> follow-up deadline
+        self._last_join_hello = float("-inf")
+        self._refusals = DropLog("hellos refused")
         self.peer_hosts: dict[str, str] = {}
         self.join_error: str | None = None
 
@@ -35,10 +50,7 @@ class PeerMixin:
             max_tick_gap=max(cfg.suspect_after / 2, 4 * cfg.gossip_interval),
         )
         self.orchestrator_node_joined(self.name, cfg.resources)
-        for address in cfg.join:
-            link = f"@{address}"
-            self.transport.connect(link, address)
-            self.transport.send(link, self._hello())
+        self._hello_join_addresses()
         self.every(cfg.gossip_interval, self._gossip_round)
 
     def _stop_peers(self) -> None:
@@ -57,20 +69,37 @@ class PeerMixin:
         """Whether this node knows at least one peer (or was not asked to join any)."""
         return not self.config.join or len(self.membership.alive()) > 1
 
+    def _alone(self) -> bool:
+        return len(self.membership.alive()) <= 1
+
+    def _hello_join_addresses(self) -> None:
+        """Say hello to every join address on a fresh, watched link (a failed handshake
+        there means the key is wrong)."""
+        self._last_join_hello = time.monotonic()
+        for address in self.config.join:
+            link = f"@{address}"
+            if self.transport.connect(link, address, watch=True):
+                self.transport.send(link, self._hello())
+            elif self.join_error is None:
+                self.join_error = f"cannot connect to the join address {address!r}"
+
     # ---- links ------------------------------------------------------------------------
-    def _ensure_link(self, name: str, address: str) -> None:
+    def _ensure_link(self, name: str, address: str) -> bool:
+        """A DEALER to a member, with our hello sent first; False if the address is unusable."""
         if name == self.name:
-            return
-        if not self.transport.connected(name):
-            self.transport.connect(name, address)
+            return False
+        if not self.transport.connected(name) and not self.transport.connect(name, address):
+            return False
         if name not in self._greeted:
             self._greeted.add(name)
             self.transport.send(name, self._hello())
+        return True
 
     def _drop_link(self, name: str) -> None:
         self.transport.disconnect(name)
         self._forget_transfers(name)
         self._greeted.discard(name)
+        self._pending_joins.pop(name, None)
         for identity in [i for i, n in self._identities.items() if n == name]:
             del self._identities[identity]
         for request in self._pending_by_node.pop(name, ()):
@@ -82,45 +111,91 @@ class PeerMixin:
         name = self._identities.get(identity)
         return name is not None and name == getattr(msg, "sender", None)
 
+    def _probe(self, name: str, address: str) -> None:
+        """Knock on a dead member: a fresh link, our hello, and our digest (which tells it
+        that it was declared dead, so a live one refutes and says hello again)."""
+        self._greeted.discard(name)
+        if self.transport.connect(name, address):
+            self.transport.send(name, self._hello())
+            self.transport.send(name, Gossip(self.name, self._digest()))
+
     # ---- incoming -------------------------------------------------------------------
     def _on_hello(self, identity: bytes, msg: Hello) -> None:
+        said = self._identities.get(identity)
+        if said is not None and said != msg.name:
+            self.transport.reject(identity, f"hello as {msg.name!r} on a connection that said "
+                                            f"hello as {said!r}")
+            return
         if msg.version != VERSION:
-            self._refuse(msg, f"wire version {msg.version}, this node speaks {VERSION}")
+            self._refuse(identity, msg, f"wire version {msg.version}, this node speaks {VERSION}")
             return
         if msg.name == self.name:
             if msg.incarnation != self.membership.incarnation:
-                self._refuse(msg, f"the name {msg.name!r} is taken by a live node")
+                self._refuse(identity, msg, f"the name {msg.name!r} is taken by a live node")
             return
         if self.membership.name_taken(msg.name, msg.incarnation, msg.address):
-            self._refuse(msg, f"the name {msg.name!r} is taken by a live node")
+            self._refuse(identity, msg, f"the name {msg.name!r} is taken by a live node")
             return
         try:
             caps = check_resources(msg.caps)
         except ValueError as exc:
-            self._refuse(msg, f"bad capacities: {exc}")
+            self._refuse(identity, msg, f"bad capacities: {exc}")
             return
+        table = self.membership
+        member = table.get(msg.name)
+        if member is not None and not _live(member) and member.incarnation >= msg.incarnation:
+            # a member we declared dead that does not know it yet: tell it by a probe, to the
+            # address we knew (not to one named in this hello)
+            if member.status == DEAD:
+                table.probe_soon(msg.name, time.monotonic())
+            return
+        new = member is None or member.incarnation != msg.incarnation
+        if new and len(self._pending_joins) >= MAX_PENDING_JOINS:
+            self._refuse(identity, msg, BUSY)
+            return
+        link = f"@{msg.address}"
+        if msg.address in self.config.join and self.transport.connected(link):
+            self.transport.disconnect(link)  # our join link: it is this peer
+        row = [msg.name, msg.address, msg.incarnation, 0, "alive", caps, 0, caps]
+        self._membership_events(table.merge([row], time.monotonic()))
+        member = table.get(msg.name)
+        if member is None:
+            self._refuse(identity, msg, BUSY)  # the table is full
+            return
+        if not _live(member) or member.incarnation != msg.incarnation:
+            return  # a stale hello
+        # after the merge: a "restarted" event drops the links of the old instance
         self._identities[identity] = msg.name
         self.transport.greet(identity)
         self.peer_hosts[msg.name] = msg.host
-        for link in [f"@{msg.address}"]:
-            if self.transport.connected(link):  # our join link: it is this peer
-                self.transport.disconnect(link)
-        row = [msg.name, msg.address, msg.incarnation, 0, "alive", caps, 0, caps]
-        self._membership_events(self.membership.merge([row], time.monotonic()))
-        self._ensure_link(msg.name, msg.address)
-        self.transport.send(msg.name, Gossip(self.name, self._digest()))
+        if not member.contacted:
+            self._pending_joins.setdefault(msg.name, time.monotonic() + JOIN_FOLLOW_UP)
+        if self._ensure_link(msg.name, member.address):
+            self.transport.send(msg.name, Gossip(self.name, self._digest()))
 
-    def _refuse(self, msg: Hello, reason: str) -> None:
-        log.warning("%s: refused %r at %s: %s", self.name, msg.name, msg.address, reason)
-        link = f"!{msg.address}"
-        self.transport.connect(link, msg.address)
-        self.transport.send(link, Refuse(self.name, reason))
-        self.after(1.0, lambda: self.transport.disconnect(link))
+    def _refuse(self, identity: bytes, msg: Hello, reason: str) -> None:
+        self.transport.reply(identity, Refuse(self.name, reason))
+        self.transport.reject(identity, f"refused hello from {msg.name!r}: {reason}")
 
-    def _on_refuse(self, msg: Refuse) -> None:
+    def _on_link(self, event: LinkEvent) -> None:
+        """A refusal or a failed handshake on one of our own links."""
         if self.joined():
-            return  # a refusal only means something to a node that is still joining
-        self.join_error = f"node {msg.name!r} refused this node: {msg.reason}"
+            return  # both only mean something to a node that is still joining
+        if event.refusal is not None:
+            if event.refusal.reason == BUSY:
+                log.info("%s: %s is busy with other joins; retrying", self.name, event.address)
+                return
+            self.join_error = f"node {event.refusal.name!r} refused this node: {event.refusal.reason}"
+        elif event.handshake_failed and event.peer.startswith("@"):
+            source = (f"key file {self.config.key_file!r}" if self.config.key_file
+                      else "this user's default key")
+            public = self.transport.curve.public.decode()[:8] if self.transport.curve else "-"
+            self.join_error = (
+                f"node at {event.address} rejected this node's key ({source}, public key "
+                f"{public}...): every node of a cluster needs the same cluster key"
+            )
+        else:
+            return
         log.error("%s: %s", self.name, self.join_error)
 
     def _on_gossip(self, msg: Gossip) -> None:
@@ -134,7 +209,15 @@ class PeerMixin:
                   member.caps, member.caps_version, member.free]], time.monotonic()))
 
     def _heard_from(self, name: str) -> None:
+        self._pending_joins.pop(name, None)
         self._membership_events(self.membership.heard_from(name, time.monotonic()))
+
+    def _heard_from_stranger(self, sender: Any) -> None:
+        """A message on a connection that is not a member's: if a dead member sent it, it
+        does not know it is dead yet, so probe it now."""
+        member = self.membership.get(sender) if isinstance(sender, str) else None
+        if member is not None and member.status == DEAD:
+            self.membership.probe_soon(sender, time.monotonic())
 
     # ---- rounds ---------------------------------------------------------------------
     def _digest(self) -> list:
@@ -142,27 +225,40 @@ class PeerMixin:
 
     def _gossip_round(self) -> None:
         table = self.membership
+        now = time.monotonic()
         table.update_free(self.name, self.pool.ledger.free(self.name))
-        self._membership_events(table.tick(time.monotonic()))
+        self._membership_events(table.tick(now))
         digest = None
         for name in table.gossip_targets():
             member = table.get(name)
-            if member is None:
+            if member is None or not self._ensure_link(name, member.address):
                 continue
-            self._ensure_link(name, member.address)
             digest = digest or self._digest()
             self.transport.send(name, Gossip(self.name, digest))
+        for name, address in table.probe_targets(now):
+            self._probe(name, address)
+        if self.config.join and self._alone() and now - self._last_join_hello >= REJOIN_EVERY:
+            self._hello_join_addresses()
+        for name in [n for n, deadline in self._pending_joins.items() if deadline <= now]:
+            del self._pending_joins[name]
+            if table.forget(name):
+                self._refusals.note(0, "%s: forgot %s: it said hello but nothing since",
+                                    self.name, name)
+                self._drop_link(name)
+                self.orchestrator_node_lost(name)
+
+    def _reintroduce(self) -> None:
+        """Say hello (and send our digest) to every live peer again, on the links we have."""
+        self._greeted.clear()
+        digest = self._digest()
+        for name, address in self.membership.addresses().items():
+            if self._ensure_link(name, address):
+                self.transport.send(name, Gossip(self.name, digest))
 
     def _membership_events(self, events: list) -> None:
         for kind, name in events:
             if name == self.name:
-                if kind == "conflict":
-                    log.error("%s: another live node uses this name", self.name)
-                elif kind == "caps":  # someone registered new capacities for this node
-                    caps = dict(self.membership.me.caps)
-                    self.config.resources = caps
-                    self.pool.set_capacity(caps)
-                    self.orchestrator_node_updated(self.name, caps)
+                self._own_event(kind)
                 continue
             member = self.membership.get(name)
             if kind in ("joined", "restarted"):
@@ -175,12 +271,34 @@ class PeerMixin:
             elif kind in ("dead", "left"):
                 log.warning("%s: node %s is %s", self.name, name, kind)
                 self._drop_link(name)
-                self.cancel_jobs_from(name)
                 self.orchestrator_node_lost(name)
             elif kind == "caps" and member is not None:
                 self.orchestrator_node_updated(name, member.caps)
             elif kind == "suspect":
                 log.info("%s: node %s is suspect", self.name, name)
+
+    def _own_event(self, kind: str) -> None:
+        if kind == "conflict":
+            log.error("%s: another live node uses this name", self.name)
+        elif kind == "caps":  # someone registered new capacities for this node
+            caps = dict(self.membership.me.caps)
+            self.config.resources = caps
+            self.pool.set_capacity(caps)
+            self.orchestrator_node_updated(self.name, caps)
+        elif kind == "stalled":
+            # this node was paused: ask everyone for news before anyone can be declared dead
+            log.warning("%s: this node was stalled; probing its peers", self.name)
+            self._reintroduce()
+        elif kind == "refuted":
+            # peers declared us dead and dropped what they owed us (results, fetches): rejoin
+            # as a new instance, and re-place the work we had given them
+            log.warning("%s: the cluster declared this node dead; rejoining as a new instance",
+                        self.name)
+            self._reintroduce()
+            for name, member in self.membership.alive().items():
+                if name != self.name:
+                    self.orchestrator_node_lost(name)
+                    self.orchestrator_node_joined(name, member.caps)
 
     # ---- the API's view -------------------------------------------------------------
     def discover(self) -> dict[str, dict]:
@@ -196,3 +314,7 @@ class PeerMixin:
             raise HandoffError(f"node {name!r} is not in the cluster; known: {sorted(self.discover())}")
         self.membership.update_caps(name, caps)
         self.orchestrator_node_updated(name, caps)
+
+
+def _live(member: Member) -> bool:
+    return member.status in (ALIVE, SUSPECT)

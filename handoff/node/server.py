@@ -33,7 +33,7 @@ from handoff.node.values import dumps_value, is_local
 from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, PartAck, Ping,
-    Pong, Refuse,
+    Pong,
     RunEnded, Store, Value, ValuePart,
 )
 from handoff.transport import Transport
@@ -200,8 +200,17 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         poller.register(wake, zmq.POLLIN)
         workers: dict[int, Any] = {}
         generation = -1
+        links: set = set()  # our DEALERs and their monitors: refusals, failed handshakes
+        link_generation = -1
         try:
             while self._running:
+                if link_generation != self.transport.generation:
+                    for sock in links:
+                        poller.unregister(sock)
+                    links = set(self.transport.links())
+                    for sock in links:
+                        poller.register(sock, zmq.POLLIN)
+                    link_generation = self.transport.generation
                 if generation != self.pool.generation:  # workers came or went
                     for fd in workers:
                         poller.unregister(fd)
@@ -228,6 +237,9 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                                 break
                     elif sock in workers:
                         self._safely(self.pool.read, workers[sock])
+                    elif sock in links and self.transport.has_link(sock):  # not closed meanwhile
+                        for event in self.transport.read_link(sock):
+                            self._safely(self._on_link, event)
                 self._run_commands()
                 self._run_timers()
                 if busy or self._local_events or self.pool.queue or self._fetch_box or self._value_box:
@@ -378,13 +390,11 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         if isinstance(msg, Hello):
             self._on_hello(identity, msg)
             return
-        if isinstance(msg, Refuse):
-            self._on_refuse(msg)
-            return
         if not self._is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
             member = self.membership.get(getattr(msg, "sender", None) or "")
             gone = member is not None and member.status in ("left", "dead")
+            self._heard_from_stranger(getattr(msg, "sender", None))
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return

@@ -1,19 +1,26 @@
 """The only code that knows ZeroMQ socket types, identity frames and multipart layout.
 
 A node binds one ROUTER for peers and drivers and connects one DEALER to each peer it sends
-to: every received message comes in on the ROUTER, every sent one leaves on a DEALER. (A
-node's own worker processes use Unix socket pairs: handoff.node.pipes.)
+to: every message comes in on the ROUTER, every one sent leaves on a DEALER. The one
+exception is a refusal: it goes back on the connection the refused hello came in on (the
+ROUTER identity), so a node never connects to an address that a stranger named; a DEALER
+reads only refusals. (A node's own worker processes use Unix socket pairs:
+handoff.node.pipes.)
 
 Bad input never reaches the node: a message that does not decode is logged (rate-limited)
-and dropped, and so is anything but a hello (or a refusal) on a peer connection that has not
-said hello yet. A ROUTER identity cannot be disconnected, so one that sends BLOCK_AFTER bad
-messages is ignored for good.
+and dropped, and so is anything but a hello on a peer connection that has not said hello
+yet. A ROUTER identity cannot be disconnected, so one that sends BLOCK_AFTER bad messages is
+ignored for good.
+
+A DEALER made with ``watch=True`` (a join link) is monitored: a failed CURVE handshake is
+reported by :meth:`Transport.read_link`, so a join with the wrong key says so.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import zmq
@@ -24,19 +31,33 @@ from handoff.protocol.messages import Hello, Message, Refuse
 
 log = logging.getLogger("handoff.transport")
 
-__all__ = ["Transport", "DropLog", "MAX_MESSAGE", "DRAIN_BATCH", "BLOCK_AFTER"]
+__all__ = ["Transport", "DropLog", "LinkEvent", "MAX_MESSAGE", "DRAIN_BATCH", "BLOCK_AFTER"]
 
 MAX_MESSAGE = 4 * 1024**3  # a peer's single frame may not be larger (ZMQ_MAXMSGSIZE)
 DRAIN_BATCH = 256  # messages read from one socket before the loop looks at the others
 HWM = 0  # no silent drops: the loop applies back-pressure itself
 DEALER_RCVHWM = 16  # nothing is ever read from a DEALER: a peer that sends to one fills only this
 BLOCK_AFTER = 20  # bad messages from one peer identity before everything from it is ignored
-FIRST_MESSAGES = (Hello, Refuse)  # what a peer connection may send before its hello
+FIRST_MESSAGES = (Hello,)  # what a peer connection may send before its hello
 TRACKED = 4096  # identities whose bad messages are counted; the longest quiet is forgotten first
 BLOCKED_MAX = 65536  # blocked identities remembered; the oldest is forgotten first
 LOG_FIRST = 3  # drops logged one by one per identity ...
 LOG_BURST = 20  # ... and at most this many in all per LOG_PERIOD; a summary covers the rest
 LOG_PERIOD = 60.0
+HANDSHAKE_FAILED = (  # the other side would not complete the CURVE handshake with our key
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """Something a DEALER link heard: a refusal, or (join links) a failed handshake."""
+
+    peer: str  # the link's name
+    address: str
+    refusal: Refuse | None = None
+    handshake_failed: int = 0  # the zmq.EVENT_HANDSHAKE_FAILED_* value, if that happened
 
 
 class DropLog:
@@ -76,6 +97,9 @@ class Transport:
         self.router: zmq.Socket | None = None
         self.address = ""
         self._dealers: dict[str, zmq.Socket] = {}
+        self._links: dict[zmq.Socket, tuple[str, str]] = {}  # DEALER or monitor -> (peer, address)
+        self._monitors: dict[str, zmq.Socket] = {}  # peer -> monitor of its watched DEALER
+        self.generation = 0  # changes whenever the set of sockets to poll (links()) does
         self.dropped = 0  # messages dropped: undecodable, before hello, or from a blocked peer
         self.blocked_peers = 0  # peer identities ignored for good
         # peer identities whose hello decoded: one per connection, as peers.py keeps one name
@@ -106,12 +130,11 @@ class Transport:
         self.address = listen
         return listen
 
-    def connect(self, peer: str, address: str) -> bool:
-        """A DEALER to ``peer``. False if ZeroMQ rejects ``address`` (a peer's hello or
-        gossip can name anything): logged once per address, and ``peer`` stays unconnected."""
-        old = self._dealers.pop(peer, None)
-        if old is not None:
-            old.close(0)
+    def connect(self, peer: str, address: str, watch: bool = False) -> bool:
+        """A DEALER to ``peer`` (replacing any old one). False if ZeroMQ rejects ``address``:
+        logged once per address, and ``peer`` stays unconnected. ``watch``: report a failed
+        CURVE handshake on it (see read_link)."""
+        self.disconnect(peer)
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.sndhwm = HWM
@@ -131,12 +154,57 @@ class Transport:
                 log.warning("cannot connect to %r at %r: %s", peer, address, exc)
             return False
         self._dealers[peer] = sock
+        self._links[sock] = (peer, address)
+        if watch and self.curve is not None:
+            monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+            self._monitors[peer] = monitor
+            self._links[monitor] = (peer, address)
+        self.generation += 1
         return True
 
     def disconnect(self, peer: str) -> None:
         sock = self._dealers.pop(peer, None)
-        if sock is not None:
-            sock.close(0)
+        if sock is None:
+            return
+        self._links.pop(sock, None)
+        monitor = self._monitors.pop(peer, None)
+        if monitor is not None:
+            self._links.pop(monitor, None)
+            sock.disable_monitor()
+            monitor.close(0)
+        sock.close(0)
+        self.generation += 1
+
+    def links(self) -> list[zmq.Socket]:
+        """The DEALERs and monitors the loop polls (for read_link); see ``generation``."""
+        return list(self._links)
+
+    def has_link(self, sock: zmq.Socket) -> bool:
+        return sock in self._links
+
+    def read_link(self, sock: zmq.Socket) -> Iterator[LinkEvent]:
+        """Drain a DEALER or its monitor: refusals and failed handshakes. Anything else a
+        peer sends to a DEALER is dropped and counted."""
+        peer, address = self._links.get(sock, ("", ""))
+        is_monitor = self._monitors.get(peer) is sock
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if is_monitor:
+                event = int.from_bytes(frames[0][:2], "little")
+                if event & HANDSHAKE_FAILED:
+                    yield LinkEvent(peer, address, handshake_failed=event)
+                continue
+            try:
+                msg = decode(frames, pickles=False)
+            except Exception:  # a reply link is not worth more than a count
+                msg = None
+            if isinstance(msg, Refuse):
+                yield LinkEvent(peer, address, refusal=msg)
+            else:
+                self.dropped += 1
 
     def connected(self, peer: str) -> bool:
         return peer in self._dealers
@@ -148,6 +216,14 @@ class Transport:
             return False
         sock.send_multipart(encode(msg), copy=False)
         return True
+
+    def reply(self, identity: bytes, msg: Refuse) -> None:
+        """A refusal back on the connection ``identity`` came in on (never a new connection
+        to an address the refused peer named). Dropped if that connection is gone."""
+        try:
+            self.router.send_multipart([identity, *encode(msg)], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            pass
 
     def receive(self, sock: zmq.Socket) -> Iterator[tuple[bytes, Message, Any]]:
         """Drain up to DRAIN_BATCH messages: (identity, message, first frame). Bad ones are
@@ -202,9 +278,8 @@ class Transport:
                              "(last: %s)", _show(identity), count, reason)
 
     def close(self) -> None:
-        for sock in self._dealers.values():
-            sock.close(0)
-        self._dealers.clear()
+        for peer in list(self._dealers):
+            self.disconnect(peer)
         for sock in (self.router,):
             if sock is not None:
                 sock.close(0)

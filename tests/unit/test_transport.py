@@ -128,7 +128,7 @@ def test_random_bytes_and_random_multipart_never_reach_the_node(ctx, transport):
     assert transport.blocked_peers == 0
 
 
-def test_only_hello_or_refuse_may_come_first_on_a_connection(ctx, transport):
+def test_only_hello_may_come_first_on_a_connection(ctx, transport):
     sock = dealer(ctx, transport.address)
     sock.send_multipart(encode(Gossip("p", [])))
     assert settle(transport) == []
@@ -139,10 +139,11 @@ def test_only_hello_or_refuse_may_come_first_on_a_connection(ctx, transport):
     got = drain(transport, lambda got: len(got) == 2)
     assert [type(m) for _, m in got] == [Hello, Gossip]
 
+    # refusals come back on our own DEALER (Transport.read_link), never on the ROUTER
     other = dealer(ctx, transport.address)
     other.send_multipart(encode(Refuse("q", "name taken")))
-    got = drain(transport, lambda got: got)
-    assert [m for _, m in got] == [Refuse("q", "name taken")]
+    assert settle(transport) == []
+    assert transport.dropped == 2
 
 
 def test_a_pickled_value_is_not_loaded_before_hello(ctx, transport):
@@ -288,3 +289,80 @@ def test_a_hello_the_node_does_not_accept_opens_nothing(ctx, transport):
     assert [type(m) for _, m in settle(transport, accept_hellos=False)] == [Hello]
     sock.send_multipart(encode(Gossip("p", [])))
     assert settle(transport) == []  # still not greeted: only hello or refuse may come
+
+
+def read_links(t: Transport, until, timeout: float = 5.0) -> list:
+    """LinkEvents from the transport's DEALERs and monitors until ``until(events)`` holds."""
+    poller = zmq.Poller()
+    for sock in t.links():
+        poller.register(sock, zmq.POLLIN)
+    events: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(events):
+        for sock, _ in poller.poll(20):
+            events.extend(t.read_link(sock))
+    return events
+
+
+def test_a_refusal_goes_back_on_the_connection_the_hello_came_in_on(ctx, transport):
+    joiner = Transport(ctx)
+    joiner.bind("tcp://127.0.0.1:0")
+    try:
+        assert joiner.connect("@seed", transport.address)
+        joiner.send("@seed", Hello("j", "tcp://10.255.255.1:9", 1, {}, VERSION + 1))
+        ((identity, msg),) = drain(transport, lambda got: got, accept_hellos=False)
+        transport.reply(identity, Refuse("seed", "wire version"))
+        (event,) = read_links(joiner, lambda events: events)
+        assert (event.peer, event.address, event.refusal) == (
+            "@seed", transport.address, Refuse("seed", "wire version"))
+        assert not transport.connected("j")  # the seed opened no connection of its own
+        transport.reply(b"no such connection", Refuse("seed", "x"))  # dropped, not raised
+    finally:
+        joiner.close()
+
+
+def test_a_dealer_reads_only_refusals(ctx, transport):
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        transport.connect("p", f"tcp://127.0.0.1:{port}")
+        transport.send("p", Gossip("me", []))
+        identity, *_ = router.recv_multipart()
+        router.send_multipart([identity, *encode(Gossip("p", []))])
+        router.send_multipart([identity, b"garbage"])
+        router.send_multipart([identity, *encode(Refuse("p", "no"))])
+        events = read_links(transport, lambda events: events)
+        assert [e.refusal for e in events] == [Refuse("p", "no")]
+        assert transport.dropped == 2
+    finally:
+        router.close(0)
+
+
+def test_connect_and_disconnect_change_the_generation_of_polled_links(transport):
+    before = transport.generation
+    transport.connect("a", "tcp://127.0.0.1:1")
+    assert len(transport.links()) == 1 and transport.generation > before
+    transport.disconnect("a")
+    assert transport.links() == [] and not transport.has_link(object())
+
+
+def test_a_watched_link_reports_a_handshake_with_the_wrong_key(ctx):
+    from handoff.security import Curve
+
+    key_a, key_b = zmq.curve_keypair(), zmq.curve_keypair()
+    server = Transport(ctx, Curve(*key_a))
+    server.curve.start(ctx)
+    client = Transport(ctx, Curve(*key_b))
+    try:
+        server.bind("tcp://127.0.0.1:0")
+        assert client.connect("@seed", server.address, watch=True)
+        assert len(client.links()) == 2  # the DEALER and its monitor
+        client.send("@seed", Hello("j", "tcp://127.0.0.1:9", 1, {}))
+        events = read_links(client, lambda events: events)
+        assert events and events[0].handshake_failed and events[0].address == server.address
+        assert settle(server) == []  # nothing got through
+    finally:
+        client.close()
+        server.close()
+        server.curve.stop()
