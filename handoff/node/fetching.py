@@ -244,7 +244,13 @@ class FetchMixin:
         anywhere in the cluster within ``timeout`` seconds (see ValueSearch)."""
         fut: Future = Future()
         deadline = time.monotonic() + timeout
-        self.call(lambda: ValueSearch(self, dag_id, keys, wait, deadline, fut).start()).result()
+
+        def start() -> None:
+            ValueSearch(self, dag_id, keys, wait, deadline, fut).start()
+
+        self.call(start).result()
+        if fut.done():  # all found in the local store
+            return fut.result()
         try:
             return fut.result(timeout + 5.0)  # the loop ends the search at the deadline
         except TimeoutError:  # the loop stopped under us
@@ -294,11 +300,11 @@ class ValueSearch:
 
     Owned by the loop thread. A key is taken from the first of: this node's store; the node
     this node's data-location registry names; a node that a peer names when asked (Locate:
-    the peer itself if it stores the key, else its registry's entry). Each holder is asked
-    for the value once per round; a holder that fails is skipped for the next one.
-    One-shot (``wait=False``): a single round; keys nobody holds are left out. Waiting: wakes
-    at once on a local store or registration, asks the peers again after 50 ms, doubling up
-    to once a second, and ends at the deadline with whatever it found.
+    the peer itself if it stores the key, else its registry's entry). Peers are asked only
+    about keys the registry does not place, or whose registered holder failed. Each holder is
+    tried once per round. One-shot (``wait=False``): a single round; keys nobody holds are
+    left out. Waiting: wakes at once on a local store or registration, starts a new round
+    after 50 ms, doubling up to once a second, and ends at the deadline with what it found.
     """
 
     def __init__(self, node: Any, dag_id: Any, keys: list, wait: bool, deadline: float,
@@ -312,11 +318,13 @@ class ValueSearch:
         self.found: dict[Hashable, list] = {}
         self.holders: dict[Hashable, list[str]] = {k: [] for k in keys}  # not yet tried this round
         self.tried: dict[Hashable, set[str]] = {k: set() for k in keys}
+        self.asked: set[Hashable] = set()  # keys the peers were asked about this round
         self.fetching: set[Hashable] = set()
-        self.asking: dict[str, int] = {}  # peer -> its outstanding Locate request
+        self.asking: dict[int, str] = {}  # outstanding Locate request -> peer
         self.cancels: list[Callable[[], None]] = []
         self.timers: list[list] = []
         self.interval = ASK_FIRST
+        self.in_round = False
         self.done = False
 
     def start(self) -> None:
@@ -337,35 +345,40 @@ class ValueSearch:
     def _round(self) -> None:
         if self.done:
             return
-        # peers first: a registered holder that is unreachable fails at once, and a one-shot
-        # search must not settle before the peers have had their say
-        self._ask_peers()
+        self.in_round = True  # a holder that fails at once must not settle a one-shot search
+        self.asked.clear()
         for key in list(self.missing):
             self.tried[key].clear()
             holder = self.node.store.location(self.dag_id, key)
             if holder is not None:
                 self._offer(key, holder)
+        self._ask_peers([k for k in self.missing if k not in self.fetching and k not in self.asked])
+        self.in_round = False
         if self.wait:
             self.timers.append(self.node.after(self.interval, self._round))
             self.interval = min(2 * self.interval, ASK_EVERY)
         else:
             self._settle()
 
-    def _ask_peers(self) -> None:
+    def _ask_peers(self, keys: list) -> None:
+        """One Locate per live peer (and per call: a round, or a holder that failed)."""
+        if self.done or not keys:
+            return
+        self.asked.update(keys)
         node = self.node
-        keys = list(self.missing)  # also those being fetched: that holder may fail
+        busy = set(self.asking.values())
         for peer in node.membership.alive():
-            if peer == node.name or peer in self.asking:
-                continue
+            if peer == node.name or (self.wait and peer in busy):
+                continue  # a waiting search keeps one question per peer in flight
             request = next(node._requests)
-            node._pending[request] = lambda holders, error, peer=peer, keys=keys: self._located(peer, keys, holders)
+            node._pending[request] = lambda holders, error, r=request, keys=keys: self._located(r, keys, holders)
             node._pending_by_node[peer].add(request)
-            self.asking[peer] = request
+            self.asking[request] = peer
             if not node.transport.send(peer, Locate(node.name, request, self.dag_id, keys)):
-                self._forget(peer)
+                self._forget(request)
 
-    def _located(self, peer: str, keys: list, holders: Any) -> None:
-        self.asking.pop(peer, None)
+    def _located(self, request: int, keys: list, holders: Any) -> None:
+        self.asking.pop(request, None)
         if self.done:
             return
         if isinstance(holders, list) and len(holders) == len(keys):
@@ -397,6 +410,8 @@ class ValueSearch:
                 self._found(key, frames)
                 return
             self._fetch_next(key)
+            if key not in self.fetching and key not in self.asked:
+                self._ask_peers([key])  # the registered holder failed: someone else may have it
             self._settle()
 
         self.node.fetch_value(holder, self.dag_id, key, None, fetched)
@@ -411,12 +426,12 @@ class ValueSearch:
 
     def _settle(self) -> None:
         """One-shot: done once every peer answered and no fetch is under way."""
-        if not self.wait and not self.done and not self.asking and not self.fetching:
+        if not (self.wait or self.done or self.in_round or self.asking or self.fetching):
             self._finish()
 
-    def _forget(self, peer: str) -> None:
-        request = self.asking.pop(peer, None)
-        if request is not None:
+    def _forget(self, request: int) -> None:
+        peer = self.asking.pop(request, None)
+        if peer is not None:
             self.node._pending.pop(request, None)
             self.node._pending_by_node[peer].discard(request)
 
@@ -428,8 +443,8 @@ class ValueSearch:
             cancel()
         for entry in self.timers:
             self.node.cancel_timer(entry)
-        for peer in list(self.asking):
-            self._forget(peer)
+        for request in list(self.asking):
+            self._forget(request)
         if not self.future.done():
             self.future.set_result(self.found)
 
