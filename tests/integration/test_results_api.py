@@ -128,6 +128,10 @@ def test_the_same_id_under_two_dag_ids_stays_separate(cluster):
         handoff.get_result("dag-four", "x", timeout=0.3)
 
 
+def _locates_served(node: str) -> int:
+    return peer_stats(node).get("locates_served", 0)
+
+
 def _get_in_thread(dag_id, key, timeout) -> tuple[threading.Thread, dict]:
     out: dict = {}
 
@@ -146,7 +150,9 @@ def test_get_result_returns_a_value_computed_after_the_call_started(cluster):
     dag = DAG("late-run")
     dag.add_function(Function(id="late", code=make, extra_args=["late value"], node="rb"))
     assert handoff.synchronize(dag.id, ["late"]) == {}
+    before = _locates_served("rb")
     t, out = _get_in_thread(dag.id, "late", 30)
+    assert wait_for(lambda: _locates_served("rb") > before)  # the call is searching
     r = handoff.execute(dag)
     t.join(60)
     assert out == {"value": "late value"}
@@ -156,7 +162,9 @@ def test_get_result_returns_a_value_computed_after_the_call_started(cluster):
 def test_get_result_returns_a_value_stored_on_a_peer_after_the_call_started(cluster):
     """No registration reaches this node: the peers asked again at a bounded rate find it."""
     assert handoff.synchronize("late-store", ["k"]) == {}
+    before = _locates_served("helper")
     t, out = _get_in_thread("late-store", "k", 30)
+    assert wait_for(lambda: _locates_served("helper") > before)  # asked before the value exists
     cluster.store("late-store", "k", {"late": True})
     t.join(60)
     assert out == {"value": {"late": True}}
@@ -179,10 +187,10 @@ def test_a_value_that_never_exists_times_out(cluster):
 
 def test_waiting_asks_each_peer_at_a_bounded_rate(cluster):
     """A 3-second wait costs each peer a handful of small messages, not a tight poll."""
-    before = peer_stats("rb").get("locates_served", 0)
+    before = _locates_served("rb")
     with pytest.raises(handoff.TimeoutError):
         handoff.get_result("nowhere", "never", timeout=3)
-    asked = peer_stats("rb").get("locates_served", 0) - before
+    asked = _locates_served("rb") - before
     assert 1 <= asked <= 10
 
 
