@@ -322,7 +322,7 @@ class ValueSearch:
         self.fetching: set[Hashable] = set()
         self.asking: dict[int, str] = {}  # outstanding Locate request -> peer
         self.cancels: list[Callable[[], None]] = []
-        self.timers: list[list] = []
+        self.timers: list[list] = []  # the deadline and the next round
         self.interval = ASK_FIRST
         self.in_round = False
         self.done = False
@@ -355,6 +355,7 @@ class ValueSearch:
         self._ask_peers([k for k in self.missing if k not in self.fetching and k not in self.asked])
         self.in_round = False
         if self.wait:
+            del self.timers[1:]  # this round's own timer has fired
             self.timers.append(self.node.after(self.interval, self._round))
             self.interval = min(2 * self.interval, ASK_EVERY)
         else:
