@@ -62,6 +62,24 @@ def _signal_all(procs: Iterable[psutil.Process], signum: int) -> None:
             pass
 
 
+def _wait_status(procs: list[psutil.Process], stopped: bool, timeout: float = STOP_TIMEOUT) -> None:
+    """Return once the kernel shows every live one of ``procs`` stopped (or none stopped):
+    a signal is delivered asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pending = [p.pid for p in procs if p.is_running()
+                       and (p.status() == psutil.STATUS_STOPPED) != stopped]
+        except psutil.NoSuchProcess:
+            continue  # one ended between the two looks: look again
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            state = "stopped" if stopped else "running"
+            raise HandoffError(f"processes {pending} are not {state} after {timeout:g} s")
+        time.sleep(0.01)
+
+
 @dataclass
 class NodeInfo:
     """One node process of a LocalCluster: what it is called, where it listens, its process."""
@@ -325,14 +343,18 @@ class LocalCluster:
         node = self[name]
         if not node.running:
             raise HandoffError(f"node {name!r} is not running")
-        _signal_all([psutil.Process(node.pid), *_descendants(node.pid)], signal.SIGSTOP)
+        procs = [psutil.Process(node.pid), *_descendants(node.pid)]
+        _signal_all(procs, signal.SIGSTOP)
         node.paused = True
+        _wait_status(procs, stopped=True)
 
     def resume(self, name: str) -> None:
         """SIGCONT a paused node and its workers."""
         node = self[name]
         if node.running:
-            _signal_all([psutil.Process(node.pid), *_descendants(node.pid)], signal.SIGCONT)
+            procs = [psutil.Process(node.pid), *_descendants(node.pid)]
+            _signal_all(procs, signal.SIGCONT)
+            _wait_status(procs, stopped=False)
         node.paused = False
 
     def node_stats(self, name: str, timeout: float = 10.0) -> dict:
