@@ -128,6 +128,11 @@ def _check_address(address: str, what: str) -> str:
     return address
 
 
+def debug_state_from_env() -> bool:
+    """``HANDOFF_DEBUG_STATE=1``: nodes validate the scheduler's state after every event."""
+    return os.environ.get("HANDOFF_DEBUG_STATE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclass
 class NodeConfig:
     name: str = ""
@@ -145,6 +150,8 @@ class NodeConfig:
     join_timeout: float = 10.0
     shared_memory: bool = True  # large values go through /dev/shm between processes of one host
     store_limit: int | str | None = None  # bytes of values in memory; past it they spill to disk
+    # check the scheduler's invariants after every event (slow; HANDOFF_DEBUG_STATE=1)
+    debug_state: bool = field(default_factory=debug_state_from_env)
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -28,7 +28,7 @@ class OrchestrationMixin:
 
     def _init_orchestration(self) -> None:
         self.ledger = _core.ResourceLedger()
-        self.orchestrator = Orchestrator(self.ledger, self.name)
+        self.orchestrator = Orchestrator(self.ledger, self.name, debug_state=self.config.debug_state)
         self.runs: dict[str, RunContext] = {}
         self._local_events: list = []
         self._timeouts: dict[str, list] = {}

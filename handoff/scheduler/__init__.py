@@ -40,6 +40,11 @@ Placement, in short:
   among the allowed nodes, ranked by ``_core.rank_nodes`` (the allocator's own scores;
   ``handoff.scheduler.placement``).
 
+Task state: each function of a run has one ``TaskState`` whose ``TaskStatus`` changes only
+along the table in ``handoff.scheduler.tasks``; ``Orchestrator.validate_state()`` checks the
+containers kept beside it (tests call it after every step; ``HANDOFF_DEBUG_STATE=1`` makes
+nodes call it after every event).
+
 Lost nodes: work that ran there is re-placed and results only they held are recomputed
 (neither counts as a failed attempt). Work pinned to the lost node (``Function.node``,
 members of a collocation group with such a pin, or a whole ``local_only`` run) cannot
@@ -71,6 +76,7 @@ from handoff.scheduler.events import (
 )
 from handoff.scheduler.orchestrator import DEFAULT_LOOKAHEAD, DEFAULT_SLOTS, Orchestrator
 from handoff.scheduler.run import RunState
+from handoff.scheduler.tasks import TaskState, TaskStateError, TaskStatus
 
 __all__ = [
     "Orchestrator",
@@ -78,6 +84,9 @@ __all__ = [
     "DEFAULT_LOOKAHEAD",
     "RunSpec",
     "RunState",
+    "TaskState",
+    "TaskStatus",
+    "TaskStateError",
     "FunctionStats",
     "Event",
     "ErrorInfo",

@@ -1,9 +1,10 @@
 """The Orchestrator: every run driven by one node, as a pure state machine.
 
 Events in, instructions out; no sockets, threads or clocks. How work is placed is
-described in the package docstring (``handoff.scheduler``). This module holds the public
-API and placement; how events move runs along (tasks ending, nodes joining and leaving,
-deadlines, run endings) is in ``handoff.scheduler.lifecycle``.
+described in the package docstring (``handoff.scheduler``). The orchestrator owns the runs
+and routes events; its parts own their own state: ``NodeSlots`` (the live nodes' slots and
+queued-ahead queues, ``handoff.scheduler.nodes``), ``Placer`` (placement rounds,
+``handoff.scheduler.placer``) and each run's ``RunState`` with one ``TaskState`` per task.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ from __future__ import annotations
 import heapq
 from typing import Any, Callable
 
-import numpy as np
-
 from handoff import _core
+from handoff.errors import AllocationError, FunctionError, HandoffError, NodeLostError
 from handoff.scheduler.events import (
     CancelRun,
-    Dispatch,
+    CancelTasks,
+    ErrorInfo,
     Instruction,
     NodeJoined,
     NodeLost,
     NodeUpdated,
+    ReleaseRun,
     ResultCopied,
     ResultLost,
     RunFinished,
@@ -28,22 +30,19 @@ from handoff.scheduler.events import (
     TaskFinished,
     Tick,
 )
-from handoff.scheduler.lifecycle import Lifecycle
-from handoff.scheduler.placement import group_tiers, order_nodes
+from handoff.scheduler.nodes import NodeSlots
+from handoff.scheduler.placer import Placer
 from handoff.scheduler.run import RunState
 
 __all__ = ["DEFAULT_LOOKAHEAD", "DEFAULT_SLOTS", "Orchestrator"]
 
 DEFAULT_SLOTS = 64
 DEFAULT_LOOKAHEAD = 1
-_FIRST_TRY = 4  # functions of a parked class tried first
+_NO_TIMEOUT = "they are pinned to it, and the run has no timeout to wait in for it to come back"
+_TIMED_OUT = "they are pinned to it, and it did not come back before the run's timeout"
 
 
-def _turn_order(run: RunState) -> tuple[int, int]:
-    return (run.served, run.seq)
-
-
-class Orchestrator(Lifecycle):
+class Orchestrator:
     """All runs orchestrated by one node, sharing one cluster ResourceLedger.
 
     Node membership changes reach the ledger through ``handle(NodeJoined/NodeUpdated/
@@ -51,7 +50,8 @@ class Orchestrator(Lifecycle):
     ``submit``. Finished runs stay readable through ``run()`` until ``forget()``.
 
     ``lookahead``: per node, how many costed tasks may be sent ahead of their resources
-    ("queued ahead"; 0 turns that off). See the package docstring.
+    ("queued ahead"; 0 turns that off). See the package docstring. ``debug_state``: check
+    ``validate_state()`` after every ``submit`` and ``handle`` (slow: for debugging).
     """
 
     def __init__(
@@ -61,6 +61,7 @@ class Orchestrator(Lifecycle):
         *,
         default_slots: int = DEFAULT_SLOTS,
         lookahead: int = DEFAULT_LOOKAHEAD,
+        debug_state: bool = False,
     ):
         if default_slots < 1:
             raise ValueError(f"default_slots must be >= 1, got {default_slots}")
@@ -68,23 +69,13 @@ class Orchestrator(Lifecycle):
             raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.ledger = ledger
         self.local_node = local_node
-        self.default_slots = default_slots
-        self.lookahead = lookahead
+        self.nodes = NodeSlots(default_slots)
+        self.placer = Placer(ledger, self.nodes, lookahead)
+        self.debug_state = debug_state
         self._runs: dict[str, RunState] = {}
         self._rotation: list[RunState] = []  # unfinished runs, oldest first
-        self._round = 0  # placement rounds so far; a run remembers the last that served it
         self._submitted = 0
-        self._slot_setting: dict[str, int] = {}
-        self._order: list[str] = []  # live nodes, in ledger order
-        self._slots: dict[str, int] = {}  # live node -> slots
-        self._busy: dict[str, int] = {}  # live node -> in-flight tasks from this orchestrator
-        self._free_slots = 0
-        self._vec_cache: dict[tuple, np.ndarray] = {}
-        self._batches: dict[tuple[RunState, str], list[tuple[int, int]]] = {}
-        # live node -> its queued-ahead tasks (dispatched, holding no claim), oldest first
-        self._ahead: dict[str, list[tuple[RunState, int]]] = {}
-        self._freed: set[str] = set()  # nodes with queued-ahead tasks that may fit now
-        self._fit_cache: dict[int, list[str]] = {}  # id(cost vector) -> nodes whose total fits
+        self._vec_cache: dict[tuple, Any] = {}  # cost key -> resource vector, shared by runs
         # (deadline, seq, run) of runs that held work for a lost node; stale entries (the
         # run finished, or its nodes came back) are dropped when their deadline passes
         self._deadlines: list[tuple[float, int, RunState]] = []
@@ -122,11 +113,14 @@ class Orchestrator(Lifecycle):
         if error is not None or run.done:  # unplaceable, or nothing to run
             run.end(error)
             return out + [RunFinished(run.run_id, error)]
-        run.queue.extend(run.tracker.initial().tolist())
+        run.start()
         self._submitted += 1
         run.seq = self._submitted
         self._rotation.append(run)
-        return out + self._pump()
+        out += self.placer.pump(self._rotation)
+        if self.debug_state:
+            self.validate_state()
+        return out
 
     def handle(self, *events: Any) -> list[Instruction]:
         """Apply events in order, then place whatever became placeable; returns instructions.
@@ -147,7 +141,9 @@ class Orchestrator(Lifecycle):
             elif type(event) is not Tick:
                 pump = True
         if pump:
-            out.extend(self._pump())
+            out.extend(self.placer.pump(self._rotation))
+        if self.debug_state:
+            self.validate_state()
         return out
 
     def run(self, run_id: str) -> RunState:
@@ -164,19 +160,30 @@ class Orchestrator(Lifecycle):
         """Let ``name`` hold up to ``slots`` in-flight tasks; returns Dispatches it allows now."""
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
-        self._slot_setting[name] = slots
-        if name in self._slots:
-            self._slots[name] = slots
-            self._recount_free_slots()
-        return self._pump()
+        self.nodes.set_slots(name, slots)
+        return self.placer.pump(self._rotation)
 
     def node_load(self) -> dict[str, int]:
         """{live node: in-flight tasks from this orchestrator} (queued-ahead ones included)."""
-        return dict(self._busy)
+        return dict(self.nodes.busy)
 
     def queued_ahead(self) -> dict[str, int]:
         """{live node: tasks queued ahead there} for nodes that have some."""
-        return {node: len(tasks) for node, tasks in self._ahead.items() if tasks}
+        return {node: len(tasks) for node, tasks in self.nodes.ahead.items() if tasks}
+
+    @property
+    def lookahead(self) -> int:
+        return self.placer.lookahead
+
+    def validate_state(self) -> None:
+        """Check every run's task states and the node counters against each other.
+
+        Raises AssertionError naming what disagrees. Tests call it after every step; the
+        node calls it after every ``handle`` when ``HANDOFF_DEBUG_STATE=1``.
+        """
+        from handoff.scheduler.validation import check_orchestrator
+
+        check_orchestrator(self)
 
     @property
     def active_runs(self) -> list[str]:
@@ -190,299 +197,192 @@ class Orchestrator(Lifecycle):
         """
         return self._deadlines[0][0] if self._deadlines else None
 
-    # -- placement -------------------------------------------------------------------------
+    # -- nodes -----------------------------------------------------------------------------
 
-    def _claim_ahead(self) -> None:
-        """Queued-ahead tasks on nodes that freed resources take their claims, oldest first,
-        up to the first that does not fit (the node starts them as its resources free up)."""
-        ledger = self.ledger
-        for node in self._freed:
-            queue = self._ahead.get(node)
-            if not queue or not ledger.has_node(node):
-                continue
-            j = ledger.node_index(node)
-            claimed = 0
-            for run, i in queue:
-                if not ledger.request_vec(j, run.vecs[i]):
-                    break
-                del run.ahead[i]
-                claimed += 1
-            if claimed:
-                del queue[:claimed]
-        self._freed.clear()
-
-    def _pump(self) -> list[Instruction]:
-        """Place ready work into free slots and resources; one Dispatch per (run, node)."""
-        if self._freed:
-            self._claim_ahead()
-        if self._free_slots <= 0 or not self._rotation:
-            return []
-        blocked: set = set()  # cost classes that found no room this round
-        runs = [r for r in self._rotation if r.has_work() and r.room() > 0]
-        if len(runs) > 1:  # turns: least recently served first, then oldest
-            runs.sort(key=_turn_order)
-        self._round += 1
-        if len(runs) == 1:
-            self._serve(runs[0], self._free_slots, blocked)
-        elif runs:
-            share = max(1, self._free_slots // len(runs))
-            for r in runs:
-                if self._free_slots <= 0:
-                    break
-                self._serve(r, share, blocked)
-            for r in runs:
-                if self._free_slots <= 0:
-                    break
-                if r.has_work():
-                    self._serve(r, self._free_slots, blocked)
-        if not self._batches:
-            return []
+    def _sync_nodes(self) -> list[Instruction]:
+        """Mirror the ledger's node list; nodes it no longer has count as lost."""
+        names = self.ledger.nodes
         out: list[Instruction] = []
-        for (run, node), tasks in self._batches.items():
-            run.nodes_used.add(node)
-            run.served = self._round
-            out.append(Dispatch(run.run_id, node, tasks))
-        self._batches = {}
+        for name in self.nodes.gone(names):
+            out.extend(self._lose_node(name, None))
+        for name in self.nodes.adopt(names):
+            out.extend(self._node_back(name))
         return out
 
-    def _serve(self, run: RunState, limit: int, blocked: set) -> None:
-        """Start up to ``limit`` of ``run``'s tasks: parked classes first (they are older)."""
-        limit = min(limit, run.room())
-        placed = 0
-        if run.parked:
-            for key in list(run.parked):
-                if placed >= limit or self._free_slots <= 0:
-                    return
-                if key in blocked:
-                    continue
-                dq = run.parked[key]
-                # a class fits or not alike, and claims only grow within a round: try a few
-                # (a release usually lets one or two in), and all the rest only if those fit
-                step = _FIRST_TRY
-                while dq and placed < limit and self._free_slots > 0:
-                    items = [dq.popleft() for _ in range(min(step, limit - placed, len(dq)))]
-                    done, failed = self._place(run, items)
-                    placed += done
-                    if failed:
-                        blocked.add(key)
-                        dq.extendleft(reversed(failed))
-                        break
-                    step = len(dq)
-                if not dq:
-                    del run.parked[key]
-        queue = run.queue
-        while queue and placed < limit and self._free_slots > 0:
-            items = []
-            for _ in range(min(limit - placed, len(queue))):
-                i = queue.popleft()
-                if blocked and run.placement_class(i) in blocked:
-                    run.park(i)
-                else:
-                    items.append(i)
-            if items:
-                done, failed = self._place(run, items)
-                placed += done
-                for i in failed:
-                    blocked.add(run.park(i))
+    def _on_node_joined(self, ev: NodeJoined | NodeUpdated) -> list[Instruction]:
+        self.ledger.register(ev.name, ev.caps)
+        if self.nodes.add(ev.name):
+            return self._node_back(ev.name)
+        return []
 
-    def _place(self, run: RunState, items: list[int]) -> tuple[int, list[int]]:
-        """Try to start ``items``; returns (how many started, those left waiting, in order)."""
-        failed: list[tuple[int, int]] = []  # (position, index)
-        costed: list[tuple[int, int, np.ndarray, str | None]] = []
-        zero: list[tuple[int, int]] = []
-        started = 0
-        busy, slots = self._busy, self._slots
-        for pos, i in enumerate(items):
-            if run.lost and run.waits_for_lost(i):
+    def _node_back(self, name: str) -> list[Instruction]:
+        """``name`` is live (again): work held for it is queued, unless it no longer fits."""
+        out: list[Instruction] = []
+        for run in list(self._rotation):
+            if not run.awaiting or not run.node_back(name):
                 continue
-            target = run.target(i)
-            vec = run.vecs.get(i) if run.vecs and run.pin_all is None else None
-            if target is not None:
-                n_busy = busy.get(target)
-                if n_busy is None:
-                    if not (run.awaiting and run.hold(i, target)):
-                        failed.append((pos, i))
-                elif n_busy >= slots[target]:
-                    failed.append((pos, i))
-                elif vec is None:
-                    self._commit(run, i, target)
-                    started += 1
-                else:
-                    costed.append((pos, i, vec, target))
-            elif i in run.group_of or i in run.avoid:
-                node = self._place_among(run, i, vec)
-                if node is None:
-                    if not (vec is not None and self.lookahead and self._queue_ahead(run, i, vec)):
-                        failed.append((pos, i))
-                else:
-                    g = run.group_of.get(i)
-                    if g is not None:
-                        run.group_node[g] = node
-                    self._commit(run, i, node)
-                    started += 1
-            elif vec is None:
-                zero.append((pos, i))
-            else:
-                costed.append((pos, i, vec, None))
-        if costed:
-            started += self._place_costed(run, costed, failed)
-        if zero:
-            started += self._place_zero(run, zero, failed)
-        failed.sort()
-        return started, [i for _, i in failed]
+            misfits = run.misfits(name, self.ledger)
+            if misfits:
+                i = misfits[0]
+                error = AllocationError(
+                    run.graph.ids[i],
+                    run.costs[i],
+                    self.ledger.capacities(),
+                    reason=f"it is pinned to node {name!r}, which came back with too small "
+                    "a total capacity",
+                )
+                out.extend(self._finish(run, error))
+        return out
 
-    def _commit(self, run: RunState, i: int, node: str, ahead: bool = False) -> None:
-        """Record the dispatch of ``i`` on ``node`` (its claim is already taken, or it is
-        queued ahead and holds none)."""
-        attempt = run.dispatch_no[i] + 1
-        run.dispatch_no[i] = attempt
-        run.inflight[i] = node
-        if ahead:
-            run.ahead[i] = node
-            queue = self._ahead.get(node)
-            if queue is None:
-                queue = self._ahead[node] = []
-            queue.append((run, i))
-        if run.avoid:
-            run.avoid.pop(i, None)
-        self._busy[node] += 1
-        self._free_slots -= 1
-        key = (run, node)
-        batch = self._batches.get(key)
-        if batch is None:
-            batch = self._batches[key] = []
-        batch.append((i, attempt))
+    def _on_node_lost(self, ev: NodeLost) -> list[Instruction]:
+        if self.ledger.has_node(ev.name):
+            self.ledger.unregister(ev.name)
+        if ev.name not in self.nodes:
+            return []
+        return self._lose_node(ev.name, ev.now)
 
-    def _place_costed(self, run: RunState, costed: list, failed: list) -> int:
-        """One allocate() call for functions with a cost; returns how many started."""
-        ledger = self.ledger
-        reqs = np.zeros((len(costed), len(ledger.resources)), dtype=np.float64)
-        pinned = np.full(len(costed), -1, dtype=np.int64)
-        for k, (_, _, vec, target) in enumerate(costed):
-            reqs[k, : vec.shape[0]] = vec
-            if target is not None:
-                pinned[k] = ledger.node_index(target)
-        chosen = _core.allocate(ledger, reqs, pinned, run.strategy, True).tolist()
-        names = ledger.nodes
-        busy, slots = self._busy, self._slots
-        started = 0
-        no_room: set = set()  # (cost vector, target) that found no node to queue ahead on
-        for k, j in enumerate(chosen):
-            pos, i, vec, target = costed[k]
-            if j >= 0:
-                node = names[j]
-                if busy[node] < slots[node]:
-                    self._commit(run, i, node)
-                    started += 1
-                    continue
-                ledger.release_vec(j, reqs[k])  # the node has resources but no free slot
-                if target is None:
-                    node = self._place_among(run, i, vec)
-                    if node is not None:
-                        self._commit(run, i, node)
-                        started += 1
-                        continue
-            if self.lookahead:
-                key = (id(vec), target)
-                if key not in no_room:
-                    if self._queue_ahead(run, i, vec, target):
-                        started += 1
-                        continue
-                    no_room.add(key)
-            failed.append((pos, i))
-        return started
+    def _lose_node(self, dead: str, now: float | None) -> list[Instruction]:
+        self.nodes.remove(dead)  # its runs re-place its queued-ahead tasks (RunState.lose_node)
+        out: list[Instruction] = []
+        for run in list(self._rotation):
+            out.extend(self._recover(run, dead, now))
+        return out
 
-    def _place_zero(self, run: RunState, zero: list, failed: list) -> int:
-        """Place zero-cost functions by slots alone; returns how many started."""
-        busy, slots, order = self._busy, self._slots, self._order
-        started = 0
-        if run.strategy == "load_balanced":
-            heap = [(busy[n], p, n) for p, n in enumerate(order) if busy[n] < slots[n]]
-            heapq.heapify(heap)
-            for k, (_, i) in enumerate(zero):
-                if not heap:
-                    failed.extend(zero[k:])
-                    break
-                _, p, n = heap[0]
-                self._commit(run, i, n)
-                started += 1
-                if busy[n] < slots[n]:
-                    heapq.heapreplace(heap, (busy[n], p, n))
-                else:
-                    heapq.heappop(heap)
-            return started
-        p, count = 0, len(order)
-        for k, (_, i) in enumerate(zero):
-            while p < count and busy[order[p]] >= slots[order[p]]:
-                p += 1
-            if p == count:
-                failed.extend(zero[k:])
-                break
-            self._commit(run, i, order[p])
-            started += 1
-        return started
+    def _recover(self, run: RunState, dead: str, now: float | None) -> list[Instruction]:
+        """Re-place ``run``'s work from ``dead``; fail it if what is left cannot run anywhere.
 
-    def _queue_ahead(
-        self, run: RunState, i: int, vec: np.ndarray, target: str | None = None
-    ) -> bool:
-        """Dispatch costed ``i``, which fits no node's free resources, ahead of its resources.
-
-        Among the live nodes with a free slot whose total capacity fits it (only ``target``
-        when it has one; for the first member of a collocation group, nodes that fit the
-        group's summed cost before those that fit each member), those with the fewest
-        queued-ahead tasks first, then by the run's strategy (a retry's failed node last
-        among equals). Says whether it was dispatched: not when
-        every such node already has ``lookahead`` tasks queued ahead.
+        Work pinned to ``dead`` is held for it while the run's deadline is ahead (``now``
+        is None when the loss was noticed without a time: the next Tick decides).
         """
-        ahead, lookahead = self._ahead, self.lookahead
-        busy, slots = self._busy, self._slots
-        g = run.group_of.get(i) if run.group_of else None
-        if target is not None:
-            n_busy = busy.get(target)
-            if (
-                n_busy is None
-                or n_busy >= slots[target]
-                or len(ahead.get(target, ())) >= lookahead
-                or target not in self._fitting(vec, run.costs[i])
-            ):
-                return False
-            self._commit(run, i, target, ahead=True)
-            return True
-        if g is not None:
-            tiers = group_tiers(self.ledger, run.group_cost[g], run.group_need[g])
-        else:
-            tiers = [self._fitting(vec, run.costs[i])]
-        avoid = run.avoid.get(i) if run.avoid else None
-        names: list[str] = []
-        for tier in tiers:
-            tier = [
-                n
-                for n in tier
-                if n in busy and busy[n] < slots[n] and len(ahead.get(n, ())) < lookahead
-            ]
-            if len(tier) > 1:
-                tier = order_nodes(self.ledger, run.strategy, vec, tier, busy)
-                tier.sort(key=lambda n: (len(ahead.get(n, ())), n == avoid))  # stable: keeps rank
-            names += tier
-        if not names:
-            return False
-        node = names[0]
-        if g is not None:
-            run.group_node[g] = node
-        self._commit(run, i, node, ahead=True)
-        return True
+        run.lose_node(dead)
+        ids = run.graph.ids
+        stranded = run.stranded(dead)
+        if stranded:
+            deadline = run.deadline
+            if deadline is None:
+                return self._finish(
+                    run, NodeLostError(dead, [ids[i] for i in stranded], _NO_TIMEOUT)
+                )
+            if now is not None and now >= deadline:
+                return self._finish(
+                    run, NodeLostError(dead, [ids[i] for i in stranded], _TIMED_OUT)
+                )
+            run.await_node(dead)
+            if not run.watched:
+                run.watched = True
+                heapq.heappush(self._deadlines, (deadline, run.seq, run))
+        unplaceable = run.unplaceable(self.ledger)
+        if unplaceable:
+            reason = "after losing it, no live node has the total capacity to run them"
+            return self._finish(run, NodeLostError(dead, [ids[i] for i in unplaceable], reason))
+        return []
 
-    def _fitting(self, vec: np.ndarray, cost: dict) -> list[str]:
-        """Nodes whose total capacity fits ``cost`` (cached by its vector until nodes change)."""
-        nodes = self._fit_cache.get(id(vec))
-        if nodes is None:
-            nodes = self._fit_cache[id(vec)] = self.ledger.fitting_nodes_total(cost)
-        return nodes
+    # -- events ----------------------------------------------------------------------------
 
-    def _place_among(self, run: RunState, i: int, vec: np.ndarray | None) -> str | None:
-        """Claim the best node for ``i`` among those its run allows (``RunState.candidates``)."""
-        ledger = self.ledger
-        for name in run.candidates(i, vec, ledger, self._busy, self._slots):
-            if vec is None or ledger.request_vec(ledger.node_index(name), vec):
-                return name
-        return None
+    def _active(self, run_id: str) -> RunState | None:
+        run = self._runs.get(run_id)
+        return None if run is None or run.finished else run
+
+    def _on_task_finished(self, ev: TaskFinished) -> list[Instruction]:
+        run = self._active(ev.run_id)
+        if run is None:
+            return []
+        i = ev.index
+        node = run.inflight.get(i)
+        if node is None or run.tasks[i].attempt != ev.attempt:
+            return []  # stale: an older attempt, or the run moved on
+        self.placer.release(run, i, node)
+        if not ev.ok:
+            return self._attempt_failed(run, i, node, ev.error)
+        del run.inflight[i]
+        run.succeeded(i, node, ev.started, ev.finished)
+        return self._finish(run, None) if run.done else []
+
+    def _attempt_failed(
+        self, run: RunState, i: int, node: str, info: ErrorInfo | None
+    ) -> list[Instruction]:
+        task = run.tasks[i]
+        task.failures += 1
+        if task.failures <= run.retry_limit(i):
+            run.requeue(i)
+            task.avoid = node
+            return []
+        del run.inflight[i]
+        info = info or ErrorInfo("UnknownError", "the attempt failed without an error report")
+        error = FunctionError(
+            run.graph.ids[i], node, task.failures, info.exc_type, info.message, info.traceback
+        )
+        return self._finish(run, error, info, failed=i)
+
+    def _on_tick(self, ev: Tick) -> list[Instruction]:
+        """Fail runs whose work waited for a lost node past their deadline."""
+        heap = self._deadlines
+        if not heap or heap[0][0] > ev.now:
+            return []
+        out: list[Instruction] = []
+        while heap and heap[0][0] <= ev.now:
+            _, _, run = heapq.heappop(heap)
+            run.watched = False
+            if run.finished or not run.awaiting:
+                continue  # done, or every node it waited for came back
+            dead = next(iter(run.awaiting))  # the first lost
+            reason = _TIMED_OUT
+            others = sorted(n for n in run.awaiting if n != dead)
+            if others:
+                reason += f" (nor did {', '.join(map(repr, others))})"
+            ids = run.graph.ids
+            out.extend(
+                self._finish(run, NodeLostError(dead, [ids[i] for i in run.stranded(dead)], reason))
+            )
+        return out
+
+    def _on_cancel_run(self, ev: CancelRun) -> list[Instruction]:
+        run = self._active(ev.run_id)
+        return [] if run is None else self._finish(run, ev.reason)
+
+    def _on_result_lost(self, ev: ResultLost) -> list[Instruction]:
+        run = self._active(ev.run_id)
+        if run is None:
+            return []
+        c = ev.consumer
+        if c is not None:
+            node = run.inflight.get(c)
+            if node is None or run.tasks[c].attempt != ev.attempt:
+                return []  # a stale attempt's report
+            self.placer.release(run, c, node)
+            run.tasks[c].recoveries += 1
+            run.requeue(c)  # when next tried, it waits for the recompute
+        run.lose_result(ev.index, self.nodes.busy, ev.node)
+        return []
+
+    def _on_result_copied(self, ev: ResultCopied) -> list[Instruction]:
+        run = self._active(ev.run_id)
+        if run is not None:
+            run.add_copy(ev.index, ev.node)
+        return []
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        run: RunState,
+        error: HandoffError | None,
+        info: ErrorInfo | None = None,
+        failed: int | None = None,
+    ) -> list[Instruction]:
+        """End ``run`` (``failed``: the task whose attempts ran out): cancel and release
+        whatever is in flight, then say so."""
+        out: list[Instruction] = []
+        by_node: dict[str, list[int]] = {}
+        release = self.placer.release
+        for i, node in run.inflight.items():
+            by_node.setdefault(node, []).append(i)
+            release(run, i, node)
+        for node, indices in by_node.items():
+            out.append(CancelTasks(run.run_id, node, sorted(indices)))
+        run.end(error, failed)
+        self._rotation.remove(run)
+        out.append(RunFinished(run.run_id, error, info))
+        if run.nodes_used:
+            out.append(ReleaseRun(run.run_id, sorted(run.nodes_used)))
+        return out

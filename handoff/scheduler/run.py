@@ -1,7 +1,10 @@
-"""One DAG run's state: what is done, where results live, what is in flight, where it may go.
+"""One DAG run's state: one ``TaskState`` per function, the indexes over them, where work may go.
 
 Everything is indexed by the function's position in ``CompiledGraph.ids`` (ints, not ids),
-so the orchestrator's per-task work is list and dict operations on small ints.
+so the orchestrator's per-task work is list and dict operations on small ints. Each task's
+status changes only through ``RunState.move`` (the table in ``handoff.scheduler.tasks``);
+the queue, parked classes, in-flight map and the rest are indexes kept for speed, which
+``validate_state`` checks against the statuses.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from handoff import _core
 from handoff.errors import AllocationError, HandoffError
 from handoff.scheduler.events import FunctionStats, RunSpec
 from handoff.scheduler.placement import group_tiers, order_nodes, read_placement
+from handoff.scheduler.tasks import TaskState, TaskStatus, transition
 
 __all__ = ["RunState"]
 
@@ -23,10 +27,11 @@ class RunState:
     """The orchestrator's record of one run; the node layer reads it, only the orchestrator writes.
 
     For the node layer: ``run_id``, ``dag_id``, ``graph``, ``functions``, ``strategy``,
-    ``finished``, ``error``, ``submitted_at``, ``deadline``, ``location(i)``, ``attempt(i)``,
-    ``effective_inputs(i)``, ``in_flight()``, ``allocations()``, ``stats`` (by index),
-    ``function_stats()`` (by id), ``nodes_used``, ``awaiting`` (lost nodes the run waits
-    for), ``queued_ahead()``. The rest is the scheduler's bookkeeping.
+    ``finished``, ``error``, ``submitted_at``, ``deadline``, ``task(i)`` (its ``TaskState``),
+    ``location(i)``, ``attempt(i)``, ``effective_inputs(i)``, ``in_flight()``,
+    ``allocations()``, ``stats`` (by index), ``function_stats()`` (by id), ``nodes_used``,
+    ``awaiting`` (lost nodes the run waits for), ``queued_ahead()``, ``validate_state()``.
+    The rest is the scheduler's bookkeeping.
     """
 
     def __init__(self, spec: RunSpec):
@@ -50,13 +55,7 @@ class RunState:
         self.tracker = _core.ReadyTracker(n, graph.indptr, graph.indices, graph.inline)
         self.finished = False
         self.error: HandoffError | None = None
-        # per function, by index
-        self.dispatch_no = [0] * n  # attempt number of the latest dispatch (stale results differ)
-        self.failures = [0] * n  # failed attempts: these count against max_retries
-        self.recoveries = [0] * n  # re-runs after a lost node or result: these do not
-        self.locations: list[str | None] = [None] * n
-        self.started = [0.0] * n
-        self.finished_at = [0.0] * n
+        self.tasks = [TaskState(i, flag) for i, flag in enumerate(graph.inline.tolist())]
         # placement rules, filled by prepare(); sparse because most functions have none.
         # A collocation group goes to one node that fits each member alone (group_need, the
         # resource-wise largest cost), preferably one that fits their sum (group_cost).
@@ -70,17 +69,14 @@ class RunState:
         self.group_cost: list[dict] = []
         self.group_need: list[dict] = []
         self.retries: dict[int, int] = {}  # Function.max_retries overrides
-        # scheduling
-        self.inflight: dict[int, str] = {}
-        # in flight, queued ahead of their resources on that node: they hold no claim yet
-        self.ahead: dict[int, str] = {}
-        self.queue: deque[int] = deque()  # ready, not yet tried
-        self.parked: dict[Any, deque[int]] = {}  # tried, waiting for resources, by class
-        self.avoid: dict[int, str] = {}  # retry prefers another node than this one
-        self.lost: set[int] = set()  # completed, result gone, being recomputed
-        self.waiters: dict[int, list[int]] = {}  # lost index -> functions waiting for it
+        # indexes over the task statuses, kept for speed (validate_state checks them)
+        self.inflight: dict[int, str] = {}  # QUEUED_AHEAD and DISPATCHED -> their node
+        self.queue: deque[int] = deque()  # READY, in the order they are tried
+        self.parked: dict[Any, deque[int]] = {}  # PARKED, by placement class
+        self.lost: set[int] = set()  # tasks with ``recompute`` set that are not DONE yet
+        self.waiters: dict[int, list[int]] = {}  # lost index -> BLOCKED tasks waiting for it
         self.copies: dict[int, set[str]] = {}  # extra nodes holding a result
-        # lost node -> functions pinned to it, held until it joins again (or the deadline);
+        # lost node -> HELD tasks pinned to it, until it joins again (or the deadline);
         # pinned functions not yet ready are not listed, they are held once they are tried
         self.awaiting: dict[str, list[int]] = {}
         self.watched = False  # has an entry in the orchestrator's deadline heap
@@ -95,13 +91,17 @@ class RunState:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def task(self, i: int) -> TaskState:
+        """The state of function ``i`` (read it; only the scheduler changes it)."""
+        return self.tasks[i]
+
     def location(self, i: int) -> str | None:
         """Node holding the result of function ``i``, or None if not computed (or lost)."""
-        return self.locations[i]
+        return self.tasks[i].location
 
     def attempt(self, i: int) -> int:
         """Attempt number of the latest dispatch of ``i`` (0 if never dispatched)."""
-        return self.dispatch_no[i]
+        return self.tasks[i].attempt
 
     def in_flight(self) -> dict[int, str]:
         """{index: node} of tasks dispatched and not yet finished (queued-ahead ones too)."""
@@ -109,7 +109,8 @@ class RunState:
 
     def queued_ahead(self) -> dict[int, str]:
         """{index: node} of in-flight tasks sent ahead of their resources, holding no claim."""
-        return dict(self.ahead)
+        tasks, ahead = self.tasks, TaskStatus.QUEUED_AHEAD
+        return {i: node for i, node in self.inflight.items() if tasks[i].status == ahead}
 
     def effective_inputs(self, i: int) -> list[int]:
         """Non-inline functions whose results task ``i`` fetches, looking through inline ones."""
@@ -129,15 +130,15 @@ class RunState:
     def allocations(self) -> dict[Hashable, str]:
         """{function_id: node holding its result} for every computed non-inline function."""
         ids = self.graph.ids
-        return {ids[i]: node for i, node in enumerate(self.locations) if node is not None}
+        return {ids[t.index]: t.location for t in self.tasks if t.location is not None}
 
     @property
     def stats(self) -> dict[int, FunctionStats]:
         """{index: FunctionStats} for every computed non-inline function."""
         return {
-            i: FunctionStats(node, self.failures[i] + 1, self.started[i], self.finished_at[i])
-            for i, node in enumerate(self.locations)
-            if node is not None
+            t.index: FunctionStats(t.location, t.failures + 1, t.started, t.finished)
+            for t in self.tasks
+            if t.location is not None
         }
 
     def function_stats(self) -> dict[Hashable, FunctionStats]:
@@ -145,7 +146,25 @@ class RunState:
         ids = self.graph.ids
         return {ids[i]: s for i, s in self.stats.items()}
 
+    def validate_state(self) -> None:
+        """Check every task's status against the indexes kept beside it; AssertionError if not."""
+        from handoff.scheduler.validation import check_run
+
+        check_run(self)
+
     # -- bookkeeping -----------------------------------------------------------------------
+
+    def move(self, i: int, new: TaskStatus) -> None:
+        """Change task ``i``'s status along the transition table (``tasks.transition``)."""
+        transition(self.tasks[i], new, self.run_id)
+
+    def start(self) -> None:
+        """Queue the functions whose inputs are complete from the start."""
+        ready = self.tracker.initial().tolist()
+        tasks, status = self.tasks, TaskStatus.READY
+        for i in ready:
+            transition(tasks[i], status, self.run_id)
+        self.queue.extend(ready)
 
     def retry_limit(self, i: int) -> int:
         return self.retries.get(i, self.max_retries)
@@ -172,22 +191,30 @@ class RunState:
 
     def needed(self, i: int) -> bool:
         """True while ``i`` still has to run: not completed, or completed and lost."""
-        return i in self.lost or not self.tracker.is_complete(i)
+        return self.tasks[i].status != TaskStatus.DONE
 
     def succeeded(self, i: int, node: str, started: float, finished: float) -> None:
         """Record ``i``'s result on ``node`` and queue what became ready."""
-        self.locations[i] = node
-        self.started[i] = started
-        self.finished_at[i] = finished
-        if self.lost and i in self.lost:  # a recomputation: the tracker saw i complete before
+        task = self.tasks[i]
+        transition(task, TaskStatus.DONE, self.run_id)
+        task.location, task.node = node, None
+        task.started, task.finished = started, finished
+        if task.recompute:  # the tracker saw i complete before
+            task.recompute = False
             self.lost.discard(i)
             waiting = self.waiters.pop(i, None)
             if waiting:
+                for w in waiting:
+                    self.move(w, TaskStatus.READY)
                 self.queue.extendleft(reversed(waiting))
         else:
             ready = self.tracker.complete(i)
             if len(ready):
-                self.queue.extend(ready.tolist())
+                ready = ready.tolist()
+                tasks, status = self.tasks, TaskStatus.READY
+                for r in ready:
+                    transition(tasks[r], status, self.run_id)
+                self.queue.extend(ready)
 
     @property
     def done(self) -> bool:
@@ -195,7 +222,11 @@ class RunState:
         return self.tracker.remaining == 0 and not self.lost
 
     def requeue(self, i: int) -> None:
-        """Put ``i`` back at the head of the queue (a retry, or an attempt cut short)."""
+        """Put in-flight ``i`` back at the head of the queue (a retry, or an attempt cut short)."""
+        del self.inflight[i]
+        task = self.tasks[i]
+        transition(task, TaskStatus.READY, self.run_id)
+        task.node = None
         self.queue.appendleft(i)
 
     def waits_for_lost(self, i: int) -> bool:
@@ -203,6 +234,7 @@ class RunState:
         lost = self.lost
         for d in self.effective_inputs(i):
             if d in lost:
+                self.move(i, TaskStatus.BLOCKED)
                 self.waiters.setdefault(d, []).append(i)
                 return True
         return False
@@ -214,26 +246,28 @@ class RunState:
         went with the node) and completed functions to recompute. Parked work is re-queued
         too, so it is classified again against the new membership.
         """
+        tasks, ready = self.tasks, TaskStatus.READY
         moved = [i for i, node in self.inflight.items() if node == dead]
-        ahead = self.ahead
         for i in moved:
             del self.inflight[i]
-            self.recoveries[i] += 1
-            if ahead:
-                ahead.pop(i, None)
+            task = tasks[i]
+            transition(task, ready, self.run_id)
+            task.node = None
+            task.recoveries += 1
         for nodes in self.copies.values():
             nodes.discard(dead)
         lost = []
-        locations = self.locations
-        for i, node in enumerate(locations):
-            if node == dead:
-                alive = self.copies.get(i)
+        for task in tasks:
+            if task.location == dead:
+                alive = self.copies.get(task.index)
                 if alive:
-                    locations[i] = min(alive)
-                    alive.discard(locations[i])
+                    task.location = min(alive)
+                    alive.discard(task.location)
                 else:
-                    locations[i] = None
-                    lost.append(i)
+                    transition(task, ready, self.run_id)
+                    task.location = None
+                    task.recompute = True
+                    lost.append(task.index)
         pins = self.pins
         self.group_node = [  # a pinned group stays with its pin; the others are placed anew
             None if node == dead and self.group_members[g][0] not in pins else node
@@ -242,13 +276,16 @@ class RunState:
         self.lost.update(lost)
         parked = [i for dq in self.parked.values() for i in dq]
         self.parked.clear()
+        for i in parked:
+            transition(tasks[i], ready, self.run_id)
         self.queue.extendleft(reversed(moved + lost + parked))
         return moved, lost
 
     def stranded(self, dead: str) -> list[int]:
         """Functions still to run that are pinned to ``dead``."""
         if self.pin_all == dead:
-            return [i for i in range(self.n) if not self.graph.inline[i] and self.needed(i)]
+            live = (TaskStatus.INLINE, TaskStatus.DONE)
+            return [t.index for t in self.tasks if t.status not in live]
         return sorted(i for i, pin in self.pins.items() if pin == dead and self.needed(i))
 
     def await_node(self, dead: str) -> None:
@@ -263,6 +300,7 @@ class RunState:
         held = self.awaiting.get(node)
         if held is None:
             return False
+        self.move(i, TaskStatus.HELD)
         held.append(i)
         return True
 
@@ -271,6 +309,8 @@ class RunState:
         held = self.awaiting.pop(name, None)
         if held is None:
             return False
+        for i in held:
+            self.move(i, TaskStatus.READY)
         self.queue.extendleft(reversed(held))
         return True
 
@@ -323,28 +363,36 @@ class RunState:
 
     def lose_result(self, j: int, live: Any, node: str | None = None) -> None:
         """The result of ``j`` could not be fetched (from ``node``): use a copy, or recompute it."""
-        if j in self.lost or not self.tracker.is_complete(j):
+        task = self.tasks[j]
+        if task.status != TaskStatus.DONE:
             return
-        if node is not None and node != self.locations[j]:
+        if node is not None and node != task.location:
             return  # a report about where it used to be
         copies = self.copies.get(j, set())
-        alive = sorted(n for n in copies if n in live and n != self.locations[j])
+        alive = sorted(n for n in copies if n in live and n != task.location)
         if alive:
-            self.locations[j] = alive[0]
+            task.location = alive[0]
             copies.discard(alive[0])
             return
-        self.locations[j] = None
+        transition(task, TaskStatus.READY, self.run_id)
+        task.location = None
+        task.recompute = True
         self.lost.add(j)
         self.queue.appendleft(j)
 
     def add_copy(self, j: int, node: str) -> None:
-        if self.locations[j] not in (None, node):
+        if self.tasks[j].location not in (None, node):
             self.copies.setdefault(j, set()).add(node)
 
-    def end(self, error: HandoffError | None) -> None:
-        """Mark the run over; whatever was queued or waiting is dropped."""
+    def end(self, error: HandoffError | None, failed: int | None = None) -> None:
+        """Mark the run over: task ``failed`` (whose attempts ran out) FAILED, every other
+        task not DONE CANCELLED; whatever was queued or waiting is dropped."""
+        S = TaskStatus
+        for task in self.tasks:
+            if task.status not in (S.DONE, S.INLINE):
+                transition(task, S.FAILED if task.index == failed else S.CANCELLED, self.run_id)
+                task.node = None
         self.inflight.clear()
-        self.ahead.clear()
         self.queue.clear()
         self.parked.clear()
         self.waiters.clear()
@@ -359,13 +407,14 @@ class RunState:
         avoiding a node) are a class of their own.
         """
         target = self.target(i)
-        if target is None and (i in self.group_of or i in self.avoid):
+        if target is None and (i in self.group_of or self.tasks[i].avoid is not None):
             return ("one", self.run_id, i)
         vec = self.vecs.get(i) if self.vecs else None
         return (0 if vec is None else id(vec), target)
 
     def park(self, i: int) -> tuple:
         """Set ``i`` aside until its class may fit; returns the class."""
+        transition(self.tasks[i], TaskStatus.PARKED, self.run_id)
         key = self.placement_class(i)
         dq = self.parked.get(key)
         if dq is None:
@@ -391,7 +440,7 @@ class RunState:
         for tier in tiers:
             open_ = [n for n in tier if n in busy and busy[n] < slots[n]]
             names += order_nodes(ledger, self.strategy, vec, open_, busy)
-        avoid = self.avoid.get(i)
+        avoid = self.tasks[i].avoid
         if avoid in names and len(names) > 1:
             names.remove(avoid)
             names.append(avoid)

@@ -2,7 +2,7 @@
 
 The executing node queues a task whose resources are busy and starts it when they free up,
 so the orchestrator may send up to ``lookahead`` such tasks per node ahead of time instead
-of waiting for a TaskFinished round trip. ``Cluster`` (from test_scheduler) checks after
+of waiting for a TaskFinished round trip. ``Cluster`` (``scheduler_harness``) checks after
 every step that the ledger's claims are exactly those of the claimed in-flight tasks.
 """
 
@@ -14,11 +14,8 @@ import random
 
 import numpy as np
 import pytest
-from test_scheduler import Cluster, dag_of, drive_random_restarts, drive_random_runs, fn
+from scheduler_harness import Cluster, dag_of, drive_random_restarts, drive_random_runs, fn, sched  # noqa: F401
 
-import handoff.scheduler.orchestrator as orchestrator_module
-import handoff.scheduler.placement as placement_module
-import handoff.scheduler.run as run_module
 from handoff.dag import Collocated
 from handoff.errors import FunctionError, NodeLostError, TimeoutError
 from handoff.scheduler import (
@@ -35,15 +32,6 @@ from handoff.scheduler import (
 )
 
 GPU = {"gpu": 1}
-
-
-@pytest.fixture
-def sched(core, monkeypatch):
-    """The scheduler wired to one core implementation (ledger, tracker and allocate alike)."""
-    monkeypatch.setattr(run_module, "_core", core)
-    monkeypatch.setattr(orchestrator_module, "_core", core)
-    monkeypatch.setattr(placement_module, "_core", core)
-    return core
 
 
 def gpu_dag(n, id="g", **kw):
@@ -317,7 +305,7 @@ def test_result_lost_for_a_queued_ahead_consumer(sched):
     assert list(state.queued_ahead().values()) == ["gpu"] and len(c.running) == 2
     c.drain()
     assert c.finished["r"].error is None and c.idle()
-    assert state.function_stats()[1].attempts == 1 and state.recoveries[c.index("r", 1)] == 1
+    assert state.function_stats()[1].attempts == 1 and state.task(c.index("r", 1)).recoveries == 1
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -350,7 +338,7 @@ def test_queued_ahead_work_on_a_lost_node_moves_without_using_attempts(sched):
     c.drain()
     assert c.finished["r"].error is None and c.idle()
     assert all(s.attempts == 1 and s.node == "g2" for s in state.function_stats().values())
-    assert [state.recoveries[k] for k in range(6)] == [1, 0, 1, 0, 1, 0]
+    assert [state.task(k).recoveries for k in range(6)] == [1, 0, 1, 0, 1, 0]
 
 
 @pytest.mark.parametrize("back", [True, False])
@@ -368,7 +356,7 @@ def test_pinned_work_queued_ahead_on_a_lost_node_waits_for_it(sched, back):
         assert c.running[("r", 1)] == (2, "g")
         c.drain()
         assert c.finished["r"].error is None
-        assert [state.recoveries[k] for k in range(3)] == [1, 1, 0]
+        assert [state.task(k).recoveries for k in range(3)] == [1, 1, 0]
     else:
         c.handle(Tick(10.0))
         err = c.finished["r"].error
