@@ -144,7 +144,8 @@ def test_an_exception_in_the_with_block_still_stops_every_process():
 
 def test_fixtures_clean_up_after_a_failing_test(tmp_path):
     """A test that fails while using both fixtures, run by a pytest of its own (which loads
-    the plugin through its entry point), leaves neither node processes nor a driver."""
+    the plugin through its entry point), leaves neither node processes nor a driver by the
+    time the next test runs (not only once that pytest exits)."""
     pid_file = tmp_path / "pids.txt"
     test_file = tmp_path / "test_inner.py"
     test_file.write_text(textwrap.dedent(f"""
@@ -157,6 +158,13 @@ def test_fixtures_clean_up_after_a_failing_test(tmp_path):
                 f.write(" ".join(map(str, cluster.pids())))
             assert handoff.node_name() == "driver"
             raise AssertionError("the inner test fails on purpose")
+
+        def test_after():
+            import psutil
+
+            assert handoff.api._node is None
+            for pid in map(int, open({str(pid_file)!r}).read().split()):
+                assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     """))
     inner = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
@@ -164,6 +172,7 @@ def test_fixtures_clean_up_after_a_failing_test(tmp_path):
     )
     assert inner.returncode == 1, inner.stdout + inner.stderr
     assert "the inner test fails on purpose" in inner.stdout
+    assert "1 failed, 1 passed" in inner.stdout, inner.stdout
     pids = [int(p) for p in pid_file.read_text().split()]
     assert len(pids) >= 4
     assert not any(running(p) for p in pids)
