@@ -47,6 +47,13 @@ def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+def _process(pid: int) -> list[psutil.Process]:
+    try:
+        return [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -343,7 +350,7 @@ class LocalCluster:
         node = self[name]
         if not node.running:
             raise HandoffError(f"node {name!r} is not running")
-        procs = [psutil.Process(node.pid), *_descendants(node.pid)]
+        procs = [*_process(node.pid), *_descendants(node.pid)]
         _signal_all(procs, signal.SIGSTOP)
         node.paused = True
         _wait_status(procs, stopped=True)
@@ -352,7 +359,7 @@ class LocalCluster:
         """SIGCONT a paused node and its workers."""
         node = self[name]
         if node.running:
-            procs = [psutil.Process(node.pid), *_descendants(node.pid)]
+            procs = [*_process(node.pid), *_descendants(node.pid)]
             _signal_all(procs, signal.SIGCONT)
             _wait_status(procs, stopped=False)
         node.paused = False
@@ -394,14 +401,22 @@ class LocalCluster:
     # ---- ending ------------------------------------------------------------------------------
 
     def _end(self, node: NodeInfo, signum: int, timeout: float = STOP_TIMEOUT) -> None:
+        self._reap(node, *self._signal(node, signum), timeout)
+
+    def _signal(self, node: NodeInfo, signum: int) -> tuple:
+        """Send ``signum`` to a running node; returns what ``_reap`` waits for."""
         proc = node.process
-        if proc is None:
-            return
-        children = _descendants(proc.pid)
-        if proc.poll() is None:
+        children = _descendants(proc.pid) if proc is not None else []
+        if proc is not None and proc.poll() is None:
             if node.paused:  # a stopped process does not act on SIGTERM until it continues
-                _signal_all([psutil.Process(proc.pid), *children], signal.SIGCONT)
+                _signal_all([*_process(proc.pid), *children], signal.SIGCONT)
             proc.send_signal(signum)
+        return proc, children, signum
+
+    def _reap(self, node: NodeInfo, proc: subprocess.Popen | None, children: list, signum: int,
+              timeout: float = STOP_TIMEOUT) -> None:
+        """Wait for a signalled node and its workers to end; SIGKILL what outlives ``timeout``."""
+        if proc is not None:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -435,11 +450,16 @@ class LocalCluster:
                 handoff.stop()
             self._driver = None
         self._closed = True
-        errors = []
-        for node in reversed(list(self._nodes.values())):
+        errors, signalled = [], []
+        for node in reversed(list(self._nodes.values())):  # all at once: they stop in parallel
             try:
-                self._end(node, signal.SIGTERM)
+                signalled.append((node, self._signal(node, signal.SIGTERM)))
             except Exception as exc:  # keep stopping the others
+                errors.append(f"{node.name}: {exc}")
+        for node, how in signalled:
+            try:
+                self._reap(node, *how)
+            except Exception as exc:
                 errors.append(f"{node.name}: {exc}")
         _live.discard(self)
         if errors:
