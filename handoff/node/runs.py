@@ -50,6 +50,7 @@ class RunContext:
     functions: list[Function]
     payloads: list[list]  # per function: its payload blob (frames)
     hooks: dict[tuple[int, int], tuple[list | None, list | None, bool]]
+    deps: list[list[tuple[int, int, bool]]]  # per function: (position, dependency, inline?)
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
@@ -78,11 +79,9 @@ class RunContext:
         fn = self.functions[j]
         k = len(blobs)
         blobs.append(self.payloads[j])
-        index, inline = self.graph.index, self.graph.inline
         children = []
-        for pos, arg in enumerate(fn.args):
-            dep = index[arg.id if isinstance(arg, Argument) else arg]
-            if inline[dep]:
+        for pos, dep, inline in self.deps[j]:
+            if inline:
                 children.append(self._tree(dep, target, location, blobs, refs))
                 continue
             source = location(dep)
@@ -134,7 +133,12 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
                     raise InvalidFunctionError(
                         fn.id, f"the hooks of argument {arg.id!r} cannot be pickled: {exc}"
                     ) from exc
-    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, progress=progress)
+    index, inline = graph.index, graph.inline.tolist()
+    deps = []
+    for fn in functions:  # resolved here, in the caller's thread, not per task in the loop
+        ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
+        deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
+    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress)
 
 
 class Results(Mapping):

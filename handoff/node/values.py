@@ -119,7 +119,7 @@ def dumps_args(extra: Sequence[Any]) -> bytes:
     cloudpickle for anything else, which may be code that plain pickle would refer to by a
     name the worker cannot resolve (``__main__`` functions, bound methods, lambdas)."""
     extra = list(extra)
-    if _plain(extra, [PLAIN_BUDGET]):
+    if _SCALARS.issuperset(map(type, extra)) or _plain(extra, [PLAIN_BUDGET]):
         return pickle.dumps(extra, protocol=5)
     return cloudpickle.dumps(extra, protocol=5)
 
@@ -151,12 +151,21 @@ def _plain(obj: Any, budget: list) -> bool:
 
 
 def blob_nbytes(frames: Sequence[Any]) -> int:
-    if is_local(frames):
+    if not frames:
         return 0
-    total = 0
-    for f in frames:
-        if shm.is_descriptor(f):
-            total += shm.descriptor_size(f)
-        else:
-            total += f.nbytes if isinstance(f, memoryview) else len(f)
+    head = frames[0]
+    if type(head) is bytes:  # the common case: a pickle stream, never a descriptor
+        total = len(head)
+    elif isinstance(head, LocalValue):
+        return 0
+    else:
+        total = _frame_nbytes(head)
+    for i in range(1, len(frames)):
+        total += _frame_nbytes(frames[i])
     return total
+
+
+def _frame_nbytes(f: Any) -> int:
+    if shm.is_descriptor(f):
+        return shm.descriptor_size(f)
+    return f.nbytes if isinstance(f, memoryview) else len(f)
