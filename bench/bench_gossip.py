@@ -1,4 +1,5 @@
-"""Gossip membership benchmarks: convergence of a simulated 1,000-node cluster and merge cost.
+"""Gossip membership benchmarks: convergence of a simulated 1,000-node cluster, healing after a
+pause, and merge cost.
 
 Run with ``pytest bench/bench_gossip.py`` (bench/ is not collected by default). The round
 counts land in each benchmark's ``extra_info`` (see ``--benchmark-json``).
@@ -42,14 +43,21 @@ def join_all_via_seed(tables: dict[str, MembershipTable], now: float = 0.0) -> N
             table.merge([seed.me.row()], now)
 
 
-def gossip_round(tables: dict[str, MembershipTable], now: float) -> None:
-    """One synchronous round: every node ticks and pushes its digest to its targets."""
+def gossip_round(tables: dict[str, MembershipTable], now: float,
+                 paused: frozenset[str] = frozenset()) -> None:
+    """One synchronous round: every running node ticks and pushes its digest to its targets
+    and to the dead members it probes; a paused node neither sends nor receives."""
     outbox = []
     for table in tables.values():
+        if table.name in paused:
+            continue
         table.tick(now)
         digest = table.digest()
         outbox.extend((target, table.name, digest) for target in table.gossip_targets())
+        outbox.extend((target, table.name, digest) for target, _ in table.probe_targets(now))
     for target, sender, digest in outbox:
+        if target in paused:
+            continue
         receiver = tables[target]
         receiver.merge(digest, now)
         receiver.heard_from(sender, now)
@@ -87,6 +95,38 @@ def test_rounds_to_converge_1000_nodes(benchmark):
     benchmark.extra_info["mean_round_seconds_all_nodes"] = sum(per_round) / len(per_round)
     benchmark.extra_info["mean_round_ms_per_node"] = 1e3 * sum(per_round) / len(per_round) / N
     assert max(rounds) <= 15
+
+
+def heal_after_pause(n: int, seed: int, pause: float, interval: float = 0.1) -> int:
+    """Rounds from the end of one member's pause (long enough to be declared dead by all)
+    until every table holds every member alive again."""
+    tables = make_tables(n, seed, max_tick_gap=0.5)
+    join_all_via_seed(tables)
+    now = 0.0
+    for _ in range(40):  # converge, and let the members talk to each other directly
+        now += interval
+        gossip_round(tables, now)
+    victim = frozenset({"node-7"})
+    for _ in range(round(pause / interval)):
+        now += interval
+        gossip_round(tables, now, paused=victim)
+    assert all(t.get("node-7").status == "dead" for t in tables.values() if t.name != "node-7")
+    for rounds in range(1, 100):
+        now += interval
+        gossip_round(tables, now)
+        if all(len(t.addresses()) == n - 1 for t in tables.values()):
+            return rounds
+    raise AssertionError(f"{n} nodes did not heal in 100 rounds")
+
+
+def test_rounds_to_heal_200_nodes_after_a_3s_pause(benchmark):
+    seeds = iter(range(1_000))
+    rounds: list[int] = []
+    benchmark.pedantic(lambda: rounds.append(heal_after_pause(200, next(seeds), 3.0)),
+                       rounds=3, iterations=1)
+    benchmark.extra_info["nodes"] = 200
+    benchmark.extra_info["rounds_to_heal"] = rounds
+    assert max(rounds) <= 20  # 2 s at a 0.1 s interval
 
 
 @pytest.fixture(scope="module")
