@@ -47,6 +47,22 @@ def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     return env
 
 
+def _check_extra_args(args: Sequence[str]) -> None:
+    """Refuse node arguments that the cluster sets itself or that would hide what it reads."""
+    if isinstance(args, str):
+        raise ValueError(f"extra_args must be a list of arguments, got the string {args!r}")
+    for i, arg in enumerate(args):
+        flag, _, value = str(arg).partition("=")
+        if flag in ("--name", "--listen", "--join"):
+            raise ValueError(f"extra_args may not set {flag}: LocalCluster chooses names, "
+                             "addresses and joins (use names=)")
+        if flag == "--log-level":
+            level = value or (str(args[i + 1]) if i + 1 < len(args) else "")
+            if level not in ("DEBUG", "INFO"):
+                raise ValueError(f"--log-level {level or '(missing)'}: LocalCluster follows the "
+                                 "nodes' INFO lines to see them join; use DEBUG or INFO")
+
+
 def _process(pid: int) -> list[psutil.Process]:
     try:
         return [psutil.Process(pid)]
@@ -170,6 +186,7 @@ class LocalCluster:
                 raise ValueError(f"resources must be one dict or a list of {n} dicts, got {len(per_node)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+        _check_extra_args(extra_args)
         self.key_file = key_file
         self.insecure = insecure
         self.timeout = timeout
@@ -384,6 +401,7 @@ class LocalCluster:
         import handoff
         from handoff.testing.members import wait_for_members
 
+        start_options.setdefault("workers", 1)
         start_options.setdefault("key_file", self.key_file)
         start_options.setdefault("insecure", self.insecure)
         driver = handoff.start(name=name, join=self.address,

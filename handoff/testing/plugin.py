@@ -35,14 +35,14 @@ def local_cluster() -> Iterator[Callable[..., Any]]:
 @pytest.fixture
 def handoff_driver() -> Iterator[Callable[..., str]]:
     """A factory: ``handoff_driver(cluster, name="driver", resources=None, **start_options)``
-    starts this process's node joined to ``cluster`` (no resources of its own unless given)
-    once it sees every node, and returns its name; stopped when the test ends."""
+    stops any node already running in this process, starts one joined to ``cluster`` (no
+    resources of its own unless given), waits until it sees every node and returns its name;
+    stopped when the test ends."""
     import handoff
-
-    handoff.stop()  # a node left running here by earlier code would not be in the cluster
 
     def connect(cluster: Any, name: str = "driver", resources: Mapping[str, float] | None = None,
                 **start_options: Any) -> str:
+        handoff.stop()  # a node started earlier here (execute() with no start) is outside the cluster
         return cluster.connect(name, resources, **start_options)
 
     try:

@@ -184,6 +184,19 @@ def test_an_insecure_cluster_and_its_driver_talk_without_curve(local_cluster, ha
     assert cluster.node_stats("node0")["curve"] is None
 
 
+def test_a_cluster_key_file_reaches_nodes_and_driver_even_with_a_node_already_running(
+        local_cluster, handoff_driver, tmp_path):
+    key = tmp_path / "cluster.key"
+    subprocess.run([sys.executable, "-m", "handoff.keygen", str(key)], check=True, timeout=60)
+    handoff.stop()
+    handoff.start(workers=1)  # e.g. an execute() earlier in the session: outside the cluster
+    cluster = local_cluster(2, key_file=str(key), extra_args=["--dead-after", "3"])
+    assert handoff_driver(cluster, name="keyed-driver") == "keyed-driver"
+    stats = cluster.node_stats("node1")
+    assert stats["curve"] == "key file"
+    assert stats["members"] == ["keyed-driver", "node0", "node1"]
+
+
 def test_node_stats_needs_a_driver_in_the_cluster(local_cluster):
     handoff.stop()
     cluster = local_cluster(1)
@@ -208,6 +221,9 @@ def test_wait_for_members_names_who_is_missing(local_cluster, handoff_driver):
     ({"n": 1, "names": ["has space"]}, "without spaces"),
     ({"n": 1, "workers": 0}, "workers"),
     ({"n": 1, "resources": {"cpu": -1}}, "non-negative"),
+    ({"n": 1, "extra_args": ["--join", "tcp://127.0.0.1:1"]}, "may not set --join"),
+    ({"n": 1, "extra_args": ["--log-level", "WARNING"]}, "DEBUG or INFO"),
+    ({"n": 1, "extra_args": ["--log-level=ERROR"]}, "DEBUG or INFO"),
 ])
 def test_bad_arguments_fail_before_any_process_starts(args, problem):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
