@@ -15,7 +15,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import child_env, start_node
+from nodes import NodeProcess, child_env, start_node, wait_for, wait_listening
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.chaos]
 
@@ -247,3 +247,45 @@ def test_ten_pauses_of_random_victims(cluster):
         victim = rng.choice(["driver", *NODES])
         took.append(_pause_and_heal(cluster, victim, rng.uniform(2.5, 4.0), f"trial-{trial}"))
     print(f"\n10 pauses: healed in {min(took):.2f}-{max(took):.2f} s after SIGCONT")
+
+
+def restart_at(node: NodeProcess, extra: list[str] | None = None) -> NodeProcess:
+    """A new process with the same name at the same address (a seed that came back)."""
+    cmd = [sys.executable, "-m", "handoff.node", "--name", node.name, "--listen", node.address,
+           "--resources", "cpu=2", "--workers", "1", "--log-level", "WARNING", *(extra or [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=child_env(), stdin=subprocess.DEVNULL)
+    new = NodeProcess(node.name, node.address, proc)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            new.log.append(line)
+            new.lines.put(line)
+        new.lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    wait_listening(new)
+    return new
+
+
+def test_restarted_seed_is_found_again_by_the_node_that_joined_it():
+    """n2 joined the seed n1; n1 is killed and restarted alone at its address: n2 finds it."""
+    handoff.stop()
+    procs = [start_node("n1", "cpu=2", workers=1)]
+    try:
+        procs.append(start_node("n2", "cpu=2", workers=1, join=procs[0].address))
+        handoff.start(name="driver", join=procs[1].address, resources={"cpu": 0}, workers=1)
+        assert wait_for(lambda: set(handoff.discover_nodes()) == {"driver", "n1", "n2"})
+        procs[0].kill()
+        assert wait_for(lambda: "n1" not in handoff.discover_nodes())
+        procs.append(restart_at(procs[0]))
+        assert wait_for(lambda: set(handoff.discover_nodes()) == {"driver", "n1", "n2"},
+                        timeout=HEAL_WITHIN)
+        node = handoff.api.current_node()
+        assert wait_for(lambda: node.peer_stats("n1")["members"] == ["driver", "n1", "n2"],
+                        timeout=HEAL_WITHIN)
+        assert handoff.execute(pinned_dag("after-restart", ["n1", "n2"]), timeout=30).results["total"] == 5
+    finally:
+        handoff.stop()
+        for proc in procs:
+            proc.stop()
