@@ -155,6 +155,8 @@ class LocalCluster:
         More ``python -m handoff.node`` arguments for every node, e.g. ``["--dead-after", "4"]``.
     env:
         Extra environment variables for the node processes.
+    timeout:
+        Seconds for a node to start, and for the cluster to converge.
     """
 
     def __init__(
@@ -172,6 +174,8 @@ class LocalCluster:
     ):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"a LocalCluster needs n >= 1 nodes, got {n!r}")
+        if isinstance(names, str):
+            raise ValueError(f"names must be a list of node names, got the string {names!r}")
         names = list(names) if names is not None else [f"node{i}" for i in range(n)]
         if len(names) != n or len(set(names)) != n:
             raise ValueError(f"names must be {n} distinct node names, got {names!r}")
@@ -179,7 +183,7 @@ class LocalCluster:
             if not isinstance(name, str) or not name or any(c.isspace() for c in name):
                 raise ValueError(f"a node name must be a non-empty string without spaces, got {name!r}")
         if resources is None or isinstance(resources, Mapping):
-            per_node = [dict(resources or {"cpu": 1})] * n
+            per_node = [dict(resources) if resources is not None else {"cpu": 1}] * n
         else:
             per_node = list(resources)
             if len(per_node) != n:

@@ -218,6 +218,7 @@ def test_wait_for_members_names_who_is_missing(local_cluster, handoff_driver):
     ({"n": 0}, "n >= 1"),
     ({"n": 2, "resources": [{"cpu": 1}]}, "list of 2 dicts"),
     ({"n": 2, "names": ["a", "a"]}, "distinct"),
+    ({"n": 2, "names": "ab"}, "the string"),
     ({"n": 1, "names": ["has space"]}, "without spaces"),
     ({"n": 1, "workers": 0}, "workers"),
     ({"n": 1, "resources": {"cpu": -1}}, "non-negative"),
