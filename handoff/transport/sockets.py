@@ -100,6 +100,7 @@ class Transport:
         self._links: dict[zmq.Socket, tuple[str, str]] = {}  # DEALER or monitor -> (peer, address)
         self._monitors: dict[str, zmq.Socket] = {}  # peer -> monitor of its watched DEALER
         self.generation = 0  # changes whenever the set of sockets to poll (links()) does
+        self._monitor_seq = 0
         self.dropped = 0  # messages dropped: undecodable, before hello, or from a blocked peer
         self.blocked_peers = 0  # peer identities ignored for good
         # peer identities whose hello decoded: one per connection, as peers.py keeps one name
@@ -156,7 +157,11 @@ class Transport:
         self._dealers[peer] = sock
         self._links[sock] = (peer, address)
         if watch and self.curve is not None:
-            monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+            # a unique address: pyzmq's default names it by the socket's fd, which a closed
+            # link's lingering endpoint may still hold
+            self._monitor_seq += 1
+            monitor = sock.get_monitor_socket(
+                HANDSHAKE_FAILED, f"inproc://handoff-link-{id(self)}-{self._monitor_seq}")
             self._monitors[peer] = monitor
             self._links[monitor] = (peer, address)
         self.generation += 1
