@@ -130,3 +130,39 @@ def test_wrong_version_hellos_are_refused_without_dialing_anyone(open_node):
     assert not [m for m in stats["members"] if m.startswith("stranger-")]
     # the refused sender was blocked after a few refusals: the rest cost one counter each
     assert stats["dropped_messages"] >= 20000 - 100
+
+
+def test_hellos_from_many_connections_are_capped_and_refused_on_their_own_connection(open_node):
+    """100 connections, one made-up hello each: at most MAX_PENDING_JOINS are admitted while
+    none of them has said anything else; the rest get a "busy" refusal back on the connection."""
+    from handoff.node.peers import BUSY, MAX_PENDING_JOINS
+    from handoff.protocol import decode
+
+    handoff.start(name="driver", join=open_node.address, resources={"cpu": 0}, workers=1,
+                  insecure=True)
+    ctx = zmq.Context()
+    socks = []
+    try:
+        for i in range(100):
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(open_node.address)
+            sock.send_multipart(encode(made_up_hello(50_000 + i)))
+            socks.append(sock)
+        refusals = []
+
+        def read_refusals() -> int:
+            for sock in socks:
+                while sock.poll(0):
+                    refusals.append(decode(sock.recv_multipart(), pickles=False))
+            return len(refusals)
+
+        assert wait_for(lambda: read_refusals() >= 100 - MAX_PENDING_JOINS, timeout=30)
+        assert {(r.name, r.reason) for r in refusals} == {("n1", BUSY)}
+        members = handoff.api.current_node().peer_stats("n1")["members"]
+        assert len([m for m in members if m.startswith("stranger-")]) <= MAX_PENDING_JOINS
+        assert handoff.execute(pinned_to("n1"), timeout=30).results["x"] == 42
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
