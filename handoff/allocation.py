@@ -1,22 +1,30 @@
-"""Static allocation: the ``Allocator`` protocol and ``SimpleAllocator``.
+"""Static allocation: the ``Allocator`` protocol, ``SimpleAllocator`` and ``apply_plan``.
 
 ``execute`` places functions as they become ready (``handoff.scheduler``); an Allocator
 answers the planning question instead: given these functions and these nodes, where
-would each one go?
+would each one go? ``execute(dag, allocator=...)`` asks it once per run and takes its
+answer as pins (``apply_plan``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Hashable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from handoff import _core
-from handoff.dag import Collocated, Function
+from handoff.dag import DAG, Collocated, Function
 from handoff.errors import AllocationError, DuplicateFunctionError, InvalidFunctionError
-from handoff.scheduler.placement import check_group, collocation_groups, group_costs
+from handoff.scheduler.placement import (
+    check_group,
+    collocation_groups,
+    group_costs,
+    shortfall,
+    unfit_reason,
+)
 
-__all__ = ["Allocator", "SimpleAllocator", "STRATEGIES"]
+__all__ = ["Allocator", "SimpleAllocator", "STRATEGIES", "apply_plan"]
 
 STRATEGIES: tuple[str, ...] = tuple(_core.STRATEGIES)
 
@@ -217,5 +225,93 @@ def _checked_unit(ledger, capacities: dict, members: list, costs: list, pin) -> 
             reason=f"the total capacity of node {pin!r}, where it is pinned, does not fit",
         )
     if not fitting:
-        raise AllocationError(fid, total, capacities)
+        raise AllocationError(fid, total, capacities, reason=unfit_reason(total, capacities))
     return members, total, pin
+
+
+def apply_plan(dag: DAG, allocator: Allocator, caps: Caps) -> DAG:
+    """``dag`` with ``allocator.allocate(functions, caps)``'s answer as pins (called once).
+
+    Functions the plan leaves out are placed by the scheduler as usual. A collocation group
+    goes where the plan puts any of its members (all that are planned must agree). Raises
+    ``AllocationError`` when the plan names a node not in ``caps``, puts a function on a
+    node whose total capacity does not fit it (saying what that node lacks), moves a
+    pinned function, or splits a collocation group; ``TypeError``/``ValueError`` for a
+    plan that is not ``{function_id: node name}`` over the DAG's non-inline functions.
+    """
+    functions = list(dag)
+    plan = allocator.allocate(functions, caps)
+    if not isinstance(plan, Mapping):
+        raise TypeError(
+            f"{type(allocator).__name__}.allocate must return {{function_id: node}}, "
+            f"got {type(plan).__name__}"
+        )
+    unknown = [fid for fid in plan if fid not in dag.functions]
+    if unknown:
+        raise ValueError(f"the allocator's plan names functions not in the DAG: {unknown!r}")
+    inline = [fid for fid in plan if dag.functions[fid].is_inline]
+    if inline:
+        raise ValueError(f"the allocator's plan places inline functions {inline!r}")
+    for fid, node in plan.items():
+        if not isinstance(node, str):
+            raise ValueError(f"the allocator's plan puts {fid!r} on {node!r}, not a node name")
+    capacities = {name: dict(c) for name, c in caps.items()}
+    position = {fn.id: k for k, fn in enumerate(functions)}
+    links = [
+        (position[fn.id], position[fn.node.function_id])
+        for fn in functions
+        if isinstance(fn.node, Collocated) and fn.node.function_id in position
+    ]
+    target: dict[Hashable, str] = {}
+    for group in collocation_groups(links):
+        ids = [functions[k].id for k in group]
+        planned = {fid: plan[fid] for fid in ids if fid in plan}
+        nodes = sorted(set(planned.values()))
+        if len(nodes) > 1:
+            raise AllocationError(
+                ids[0],
+                None,
+                capacities,
+                reason=f"the allocator split the collocated functions {ids} over nodes {planned}",
+            )
+        if nodes:
+            target.update((fid, nodes[0]) for fid in ids)
+    for fid, node in plan.items():
+        target.setdefault(fid, node)
+    out = DAG(dag.id)
+    for fn in functions:
+        node = target.get(fn.id)
+        if node is not None:
+            _check_planned(fn, node, capacities)
+            fn = replace(fn, node=node)
+        out.add_function(fn)
+    return out
+
+
+def _check_planned(fn: Function, node: str, capacities: dict) -> None:
+    """Raise AllocationError if ``fn`` may not go to ``node``, as the plan says."""
+    if isinstance(fn.node, str) and fn.node != node:
+        raise AllocationError(
+            fn.id,
+            fn.cost,
+            capacities,
+            reason=f"it is pinned to node {fn.node!r}, but the allocator placed it on {node!r}",
+        )
+    if node not in capacities:
+        live = ", ".join(map(repr, capacities)) or "none"
+        raise AllocationError(
+            fn.id,
+            fn.cost,
+            capacities,
+            reason=f"the allocator placed it on node {node!r}, which is not a live node "
+            f"(live nodes: {live})",
+        )
+    lacks = shortfall(fn.cost, capacities[node])
+    if lacks:
+        raise AllocationError(
+            fn.id,
+            fn.cost,
+            capacities,
+            reason=f"the allocator placed it on node {node!r}, whose total capacity does "
+            f"not fit it: node {node!r} has {lacks}",
+        )

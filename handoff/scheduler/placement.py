@@ -22,6 +22,8 @@ __all__ = [
     "group_tiers",
     "order_nodes",
     "read_placement",
+    "shortfall",
+    "unfit_reason",
 ]
 
 
@@ -30,6 +32,25 @@ def cost_key(cost: Mapping[str, float] | None) -> tuple:
     if not cost:
         return ()
     return tuple(sorted((name, float(amount)) for name, amount in cost.items() if amount))
+
+
+def shortfall(cost: Mapping[str, float] | None, caps: Mapping[str, float]) -> str:
+    """What one node's total capacity lacks for ``cost`` ("cpu=2 of the 4 it needs, no gpu");
+    "" when it fits."""
+    short = []
+    for name, amount in sorted((cost or {}).items()):
+        need, have = float(amount), float(caps.get(name, 0.0))
+        if need > have + 1e-9:
+            short.append(f"{name}={have:g} of the {need:g} it needs" if have else f"no {name}")
+    return ", ".join(short)
+
+
+def unfit_reason(cost: Mapping[str, float] | None, capacities: Mapping[str, Mapping]) -> str:
+    """Why ``cost`` fits no node, node by node."""
+    why = "; ".join(
+        f"node {node!r} has {shortfall(cost, caps)}" for node, caps in capacities.items()
+    )
+    return "its cost fits no node's total capacity" + (f" ({why})" if why else "")
 
 
 def collocation_groups(links: Iterable[tuple[int, int]]) -> list[list[int]]:
@@ -90,7 +111,7 @@ def check_group(
                 f"{list(fids)} are pinned, does not fit it"
             )
         elif not fitting:
-            reason = None  # it fits no node even alone
+            reason = unfit_reason(cost, ledger.capacities())  # it fits no node even alone
         else:
             reason = (
                 f"the collocated functions {list(fids)} need one node that fits each of them, "
@@ -185,7 +206,8 @@ def read_placement(run: Any, ledger: Any, local_node: str, vec_cache: dict) -> A
             if nodes is None:
                 nodes = fits[key] = ledger.fitting_nodes_total(dict(key))
             if not nodes:
-                return AllocationError(fn.id, cost, ledger.capacities())
+                capacities = ledger.capacities()
+                return AllocationError(fn.id, cost, capacities, reason=unfit_reason(cost, capacities))
             if node is not None and node not in nodes:
                 return AllocationError(
                     fn.id,

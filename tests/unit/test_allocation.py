@@ -6,10 +6,11 @@ import random
 
 import numpy as np
 import pytest
+from scheduler_harness import Cluster, sched  # noqa: F401
 
 import handoff.allocation as allocation_module
 import handoff.resources as resources_module
-from handoff.allocation import STRATEGIES, Allocator, SimpleAllocator
+from handoff.allocation import STRATEGIES, Allocator, SimpleAllocator, apply_plan
 from handoff.dag import DAG, Collocated, Function
 from handoff.errors import AllocationError, DuplicateFunctionError, InvalidFunctionError
 from handoff.resources import ResourceTracker, SimpleResourceTracker
@@ -281,3 +282,84 @@ def test_tracker_over_an_existing_ledger(impl):
     assert t.request("a", {"cpu": 2})
     assert np.array_equal(ledger.used_matrix(), [[2.0]])
     assert repr(t) == "SimpleResourceTracker(['a'])"
+
+
+# -- a user allocator's plan, taken as pins (execute(dag, allocator=...)) -------------------
+
+
+class OddEven:
+    """Odd ids to one node, even ids to the other; remembers what it was asked."""
+
+    def __init__(self, odd="a", even="b"):
+        self.odd, self.even, self.calls = odd, even, []
+
+    def allocate(self, functions, caps):
+        self.calls.append(([f.id for f in functions], {n: dict(c) for n, c in caps.items()}))
+        return {f.id: self.odd if f.id % 2 else self.even for f in functions if not f.is_inline}
+
+
+def test_a_plan_becomes_pins_and_the_scheduler_honours_them(sched):
+    d = DAG("plan")
+    for k in range(6):
+        d.add_function(fn(k, {"cpu": 1}, args=[k - 1] if k else []))
+    allocator = OddEven()
+    planned = apply_plan(d, allocator, CAPS)
+    assert allocator.calls == [(list(range(6)), {"a": {"cpu": 4}, "b": {"cpu": 2}})]
+    assert planned.id == "plan" and [f.node for f in planned] == ["b", "a"] * 3
+    assert [f.node for f in d] == [None] * 6  # the user's DAG is left alone
+    c = Cluster(sched, {"a": {"cpu": 4}, "b": {"cpu": 2}, "c": {"cpu": 8}})
+    c.submit(planned)
+    c.drain()
+    assert c.finished["r"].error is None
+    assert c.orch.run("r").allocations() == {k: "a" if k % 2 else "b" for k in range(6)}
+
+
+def test_a_plan_moves_a_collocation_group_together_and_leaves_the_rest_free():
+    d = DAG()
+    d.add_function(fn("x")).add_function(fn("y", node=Collocated("x"))).add_function(fn("z"))
+    planned = apply_plan(d, type("Only", (), {"allocate": lambda self, f, c: {"y": "b"}})(), CAPS)
+    assert {f.id: f.node for f in planned} == {"x": "b", "y": "b", "z": None}
+
+
+@pytest.mark.parametrize(
+    "plan, fid, reason",
+    [
+        ({"x": "zz"}, "x", "the allocator placed it on node 'zz', which is not a live node "
+         "(live nodes: 'a', 'b')"),
+        ({"x": "b"}, "x", "the allocator placed it on node 'b', whose total capacity does not "
+         "fit it: node 'b' has cpu=2 of the 3 it needs, no gpu"),
+        ({"p": "b"}, "p", "it is pinned to node 'a', but the allocator placed it on 'b'"),
+        ({"x": "a", "y": "b"}, "x", "the allocator split the collocated functions ['x', 'y']"),
+    ],
+)
+def test_a_plan_that_cannot_hold_is_an_allocation_error_saying_why(plan, fid, reason):
+    d = DAG()
+    d.add_function(fn("x", {"cpu": 3, "gpu": 1})).add_function(fn("y", node=Collocated("x")))
+    d.add_function(fn("p", node="a"))
+    with pytest.raises(AllocationError) as info:
+        apply_plan(d, type("Fixed", (), {"allocate": lambda self, f, c: plan})(), CAPS)
+    assert info.value.function_id == fid and reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "plan, error, message",
+    [
+        ([("x", "a")], TypeError, "must return {function_id: node}"),
+        ({"nope": "a"}, ValueError, "not in the DAG: \\['nope'\\]"),
+        ({"i": "a"}, ValueError, "places inline functions \\['i'\\]"),
+        ({"x": 3}, ValueError, "puts 'x' on 3, not a node name"),
+    ],
+)
+def test_a_malformed_plan_is_refused(plan, error, message):
+    d = DAG().add_function(fn("x")).add_function(fn("i", type="inline"))
+    with pytest.raises(error, match=message):
+        apply_plan(d, type("Fixed", (), {"allocate": lambda self, f, c: plan})(), CAPS)
+
+
+def test_a_cost_that_fits_no_node_says_node_by_node_what_is_missing(impl):
+    with pytest.raises(AllocationError) as info:
+        SimpleAllocator().allocate([fn("big", {"cpu": 3, "gpu": 1})], CAPS)
+    assert info.value.reason == (
+        "its cost fits no node's total capacity (node 'a' has no gpu; "
+        "node 'b' has cpu=2 of the 3 it needs, no gpu)"
+    )

@@ -1,10 +1,7 @@
-"""The Elixir guides' example pipelines as DAG builders, and ``run_demo()`` to run them.
+"""The Elixir guides' example pipelines as DAG builders.
 
 Every task is a module-level function here, so worker processes (and other nodes, which
 have the same package installed) import it by reference instead of receiving its code.
-``examples/`` runs these builders; this module must not depend on that folder, which is
-not part of an installed package.
-
 The image pipeline uses numpy arrays as images and short sleeps standing in for the time
 real image work would take, so the whole demo runs in a few seconds.
 """
@@ -14,28 +11,15 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import sys
 import time
 import zlib
-from collections import Counter
-from typing import Any, Callable, Hashable, Mapping, TextIO
+from typing import Any, Callable, Hashable, Mapping
 
 import numpy as np
 
 import handoff
 from handoff import DAG, ExecutionResult, Function
 
-__all__ = [
-    "getting_started_dag",
-    "simple_pipeline_dag",
-    "image_pipeline_dag",
-    "ensure_gpu",
-    "check_gpu_placement",
-    "format_allocations",
-    "format_timing",
-    "format_image_report",
-    "run_demo",
-]
 
 # ---- getting started: data_source -> double -> sum ---------------------------------------
 
@@ -416,107 +400,3 @@ def check_gpu_placement(result: ExecutionResult) -> tuple[str, dict[str, float]]
     if caps.get("gpu", 0) < 1:
         raise RuntimeError(f"{GPU_STEP} ran on node {node!r}, which has no gpu: {caps}")
     return node, caps
-
-
-# ---- reporting -------------------------------------------------------------------------------
-
-
-def format_allocations(result: ExecutionResult) -> str:
-    """``result.allocations`` as ``function -> node`` lines and a count per node."""
-    lines = [f"  {fid!s:<18} -> {node}" for fid, node in result.allocations.items()]
-    counts = Counter(result.allocations.values())
-    lines += [f"  {node}: {n} function(s)" for node, n in sorted(counts.items())]
-    return "\n".join(lines)
-
-
-def format_timing(result: ExecutionResult, wall: float) -> str:
-    """Wall time of the run, the summed busy time of its functions, and the slowest one."""
-    spans = {
-        fid: s.finished_at - s.started_at
-        for fid, s in result.stats.items()
-        if s.started_at is not None and s.finished_at is not None
-    }
-    text = f"  wall {wall:.3f} s"
-    if spans:
-        slowest = max(spans, key=spans.__getitem__)
-        text += (f", functions busy {sum(spans.values()):.3f} s in total"
-                 f" (slowest: {slowest} {spans[slowest]:.3f} s)")
-    return text
-
-
-def format_image_report(result: ExecutionResult, *, per_image: bool = True) -> str:
-    """The saved collage and thumbnails, and quality metrics per image (or per effect)."""
-    res = result.results
-    collage = res["save_collage"]
-    lines = [
-        f"Collage (pretend) saved to: {collage['saved_path']} ({collage['shape'][1]}x{collage['shape'][0]})",
-        f"Thumbnails (pretend): {', '.join(t['saved_path'] for t in res['save_thumbnails'].values())}",
-        "Quality metrics:" if per_image else "Quality metrics (mean per effect):",
-    ]
-    metrics = sorted(res["quality_report"].items())
-    if not per_image:
-        groups: dict[str, list] = {}
-        for image_id, m in metrics:
-            groups.setdefault(image_id.split("_", 1)[0], []).append(m)
-        metrics = [
-            (effect, {k: statistics.mean(m[k] for m in ms) for k in ms[0]})
-            for effect, ms in groups.items()
-        ]
-    lines += [f"  {image_id}: Sharpness: {m['sharpness']:.1f}, Noise: {m['noise_level']:.1f}"
-              for image_id, m in metrics]
-    return "\n".join(lines)
-
-
-def _run(dag: DAG, **opts: Any) -> tuple[ExecutionResult, float]:
-    t0 = time.perf_counter()
-    result = handoff.execute(dag, **opts)
-    return result, time.perf_counter() - t0
-
-
-def run_demo(*, n_images: int = 5, out: TextIO | None = None) -> dict[Hashable, ExecutionResult]:
-    """Run the example pipelines on the embedded node and print results, allocations, timing.
-
-    Starts the embedded node if none is running, and gives it a gpu (see ``ensure_gpu``)
-    when the cluster has none. Returns ``{dag_id: ExecutionResult}``.
-    """
-    out = out or sys.stdout
-
-    def say(*parts: Any) -> None:
-        print(*parts, file=out, flush=True)
-
-    t0 = time.perf_counter()
-    here = handoff.node_name()
-    started = time.perf_counter() - t0
-    say(f"Handoff {handoff.__version__} demo on node {here!r} (started in {started:.2f} s)")
-    runs: dict[Hashable, ExecutionResult] = {}
-
-    say("\n== Getting started: data_source -> double -> sum ==")
-    result, wall = _run(getting_started_dag())
-    runs[result.dag_id] = result
-    say(f"The sum is: {result.results['sum']}")
-    say(f"totals (as_list over data_source, double): {result.results['totals']}")
-    say(result.results["parametrized"])
-    say("Allocations:\n" + format_allocations(result))
-    say("Timing:\n" + format_timing(result, wall))
-
-    say("\n== Simple data pipeline: generate -> filter -> transform -> aggregate -> format ==")
-    result, wall = _run(simple_pipeline_dag(output_node=here))
-    runs[result.dag_id] = result
-    say(result.results["format_output"])
-    say("Allocations:\n" + format_allocations(result))
-    say("Timing:\n" + format_timing(result, wall))
-
-    say(f"\n== Image processing: {n_images} images, 11 functions, {GPU_STEP} needs a gpu ==")
-    if ensure_gpu():
-        say(f"No node has a gpu: registered node {here!r} with gpu=1 so {GPU_STEP} can be placed.")
-    dag = image_pipeline_dag(n_images)
-    result, wall = _run(dag, allocation_strategy="cost_optimized", max_retries=2)
-    runs[result.dag_id] = result
-    say(format_image_report(result, per_image=False))
-    say("Allocations:\n" + format_allocations(result))
-    node, caps = check_gpu_placement(result)
-    say(f"{GPU_STEP} ran on {node!r}, which has gpu={caps['gpu']:g}")
-    say("Timing:\n" + format_timing(result, wall))
-
-    say(f"\nDemo finished in {time.perf_counter() - t0:.2f} s")
-    return runs
