@@ -105,8 +105,25 @@ def _driver_command(cmd: dict, names: list[str], background: dict) -> dict:
             return {"error": done["error"]}
         node = handoff.api.current_node()
         idle = node.call(lambda: all(not node.ledger.used(x) for x in node.ledger.nodes)).result()
-        return {"correct": dict(done["result"].results) == expected, "ledger_idle": idle}
+        result = done["result"]
+        # each result is held where the driver was told it is, on a live member
+        located = all(result.results.location(fid) in ("driver", *names) for fid in expected)
+        return {"correct": dict(result.results) == expected, "ledger_idle": idle,
+                "located": located, "nodes_idle": wait_nodes_idle(names, 30.0)}
     raise ValueError(f"unknown command {op!r}")
+
+
+def wait_nodes_idle(names: list[str], timeout: float) -> bool:
+    """Every node's own ledger and queue empty (no claim left behind by a superseded attempt)."""
+    node = handoff.api.current_node()
+    deadline = time.monotonic() + timeout
+    while True:
+        pools = [node.peer_stats(name, timeout=2.0)["pool"] for name in names]
+        if all(not p["queued"] and not p["blocked"] and not any(p["used"].values()) for p in pools):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # poll interval of the condition above
 
 
 def wait_one_cluster(everyone: list[str], timeout: float) -> tuple[float | None, dict]:
@@ -219,7 +236,7 @@ def _pause_and_heal(cluster, victim: str, seconds: float, trial: str) -> float:
     assert ran["total"] == sum((i + 1) ** 2 for i in range(len(NODES)))
     assert set(ran["allocations"].values()) == set(NODES)
     finished = driver.ask(op="finish", dag=f"{trial}-during")
-    assert finished == {"correct": True, "ledger_idle": True}
+    assert finished == {"correct": True, "ledger_idle": True, "located": True, "nodes_idle": True}
     return healed["took"]
 
 
