@@ -178,6 +178,24 @@ def test_fixtures_clean_up_after_a_failing_test(tmp_path):
     assert not any(running(p) for p in pids)
 
 
+def test_a_cluster_nobody_closed_is_stopped_when_the_interpreter_exits(tmp_path):
+    pid_file = tmp_path / "pids.txt"
+    script = textwrap.dedent(f"""
+        from handoff.testing import LocalCluster
+
+        cluster = LocalCluster(2)
+        with open({str(pid_file)!r}, "w") as f:
+            f.write(" ".join(map(str, cluster.pids())))
+        raise SystemExit("leaving without close()")
+    """)
+    ended = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=200)
+    assert "leaving without close()" in ended.stderr
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) >= 4
+    assert not any(running(p) for p in pids)
+
+
 def test_an_insecure_cluster_and_its_driver_talk_without_curve(local_cluster, handoff_driver):
     cluster = local_cluster(1, insecure=True)
     handoff_driver(cluster)
