@@ -24,7 +24,7 @@ __all__ = [
     "register_data_location", "lookup_data_location", "clear", "current_node",
 ]
 
-EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress")
+EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress", "allocator")
 START_TIMEOUT = 60.0
 MAX_CONCURRENCY = 1_000_000
 
@@ -162,6 +162,7 @@ def execute(
     max_concurrency: int | None = None,
     timeout: float | None = None,
     progress: bool | Callable[[int, int], None] = False,
+    allocator: Any = None,
     **unknown: Any,
 ) -> ExecutionResult:
     """Run ``dag`` on the cluster this process belongs to (an embedded local node by default).
@@ -179,6 +180,10 @@ def execute(
         Seconds for the whole run; past it, ``handoff.TimeoutError`` and every claim released.
     progress:
         True prints progress to stderr; a callable gets ``(done, total)``.
+    allocator:
+        A ``handoff.Allocator``: its ``allocate(functions, caps)`` is called once with the
+        total capacities of the live nodes, and its answer is taken as pins
+        (``handoff.allocation.apply_plan``; a plan that cannot hold is an ``AllocationError``).
 
     Raises a ValidationError subclass for a bad DAG, ``AllocationError`` when a function fits
     no node, ``FunctionError`` when a function runs out of attempts, ``NodeLostError``,
@@ -187,11 +192,18 @@ def execute(
     if not isinstance(dag, DAG):
         raise TypeError(f"execute() takes a handoff.DAG, got {type(dag).__name__}")
     options = _check_options(max_retries, allocation_strategy, max_concurrency, timeout, progress, unknown)
+    if allocator is not None and not callable(getattr(allocator, "allocate", None)):
+        raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
     if progress is True:
         from handoff.node.orchestration import progress_printer
 
         progress = progress_printer()
     node = current_node()
+    if allocator is not None:
+        from handoff.allocation import apply_plan
+
+        dag.validate()
+        dag = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
     ctx = prepare_run(dag, progress or None)
     node.call(node.submit_run, ctx, options).result()
     try:
