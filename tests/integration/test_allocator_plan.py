@@ -12,6 +12,7 @@ import os
 import pytest
 
 import handoff
+import handoff.api
 from handoff import DAG, Function
 from nodes import start_node, wait_for
 
@@ -60,7 +61,7 @@ def chain(n, cost=None):
 
 
 def test_the_plan_decides_where_every_function_runs(cluster):
-    assert handoff.current_node().orchestrator.debug_state  # every event below is validated
+    assert handoff.api.current_node().orchestrator.debug_state  # every event below is validated
     allocator = OddEven()
     r = handoff.execute(chain(8, cost={"cpu": 1}), allocator=allocator)
     assert r.allocations == {k: "a" if k % 2 else "b" for k in range(8)}
