@@ -66,6 +66,8 @@ def dumps_value(obj: Any, shm_owner: str | None = None) -> list:
 
 
 def _view(frame: Any) -> Any:
+    if type(frame) is bytes:  # most frames: skip the attribute probe for zmq.Frame
+        return frame
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 

@@ -52,7 +52,7 @@ class Evaluator:
         return fn, (bound + extra if bound else extra)
 
     def code(self, frame: Any) -> tuple:
-        key = bytes(_buffer(frame))  # no copy for a bytes frame
+        key = frame if type(frame) is bytes else bytes(_buffer(frame))
         cache = self._code
         with self._lock:
             found = cache.get(key)
