@@ -171,6 +171,12 @@ class Orchestrator:
         """{live node: tasks queued ahead there} for nodes that have some."""
         return {node: len(tasks) for node, tasks in self.nodes.ahead.items() if tasks}
 
+    def waiting(self, run_id: str) -> dict[Any, str]:
+        """{function_id: why it is not running yet, node by node} for ready work of a run."""
+        from handoff.scheduler.waiting import waiting_reasons
+
+        return waiting_reasons(self, self._runs[run_id])
+
     @property
     def lookahead(self) -> int:
         return self.placer.lookahead

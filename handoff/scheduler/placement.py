@@ -34,14 +34,19 @@ def cost_key(cost: Mapping[str, float] | None) -> tuple:
     return tuple(sorted((name, float(amount)) for name, amount in cost.items() if amount))
 
 
-def shortfall(cost: Mapping[str, float] | None, caps: Mapping[str, float]) -> str:
-    """What one node's total capacity lacks for ``cost`` ("cpu=2 of the 4 it needs, no gpu");
-    "" when it fits."""
+def shortfall(
+    cost: Mapping[str, float] | None, caps: Mapping[str, float], free: bool = False
+) -> str:
+    """What one node's total capacity (or, ``free``, its free resources) lacks for ``cost``
+    ("cpu=2 of the 4 it needs, no gpu"); "" when it fits."""
     short = []
     for name, amount in sorted((cost or {}).items()):
         need, have = float(amount), float(caps.get(name, 0.0))
         if need > have + 1e-9:
-            short.append(f"{name}={have:g} of the {need:g} it needs" if have else f"no {name}")
+            if have or free:
+                short.append(f"{name}={have:g} of the {need:g} it needs")
+            else:
+                short.append(f"no {name}")
     return ", ".join(short)
 
 
@@ -207,7 +212,8 @@ def read_placement(run: Any, ledger: Any, local_node: str, vec_cache: dict) -> A
                 nodes = fits[key] = ledger.fitting_nodes_total(dict(key))
             if not nodes:
                 capacities = ledger.capacities()
-                return AllocationError(fn.id, cost, capacities, reason=unfit_reason(cost, capacities))
+                reason = unfit_reason(cost, capacities)
+                return AllocationError(fn.id, cost, capacities, reason=reason)
             if node is not None and node not in nodes:
                 return AllocationError(
                     fn.id,

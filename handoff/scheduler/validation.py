@@ -33,7 +33,7 @@ def _once(run: Any, what: str, items: list[int], expected: set[int]) -> None:
 
 
 def check_run(run: Any) -> None:
-    """Every task's status, node and location agree with the run's indexes; AssertionError if not."""
+    """Every task's status, node and location agree with the run's indexes, or AssertionError."""
     tasks = run.tasks
     by_status: dict[TaskStatus, set[int]] = {s: set() for s in TaskStatus}
     for t in tasks:

@@ -14,7 +14,14 @@ import random
 
 import numpy as np
 import pytest
-from scheduler_harness import Cluster, dag_of, drive_random_restarts, drive_random_runs, fn, sched  # noqa: F401
+from scheduler_harness import (  # noqa: F401
+    Cluster,
+    dag_of,
+    drive_random_restarts,
+    drive_random_runs,
+    fn,
+    sched,
+)
 
 from handoff.dag import Collocated
 from handoff.errors import FunctionError, NodeLostError, TimeoutError

@@ -1,4 +1,4 @@
-"""The Orchestrator places work: dependency order, resources, slots, strategies, pins, collocation."""
+"""The Orchestrator places work: dependencies, resources, slots, strategies, pins, collocation."""
 
 from __future__ import annotations
 

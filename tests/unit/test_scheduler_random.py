@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scheduler_harness import sched, drive_random_runs, drive_random_restarts  # noqa: F401
+from scheduler_harness import drive_random_restarts, drive_random_runs, sched  # noqa: F401
 
 from handoff.errors import FunctionError, NodeLostError, TimeoutError
 

