@@ -16,7 +16,8 @@ S = TaskStatus
 def test_an_illegal_transition_names_both_states():
     task = TaskState(3)
     assert task.status == S.WAITING
-    with pytest.raises(TaskStateError, match="task 3 of run 'r': illegal transition WAITING ->"):
+    named = "task 3 of run 'r': illegal transition WAITING -> DONE"
+    with pytest.raises(TaskStateError, match=named):
         transition(task, S.DONE, "r")
     assert task.status == S.WAITING
     for status in (S.READY, S.DISPATCHED, S.DONE, S.READY, S.QUEUED_AHEAD, S.FAILED):
