@@ -128,9 +128,18 @@ def _check_address(address: str, what: str) -> str:
     return address
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def debug_state_from_env() -> bool:
     """``HANDOFF_DEBUG_STATE=1``: nodes validate the scheduler's state after every event."""
-    return os.environ.get("HANDOFF_DEBUG_STATE", "").strip().lower() in ("1", "true", "yes", "on")
+    return _env_flag("HANDOFF_DEBUG_STATE")
+
+
+def pure_python_from_env() -> bool:
+    """``HANDOFF_PURE_PYTHON=1``: ``handoff._core`` uses its pure-Python twin (read at import)."""
+    return _env_flag("HANDOFF_PURE_PYTHON")
 
 
 @dataclass

@@ -2,13 +2,14 @@
 
 The compiled modules (Cython) are used unless ``HANDOFF_PURE_PYTHON=1``, which selects the
 pure-Python twin in ``_reference`` (same API, same results; slower). The variable is read
-here, at import, because the choice must be made before any kernel is called.
+(by ``handoff.config``) at import, because the choice must be made before any kernel is called.
 """
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
+
+from handoff.config import pure_python_from_env
 
 __all__ = [
     "IMPLEMENTATION",
@@ -79,7 +80,7 @@ def implementations() -> dict[str, SimpleNamespace]:
     return found
 
 
-if os.environ.get("HANDOFF_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on"):
+if pure_python_from_env():
     _selected = _python()
 else:
     try:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handoff import _core
+from handoff.config import pure_python_from_env
 
 
 def both():
@@ -79,8 +80,7 @@ def test_implementations_share_one_api():
 
 
 def test_selected_implementation_follows_the_environment():
-    pure = os.environ.get("HANDOFF_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on")
-    assert _core.IMPLEMENTATION == ("python" if pure else "cython")
+    assert _core.IMPLEMENTATION == ("python" if pure_python_from_env() else "cython")
     assert _core.ResourceLedger is _core.implementations()[_core.IMPLEMENTATION].ResourceLedger
 
 
