@@ -276,10 +276,14 @@ def bench_main(benchmark) -> None:
     """W1 from a script whose functions live in ``__main__``; it prints its own timings."""
     out: list[dict] = []
 
+    # the script imports the same handoff as this process, wherever that is installed from
+    root = os.path.dirname(os.path.dirname(os.path.abspath(handoff.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
     def run():
         proc = subprocess.run(
             [sys.executable, os.path.join(HERE, "w1_main.py"), str(W1_N), str(ROUNDS), str(WORKERS)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, env=env,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
