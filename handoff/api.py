@@ -6,6 +6,7 @@ import atexit
 import dataclasses
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from numbers import Integral
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
@@ -18,7 +19,7 @@ from handoff.node.runs import ExecutionResult, prepare_run
 from handoff.node.values import dumps_value, loads_value
 
 __all__ = [
-    "start", "stop", "node_name", "execute", "execute_distributed", "execute_local",
+    "start", "stop", "node_name", "node_stats", "execute", "execute_distributed", "execute_local",
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear", "current_node",
@@ -126,6 +127,38 @@ def current_node():
 def node_name() -> str:
     """The local (embedded) node's name; starts it with default settings if needed."""
     return current_node().name
+
+
+def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """A node's state as plain data: this process's node, or member ``name`` asked over the wire.
+
+    The keys (docs/guide.md, "Observing a node"): ``name``, ``address``, ``members``,
+    ``membership``, ``ledger``, ``runs``, ``validating_state``, ``pool``, ``store``,
+    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``.
+
+    With no ``name`` the local node is started with default settings if needed, like the other
+    calls; asking a peer needs this process's node running and joined to its cluster (a node
+    answers members only). Raises ``HandoffError`` when ``name`` is not a member or is lost
+    before it answers, ``handoff.TimeoutError`` when no answer comes within ``timeout`` s.
+    """
+    problem = timeout_problem(timeout)
+    if problem:
+        raise ValueError(problem)
+    if name is None:
+        n = current_node()
+    else:
+        with _lock:
+            n = _node
+        if n is None:
+            raise HandoffError(
+                f"node_stats({name!r}) asks through this process's node, and none is running: "
+                "start it joined to the cluster first (handoff.start(join=...))")
+    try:
+        if name is None or name == n.name:
+            return n.call(n.node_stats).result(timeout)
+        return n.peer_stats(name, timeout)
+    except FutureTimeout:
+        raise HandoffTimeout(f"waiting for node {name or n.name!r} to report its stats", timeout) from None
 
 
 # ---- running DAGs --------------------------------------------------------------------

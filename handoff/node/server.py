@@ -457,14 +457,25 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                 self.transport.send(name, Clear(self.name, dag_id))
 
     def node_stats(self) -> dict:
-        stats = {"name": self.name, "store": self.store.stats(), "pool": self.pool.stats()}
-        stats.update(self.counters)
+        """What ``handoff.node_stats`` documents (docs/guide.md): plain data, msgpack-safe."""
+        pool = self.pool.stats()
+        pool.setdefault("running", sum(len(w.inflight) for w in self.pool.workers.values()))
+        stats = {"name": self.name, "address": self.address, "store": self.store.stats(), "pool": pool}
+        stats["counters"] = dict(self.counters)
         stats["dropped_messages"] = self.transport.dropped
         stats["blocked_peers"] = self.transport.blocked_peers
         curve = self.transport.curve
         stats["rejected_connections"] = curve.rejected if curve is not None else 0
         stats["curve"] = curve.source if curve is not None else None  # None: --insecure
         stats["members"] = sorted(self.membership.alive())
+        rows = (self.membership.get(row[0]) for row in self.membership.digest())
+        stats["membership"] = {m.name: {"status": m.status, "address": m.address, "heartbeat": m.heartbeat,
+                                        "incarnation": m.incarnation} for m in rows if m is not None}
+        ledger = self.ledger
+        stats["ledger"] = {node: {"capacity": ledger.capacity(node), "claimed": ledger.used(node),
+                                  "free": ledger.free(node)} for node in ledger.nodes}
+        stats["runs"] = len(self.runs)
+        stats["validating_state"] = bool(self.orchestrator.debug_state)
         return stats
 
 

@@ -386,16 +386,11 @@ class LocalCluster:
         node.paused = False
 
     def node_stats(self, name: str, timeout: float = 10.0) -> dict:
-        """The node's counters (store, pool, members, curve ...), asked over the wire through
-        this process's embedded node, which must be running and joined to the cluster."""
-        from handoff import api
+        """``handoff.node_stats(name)`` for one of this cluster's nodes: asked over the wire
+        through this process's node, which must be running and joined to the cluster."""
+        import handoff
 
-        driver = api._node  # not current_node(): that would start a node outside the cluster
-        if driver is None:
-            raise HandoffError(
-                "node_stats asks through this process's node: start it joined to the cluster "
-                "first (cluster.connect() or handoff.start(join=cluster.address))")
-        return driver.peer_stats(self[name].name, timeout)
+        return handoff.node_stats(self[name].name, timeout)
 
     def connect(self, name: str = "driver", resources: Mapping[str, float] | None = None,
                 timeout: float | None = None, **start_options: Any) -> str:
