@@ -123,20 +123,14 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
 
 
 def peer_stats(name: str) -> dict:
-    """A node's counters, asked over the wire."""
-    node = handoff.api.current_node()
-    return node.peer_stats(name)
+    """A node's stats, asked over the wire (``handoff.node_stats``)."""
+    return handoff.node_stats(name)
 
 
 def seen_heartbeat(name: str) -> int | None:
-    """``name``'s heartbeat in the embedded node's membership table; None unless alive."""
-    node = handoff.api.current_node()
-
-    def read():  # on the loop thread, which owns the table
-        member = node.membership.get(name)
-        return member.heartbeat if member is not None and member.status == "alive" else None
-
-    return node.call(read).result()
+    """``name``'s heartbeat in this process's node's membership table; None unless alive."""
+    row = handoff.node_stats()["membership"].get(name)
+    return row["heartbeat"] if row is not None and row["status"] == "alive" else None
 
 
 def keeps_gossiping(name: str, rounds: int, timeout: float = 30.0) -> bool:
@@ -202,11 +196,11 @@ def max_overlap(stats) -> int:
 
 
 def seen_status(name: str) -> str | None:
-    """``name``'s status ("alive", "suspect", "dead", "left") in the embedded node's table."""
-    node = handoff.api.current_node()
+    """``name``'s status ("alive", "suspect", "dead", "left") in this process's node's table."""
+    row = handoff.node_stats()["membership"].get(name)
+    return row["status"] if row is not None else None
 
-    def read():
-        member = node.membership.get(name)
-        return member.status if member is not None else None
 
-    return node.call(read).result()
+def ledger_idle() -> bool:
+    """Whether this process's node's ledger (the claims of the runs it orchestrates) is empty."""
+    return not any(row["claimed"] for row in handoff.node_stats()["ledger"].values())

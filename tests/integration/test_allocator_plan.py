@@ -12,9 +12,8 @@ import os
 import pytest
 
 import handoff
-import handoff.api
 from handoff import DAG, Function
-from nodes import start_node, wait_for
+from handoff.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,17 +34,11 @@ def cluster():
     handoff.stop()
     before = os.environ.get("HANDOFF_DEBUG_STATE")
     os.environ["HANDOFF_DEBUG_STATE"] = "1"
-    a = start_node("a", "cpu=2")
-    nodes = [a]
     try:
-        nodes.append(start_node("b", "cpu=1", join=a.address))
-        handoff.start(name="driver", join=a.address, resources={"cpu": 0}, workers=1)
-        assert wait_for(lambda: set(handoff.discover_nodes()) == {"a", "b", "driver"})
-        yield
+        with LocalCluster(2, names=["a", "b"], resources=[{"cpu": 2}, {"cpu": 1}]) as nodes:
+            nodes.connect()
+            yield nodes
     finally:
-        handoff.stop()
-        for n in nodes:
-            n.stop()
         if before is None:
             os.environ.pop("HANDOFF_DEBUG_STATE", None)
         else:
@@ -61,7 +54,7 @@ def chain(n, cost=None):
 
 
 def test_the_plan_decides_where_every_function_runs(cluster):
-    assert handoff.api.current_node().orchestrator.debug_state  # every event below is validated
+    assert handoff.node_stats()["validating_state"]  # every event below is validated
     allocator = OddEven()
     r = handoff.execute(chain(8, cost={"cpu": 1}), allocator=allocator)
     assert r.allocations == {k: "a" if k % 2 else "b" for k in range(8)}

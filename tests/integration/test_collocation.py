@@ -8,7 +8,7 @@ import pytest
 
 import handoff
 from handoff import Collocated, DAG, Function
-from nodes import start_node, wait_for
+from handoff.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,14 +23,9 @@ def hold(seconds, value):
 def node():
     """Node n (cpu 2, memory 8000, two workers) and this process as a driver with no resources."""
     handoff.stop()
-    n = start_node("n", "cpu=2,memory=8000", workers=2)
-    try:
-        handoff.start(name="driver", join=n.address, resources={"cpu": 0}, workers=1)
-        assert wait_for(lambda: set(handoff.discover_nodes()) == {"n", "driver"})
-        yield n
-    finally:
-        handoff.stop()
-        n.stop()
+    with LocalCluster(1, names=["n"], resources={"cpu": 2, "memory": 8000}, workers=2) as cluster:
+        cluster.connect()
+        yield cluster["n"]
 
 
 def test_collocated_functions_that_fit_one_at_a_time_run_in_turn(node):
