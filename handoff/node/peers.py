@@ -271,6 +271,7 @@ class PeerMixin:
             elif kind in ("dead", "left"):
                 log.warning("%s: node %s is %s", self.name, name, kind)
                 self._drop_link(name)
+                self.cancel_jobs_from(name)  # nobody is left to collect its work's results
                 self.orchestrator_node_lost(name)
             elif kind == "caps" and member is not None:
                 self.orchestrator_node_updated(name, member.caps)
