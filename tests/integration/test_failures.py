@@ -11,7 +11,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import hang, nap, peer_stats, process_gone, seen_status, start_node, wait_for
+from nodes import hang, ledger_idle, nap, process_gone, seen_status, wait_for
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.chaos]
 
@@ -60,30 +60,12 @@ def _salted(*args):
     return nap(seconds, (sum(inputs) + salt) % 1_000_003)
 
 
-def ledger_idle() -> bool:
-    n = handoff.api.current_node()
-    return n.call(lambda: all(not n.ledger.used(x) for x in n.ledger.nodes)).result()
-
-
 @pytest.fixture
-def trio():
+def trio(local_cluster, handoff_driver):
     """Nodes a, b, c (2 cpus, 2 workers each) and this process as a driver without resources."""
-    handoff.stop()
-    nodes = []
-    try:
-        a = start_node("a", "cpu=2", workers=2)
-        nodes.append(a)
-        nodes.append(start_node("b", "cpu=2", workers=2, join=a.address))
-        nodes.append(start_node("c", "cpu=2", workers=2, join=a.address))
-        handoff.start(name="driver", join=a.address, resources={"cpu": 0}, workers=1)
-        assert wait_for(lambda: set(handoff.discover_nodes()) == {"a", "b", "c", "driver"})
-        live = {n.name: n for n in nodes}
-        yield live  # tests may replace a node with a restarted one: stop those too
-        nodes.extend(n for n in live.values() if n not in nodes)
-    finally:
-        handoff.stop()
-        for n in nodes:
-            n.stop()
+    cluster = local_cluster(3, names=["a", "b", "c"], resources={"cpu": 2}, workers=2)
+    handoff_driver(cluster)
+    return cluster
 
 
 def _kill_during_run(trio, victim, after, dag, expected):
@@ -93,7 +75,7 @@ def _kill_during_run(trio, victim, after, dag, expected):
 
     def kill() -> None:
         if reached.wait(120) and not finished.is_set():
-            trio[victim].kill()
+            trio.kill(victim)
             killed.append(victim)
 
     def progress(done: int, total: int) -> None:
@@ -152,10 +134,10 @@ def test_lost_intermediate_result_is_recomputed(trio, tmp_path):
     runner.start()
     assert wait_for(lambda: os.path.exists(marker) and os.path.getsize(marker) > 0, timeout=20)
     pid = int(open(marker).read())
-    victim = next(n for n in trio.values() if n.pid == pid)
+    victim = next(n for n in trio.nodes.values() if n.pid == pid)
     # p has finished (gate still runs for seconds): its result lives only on the victim
-    assert wait_for(lambda: peer_stats(victim.name)["pool"]["completed"] >= 1, timeout=20)
-    victim.kill()
+    assert wait_for(lambda: handoff.node_stats(victim.name)["pool"]["completed"] >= 1, timeout=20)
+    trio.kill(victim.name)
     runner.join(90)
     r = result["r"]
     assert r.results["q"] == 42
@@ -186,24 +168,22 @@ def test_cpu_bound_work_never_makes_a_node_look_dead(trio):
 
 
 def test_detection_time_and_a_restarted_node_is_new(trio):
-    victim = trio["c"]
     t0 = time.monotonic()
-    victim.kill()
+    trio.kill("c")
     assert wait_for(lambda: "c" not in handoff.discover_nodes(), timeout=10, interval=0.02)
     print(f"\ndetection time after kill -9: {time.monotonic() - t0:.2f} s")
     assert seen_status("c") == "dead"  # detected: it could not say it was leaving
-    back = start_node("c", "cpu=2", workers=1, join=trio["a"].address)
-    trio["c"] = back
+    trio.restart("c")
     assert wait_for(lambda: "c" in handoff.discover_nodes(), timeout=15)
     dag = DAG().add_function(Function(id="x", code=lambda: "again", node="c"))
     assert handoff.execute(dag).results["x"] == "again"
 
 
-def kill_once_running(node, pid_file: str) -> threading.Thread:
-    """Kill ``node`` as soon as the function ``hang`` wrote ``pid_file`` (it runs there)."""
+def kill_once_running(cluster, name: str, pid_file: str) -> threading.Thread:
+    """Kill node ``name`` as soon as the function ``hang`` wrote ``pid_file`` (it runs there)."""
     def kill() -> None:
         if wait_for(lambda: os.path.exists(pid_file), timeout=30):
-            node.kill()
+            cluster.kill(name)
 
     thread = threading.Thread(target=kill)
     thread.start()
@@ -213,7 +193,7 @@ def kill_once_running(node, pid_file: str) -> threading.Thread:
 def test_pinned_function_on_a_dead_node_fails_with_node_lost(trio, tmp_path):
     dag = DAG("pinned-loss")
     dag.add_function(Function(id="x", code=hang, extra_args=[str(tmp_path / "x")], node="b"))
-    killer = kill_once_running(trio["b"], str(tmp_path / "x"))
+    killer = kill_once_running(trio, "b", str(tmp_path / "x"))
     with pytest.raises(handoff.NodeLostError) as info:
         handoff.execute(dag)  # no run timeout: nothing to wait in, fails at once
     killer.join(30)
@@ -222,7 +202,7 @@ def test_pinned_function_on_a_dead_node_fails_with_node_lost(trio, tmp_path):
 
     dag = DAG("pinned-loss-timeout")
     dag.add_function(Function(id="y", code=hang, extra_args=[str(tmp_path / "y")], node="c"))
-    killer = kill_once_running(trio["c"], str(tmp_path / "y"))
+    killer = kill_once_running(trio, "c", str(tmp_path / "y"))
     with pytest.raises(handoff.NodeLostError, match="did not come back") as info:
         handoff.execute(dag, timeout=4)  # the error at the deadline names the node
     killer.join(30)
@@ -246,7 +226,7 @@ def test_fail_fast_and_timeouts_cancel_attempts_on_remote_nodes(trio, tmp_path):
         handoff.execute(dag, max_retries=0)
     assert info.value.function_id == "bad"
     assert process_gone(long_pid)  # b killed the worker running the cancelled attempt
-    assert wait_for(lambda: not peer_stats("b")["pool"]["used"], timeout=10)
+    assert wait_for(lambda: not handoff.node_stats("b")["pool"]["used"], timeout=10)
 
     slow_pid = str(tmp_path / "slow")
     dag = DAG("remote-timeout")
@@ -256,7 +236,7 @@ def test_fail_fast_and_timeouts_cancel_attempts_on_remote_nodes(trio, tmp_path):
         handoff.execute(dag, max_retries=0)
     assert info.value.exc_type == "TimeoutError" and info.value.node == "b"
     assert process_gone(slow_pid)
-    assert wait_for(lambda: not peer_stats("b")["pool"]["used"], timeout=10)
+    assert wait_for(lambda: not handoff.node_stats("b")["pool"]["used"], timeout=10)
     quick = DAG().add_function(Function(id="q", code=lambda: 1, node="b", cost={"cpu": 2}))
     assert handoff.execute(quick, timeout=20).results["q"] == 1
     assert ledger_idle()
@@ -272,9 +252,9 @@ def test_pinned_work_waits_for_its_node_within_the_run_timeout(trio, tmp_path):
     runner = threading.Thread(target=lambda: result.setdefault("r", _try(dag)))
     runner.start()
     assert wait_for(lambda: os.path.exists(started), timeout=30)  # x runs on b: kill b now
-    trio["b"].kill()
+    trio.kill("b")
     assert wait_for(lambda: "b" not in handoff.discover_nodes(), timeout=10)
-    trio["b"] = start_node("b", "cpu=2", workers=1, join=trio["a"].address)
+    trio.restart("b")
     runner.join(60)
     r = result["r"]
     assert not isinstance(r, BaseException), r
@@ -297,8 +277,8 @@ def test_sigterm_stops_workers_and_tells_peers(trio):
     victim = trio["c"]
     workers = psutil.Process(victim.pid).children()
     assert workers
-    victim.proc.terminate()
-    assert victim.proc.wait(10) == 0
+    victim.process.terminate()  # not trio.stop: that would end leftover workers itself
+    assert victim.process.wait(10) == 0
     assert wait_for(lambda: "c" not in handoff.discover_nodes(), timeout=5, interval=0.02)
     assert seen_status("c") == "left"  # told, not detected (that would be "dead")
     assert wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
