@@ -29,8 +29,7 @@ def node():
 
 
 def pool_stats() -> dict:
-    node = handoff.api.current_node()
-    return node.peer_stats(node.name)["pool"]
+    return handoff.node_stats()["pool"]
 
 
 def ident(x):
