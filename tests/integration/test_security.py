@@ -11,7 +11,8 @@ import time
 
 import pytest
 import zmq
-from nodes import child_env, free_port, peer_stats, start_node, wait_for
+from handoff.testing import LocalCluster
+from nodes import child_env, free_port, start_node, wait_for
 
 import handoff
 from handoff import DAG, Function
@@ -27,12 +28,6 @@ def keygen(path) -> str:
     subprocess.run([sys.executable, "-m", "handoff.keygen", str(path)], env=child_env(),
                    check=True, timeout=30, capture_output=True)
     return str(path)
-
-
-def stop_all(nodes) -> None:
-    handoff.stop()
-    for n in nodes:
-        n.stop()
 
 
 def exit_code(node, timeout: float = 30.0) -> int:
@@ -133,15 +128,9 @@ class TestKeyedCluster:
         """Nodes a and b with one cluster key, and this process as a keyed driver."""
         handoff.stop()
         key = keygen(tmp_path_factory.mktemp("key") / "cluster.key")
-        a = start_node("a", "cpu=2", extra=["--key-file", key])
-        nodes = [a]
-        try:
-            nodes.append(start_node("b", "cpu=2", join=a.address, extra=["--key-file", key]))
-            handoff.start(name="driver", join=a.address, key_file=key, resources={"cpu": 0}, workers=1)
-            assert wait_for(lambda: set(handoff.discover_nodes()) == {"a", "b", "driver"})
-            yield {"key": key, "a": a, "b": nodes[1]}
-        finally:
-            stop_all(nodes)
+        with LocalCluster(2, names=["a", "b"], resources={"cpu": 2}, key_file=key) as cluster:
+            cluster.connect()  # keyed too: LocalCluster passes its key file on
+            yield {"key": key, "a": cluster["a"], "b": cluster["b"]}
 
     def test_keyed_cluster_runs_a_dag(self, keyed):
         dag = DAG()
@@ -163,34 +152,34 @@ class TestKeyedCluster:
         finally:
             stranger.stop()
         assert "stranger" not in handoff.discover_nodes()
-        stats = peer_stats("a")
+        stats = handoff.node_stats("a")
         assert "stranger" not in stats["members"]
         assert stats["pool"]["completed"] == 0  # a ran nothing at all: the DAG ran on b
 
     @pytest.mark.parametrize("kind", ["no curve", "another key", "public key only"])
     def test_raw_dealer_cannot_run_code(self, keyed, kind, tmp_path):
         marker = tmp_path / "ran"
-        rejected = peer_stats("a")["rejected_connections"]
+        rejected = handoff.node_stats("a")["rejected_connections"]
         intruder = Intruder(keyed["a"].address, stranger_setup(kind, keyed["key"]))
         try:
             intruder.hello_and_dispatch(marker)
             # the handshake failed: nothing the intruder sent can follow it through
-            assert wait_for(lambda: peer_stats("a")["rejected_connections"] > rejected, timeout=10)
+            assert wait_for(lambda: handoff.node_stats("a")["rejected_connections"] > rejected, timeout=10)
             assert not marker.exists()
             assert not intruder.inbox.poll(0), "node a answered a stranger"
         finally:
             intruder.close()
-        stats = peer_stats("a")
+        stats = handoff.node_stats("a")
         assert "intruder" not in stats["members"]
         assert stats["pool"]["completed"] == 0  # a ran nothing at all: the DAG ran on b
         # the first rejection is logged at once (later ones are summed up every 10 s)
-        assert wait_for(lambda: "without the cluster key" in "".join(keyed["a"].log), timeout=5)
+        assert wait_for(lambda: "without the cluster key" in keyed["a"].log(), timeout=5)
 
     def test_rejections_show_in_node_stats(self, keyed):
         intruder = Intruder(keyed["a"].address, other_key)
         try:
             intruder.send(Hello("intruder", intruder.address, 1, {"cpu": 1.0}))
-            assert wait_for(lambda: peer_stats("a")["rejected_connections"] > 0, timeout=5)
+            assert wait_for(lambda: handoff.node_stats("a")["rejected_connections"] > 0, timeout=5)
         finally:
             intruder.close()
 
@@ -198,27 +187,27 @@ class TestKeyedCluster:
     def test_nothing_is_unpickled_before_hello(self, keyed, first, tmp_path):
         """Even a key holder's pickled values are not loaded until it said hello."""
         marker = tmp_path / "unpickled"
-        dropped = peer_stats("a")["dropped_messages"]
+        dropped = handoff.node_stats("a")["dropped_messages"]
         intruder = Intruder(keyed["a"].address, key_holder_setup(keyed["key"]))
         try:
             if first == "gossip":
                 intruder.send(Gossip("nobody", [Touch(str(marker))]))
             else:
                 intruder.send(Hello("intruder", intruder.address, 1, {"cpu": Touch(str(marker))}))
-            assert wait_for(lambda: peer_stats("a")["dropped_messages"] > dropped, timeout=10)
+            assert wait_for(lambda: handoff.node_stats("a")["dropped_messages"] > dropped, timeout=10)
             assert not marker.exists()
         finally:
             intruder.close()
 
     def test_nothing_is_unpickled_after_a_refused_hello(self, keyed, tmp_path):
         marker = tmp_path / "unpickled"
-        dropped = peer_stats("a")["dropped_messages"]
+        dropped = handoff.node_stats("a")["dropped_messages"]
         intruder = Intruder(keyed["a"].address, key_holder_setup(keyed["key"]))
         try:
             # a's own name with another incarnation: a refuses this hello ("name is taken")
             intruder.send(Hello("a", intruder.address, 12345, {"cpu": 1.0}))
             intruder.send(Gossip("a", [Touch(str(marker))]))
-            assert wait_for(lambda: peer_stats("a")["dropped_messages"] > dropped, timeout=10)
+            assert wait_for(lambda: handoff.node_stats("a")["dropped_messages"] > dropped, timeout=10)
             assert not marker.exists()
         finally:
             intruder.close()
@@ -227,16 +216,15 @@ class TestKeyedCluster:
 def test_the_intruder_probe_does_run_code_on_an_insecure_node(tmp_path):
     """Control for the tests above and below: on an --insecure node the same probe runs its
     code, so their refusals mean something; the node warned about it when it started."""
-    node = start_node("open", "cpu=1", extra=["--insecure"])
-    marker = tmp_path / "ran"
-    intruder = Intruder(node.address)
-    try:
-        intruder.hello_and_dispatch(marker)
-        assert wait_for(marker.exists, timeout=10)
-        assert "INSECURE" in "".join(node.log)
-    finally:
-        intruder.close()
-        node.stop()
+    with LocalCluster(1, names=["open"], insecure=True) as cluster:
+        marker = tmp_path / "ran"
+        intruder = Intruder(cluster["open"].address)
+        try:
+            intruder.hello_and_dispatch(marker)
+            assert wait_for(marker.exists, timeout=10)
+            assert "INSECURE" in cluster["open"].log()
+        finally:
+            intruder.close()
 
 
 # ---- loopback without flags: the per-user key ---------------------------------------------------
@@ -245,12 +233,9 @@ def default_node(private_runtime_dir):
     """Node a started with no key and no --insecure, as a user would, and this process as a
     driver with no flags either: both take the user's key from the runtime directory."""
     handoff.stop()
-    a = start_node("a", "cpu=2")
-    try:
-        handoff.start(name="driver", join=a.address, resources={"cpu": 0}, workers=1)
-        yield a
-    finally:
-        stop_all([a])
+    with LocalCluster(1, names=["a"], resources={"cpu": 2}) as cluster:
+        cluster.connect()  # handoff.start(join=...) with no key file and no --insecure
+        yield cluster["a"]
 
 
 def test_same_user_processes_join_with_no_flags_over_curve(default_node, private_runtime_dir):
@@ -258,19 +243,19 @@ def test_same_user_processes_join_with_no_flags_over_curve(default_node, private
     dag = DAG().add_function(Function(id="x", code=lambda: 41, node="a"))
     dag.add_function(Function(id="y", code=lambda v: v + 1, args=["x"], node="a"))
     assert handoff.execute(dag).results["y"] == 42
-    stats = peer_stats("a")
+    stats = handoff.node_stats("a")
     assert stats["curve"] == "user key"
-    assert handoff.api.current_node().node_stats()["curve"] == "user key"
+    assert handoff.node_stats()["curve"] == "user key"
     key = os.path.join(private_runtime_dir, "handoff", USER_KEY_FILE)
     assert oct(os.stat(key).st_mode & 0o777) == oct(0o600)
     # the wire is CURVE: a plain ZeroMQ peer does not get past the handshake
     intruder = Intruder(default_node.address)
     try:
         intruder.send(Hello("plain", intruder.address, 1, {"cpu": 1.0}))
-        assert wait_for(lambda: peer_stats("a")["rejected_connections"] > 0, timeout=10)
+        assert wait_for(lambda: handoff.node_stats("a")["rejected_connections"] > 0, timeout=10)
     finally:
         intruder.close()
-    assert "plain" not in peer_stats("a")["members"]
+    assert "plain" not in handoff.node_stats("a")["members"]
 
 
 def test_another_user_cannot_join(default_node, tmp_path):
@@ -285,7 +270,7 @@ def test_another_user_cannot_join(default_node, tmp_path):
     finally:
         stranger.stop()
     assert (other / "handoff" / USER_KEY_FILE).exists()  # it did use a key: its own
-    assert "stranger" not in peer_stats("a")["members"]
+    assert "stranger" not in handoff.node_stats("a")["members"]
 
 
 @pytest.mark.parametrize("kind", ["no curve", "another user's key"])
@@ -298,15 +283,15 @@ def test_another_user_cannot_run_code(default_node, kind, tmp_path):
 
         def setup(sock: zmq.Socket) -> None:
             sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, public
-    rejected = peer_stats("a")["rejected_connections"]
+    rejected = handoff.node_stats("a")["rejected_connections"]
     intruder = Intruder(default_node.address, setup)
     try:
         intruder.hello_and_dispatch(marker)
-        assert wait_for(lambda: peer_stats("a")["rejected_connections"] > rejected, timeout=10)
+        assert wait_for(lambda: handoff.node_stats("a")["rejected_connections"] > rejected, timeout=10)
         assert not intruder.inbox.poll(0), "node a answered a stranger"
     finally:
         intruder.close()
-    stats = peer_stats("a")
+    stats = handoff.node_stats("a")
     assert not marker.exists()
     assert "intruder" not in stats["members"]
     assert stats["pool"]["completed"] == 0

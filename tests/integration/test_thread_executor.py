@@ -8,15 +8,19 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import max_overlap, nap, start_node, wait_for
+from nodes import max_overlap, nap, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module", autouse=True)
+THREAD_NODE = {"name": "threads", "executor": "thread", "workers": 2, "resources": {"cpu": 2}}
+
+
+@pytest.fixture(autouse=True)
 def thread_node():
+    """Per test: the last one replaces it with a driver joined to a cluster."""
     handoff.stop()
-    handoff.start(name="threads", executor="thread", workers=2, resources={"cpu": 2})
+    handoff.start(**THREAD_NODE)
     yield
     handoff.stop()
 
@@ -48,16 +52,15 @@ def wait_for_release():
 
 def test_timeout_is_reported_without_waiting_for_the_thread():
     dag = DAG().add_function(Function(id="slow", code=wait_for_release, timeout=0.2))
-    node = handoff.api.current_node()
     try:
         with pytest.raises(handoff.FunctionError) as info:  # while the code still runs
             handoff.execute(dag, max_retries=0)
         assert info.value.exc_type == "TimeoutError"
-        assert node.node_stats()["pool"]["busy_threads"] == 1  # the thread is still in it
+        assert handoff.node_stats()["pool"]["busy_threads"] == 1  # the thread is still in it
     finally:
         RELEASE.set()
     # the thread itself stays busy until the code returns; wait so later tests get both threads
-    assert wait_for(lambda: node.node_stats()["pool"]["busy_threads"] == 0, timeout=10)
+    assert wait_for(lambda: handoff.node_stats()["pool"]["busy_threads"] == 0, timeout=10)
 
 
 def test_threads_run_in_parallel():
@@ -68,15 +71,12 @@ def test_threads_run_in_parallel():
     assert max_overlap(r.stats.values()) == 2  # 2 threads: two at a time, never more
 
 
-def test_a_peer_fetches_a_value_kept_as_an_object():
-    peer = start_node("proc-peer", "cpu=1", workers=1, join=handoff.api.current_node().address)
-    try:
-        assert wait_for(lambda: "proc-peer" in handoff.discover_nodes())
-        dag = DAG()
-        dag.add_function(Function(id="v", code=lambda: list(range(5)), node="threads"))
-        dag.add_function(Function(id="w", code=sum, args=["v"], node="proc-peer"))
-        r = handoff.execute(dag)
-        assert r.results["w"] == 10
-        assert r.allocations == {"v": "threads", "w": "proc-peer"}
-    finally:
-        peer.stop()
+def test_a_peer_fetches_a_value_kept_as_an_object(local_cluster, handoff_driver):
+    cluster = local_cluster(1, names=["proc-peer"], resources={"cpu": 1})
+    handoff_driver(cluster, **THREAD_NODE)
+    dag = DAG()
+    dag.add_function(Function(id="v", code=lambda: list(range(5)), node="threads"))
+    dag.add_function(Function(id="w", code=sum, args=["v"], node="proc-peer"))
+    r = handoff.execute(dag)
+    assert r.results["w"] == 10
+    assert r.allocations == {"v": "threads", "w": "proc-peer"}
