@@ -112,7 +112,7 @@ def _flood_while_joining(node, count: int, version: int) -> tuple[Flood, int]:
 
 def test_hellos_with_made_up_addresses_do_not_exhaust_descriptors(open_node):
     _flood_while_joining(open_node, 3000, VERSION)
-    stats = handoff.api.current_node().peer_stats("n1")
+    stats = handoff.node_stats("n1")
     strangers = [m for m in stats["members"] if m.startswith("stranger-")]
     assert len(strangers) <= 1  # one connection speaks for one node at most
     assert stats["blocked_peers"] >= 1
@@ -126,7 +126,7 @@ def test_hellos_with_made_up_addresses_do_not_exhaust_descriptors(open_node):
 
 def test_wrong_version_hellos_are_refused_without_dialing_anyone(open_node):
     _flood_while_joining(open_node, 20000, VERSION + 1)
-    stats = handoff.api.current_node().peer_stats("n1")
+    stats = handoff.node_stats("n1")
     assert not [m for m in stats["members"] if m.startswith("stranger-")]
     # the refused sender was blocked after a few refusals: the rest cost one counter each
     assert stats["dropped_messages"] >= 20000 - 100
@@ -159,7 +159,7 @@ def test_hellos_from_many_connections_are_capped_and_refused_on_their_own_connec
 
         assert wait_for(lambda: read_refusals() >= 100 - MAX_PENDING_JOINS, timeout=30)
         assert {(r.name, r.reason) for r in refusals} == {("n1", BUSY)}
-        members = handoff.api.current_node().peer_stats("n1")["members"]
+        members = handoff.node_stats("n1")["members"]
         assert len([m for m in members if m.startswith("stranger-")]) <= MAX_PENDING_JOINS
         assert handoff.execute(pinned_to("n1"), timeout=30).results["x"] == 42
     finally:

@@ -15,7 +15,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import NodeProcess, child_env, start_node, wait_for, wait_listening
+from nodes import NodeProcess, child_env, ledger_idle, start_node, wait_for, wait_listening
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.chaos]
 
@@ -103,8 +103,7 @@ def _driver_command(cmd: dict, names: list[str], background: dict) -> dict:
         thread.join(120)
         if "error" in done:
             return {"error": done["error"]}
-        node = handoff.api.current_node()
-        idle = node.call(lambda: all(not node.ledger.used(x) for x in node.ledger.nodes)).result()
+        idle = ledger_idle()
         result = done["result"]
         # each result is held where the driver was told it is, on a live member
         located = all(result.results.location(fid) in ("driver", *names) for fid in expected)
@@ -115,10 +114,9 @@ def _driver_command(cmd: dict, names: list[str], background: dict) -> dict:
 
 def wait_nodes_idle(names: list[str], timeout: float) -> bool:
     """Every node's own ledger and queue empty (no claim left behind by a superseded attempt)."""
-    node = handoff.api.current_node()
     deadline = time.monotonic() + timeout
     while True:
-        pools = [node.peer_stats(name, timeout=2.0)["pool"] for name in names]
+        pools = [handoff.node_stats(name, timeout=2.0)["pool"] for name in names]
         if all(not p["queued"] and not p["blocked"] and not any(p["used"].values()) for p in pools):
             return True
         if time.monotonic() > deadline:
@@ -128,7 +126,6 @@ def wait_nodes_idle(names: list[str], timeout: float) -> bool:
 
 def wait_one_cluster(everyone: list[str], timeout: float) -> tuple[float | None, dict]:
     """Poll until every member's own view is ``everyone``; (seconds taken or None, last views)."""
-    node = handoff.api.current_node()
     want = sorted(everyone)
     t0 = time.monotonic()
     views: dict = {}
@@ -138,7 +135,7 @@ def wait_one_cluster(everyone: list[str], timeout: float) -> tuple[float | None,
             if name == "driver":
                 continue
             try:
-                views[name] = node.peer_stats(name, timeout=0.5)["members"]
+                views[name] = handoff.node_stats(name, timeout=0.5)["members"]
             except Exception as exc:
                 views[name] = str(exc)
         if all(v == want for v in views.values()):
@@ -205,25 +202,21 @@ class DriverProcess:
 
 
 @pytest.fixture
-def cluster():
-    """Nodes n1..n3 (n2 and n3 join n1) and a driver process joining n1."""
+def cluster(local_cluster):
+    """Nodes n1..n3 (a LocalCluster: n2 and n3 join n1) and a driver process joining n1."""
     handoff.stop()
-    procs: dict = {}
+    nodes = local_cluster(len(NODES), names=list(NODES), resources={"cpu": 2}, workers=2)
+    driver = DriverProcess(nodes["n1"].address, list(NODES))
     try:
-        procs["n1"] = start_node("n1", "cpu=2", workers=2)
-        for name in NODES[1:]:
-            procs[name] = start_node(name, "cpu=2", workers=2, join=procs["n1"].address)
-        procs["driver"] = DriverProcess(procs["n1"].address, list(NODES))
-        healed = procs["driver"].ask(op="heal", within=30)
+        healed = driver.ask(op="heal", within=30)
         assert healed["healed"], healed["views"]
-        yield procs
+        yield {**{name: nodes[name] for name in NODES}, "driver": driver}
     finally:
-        for proc in procs.values():
-            try:
-                os.kill(proc.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-            proc.stop()
+        try:
+            os.kill(driver.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        driver.stop()
 
 
 def _pause_and_heal(cluster, victim: str, seconds: float, trial: str) -> float:
@@ -298,8 +291,7 @@ def test_restarted_seed_is_found_again_by_the_node_that_joined_it():
         procs.append(restart_at(procs[0]))
         assert wait_for(lambda: set(handoff.discover_nodes()) == {"driver", "n1", "n2"},
                         timeout=HEAL_WITHIN)
-        node = handoff.api.current_node()
-        assert wait_for(lambda: node.peer_stats("n1")["members"] == ["driver", "n1", "n2"],
+        assert wait_for(lambda: handoff.node_stats("n1")["members"] == ["driver", "n1", "n2"],
                         timeout=HEAL_WITHIN)
         assert handoff.execute(pinned_dag("after-restart", ["n1", "n2"]), timeout=30).results["total"] == 5
     finally:

@@ -129,7 +129,7 @@ def test_the_same_id_under_two_dag_ids_stays_separate(cluster):
 
 
 def _locates_served(node: str) -> int:
-    return peer_stats(node).get("locates_served", 0)
+    return handoff.node_stats(node)["counters"].get("locates_served", 0)
 
 
 def _get_in_thread(dag_id, key, timeout) -> tuple[threading.Thread, dict]:
