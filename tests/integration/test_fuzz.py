@@ -403,14 +403,14 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
 
         stats = peer_stats("fuzzed")
         crashes = int(node.proc.poll() is not None)
-        dropped = stats["dropped_messages"] + stats.get("dropped_unknown_peer", 0)
+        dropped = stats["dropped_messages"] + stats["counters"].get("dropped_unknown_peer", 0)
         print(f"\nfuzz: {counts['raw connections']} raw TCP connections "
               f"({counts['raw bytes']} bytes, {counts['raw resets']} reset) "
               f"in {raw_seconds:.1f} s; "
               f"{counts['zmq messages']} ZeroMQ messages ({counts['zmq frames']} frames, "
               f"{counts['bad messages']} bad) in {zmq_seconds:.1f} s")
         print(f"fuzz: the node dropped {stats['dropped_messages']} messages in its transport "
-              f"and {stats.get('dropped_unknown_peer', 0)} from unknown peers; blocked peers: "
+              f"and {stats['counters'].get('dropped_unknown_peer', 0)} from unknown peers; blocked peers: "
               f"{stats.get('blocked_peers', 'not in node stats')}; crashes: {crashes}")
         for prefix in ("raw: ", "kind: "):
             sent = [f"{k[len(prefix):]} {v}" for k, v in sorted(counts.items())

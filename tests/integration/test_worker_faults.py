@@ -16,7 +16,7 @@ import handoff
 from handoff import DAG, Function
 from handoff.errors import FunctionError
 
-from nodes import child_env, peer_stats, start_node, wait_for
+from nodes import child_env, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -67,11 +67,11 @@ class TestWorkerDeath:
         assert 'raise KeyboardInterrupt("stop here")' in err.remote_traceback
 
     def test_workers_are_replaced_and_keep_running(self):
-        before = peer_stats(handoff.node_name())["pool"]["pids"]
+        before = handoff.node_stats()["pool"]["pids"]
         run_one(exit_with, 1)
         dag = DAG().add_function(Function(id="ok", code=abs, extra_args=[-4]))
         assert handoff.execute(dag).results["ok"] == 4
-        after = peer_stats(handoff.node_name())["pool"]["pids"]
+        after = handoff.node_stats()["pool"]["pids"]
         assert len(after) == 2 and after != before
 
 
@@ -99,9 +99,10 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_dead_drivers_work_is_cancelled(tmp_path):
+def test_dead_drivers_work_is_cancelled(local_cluster, handoff_driver, tmp_path):
     """Once a node declares the driver dead, none of the driver's queued tasks starts there."""
-    worker_node = start_node("busy", resources="cpu=4", workers=1)
+    cluster = local_cluster(1, names=["busy"], resources={"cpu": 4})
+    worker_node = cluster["busy"]
     markers = tmp_path / "markers"
     markers.mkdir()
     script = tmp_path / "driver.py"
@@ -110,27 +111,25 @@ def test_dead_drivers_work_is_cancelled(tmp_path):
         [sys.executable, str(script), worker_node.address, "busy", str(markers)],
         env=child_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    handoff.stop()
-    handoff.start(name="observer", join=worker_node.address, workers=1)
     try:
+        handoff_driver(cluster, name="observer")  # no resources: it only watches
+
         def started() -> int:
             return sum(1 for p in markers.iterdir() if p.name.startswith("started-"))
 
         assert wait_for(lambda: started() >= 1, timeout=60), "no task of the driver started"
-        assert wait_for(lambda: peer_stats("busy")["pool"]["queued"] > 0, timeout=10)
+        assert wait_for(lambda: handoff.node_stats("busy")["pool"]["queued"] > 0, timeout=10)
         kill_tree(driver)
-        assert wait_for(lambda: "doomed-driver" not in peer_stats("busy")["members"], timeout=30)
+        assert wait_for(lambda: "doomed-driver" not in handoff.node_stats("busy")["members"], timeout=30)
         seen = started()
         # every task still queued there when the driver died would take 0.3 s each: within
         # this bounded wait, more would have started if the node kept running them
         assert not wait_for(lambda: started() > seen, timeout=3.0), (seen, started())
-        assert peer_stats("busy")["pool"]["queued"] == 0
+        assert handoff.node_stats("busy")["pool"]["queued"] == 0
         assert seen < 200
     finally:
         if driver.poll() is None:
             kill_tree(driver)
-        handoff.stop()
-        worker_node.stop()
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
