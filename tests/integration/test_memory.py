@@ -15,7 +15,8 @@ import pytest
 import handoff
 from handoff import DAG, Function
 from handoff.node import shm
-from nodes import peer_stats, start_node, wait_for
+from handoff.testing import LocalCluster
+from nodes import wait_for
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -50,18 +51,17 @@ def driver():
 
 
 def test_store_limit_spills_old_values_and_every_one_reads_back(driver):
-    node = start_node("store", "cpu=1", workers=1, extra=["--store-limit", "64M"])
-    try:
-        handoff.start(name="driver", join=node.address, resources={"cpu": 0}, workers=1)
-        assert wait_for(lambda: "store" in handoff.discover_nodes())
+    with LocalCluster(1, names=["store"], extra_args=["--store-limit", "64M"]) as cluster:
+        cluster.connect()
+        node = cluster["store"]
         results, peak = [], 0
         for i in range(100):
             dag = DAG(f"memory-{i}").add_function(
                 Function(id="big", code=block, extra_args=[i, 4 * MB], node="store"))
             results.append(handoff.execute(dag))
             if i % 10 == 9:
-                peak = max(peak, peer_stats("store")["store"]["memory_bytes"])
-        stats = peer_stats("store")["store"]
+                peak = max(peak, handoff.node_stats("store")["store"]["memory_bytes"])
+        stats = handoff.node_stats("store")["store"]
         assert stats["limit"] == 64 * MB
         assert peak <= 64 * MB and stats["memory_bytes"] <= 64 * MB
         assert stats["spills"] > 0 and stats["spilled_values"] >= 100 - 64 // 4
@@ -70,26 +70,21 @@ def test_store_limit_spills_old_values_and_every_one_reads_back(driver):
         for i, r in enumerate(results):  # nothing lost: each value reads back, spilled or not
             value = r.results["big"]
             assert value.shape == (512 * 1024,) and value[0] == i and value[-1] == i
-        after = peer_stats("store")["store"]
+        after = handoff.node_stats("store")["store"]
         assert after["loads"] >= stats["spilled_values"]
         assert after["memory_bytes"] <= 64 * MB
         for i in range(100):
             handoff.clear(f"memory-{i}")
-        assert wait_for(lambda: peer_stats("store")["store"]["disk_bytes"] == 0)
-    finally:
-        handoff.stop()
-        node.stop()
+        assert wait_for(lambda: handoff.node_stats("store")["store"]["disk_bytes"] == 0)
     assert wait_for(lambda: not files_of(node.pid), timeout=10)
 
 
 def test_files_of_a_killed_node_are_swept_by_a_survivor_within_seconds(driver):
-    keeper = start_node("keeper", "cpu=1", workers=1)
-    victim = None
-    try:
-        victim = start_node("victim", "cpu=2", workers=2, join=keeper.address,
-                            extra=["--store-limit", "4M"])
-        handoff.start(name="driver", join=keeper.address, resources={"cpu": 0}, workers=1)
-        assert wait_for(lambda: {"keeper", "victim"} <= set(handoff.discover_nodes()))
+    # the limit matters on the victim only: the keeper stores nothing
+    with LocalCluster(2, names=["keeper", "victim"], resources=[{"cpu": 1}, {"cpu": 2}], workers=2,
+                      extra_args=["--store-limit", "4M"]) as cluster:
+        cluster.connect()
+        keeper, victim = cluster["keeper"], cluster["victim"]
         dag = DAG("doomed")
         for i in range(3):  # 2 MB results: shared memory; past 4 MB some spill to disk
             dag.add_function(Function(id=i, code=block, extra_args=[i, 2 * MB], node="victim"))
@@ -100,18 +95,14 @@ def test_files_of_a_killed_node_are_swept_by_a_survivor_within_seconds(driver):
         assert any(p.endswith(".spill") for p in left), left
         workers = [p.pid for p in psutil.Process(victim.pid).children(recursive=True)]
         assert workers
-        victim.kill()  # kill -9: node and its workers, by pid
+        cluster.kill("victim")  # kill -9: node and its workers, by pid
         killed_at = time.monotonic()
         assert wait_for(lambda: not files_of(victim.pid), timeout=10), files_of(victim.pid)
         took = time.monotonic() - killed_at
         print(f"files of the killed node swept in {took:.1f} s")
-        assert keeper.proc.poll() is None
-    finally:
-        handoff.stop()
-        keeper.stop()
-        if victim is not None:
-            victim.stop()
-    assert not files_of(keeper.pid)
+        assert keeper.running
+        keeper_pid = keeper.pid
+    assert not files_of(keeper_pid)
 
 
 class PeakRSS:
@@ -149,10 +140,10 @@ RSS_BOUND = 400 * MB  # per process: node, each worker, driver
 
 @pytest.mark.slow
 def test_soak_of_3000_dags_with_large_arguments_keeps_every_process_bounded(driver):
-    node = start_node("soak", "cpu=2", workers=2, extra=["--store-limit", "32M"])
-    try:
-        handoff.start(name="driver", join=node.address, resources={"cpu": 0}, workers=1)
-        assert wait_for(lambda: "soak" in handoff.discover_nodes())
+    with LocalCluster(1, names=["soak"], resources={"cpu": 2}, workers=2,
+                      extra_args=["--store-limit", "32M"]) as cluster:
+        cluster.connect()
+        node = cluster["soak"]
         arg = np.random.default_rng(0).random(MB // 8)  # 1 MB argument to every DAG
         n, checked = 3000, 0
         with PeakRSS([os.getpid(), node.pid]) as rss:
@@ -165,7 +156,7 @@ def test_soak_of_3000_dags_with_large_arguments_keeps_every_process_bounded(driv
                     got = r.results["f"]
                     assert got[0] == arg[0] * 2 if big else got == arg[0] + i
                     checked += 1
-        stats = peer_stats("soak")["store"]
+        stats = handoff.node_stats("soak")["store"]
         for dag_i in (0, 10, 1000, 2990):
             np.testing.assert_array_equal(handoff.get_value(f"soak-{dag_i}", "f", "soak"), arg * 2)
         peaks = dict(rss.peaks)
@@ -175,7 +166,4 @@ def test_soak_of_3000_dags_with_large_arguments_keeps_every_process_bounded(driv
         assert stats["memory_bytes"] <= 32 * MB and stats["spills"] > 0
         assert len(peaks) >= 4  # the driver, the node and its two workers were measured
         assert max(peaks.values()) < RSS_BOUND, peaks  # 3 GB of arguments, 300 MB of results
-    finally:
-        handoff.stop()
-        node.stop()
     assert wait_for(lambda: not files_of(node.pid), timeout=10)
