@@ -110,13 +110,7 @@ class Placer:
         if vec is not None and run.pin_all is None:
             ledger = self.ledger
             ledger.release_vec(ledger.node_index(node), vec)
-        if nodes.ahead.get(node):
-            nodes.give_back(node)
-        else:  # nodes.give_back, inlined: this runs once per task
-            busy = nodes.busy[node]
-            nodes.busy[node] = busy - 1
-            if busy <= nodes.slots[node]:
-                nodes.free += 1
+        nodes.give_back(node)
 
     def _serve(self, run: RunState, limit: int, blocked: set) -> None:
         """Start up to ``limit`` of ``run``'s tasks: parked classes first (they are older)."""
@@ -214,12 +208,10 @@ class Placer:
         task.node = node
         task.avoid = None
         run.inflight[i] = node
-        nodes = self.nodes
         if ahead:
-            nodes.take(node, run, i)
-        else:  # nodes.take, inlined: this runs once per task
-            nodes.busy[node] += 1
-            nodes.free -= 1
+            self.nodes.take(node, run, i)
+        else:
+            self.nodes.take(node)
         key = (run, node)
         batch = self._batches.get(key)
         if batch is None:
