@@ -338,21 +338,26 @@ GROUPS = {
 }
 
 
-@pytest.mark.parametrize("workload", list(GROUPS))
-def test_handoff(benchmark, node, workload):
+# Each ratio compares runs made close together in time, so that a change in the machine's
+# load during the session (it may be shared) skews it as little as possible.
+CASES = [
+    ("W1-same", "handoff"), ("W1", "handoff"), ("W1", "pool-submit"), ("W1", "baseline"),
+    ("W1-same", "baseline"), ("W1-main", "handoff"),
+    ("W2", "handoff"), ("W2", "baseline"), ("W3", "handoff"), ("W3", "baseline"),
+    ("W5", "handoff"), ("W5", "baseline"), ("W6", "handoff"), ("W6", "baseline"),
+]
+
+
+@pytest.mark.parametrize("workload, runner", CASES, ids=[f"{w}-{r}" for w, r in CASES])
+def test_runtime(benchmark, request, workload, runner):
     benchmark.group = GROUPS[workload]
-    bench_handoff(benchmark, workload)
-
-
-@pytest.mark.parametrize("workload", [w for w in GROUPS if w != "W1-main"])
-def test_baseline(benchmark, pool, workload):
-    benchmark.group = GROUPS[workload]
-    bench_baseline(benchmark, pool, workload)
-
-
-def test_pool_submit(benchmark, pool):
-    benchmark.group = GROUPS["W1"]
-    bench_pool_submit(benchmark, pool)
+    if runner == "handoff":
+        request.getfixturevalue("node")
+        bench_handoff(benchmark, workload)
+    elif runner == "baseline":
+        bench_baseline(benchmark, request.getfixturevalue("pool"), workload)
+    else:
+        bench_pool_submit(benchmark, request.getfixturevalue("pool"))
 
 
 # ---- reporting ---------------------------------------------------------------------------

@@ -124,6 +124,28 @@ def _pickled_exception(exc: BaseException) -> list | None:
         return None
 
 
+class Spin:
+    """How long to poll for the next batch: SPIN while the machine has a core to spare,
+    nothing when it is oversubscribed (polling then takes the CPU from the node that would
+    send the next batch). Rechecked once a second."""
+
+    def __init__(self) -> None:
+        self._cores = os.cpu_count() or 1
+        self._next = 0.0
+        self._value = SPIN
+
+    def seconds(self) -> float:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 1.0
+            try:
+                busy = os.getloadavg()[0] >= self._cores
+            except OSError:
+                busy = False
+            self._value = 0.0 if busy else SPIN
+        return self._value
+
+
 class CurrentJob:
     """Which job this worker is running, in a file its node reads if the worker dies: the
     node then blames that job alone and re-queues the others (finished but unreported, or
@@ -155,9 +177,10 @@ def serve(fd: int, worker_id: int, current_path: str | None = None,
     channel.send(encode(WorkerReady(worker_id, os.getpid())))
     evaluator = Evaluator()
     current = CurrentJob(current_path)
+    spin = Spin()
     try:
         while True:
-            frames = channel.recv(SPIN)
+            frames = channel.recv(spin.seconds())
             if frames is None:  # the node closed its end, or is gone
                 return
             try:
