@@ -249,12 +249,13 @@ class WorkerPool:
             else:
                 n = min(cap - len(worker.inflight), share, BATCH_MAX)
                 batch = []
+                estimates = self.durations.get
                 while queue and len(batch) < n:
                     job = queue[0]
                     if job.cancelled:
                         queue.popleft()
                         continue
-                    if job.timeout is not None or self._estimate(job) >= FAST_JOB:
+                    if job.timeout is not None or estimates(job.code_key, UNKNOWN_JOB) >= FAST_JOB:
                         break
                     batch.append(queue.popleft())
             self._send(worker, batch)
@@ -319,26 +320,31 @@ class WorkerPool:
     def _done(self, worker: Worker, msg: WorkerDone) -> None:
         if self.workers.get(worker.slot) is not worker:
             return
+        jobs, inflight, durations, report = self.jobs, worker.inflight, self.durations, self.report
         for job_id, ok, started, finished, error, blob in msg.results:
-            job = self.jobs.pop(job_id, None)
+            job = jobs.pop(job_id, None)
             if job is None:
                 continue
-            try:
-                worker.inflight.remove(job)
-            except ValueError:
-                pass
+            if inflight and inflight[0] is job:  # a worker runs its jobs in order
+                inflight.popleft()
+            else:
+                try:
+                    inflight.remove(job)
+                except ValueError:
+                    pass
             worker.exclusive = False
-            self._release(job)
+            if job.claimed:
+                self._release(job)
             self.completed += 1
-            took = max(0.0, finished - started)
-            old = self.durations.get(job.code_key)
-            self.durations[job.code_key] = took if old is None else 0.7 * old + 0.3 * took
+            took = finished - started if finished > started else 0.0
+            old = durations.get(job.code_key)
+            durations[job.code_key] = took if old is None else 0.7 * old + 0.3 * took
             frames = msg.blobs[blob] if blob >= 0 else None
             if job.cancelled:
                 if frames is not None:
                     release_frames(frames)
                 continue
-            self.report(job, ok, error, frames, started, finished)
+            report(job, ok, error, frames, started, finished)
 
     # ---- failures, timeouts, cancellation ------------------------------------------
     def check(self) -> None:
@@ -486,6 +492,8 @@ def _reap(proc: subprocess.Popen, wait: float = 1.0) -> str:
 
 
 def _bytes(frame: Any) -> bytes:
+    if type(frame) is bytes:  # a payload made by this node: its hash is cached
+        return frame
     return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
 
 
