@@ -1,4 +1,4 @@
-"""Start real ``python -m handoff.node`` processes on loopback for tests; stop them by PID."""
+"""Helpers beyond handoff.testing: nodes started by hand (broken configs, tree joins), workloads."""
 
 from __future__ import annotations
 
@@ -122,11 +122,6 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
     return predicate()
 
 
-def peer_stats(name: str) -> dict:
-    """A node's stats, asked over the wire (``handoff.node_stats``)."""
-    return handoff.node_stats(name)
-
-
 def seen_heartbeat(name: str) -> int | None:
     """``name``'s heartbeat in this process's node's membership table; None unless alive."""
     row = handoff.node_stats()["membership"].get(name)
@@ -145,7 +140,7 @@ def keeps_gossiping(name: str, rounds: int, timeout: float = 30.0) -> bool:
 def peer_members(name: str) -> list[str] | None:
     """The live members node ``name`` reports over the wire; None if it does not answer."""
     try:
-        return peer_stats(name)["members"]
+        return handoff.node_stats(name)["members"]
     except Exception:  # not (or no longer) a member the driver can ask
         return None
 

@@ -13,7 +13,7 @@ import pytest
 import handoff
 from handoff import Argument, Collocated, DAG, Function
 from handoff.testing import LocalCluster
-from nodes import child_env, free_port, nap, peer_stats, start_node, wait_for
+from nodes import child_env, free_port, nap, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,12 +98,12 @@ def fetched(stats: dict) -> int:
 
 
 def test_values_move_peer_to_peer_not_through_the_driver(cluster):
-    before = {n: peer_stats(n) for n in ("driver", "b", "c")}
+    before = {n: handoff.node_stats(n) for n in ("driver", "b", "c")}
     dag = DAG()
     dag.add_function(Function(id="arr", code=make_array, extra_args=[1_000_000], node="b"))
     dag.add_function(Function(id="total", code=array_sum, args=["arr"], node="c"))
     r = handoff.execute(dag)
-    after = {n: peer_stats(n) for n in ("driver", "b", "c")}
+    after = {n: handoff.node_stats(n) for n in ("driver", "b", "c")}
     assert r.results["total"] == float(np.arange(1_000_000).sum())
     moved = fetched(after["c"]) - fetched(before["c"])
     served = after["b"]["store"]["bytes_served"] - before["b"]["store"]["bytes_served"]
@@ -111,7 +111,7 @@ def test_values_move_peer_to_peer_not_through_the_driver(cluster):
     assert fetched(after["driver"]) == fetched(before["driver"])
     # fetched on first access, then cached
     assert r.results["arr"].shape == (1_000_000,)
-    assert fetched(peer_stats("driver")) - fetched(after["driver"]) >= 8_000_000
+    assert fetched(handoff.node_stats("driver")) - fetched(after["driver"]) >= 8_000_000
 
 
 def test_clear_reaches_every_node(cluster):
@@ -120,7 +120,7 @@ def test_clear_reaches_every_node(cluster):
     r = handoff.execute(dag)
     assert handoff.get_value("to-clear", "x", from_node="b") == 1
     handoff.clear("to-clear")
-    assert wait_for(lambda: peer_stats("b")["store"]["values"] == 0 or _gone("to-clear", "x", "b"))
+    assert wait_for(lambda: handoff.node_stats("b")["store"]["values"] == 0 or _gone("to-clear", "x", "b"))
     with pytest.raises(handoff.ResultNotFound):
         handoff.get_value("to-clear", "x", from_node="b")
     del r
@@ -151,7 +151,7 @@ def test_concurrent_dags_spill_over_nodes(cluster, tmp_path):
     holder = threading.Thread(target=handoff.execute, args=(hold,))
     holder.start()
     try:
-        assert wait_for(lambda: peer_stats("c")["pool"]["used"].get("cpu") == 4, timeout=30)
+        assert wait_for(lambda: handoff.node_stats("c")["pool"]["used"].get("cpu") == 4, timeout=30)
         threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
         for t in threads:
             t.start()
@@ -253,7 +253,7 @@ def test_eight_nodes_all_see_each_other():
 
 
 def peer_stats_members(name: str) -> list:
-    return peer_stats(name).get("members", [])
+    return handoff.node_stats(name).get("members", [])
 
 
 def test_large_values_between_hosts_travel_in_parts():
@@ -266,5 +266,5 @@ def test_large_values_between_hosts_travel_in_parts():
         dag.add_function(Function(id="total", code=array_sum, args=["big"], node="far-b"))
         r = handoff.execute(dag)
         assert r.results["total"] == float(np.arange(12_500_000).sum())
-        assert peer_stats("far-a")["counters"].get("parts_sent", 0) >= 3
+        assert handoff.node_stats("far-a")["counters"].get("parts_sent", 0) >= 3
         assert r.results["big"][-1] == 12_499_999  # the driver's own fetch, in parts too

@@ -115,22 +115,13 @@ def test_image_pipeline_example():
     assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
 
 
-def test_cluster_image_pipeline_example():
+def test_cluster_image_pipeline_example(local_cluster):
     """Three node processes, one with a gpu; the example joins them and the gpu step lands there."""
-    from nodes import start_node as start_cluster_node
-
-    nodes = []
-    try:
-        first = start_cluster_node("cpu1", "cpu=2,memory=4000")
-        nodes.append(first)
-        nodes.append(start_cluster_node("cpu2", "cpu=2,memory=4000", join=first.address))
-        nodes.append(start_cluster_node("gpu1", "cpu=2,gpu=1,memory=4000", join=first.address))
-        out = run(str(EXAMPLES / "cluster_image_pipeline.py"), first.address, "--images", "3").stdout
-        assert "gpu1: " in out
-        assert "Pipeline completed successfully!" in out
-        allocations = allocated_nodes(out)
-        assert allocations["edge_detection"] == "gpu1"
-        assert "edge_detection ran on 'gpu1', which has gpu=1" in out
-    finally:
-        for node in nodes:
-            node.stop()
+    cpu = {"cpu": 2, "memory": 4000}
+    cluster = local_cluster(3, names=["cpu1", "cpu2", "gpu1"], resources=[cpu, cpu, {**cpu, "gpu": 1}])
+    out = run(str(EXAMPLES / "cluster_image_pipeline.py"), cluster["cpu1"].address, "--images", "3").stdout
+    assert "gpu1: " in out
+    assert "Pipeline completed successfully!" in out
+    allocations = allocated_nodes(out)
+    assert allocations["edge_detection"] == "gpu1"
+    assert "edge_detection ran on 'gpu1', which has gpu=1" in out

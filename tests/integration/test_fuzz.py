@@ -24,7 +24,7 @@ from handoff import DAG, Function
 from handoff.node.values import dumps_payload
 from handoff.protocol import REGISTRY, VERSION, encode
 from handoff.protocol.messages import Dispatch, Hello
-from nodes import keeps_gossiping, peer_members, peer_stats, start_node, wait_for
+from nodes import keeps_gossiping, peer_members, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -401,7 +401,7 @@ def test_a_fuzzed_node_drops_garbage_and_keeps_serving(tmp_path):
         assert result.allocations == {"x": "fuzzed", "y": "fuzzed"}
         assert result.results["y"] == 42
 
-        stats = peer_stats("fuzzed")
+        stats = handoff.node_stats("fuzzed")
         crashes = int(node.proc.poll() is not None)
         dropped = stats["dropped_messages"] + stats["counters"].get("dropped_unknown_peer", 0)
         print(f"\nfuzz: {counts['raw connections']} raw TCP connections "

@@ -11,7 +11,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import child_env, peer_stats, start_node, wait_for
+from nodes import child_env, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
