@@ -215,11 +215,14 @@ def read_placement(run: Any, ledger: Any, local_node: str, vec_cache: dict) -> A
                 reason = unfit_reason(cost, capacities)
                 return AllocationError(fn.id, cost, capacities, reason=reason)
             if node is not None and node not in nodes:
+                capacities = ledger.capacities()
+                lacks = shortfall(cost, capacities[node])
                 return AllocationError(
                     fn.id,
                     cost,
-                    ledger.capacities(),
-                    reason=f"it is pinned to node {node!r}, whose total capacity is too small",
+                    capacities,
+                    reason=f"it is pinned to node {node!r}, whose total capacity is too small "
+                    f"(node {node!r} has {lacks})",
                 )
     if links:
         return _read_groups(run, links, ledger)

@@ -98,7 +98,12 @@ def test_forward_references_schedule_by_dependencies(sched):
         ([fn("big", cost={"cpu": 9})], "big", "fits no node's total capacity"),
         ([fn("gpu", cost={"gpu": 1})], "gpu", "fits no node's total capacity"),
         ([fn("p", node="nowhere")], "p", "pinned to node 'nowhere', which is not in the cluster"),
-        ([fn("p", node="a", cost={"cpu": 6})], "p", "pinned to node 'a', whose total capacity"),
+        (
+            [fn("p", node="a", cost={"cpu": 6})],
+            "p",
+            "pinned to node 'a', whose total capacity is too small "
+            "(node 'a' has cpu=4 of the 6 it needs)",
+        ),
         (
             [fn("x", cost={"cpu": 5}), fn("y", cost={"cpu": 9}, node=Collocated("x"))],
             "y",
