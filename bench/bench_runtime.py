@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -54,8 +55,8 @@ W5_N, W5_SLEEP = 200, 0.01
 W5_IDEAL = W5_N * W5_SLEEP / WORKERS
 W6_N, W6_FLOATS = 1_000, 131_072  # 1 MB arrays
 
-ROUNDS = 3
-BASELINE_ROUNDS = {"W1": 3, "W1-same": 3, "W2": 3, "W3": 1, "W5": 3, "W6": 2}
+ROUNDS = 5
+BASELINE_ROUNDS = {"W1": 5, "W1-same": 5, "W2": 3, "W3": 1, "W5": 3, "W6": 2}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ---- the functions (module-level, so the process pool can pickle them by reference) ----
@@ -363,6 +364,12 @@ def test_runtime(benchmark, request, workload, runner):
 # ---- reporting ---------------------------------------------------------------------------
 
 
+def middle(xs: list[float]) -> float:
+    """The median round: one round stalled by another process on a shared machine moves it
+    less than it moves the mean."""
+    return statistics.median(xs)
+
+
 def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -377,13 +384,13 @@ def fmt(workload: str, value: float) -> str:
 
 
 def ratio(workload: str, baseline: str = "baseline", against: str | None = None) -> float | None:
-    """How many times better handoff is than ``baseline`` (> 1: handoff wins): mean baseline
-    time over mean handoff time; ``against`` takes the baseline time from another workload."""
+    """How many times better handoff is than ``baseline`` (> 1: handoff wins): median baseline
+    time over median handoff time; ``against`` takes the baseline time from another workload."""
     h = TIMES.get((workload, "handoff"))
     b = TIMES.get((against or workload, baseline))
     if not h or not b:
         return None
-    return mean(b) / mean(h)
+    return middle(b) / middle(h)
 
 
 # (label, ratio function, target text, target met)
@@ -411,6 +418,7 @@ def record(benchmark, workload: str, who: str, times: list[float]) -> None:
     info["metric"] = name
     info["seconds"] = times
     info["value_mean"] = to_metric(mean(times))
+    info["value_median"] = to_metric(middle(times))
     info["value_best"] = to_metric(min(times))
     for label, compute, target, met in TARGET_RATIOS:
         r = compute()
@@ -427,7 +435,7 @@ def summary_lines() -> list[str]:
     lines = [
         "",
         (
-            f"bench_runtime summary (means over rounds; {cpus} cpus, {WORKERS} workers, "
+            f"bench_runtime summary (medians over rounds; {cpus} cpus, {WORKERS} workers, "
             f"Python {platform.python_version()}, {platform.machine()}, "
             f"core {_core.IMPLEMENTATION}, load average now {load}):"
         ),
@@ -443,8 +451,8 @@ def summary_lines() -> list[str]:
         if not h and not b:
             continue
         to_metric, met = METRICS[workload][1], METRICS[workload][3]
-        hv = to_metric(mean(h)) if h else None
-        bv = to_metric(mean(b)) if b else None
+        hv = to_metric(middle(h)) if h else None
+        bv = to_metric(middle(b)) if b else None
         r = ratio(workload)
         ok = "?" if hv is None else ("yes" if met(hv) else "no")
         if workload == "W1" and hv is not None:
@@ -455,7 +463,7 @@ def summary_lines() -> list[str]:
         lines.append(f"| {workload} | {hcell} | {bcell} | {rcell} | {TARGETS[workload]} | {ok} |")
     p = TIMES.get(("W1", "pool-submit"))
     if p:
-        lines.append(f"| W1 pool, one submit per task | - | {fmt('W1', METRICS['W1'][1](mean(p)))} | - | - | - |")
+        lines.append(f"| W1 pool, one submit per task | - | {fmt('W1', METRICS['W1'][1](middle(p)))} | - | - | - |")
     lines += ["", "| target ratio (same run) | value | target | met? |", "|---|---|---|---|"]
     for label, compute, target, met in TARGET_RATIOS:
         r = compute()
