@@ -29,6 +29,9 @@ __all__ = ["Allocator", "SimpleAllocator", "STRATEGIES", "apply_plan"]
 STRATEGIES: tuple[str, ...] = tuple(_core.STRATEGIES)
 
 Caps = Mapping[str, Mapping[str, float]]
+Cost = Mapping[str, float] | None
+# a unit's pin: a node, none, or the distinct nodes a group is pinned to (an error)
+Pin = str | tuple[str, ...] | None
 
 
 @runtime_checkable
@@ -131,7 +134,7 @@ class SimpleAllocator:
         return plan
 
 
-def _new_ledger(caps: Caps, resources: Sequence[str]):
+def _new_ledger(caps: Caps, resources: Sequence[str]) -> _core.ResourceLedger:
     """A ledger with ``caps`` registered and the resource columns in ``resources`` order."""
     ledger = _core.ResourceLedger()
     for node, node_caps in caps.items():
@@ -141,13 +144,13 @@ def _new_ledger(caps: Caps, resources: Sequence[str]):
     return ledger
 
 
-def _is_fresh(ledger) -> bool:
+def _is_fresh(ledger: _core.ResourceLedger) -> bool:
     return not ledger.used_matrix().any()
 
 
 def _units(
-    fns: list[Function], inline_ids: set
-) -> list[tuple[list[Hashable], list[dict | None], Any]]:
+    fns: list[Function], inline_ids: set[Hashable]
+) -> list[tuple[list[Hashable], list[Cost], Pin]]:
     """Collocation groups (and lone functions) as (member ids, member costs, pin), in order.
 
     The pin is a node name, None, or a tuple of the distinct pins of a group pinned to
@@ -179,18 +182,24 @@ def _units(
     for group in collocation_groups(links):
         for k in group:
             group_of[k] = group
-    units = []
+    units: list[tuple[list[Hashable], list[Cost], Pin]] = []
     for k in range(len(fns)):
         members = group_of.get(k, [k])
         if members[0] != k:
             continue
-        pins = sorted({fns[j].node for j in members if isinstance(fns[j].node, str)})
-        pin = (tuple(pins) if len(pins) > 1 else pins[0]) if pins else None
+        pins = sorted({node for node in (fns[j].node for j in members) if isinstance(node, str)})
+        pin: Pin = (tuple(pins) if len(pins) > 1 else pins[0]) if pins else None
         units.append(([fns[j].id for j in members], [fns[j].cost for j in members], pin))
     return units
 
 
-def _checked_unit(ledger, capacities: dict, members: list, costs: list, pin) -> tuple:
+def _checked_unit(
+    ledger: _core.ResourceLedger,
+    capacities: dict[str, dict[str, float]],
+    members: list[Hashable],
+    costs: list[Cost],
+    pin: Pin,
+) -> tuple[list[Hashable], dict[str, float], str | None]:
     """(members, cost to claim, pin) of a placeable unit; raises AllocationError otherwise."""
     fid = members[0]
     total, each = group_costs(costs)
@@ -280,15 +289,15 @@ def apply_plan(dag: DAG, allocator: Allocator, caps: Caps) -> DAG:
         target.setdefault(fid, node)
     out = DAG(dag.id)
     for fn in functions:
-        node = target.get(fn.id)
-        if node is not None:
-            _check_planned(fn, node, capacities)
-            fn = replace(fn, node=node)
+        planned_node = target.get(fn.id)
+        if planned_node is not None:
+            _check_planned(fn, planned_node, capacities)
+            fn = replace(fn, node=planned_node)
         out.add_function(fn)
     return out
 
 
-def _check_planned(fn: Function, node: str, capacities: dict) -> None:
+def _check_planned(fn: Function, node: str, capacities: dict[str, dict[str, float]]) -> None:
     """Raise AllocationError if ``fn`` may not go to ``node``, as the plan says."""
     if isinstance(fn.node, str) and fn.node != node:
         raise AllocationError(

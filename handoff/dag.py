@@ -127,7 +127,7 @@ def _check_function(fn: Function) -> None:
 def timeout_problem(value: Any, name: str = "timeout") -> str:
     """Why ``value`` is not a usable timeout in seconds ('' when it is): the one rule for all."""
     if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
-            or not 0 < value <= MAX_TIMEOUT):
+            or not 0 < float(value) <= MAX_TIMEOUT):
         return (f"{name} must be a finite number of seconds between 0 (exclusive) and "
                 f"{MAX_TIMEOUT:.0f} (30 days), got {value!r}")
     return ""
@@ -135,7 +135,8 @@ def timeout_problem(value: Any, name: str = "timeout") -> str:
 
 def retries_problem(value: Any, name: str = "max_retries") -> str:
     """Why ``value`` is not a usable retry count ('' when it is)."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or not 0 <= value <= MAX_RETRIES:
+    if (isinstance(value, bool) or not isinstance(value, Integral)
+            or not 0 <= int(value) <= MAX_RETRIES):
         return f"{name} must be an int from 0 to {MAX_RETRIES}, got {value!r}"
     return ""
 

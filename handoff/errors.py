@@ -25,11 +25,14 @@ __all__ = [
 class HandoffError(Exception):
     """Base of every error Handoff raises on purpose."""
 
-    def __reduce__(self):  # errors cross process boundaries; keep their attributes
+    # errors cross process boundaries; keep their attributes
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_error, (type(self), self.__dict__.copy(), self.args))
 
 
-def _rebuild_error(cls: type, state: dict, args: tuple) -> BaseException:
+def _rebuild_error(
+    cls: type[BaseException], state: dict[str, Any], args: tuple[Any, ...]
+) -> BaseException:
     err = cls.__new__(cls)
     Exception.__init__(err, *args)
     err.__dict__.update(state)

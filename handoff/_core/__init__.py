@@ -8,6 +8,7 @@ pure-Python twin in ``_reference`` (same API, same results; slower). The variabl
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from handoff.config import pure_python_from_env
 
@@ -89,13 +90,20 @@ else:
         raise ImportError(NOT_BUILT) from exc
 
 IMPLEMENTATION: str = _selected.name
-reverse_csr = _selected.reverse_csr
-find_cycle = _selected.find_cycle
-topological_order = _selected.topological_order
-levels = _selected.levels
-ReadyTracker = _selected.ReadyTracker
-ResourceLedger = _selected.ResourceLedger
-allocate = _selected.allocate
-rank_nodes = _selected.rank_nodes
-STRATEGIES: tuple[str, ...] = _selected.STRATEGIES
+if TYPE_CHECKING:
+    # the checker sees the compiled API through its stubs (.pyi); the twin has the same API,
+    # which tests/unit/test_core_stubs.py holds to those stubs
+    from handoff._core.allocator import STRATEGIES, allocate, rank_nodes
+    from handoff._core.graph import ReadyTracker, find_cycle, levels, reverse_csr, topological_order
+    from handoff._core.ledger import ResourceLedger
+else:
+    reverse_csr = _selected.reverse_csr
+    find_cycle = _selected.find_cycle
+    topological_order = _selected.topological_order
+    levels = _selected.levels
+    ReadyTracker = _selected.ReadyTracker
+    ResourceLedger = _selected.ResourceLedger
+    allocate = _selected.allocate
+    rank_nodes = _selected.rank_nodes
+    STRATEGIES = _selected.STRATEGIES
 del _selected

@@ -15,8 +15,14 @@ function's own extra arguments, a pickled list appended to ``bound_args``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import Field, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:  # typing.dataclass_transform is 3.11+; mypy ships typing_extensions' stubs
+    from typing_extensions import dataclass_transform
+else:
+    def dataclass_transform(**_: Any) -> Any:
+        return lambda decorator: decorator
 
 VERSION = 1
 
@@ -25,11 +31,20 @@ REGISTRY: dict[str, type["Message"]] = {}
 
 class Message:
     op: ClassVar[str] = ""
-    _kinds: ClassVar[tuple] = ()  # per plain field: the types a decoded value may have
-    _names: ClassVar[tuple] = ()
+    # per plain field: the types a decoded value may have
+    _kinds: ClassVar[tuple[tuple[type, ...], ...]] = ()
+    _names: ClassVar[tuple[str, ...]] = ()
+    if TYPE_CHECKING:  # what @message gives every subclass; the codec builds them by position
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+        def __init__(self, *values: Any, **named: Any) -> None: ...
 
 
-def message(cls):
+M = TypeVar("M", bound=Message)
+
+
+@dataclass_transform(frozen_default=True)
+def message(cls: type[M]) -> type[M]:
     """Register a dataclass as a wire message: frozen, slotted, unique op."""
     cls = dataclass(frozen=True, slots=True)(cls)
     if cls.op in REGISTRY:
@@ -41,11 +56,11 @@ def message(cls):
     return cls
 
 
-def _annotation(f) -> str:
+def _annotation(f: Field[Any]) -> str:
     return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "Any")
 
 
-_KINDS: dict[str, tuple] = {
+_KINDS: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "int": (int,),
     "float": (float, int),

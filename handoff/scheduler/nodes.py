@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from handoff._core import ResourceLedger
+    from handoff.scheduler.run import RunState
 
 __all__ = ["NodeSlots"]
 
@@ -24,7 +28,7 @@ class NodeSlots:
         self.slots: dict[str, int] = {}  # live node -> slots
         self.busy: dict[str, int] = {}  # live node -> in-flight tasks from this orchestrator
         self.free = 0
-        self.ahead: dict[str, list[tuple[Any, int]]] = {}
+        self.ahead: dict[str, list[tuple[RunState, int]]] = {}
         self.freed: set[str] = set()
         self.fit_cache: dict[int, list[str]] = {}  # id(cost vector) -> nodes whose total fits
 
@@ -83,7 +87,7 @@ class NodeSlots:
             self.slots[name] = slots
             self.recount()
 
-    def take(self, node: str, run: Any = None, i: int = -1) -> None:
+    def take(self, node: str, run: RunState | None = None, i: int = -1) -> None:
         """One more task in flight on ``node`` (queued ahead there when ``run`` is given)."""
         self.busy[node] += 1
         self.free -= 1
@@ -93,7 +97,7 @@ class NodeSlots:
                 queue = self.ahead[node] = []
             queue.append((run, i))
 
-    def give_back(self, node: str, run: Any = None, i: int = -1) -> None:
+    def give_back(self, node: str, run: RunState | None = None, i: int = -1) -> None:
         """A task in flight on ``node`` ended (it was queued ahead there when ``run`` is given);
         the node may now start a task queued ahead there, so it is marked freed."""
         busy = self.busy.get(node)
@@ -101,6 +105,7 @@ class NodeSlots:
             return  # the node is gone, and its claims with it
         queue = self.ahead.get(node)
         if run is not None:
+            assert queue is not None  # take() queued it there; remove() forgets busy too
             queue.remove((run, i))
         if queue:
             self.freed.add(node)
@@ -108,7 +113,7 @@ class NodeSlots:
         if busy <= self.slots[node]:
             self.free += 1
 
-    def fitting(self, ledger: Any, vec: np.ndarray, cost: dict) -> list[str]:
+    def fitting(self, ledger: ResourceLedger, vec: np.ndarray, cost: dict) -> list[str]:
         """Nodes whose total capacity fits ``cost`` (cached by its vector until nodes change)."""
         nodes = self.fit_cache.get(id(vec))
         if nodes is None:

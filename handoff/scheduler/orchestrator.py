@@ -10,7 +10,7 @@ queued-ahead queues, ``handoff.scheduler.nodes``), ``Placer`` (placement rounds,
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from handoff import _core
 from handoff.errors import AllocationError, FunctionError, HandoffError, NodeLostError
@@ -34,6 +34,9 @@ from handoff.scheduler.nodes import NodeSlots
 from handoff.scheduler.placer import Placer
 from handoff.scheduler.run import RunState
 
+if TYPE_CHECKING:
+    from handoff._core import ResourceLedger
+
 __all__ = ["DEFAULT_LOOKAHEAD", "DEFAULT_SLOTS", "Orchestrator"]
 
 DEFAULT_SLOTS = 64
@@ -56,7 +59,7 @@ class Orchestrator:
 
     def __init__(
         self,
-        ledger: Any,
+        ledger: ResourceLedger,
         local_node: str,
         *,
         default_slots: int = DEFAULT_SLOTS,

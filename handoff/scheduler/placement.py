@@ -7,13 +7,17 @@ not fit together), preferably one that fits their summed cost.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from handoff import _core
 from handoff.dag import Collocated
 from handoff.errors import AllocationError
+
+if TYPE_CHECKING:
+    from handoff._core import ResourceLedger
+    from handoff.scheduler.run import RunState
 
 __all__ = [
     "check_group",
@@ -96,7 +100,10 @@ def group_costs(costs: Iterable[Mapping[str, float] | None]) -> tuple[dict, dict
 
 
 def check_group(
-    fids: Sequence[Hashable], costs: Sequence[Mapping[str, float] | None], pin: str | None, ledger: Any
+    fids: Sequence[Hashable],
+    costs: Sequence[Mapping[str, float] | None],
+    pin: str | None,
+    ledger: ResourceLedger,
 ) -> AllocationError | None:
     """None if a node (``pin``, when set) fits each member's cost alone; else the error
     naming the first member that no node fitting the ones before it can hold."""
@@ -126,7 +133,9 @@ def check_group(
     raise AssertionError("a group that fits no node has a member that fits none")
 
 
-def group_tiers(ledger: Any, total: Mapping[str, float], each: Mapping[str, float]) -> list[list]:
+def group_tiers(
+    ledger: ResourceLedger, total: Mapping[str, float], each: Mapping[str, float]
+) -> list[list]:
     """Nodes a group may go to, in ledger order: those whose total capacity fits its summed
     cost (preferred: the members can run side by side), then the others that fit each member."""
     if not each:
@@ -139,7 +148,11 @@ def group_tiers(ledger: Any, total: Mapping[str, float], each: Mapping[str, floa
 
 
 def order_nodes(
-    ledger: Any, strategy: str, vec: np.ndarray | None, names: list, busy: Mapping[str, int]
+    ledger: ResourceLedger,
+    strategy: str,
+    vec: np.ndarray | None,
+    names: list,
+    busy: Mapping[str, int],
 ) -> list:
     """``names`` best first for ``strategy``, by ``_core.rank_nodes`` (exact ties: fewer
     in-flight tasks first, then the order given). Zero-cost work is placed by slots alone,
@@ -155,7 +168,9 @@ def order_nodes(
     return [node_name(j) for j in _core.rank_nodes(ledger, vec, rows, strategy).tolist()]
 
 
-def read_placement(run: Any, ledger: Any, local_node: str, vec_cache: dict) -> AllocationError | None:
+def read_placement(
+    run: RunState, ledger: ResourceLedger, local_node: str, vec_cache: dict
+) -> AllocationError | None:
     """Fill ``run``'s costs, pins and collocation groups; the error that fails it at start, if any.
 
     ``vec_cache`` maps cost keys to resource vectors, shared across runs so equal costs
@@ -229,7 +244,9 @@ def read_placement(run: Any, ledger: Any, local_node: str, vec_cache: dict) -> A
     return None
 
 
-def _read_groups(run: Any, links: list[tuple[int, int]], ledger: Any) -> AllocationError | None:
+def _read_groups(
+    run: RunState, links: list[tuple[int, int]], ledger: ResourceLedger
+) -> AllocationError | None:
     ids = run.graph.ids
     for group in collocation_groups(links):
         fids = [ids[i] for i in group]

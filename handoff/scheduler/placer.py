@@ -8,7 +8,7 @@ work is placed is described in the package docstring (``handoff.scheduler``).
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from handoff.scheduler.nodes import NodeSlots
 from handoff.scheduler.placement import group_tiers, order_nodes
 from handoff.scheduler.run import RunState
 from handoff.scheduler.tasks import TaskStatus, transition
+
+if TYPE_CHECKING:
+    from handoff._core import ResourceLedger
 
 __all__ = ["Placer"]
 
@@ -32,7 +35,7 @@ def _turn_order(run: RunState) -> tuple[int, int]:
 class Placer:
     """Places the work of the orchestrator's runs on ``nodes`` and the cluster ``ledger``."""
 
-    def __init__(self, ledger: Any, nodes: NodeSlots, lookahead: int):
+    def __init__(self, ledger: ResourceLedger, nodes: NodeSlots, lookahead: int):
         self.ledger = ledger
         self.nodes = nodes
         self.lookahead = lookahead

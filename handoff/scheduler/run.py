@@ -10,7 +10,7 @@ the queue, parked classes, in-flight map and the rest are indexes kept for speed
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from handoff.errors import AllocationError, HandoffError
 from handoff.scheduler.events import FunctionStats, RunSpec
 from handoff.scheduler.placement import group_tiers, order_nodes, read_placement
 from handoff.scheduler.tasks import TaskState, TaskStatus, transition
+
+if TYPE_CHECKING:
+    from handoff._core import ResourceLedger
 
 __all__ = ["RunState"]
 
@@ -314,7 +317,7 @@ class RunState:
         self.queue.extendleft(reversed(held))
         return True
 
-    def misfits(self, node: str, ledger: Any) -> list[int]:
+    def misfits(self, node: str, ledger: ResourceLedger) -> list[int]:
         """Functions still to run, pinned to ``node`` (members of a pinned group too), whose
         cost does not fit ``node``'s total capacity (it came back smaller)."""
         if self.pin_all == node:
@@ -333,7 +336,7 @@ class RunState:
                 bad.append(i)
         return bad
 
-    def unplaceable(self, ledger: Any) -> list[int]:
+    def unplaceable(self, ledger: ResourceLedger) -> list[int]:
         """Functions still to run whose cost fits no node's total, or whose group no node holds.
 
         Functions pinned to a node the run awaits are left out: they wait for that node.
@@ -423,7 +426,7 @@ class RunState:
         return key
 
     def candidates(
-        self, i: int, vec: np.ndarray | None, ledger: Any, busy: dict, slots: dict
+        self, i: int, vec: np.ndarray | None, ledger: ResourceLedger, busy: dict, slots: dict
     ) -> list[str]:
         """Nodes with a free slot where ``i`` may go, best first by the run's strategy.
 
@@ -454,7 +457,9 @@ class RunState:
 
     # -- placement rules -------------------------------------------------------------------
 
-    def prepare(self, ledger: Any, local_node: str, vec_cache: dict) -> AllocationError | None:
+    def prepare(
+        self, ledger: ResourceLedger, local_node: str, vec_cache: dict
+    ) -> AllocationError | None:
         """Read costs, pins and collocation groups (``placement.read_placement``); the error
         that fails the run at start, if any."""
         return read_placement(self, ledger, local_node, vec_cache)

@@ -62,7 +62,7 @@ class TaskStateError(AssertionError):
             f"{TaskStatus(new).name}"
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[TaskStateError], tuple[int, TaskStatus, TaskStatus, str]]:
         return (type(self), (self.index, self.old, self.new, self.run_id))
 
 

@@ -9,11 +9,15 @@ Cost is O(tasks + nodes x resources): for tests and the ``HANDOFF_DEBUG_STATE`` 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from handoff.scheduler.tasks import TaskStatus
+
+if TYPE_CHECKING:
+    from handoff.scheduler.orchestrator import Orchestrator
+    from handoff.scheduler.run import RunState
 
 __all__ = ["check_orchestrator", "check_run"]
 
@@ -21,7 +25,7 @@ S = TaskStatus
 _OVER = frozenset({S.DONE, S.INLINE, S.FAILED, S.CANCELLED})
 
 
-def _once(run: Any, what: str, items: list[int], expected: set[int]) -> None:
+def _once(run: RunState, what: str, items: list[int], expected: set[int]) -> None:
     counts = Counter(items)
     twice = sorted(i for i, n in counts.items() if n > 1)
     assert not twice, f"run {run.run_id!r}: tasks {twice} are listed twice in its {what}"
@@ -32,7 +36,7 @@ def _once(run: Any, what: str, items: list[int], expected: set[int]) -> None:
     )
 
 
-def check_run(run: Any) -> None:
+def check_run(run: RunState) -> None:
     """Every task's status, node and location agree with the run's indexes, or AssertionError."""
     tasks = run.tasks
     by_status: dict[TaskStatus, set[int]] = {s: set() for s in TaskStatus}
@@ -86,7 +90,7 @@ def check_run(run: Any) -> None:
     assert not run.done, f"run {run.run_id!r} has every result but is not finished"
 
 
-def check_orchestrator(orch: Any) -> None:
+def check_orchestrator(orch: Orchestrator) -> None:
     """Every active run is valid, and node counters, queued-ahead queues and ledger claims
     match the tasks in flight; AssertionError naming what disagrees if not."""
     nodes, ledger = orch.nodes, orch.ledger

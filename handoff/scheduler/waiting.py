@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import TYPE_CHECKING, Hashable
 
 from handoff.scheduler.placement import shortfall
 from handoff.scheduler.tasks import TaskStatus
+
+if TYPE_CHECKING:
+    from handoff.scheduler.orchestrator import Orchestrator
+    from handoff.scheduler.run import RunState
 
 __all__ = ["waiting_reasons"]
 
 S = TaskStatus
 
 
-def waiting_reasons(orch: Any, run: Any) -> dict[Hashable, str]:
+def waiting_reasons(orch: Orchestrator, run: RunState) -> dict[Hashable, str]:
     """{function_id: why it waits} for the run's tasks that are ready but not running:
     ready, parked, held for a lost node, blocked on a recomputation, or queued ahead."""
     ids = run.graph.ids
@@ -30,15 +34,17 @@ def waiting_reasons(orch: Any, run: Any) -> dict[Hashable, str]:
             )
         elif status == S.BLOCKED:
             lost = next((d for d in run.effective_inputs(i) if d in run.lost), None)
+            assert lost is not None  # blocked means one of its inputs is lost
             out[ids[i]] = f"its input {ids[lost]!r} was lost and is being computed again"
         elif status == S.QUEUED_AHEAD:
-            free = orch.ledger.free(task.node) if orch.ledger.has_node(task.node) else {}
+            node = task.node
+            free = orch.ledger.free(node) if node is not None and orch.ledger.has_node(node) else {}
             lacks = shortfall(run.costs.get(i), free, free=True)
             out[ids[i]] = f"queued ahead on node {task.node!r}, which has {lacks or 'room'} free"
     return out
 
 
-def _ready(orch: Any, run: Any) -> str:
+def _ready(orch: Orchestrator, run: RunState) -> str:
     if run.room() <= 0:
         return f"the run already has max_concurrency={run.max_concurrency} tasks in flight"
     if orch.nodes.free <= 0:
@@ -46,7 +52,7 @@ def _ready(orch: Any, run: Any) -> str:
     return "ready: placed at the next placement round"
 
 
-def _node_by_node(orch: Any, run: Any, i: int) -> str:
+def _node_by_node(orch: Orchestrator, run: RunState, i: int) -> str:
     """For each node ``i`` may go to, why it cannot take ``i`` now."""
     ledger, nodes = orch.ledger, orch.nodes
     cost = run.costs.get(i)

@@ -225,6 +225,8 @@ class Transport:
     def reply(self, identity: bytes, msg: Refuse) -> None:
         """A refusal back on the connection ``identity`` came in on (never a new connection
         to an address the refused peer named). Dropped if that connection is gone."""
+        if self.router is None:
+            return  # not bound: no connection came in
         try:
             self.router.send_multipart([identity, *encode(msg)], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,12 +17,12 @@ def _slack_for(cap: np.ndarray | float) -> np.ndarray | float:
     return 1e-9 * np.maximum(cap, 1.0)
 
 
-def _check_amount(name: Hashable, value: float) -> None:
+def _check_amount(name: str, value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"amount of {name!r} must be a finite number >= 0, got {value!r}")
 
 
-def _unknown_node(node: Hashable, nodes: list[Hashable]) -> str:
+def _unknown_node(node: str, nodes: list[str]) -> str:
     shown = ", ".join(repr(name) for name in nodes[:10])
     more = f", ... ({len(nodes)} in all)" if len(nodes) > 10 else ""
     return f"unknown node {node!r}; registered nodes: [{shown}{more}]"
@@ -32,17 +32,17 @@ class ResourceLedger:
     """Capacities and claims of every node; nodes keep their registration order."""
 
     def __init__(self) -> None:
-        self._nodes: list[Hashable] = []
-        self._node_index: dict[Hashable, int] = {}
-        self._resources: list[Hashable] = []
-        self._resource_index: dict[Hashable, int] = {}
+        self._nodes: list[str] = []
+        self._node_index: dict[str, int] = {}
+        self._resources: list[str] = []
+        self._resource_index: dict[str, int] = {}
         self._cap = np.zeros((0, 0), dtype=np.float64)
         self._used = np.zeros((0, 0), dtype=np.float64)
 
     def __repr__(self) -> str:
         return f"ResourceLedger({len(self._nodes)} nodes, {len(self._resources)} resources)"
 
-    def _add_resource(self, name: Hashable) -> int:
+    def _add_resource(self, name: str) -> int:
         col = self._resource_index.get(name, -1)
         if col >= 0:
             return col
@@ -54,7 +54,7 @@ class ResourceLedger:
         self._used = np.hstack([self._used, zeros])
         return col
 
-    def _row(self, node: Hashable) -> int:
+    def _row(self, node: str) -> int:
         row = self._node_index.get(node, -1)
         if row < 0:
             raise KeyError(_unknown_node(node, self._nodes))
@@ -87,27 +87,27 @@ class ResourceLedger:
         return bool(np.all(self._used[i][need] + v[need] <= cap[need] + _slack_for(cap[need])))
 
     @property
-    def nodes(self) -> list[Hashable]:
+    def nodes(self) -> list[str]:
         """Node names in registration order."""
         return list(self._nodes)
 
     @property
-    def resources(self) -> list[Hashable]:
+    def resources(self) -> list[str]:
         """Resource names in the order their columns were added."""
         return list(self._resources)
 
-    def has_node(self, node: Hashable) -> bool:
+    def has_node(self, node: str) -> bool:
         return node in self._node_index
 
-    def node_index(self, node: Hashable) -> int:
+    def node_index(self, node: str) -> int:
         """Row of node; KeyError naming the registered nodes if unknown."""
         return self._row(node)
 
-    def node_name(self, i: int) -> Hashable:
+    def node_name(self, i: int) -> str:
         self._check_row(i)
         return self._nodes[i]
 
-    def resource_vector(self, req: Mapping[Hashable, float] | None) -> np.ndarray:
+    def resource_vector(self, req: Mapping[str, float] | None) -> np.ndarray:
         """req as a float64 vector over all resources.
 
         Unknown names become new columns, with capacity 0 everywhere.
@@ -124,7 +124,7 @@ class ResourceLedger:
             vec[self._resource_index[name]] = value
         return vec
 
-    def register(self, node: Hashable, caps: Mapping[Hashable, float]) -> None:
+    def register(self, node: str, caps: Mapping[str, float]) -> None:
         """Set node's capacities; re-registering keeps claims; undeclared resources drop to 0."""
         checked = {}
         for name, amount in caps.items():
@@ -149,7 +149,7 @@ class ResourceLedger:
         for name, value in checked.items():
             self._cap[row, self._resource_index[name]] = value
 
-    def unregister(self, node: Hashable) -> None:
+    def unregister(self, node: str) -> None:
         """Forget node and its claims; later nodes move up one row, keeping their order."""
         row = self._row(node)
         self._cap = np.delete(self._cap, row, axis=0)
@@ -157,22 +157,22 @@ class ResourceLedger:
         del self._nodes[row]
         self._node_index = {name: i for i, name in enumerate(self._nodes)}
 
-    def available(self, node: Hashable, req: Mapping[Hashable, float] | None) -> bool:
+    def available(self, node: str, req: Mapping[str, float] | None) -> bool:
         """True if req fits node's free resources (capacity - used)."""
         row = self._row(node)
         return self.available_vec(row, self.resource_vector(req))
 
-    def request(self, node: Hashable, req: Mapping[Hashable, float] | None) -> bool:
+    def request(self, node: str, req: Mapping[str, float] | None) -> bool:
         """Claim req on node if all of it fits now; never over-commits. Returns whether it did."""
         row = self._row(node)
         return self.request_vec(row, self.resource_vector(req))
 
-    def release(self, node: Hashable, req: Mapping[Hashable, float] | None) -> None:
+    def release(self, node: str, req: Mapping[str, float] | None) -> None:
         """Give back req on node; a claim never goes below 0."""
         row = self._row(node)
         self.release_vec(row, self.resource_vector(req))
 
-    def free(self, node: Hashable) -> dict[Hashable, float]:
+    def free(self, node: str) -> dict[str, float]:
         """{resource: capacity - used} for the resources node declares, never below 0."""
         row = self._row(node)
         return {
@@ -181,7 +181,7 @@ class ResourceLedger:
             if self._cap[row, r] > 0
         }
 
-    def capacity(self, node: Hashable) -> dict[Hashable, float]:
+    def capacity(self, node: str) -> dict[str, float]:
         """{resource: capacity} for the resources node declares (capacity > 0)."""
         row = self._row(node)
         return {
@@ -190,7 +190,7 @@ class ResourceLedger:
             if self._cap[row, r] > 0
         }
 
-    def used(self, node: Hashable) -> dict[Hashable, float]:
+    def used(self, node: str) -> dict[str, float]:
         """{resource: amount claimed} for the resources with a claim on node."""
         row = self._row(node)
         return {
@@ -199,15 +199,15 @@ class ResourceLedger:
             if self._used[row, r] > 0
         }
 
-    def capacities(self) -> dict[Hashable, dict[Hashable, float]]:
+    def capacities(self) -> dict[str, dict[str, float]]:
         """{node: capacity(node)} for every node, in registration order."""
         return {node: self.capacity(node) for node in self._nodes}
 
-    def fits_total(self, req: Mapping[Hashable, float] | None) -> bool:
+    def fits_total(self, req: Mapping[str, float] | None) -> bool:
         """True if req fits some node's full capacity (ignoring current claims)."""
         return bool(self.fitting_nodes_total(req))
 
-    def fitting_nodes_total(self, req: Mapping[Hashable, float] | None) -> list[Hashable]:
+    def fitting_nodes_total(self, req: Mapping[str, float] | None) -> list[str]:
         """Names of the nodes whose full capacity fits req, in registration order."""
         v = self.resource_vector(req)
         need = v > 0
