@@ -13,7 +13,7 @@ import time
 import msgpack
 import pytest
 
-from handoff.node.membership import MembershipTable
+from handoff.node.cluster.membership import MembershipTable
 
 CAPS = {"cpu": 8.0, "memory": 16000.0, "gpu": 1.0}
 N = 1000

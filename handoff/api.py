@@ -16,7 +16,7 @@ from handoff.dag import DAG, retries_problem, timeout_problem
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.errors import TimeoutError as HandoffTimeout
 from handoff.node.runs import ExecutionResult, prepare_run
-from handoff.node.values import dumps_value, loads_value
+from handoff.node.data.values import dumps_value, loads_value
 
 __all__ = [
     "start", "stop", "node_name", "node_stats", "execute", "execute_distributed", "execute_local",

@@ -20,30 +20,37 @@ from handoff.scheduler import (
 
 log = logging.getLogger("handoff.orchestration")
 
-__all__ = ["OrchestrationMixin"]
+__all__ = ["Runs", "progress_printer"]
 
 
-class OrchestrationMixin:
-    """Mixed into Node: the runs this node's driver submitted."""
+class Runs:
+    """The runs this node's driver submitted: owns the scheduler's state machine, its ledger of
+    the cluster's claims, and each run's context; turns instructions into messages."""
 
-    def _init_orchestration(self) -> None:
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.name = node.name
+        self.transport = node.transport
         self.ledger = _core.ResourceLedger()
-        self.orchestrator = Orchestrator(self.ledger, self.name, debug_state=self.config.debug_state)
+        self.orchestrator = Orchestrator(self.ledger, self.name, debug_state=node.config.debug_state)
         self.runs: dict[str, RunContext] = {}
-        self._local_events: list = []
+        self.local_events: list = []  # (row, blob) of this node's own tasks that finished
         self._timeouts: dict[str, list] = {}
 
+    def __len__(self) -> int:
+        return len(self.runs)
+
     # ---- cluster changes ------------------------------------------------------------
-    def orchestrator_node_joined(self, name: str, caps: dict) -> None:
+    def node_joined(self, name: str, caps: dict) -> None:
         self._apply(self.orchestrator.handle(NodeJoined(name, dict(caps))))
 
-    def orchestrator_node_updated(self, name: str, caps: dict) -> None:
+    def node_updated(self, name: str, caps: dict) -> None:
         self._apply(self.orchestrator.handle(NodeUpdated(name, dict(caps))))
 
-    def orchestrator_node_lost(self, name: str) -> None:
+    def node_lost(self, name: str) -> None:
         self._apply(self.orchestrator.handle(NodeLost(name, time.monotonic())))
 
-    def orchestrator_tick(self) -> None:
+    def tick(self) -> None:
         """Lets runs that wait for a lost pinned node give up when their timeout runs out."""
         if self.orchestrator.next_deadline is not None:
             self._apply(self.orchestrator.handle(Tick(time.monotonic())))
@@ -51,7 +58,7 @@ class OrchestrationMixin:
     # ---- submitting -----------------------------------------------------------------
     def submit_run(self, ctx: RunContext, options: dict) -> None:
         """On the loop thread: start ``ctx``; its future resolves when the run ends."""
-        if not self._running:
+        if not self.node.running:
             raise HandoffError(f"node {self.name!r} is shutting down")
         now = time.monotonic()
         timeout = options.get("timeout")
@@ -79,7 +86,7 @@ class OrchestrationMixin:
                     err = TimeoutError(f"run of DAG {ctx.dag_id!r}", seconds)
                     self._apply(self.orchestrator.handle(CancelRun(ctx.run_id, err)))
 
-            self._timeouts[ctx.run_id] = self.after(seconds, expire)
+            self._timeouts[ctx.run_id] = self.node.after(seconds, expire)
         self._apply(instructions)
 
     def cancel_run(self, run_id: str, reason: HandoffError) -> None:
@@ -87,11 +94,11 @@ class OrchestrationMixin:
             self._apply(self.orchestrator.handle(CancelRun(run_id, reason)))
 
     # ---- events from executing nodes ---------------------------------------------------
-    def _process_local_events(self) -> None:
-        rows, self._local_events = self._local_events, []
+    def process_local_events(self) -> None:
+        rows, self.local_events = self.local_events, []
         self._finished_rows(self.name, rows)
 
-    def _on_done(self, msg: Done) -> None:
+    def on_done(self, msg: Done) -> None:
         rows = []
         for row in msg.results:
             blob = msg.blobs[row[8]] if row[8] >= 0 and row[8] < len(msg.blobs) else None
@@ -138,7 +145,7 @@ class OrchestrationMixin:
             elif isinstance(ins, ReleaseRun):
                 for node in ins.nodes:
                     if node == self.name:
-                        self.forget_run(ins.run_id)
+                        self.node.forget_run(ins.run_id)
                     else:
                         self.transport.send(node, RunEnded(self.name, ins.run_id))
         for (run_id, node), tasks in dispatch.items():
@@ -151,7 +158,7 @@ class OrchestrationMixin:
         state = self.orchestrator.run(run_id)
         location = state.location
         if node == self.name:
-            self.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
+            self.node.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
             return
         rows, blobs = [], []
         for index, attempt in tasks:
@@ -165,7 +172,7 @@ class OrchestrationMixin:
     def _cancel_tasks(self, run_id: str, node: str, indices: Any) -> None:
         idx = None if indices is None else list(indices)
         if node == self.name:
-            self.cancel_jobs(run_id, idx)
+            self.node.cancel_jobs(run_id, idx)
         else:
             self.transport.send(node, Cancel(self.name, run_id, idx))
 
@@ -173,7 +180,7 @@ class OrchestrationMixin:
         ctx = self.runs.pop(ins.run_id, None)
         timer = self._timeouts.pop(ins.run_id, None)
         if timer is not None:
-            self.cancel_timer(timer)
+            self.node.cancel_timer(timer)
         try:
             if ctx is not None and not ctx.future.done():
                 self._resolve(ctx, ins)
@@ -193,12 +200,12 @@ class OrchestrationMixin:
         inline = ctx.graph.inline
         allocations = {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]}
         for fid, node in allocations.items():
-            self.store.register_location(ctx.dag_id, fid, node)
+            self.node.store.register_location(ctx.dag_id, fid, node)
         stats = {ids[i]: s for i, s in state.stats.items()}
-        result = ExecutionResult(ctx.dag_id, Results(self, ctx.dag_id, allocations), allocations, stats)
+        result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations, stats)
         ctx.future.set_result(result)
 
-    def _fail_all_runs(self, error: HandoffError) -> None:
+    def fail_all(self, error: HandoffError) -> None:
         for run_id in list(self.runs):
             self.cancel_run(run_id, error)
         for ctx in list(self.runs.values()):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable, Iterator
 
 from handoff.dag import DAG, Argument, CompiledGraph, Function
 from handoff.errors import HandoffError, ResultNotFound
-from handoff.node.values import dumps_args, dumps_payload, loads_value
+from handoff.node.data.values import dumps_args, dumps_payload, loads_value
 
 __all__ = ["RunContext", "ExecutionResult", "Results", "prepare_run"]
 

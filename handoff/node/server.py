@@ -21,15 +21,15 @@ import zmq
 
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError
-from handoff.node.fetching import FetchMixin
-from handoff.node.peers import PeerMixin
-from handoff.node.orchestration import OrchestrationMixin
-from handoff.node import shm
-from handoff.node.store import ValueStore
-from handoff.node.sweep import sweep_dead
-from handoff.node.values import blob_nbytes
+from handoff.node.cluster.peers import Peers
+from handoff.node.cluster.requests import Requests
+from handoff.node.data import shm
+from handoff.node.data.fetching import Fetching
+from handoff.node.data.store import ValueStore
+from handoff.node.data.sweep import sweep_dead
+from handoff.node.data.values import blob_nbytes, dumps_value, is_local
+from handoff.node.orchestration import Runs
 from handoff.node.threads import ThreadPool
-from handoff.node.values import dumps_value, is_local
 from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, PartAck, Ping,
@@ -47,7 +47,10 @@ TICK = 0.25  # seconds between orchestrator ticks (deadlines of runs waiting for
 SWEEP = 2.0  # seconds between sweeps of dead processes' files and spilled values' shm files
 
 
-class Node(PeerMixin, FetchMixin, OrchestrationMixin):
+class Node:
+    """Composes the parts (peers, data, execution, runs), owns the loop and its timers, and
+    routes each message and each membership change to the part that owns that state."""
+
     def __init__(self, config: NodeConfig, curve: Any = None):
         self.config = config
         self.name = config.name
@@ -62,24 +65,18 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         self._wake_tx: zmq.Socket | None = None
         self._wake_rx: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
-        self._running = False
+        self.running = False
         self._stopped = threading.Event()
-        self._requests = itertools.count(1)
-        self._pending: dict[int, Callable] = {}  # request id -> callback(frames, error)
-        self._inflight_fetch: dict[tuple, list[Callable]] = {}
         self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
-        self._fetch_box: dict[str, list] = defaultdict(list)  # peer -> fetches to send
-        self._value_box: dict[str, list] = defaultdict(list)  # peer -> replies to send
-        self._outgoing: dict[tuple, list] = {}  # (peer, request) -> [parts, next, sizes]
-        self._incoming: dict[int, list] = {}
-        self._cancelled: dict[tuple, None] = {}
-        self._progress: dict[int, float] = {}  # fetch request -> when it last made progress  # recent (run_id, indices or None) cancellations  # request -> [buffers, parts received, peer]
+        self._cancelled: dict[tuple, None] = {}  # recent (run_id, indices or None) cancellations
         self.counters = defaultdict(int)
         self.use_shm = config.shared_memory and shm.available()
         self.shm_owner = shm.owner_prefix() if self.use_shm else None
         self.host_id = shm.host_id() if self.use_shm else ""
-        self._init_peers()
-        self._init_orchestration()
+        self.requests = Requests()
+        self.peers = Peers(self)
+        self.fetching = Fetching(self)
+        self.runs = Runs(self)
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -102,11 +99,11 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             self.pool = WorkerPool(self.config.workers, self.name,
                                    self.config.resources, self._job_finished, self.shm_owner)
         self.pool.start()
-        self._start_peers()
-        self._running = True
+        self.peers.start()
+        self.running = True
         self.every(CHECK_WORKERS, self.pool.check)
-        self.every(TICK, self.orchestrator_tick)
-        self.every(5.0, self._expire_fetches)
+        self.every(TICK, self.runs.tick)
+        self.every(5.0, self.fetching.expire)
         self._sweep()
         self.every(SWEEP, self._sweep)
         if background:
@@ -119,7 +116,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         if on_loop:
             self._shutdown()
             return
-        if self._running:
+        if self.running:
             try:
                 self.call(self._shutdown).result(timeout)
             except Exception:
@@ -128,11 +125,11 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
             self._thread.join(timeout + 5)
 
     def _shutdown(self) -> None:
-        if not self._running:
+        if not self.running:
             return
-        self._running = False
-        self._fail_all_runs(HandoffError(f"node {self.name!r} is shutting down"))
-        self._stop_peers()
+        self.running = False
+        self.runs.fail_all(HandoffError(f"node {self.name!r} is shutting down"))
+        self.peers.stop()
         if self.pool is not None:
             self.pool.stop()
 
@@ -160,7 +157,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         """Run ``fn(*args)`` on the loop thread; the Future gets its return value."""
         fut: Future = Future()
         with self._wake_lock:
-            if not self._running or self._wake_tx is None:
+            if not self.running or self._wake_tx is None:
                 fut.set_exception(HandoffError(f"node {self.name!r} is not running"))
                 return fut
             self._commands.append((fut, fn, args))
@@ -170,7 +167,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
     def _post(self, fn: Callable, *args: Any) -> None:
         """Fire-and-forget call on the loop thread (from executor threads)."""
         with self._wake_lock:
-            if not self._running or self._wake_tx is None:
+            if not self.running or self._wake_tx is None:
                 return
             self._commands.append((None, fn, args))
             self._wake_tx.send(b"", zmq.NOBLOCK)
@@ -203,7 +200,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         links: set = set()  # our DEALERs and their monitors: refusals, failed handshakes
         link_generation = -1
         try:
-            while self._running:
+            while self.running:
                 if link_generation != self.transport.generation:
                     for sock in links:
                         poller.unregister(sock)
@@ -239,30 +236,30 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                         self._safely(self.pool.read, workers[sock])
                     elif sock in links and self.transport.has_link(sock):  # not closed meanwhile
                         for event in self.transport.read_link(sock):
-                            self._safely(self._on_link, event)
+                            self._safely(self.peers.on_link, event)
                 self._run_commands()
                 self._run_timers()
-                if busy or self._local_events or self.pool.queue or self._fetch_box or self._value_box:
+                if busy or self.runs.local_events or self.pool.queue or self.fetching.pending:
                     self._safely(self._flush)
         finally:
-            if self._running:
+            if self.running:
                 self._shutdown()
             self._close()
 
     def _flush(self) -> None:
         """End of an iteration: feed local events to the orchestrator, send batches."""
         for _ in range(100):
-            if not self._local_events:
+            if not self.runs.local_events:
                 break
-            self._process_local_events()
+            self.runs.process_local_events()
         for origin, items in self._outbox.items():
             if items:
                 rows = [row for row, _ in items]
                 blobs = [b for _, b in items if b is not None]  # rows index these (_job_finished)
                 self.transport.send(origin, Done(self.name, rows, blobs))
         self._outbox.clear()
-        if self._fetch_box or self._value_box:
-            self._flush_fetches()
+        if self.fetching.pending:
+            self.fetching.flush()
         self.pool.pump()
 
     def _run_commands(self) -> None:
@@ -325,7 +322,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                 log.info("%s: cancelled the work of %d runs from %s", self.name, cancelled, origin)
 
     def _origin_alive(self, origin: str) -> bool:
-        member = self.membership.get(origin) if origin and origin != self.name else None
+        member = self.peers.table.get(origin) if origin and origin != self.name else None
         return member is None or member.status not in ("dead", "left")
 
     def _is_cancelled(self, job: Job) -> bool:
@@ -352,7 +349,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
                     if self._origin_alive(job.origin):
                         self.pool.submit(job)
 
-            self.fetch_value(node, dag_id, key, hook, filled)
+            self.fetching.fetch_value(node, dag_id, key, hook, filled)
 
     def _report_lost_input(self, job: Job, node: str, key: Hashable, error: str | None) -> None:
         self.counters["lost_inputs"] += 1
@@ -378,7 +375,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         row = [job.run_id, job.index, job.attempt, ok, started, finished, nbytes,
                list(error) if error else None, -1, list(lost) if lost else None]
         if job.origin == self.name:
-            self._local_events.append((row, blob))
+            self.runs.local_events.append((row, blob))
         else:
             box = self._outbox[job.origin]
             if blob is not None:
@@ -387,18 +384,19 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
 
     # ---- messages from peers ------------------------------------------------------------
     def _on_peer_message(self, identity: bytes, msg) -> None:
+        peers = self.peers
         if isinstance(msg, Hello):
-            self._on_hello(identity, msg)
+            peers.on_hello(identity, msg)
             return
-        if not self._is_member(msg, identity):
+        if not peers.is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
-            member = self.membership.get(getattr(msg, "sender", None) or "")
+            member = peers.table.get(getattr(msg, "sender", None) or "")
             gone = member is not None and member.status in ("left", "dead")
-            self._heard_from_stranger(getattr(msg, "sender", None))
+            peers.heard_from_stranger(getattr(msg, "sender", None))
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return
-        self._heard_from(msg.sender)
+        peers.heard_from(msg.sender)
         try:
             self._dispatch_peer_message(msg)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
@@ -410,17 +408,17 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         if isinstance(msg, Dispatch):
             self.accept_task_rows(msg.sender, msg.dag_id, _split_task_blobs(msg))
         elif isinstance(msg, Done):
-            self._on_done(msg)
+            self.runs.on_done(msg)
         elif isinstance(msg, Fetch):
-            self._on_fetch(msg)
+            self.fetching.on_fetch(msg)
         elif isinstance(msg, Value):
-            self._on_value(msg)
+            self.fetching.on_value(msg)
         elif isinstance(msg, ValuePart):
-            self._on_part(msg)
+            self.fetching.on_part(msg)
         elif isinstance(msg, PartAck):
-            self._on_part_ack(msg)
+            self.fetching.on_part_ack(msg)
         elif isinstance(msg, Gossip):
-            self._on_gossip(msg)
+            self.peers.on_gossip(msg)
         elif isinstance(msg, Cancel):
             self.cancel_jobs(msg.run_id, msg.indices)
         elif isinstance(msg, Store):
@@ -430,18 +428,15 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         elif isinstance(msg, Clear):
             self.store.clear(msg.dag_id)
         elif isinstance(msg, Locate):
-            self._on_locate(msg)
+            self.fetching.on_locate(msg)
         elif isinstance(msg, Located):
-            self._on_located(msg)
+            self.fetching.on_located(msg)
         elif isinstance(msg, Ping):
             self.transport.send(msg.sender, Pong(self.name, msg.request, self.node_stats()))
         elif isinstance(msg, Pong):
-            self._pending_by_node[msg.sender].discard(msg.request)
-            cb = self._pending.pop(msg.request, None)
-            if cb is not None:
-                cb(msg.stats, None)
+            self.requests.answer(msg.request, msg.sender, msg.stats)
         elif isinstance(msg, Leave):
-            self._on_leave(msg.sender)
+            self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.forget_run(msg.run_id)
 
@@ -452,7 +447,7 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
 
     def clear_everywhere(self, dag_id: Any) -> None:
         self.store.clear(dag_id)
-        for name in self.membership.alive():
+        for name in self.peers.table.alive():
             if name != self.name:
                 self.transport.send(name, Clear(self.name, dag_id))
 
@@ -467,16 +462,83 @@ class Node(PeerMixin, FetchMixin, OrchestrationMixin):
         curve = self.transport.curve
         stats["rejected_connections"] = curve.rejected if curve is not None else 0
         stats["curve"] = curve.source if curve is not None else None  # None: --insecure
-        stats["members"] = sorted(self.membership.alive())
-        rows = (self.membership.get(row[0]) for row in self.membership.digest())
+        table = self.peers.table
+        stats["members"] = sorted(table.alive())
+        rows = (table.get(row[0]) for row in table.digest())
         stats["membership"] = {m.name: {"status": m.status, "address": m.address, "heartbeat": m.heartbeat,
                                         "incarnation": m.incarnation} for m in rows if m is not None}
         ledger = self.ledger
         stats["ledger"] = {node: {"capacity": ledger.capacity(node), "claimed": ledger.used(node),
                                   "free": ledger.free(node)} for node in ledger.nodes}
         stats["runs"] = len(self.runs)
-        stats["validating_state"] = bool(self.orchestrator.debug_state)
+        stats["validating_state"] = bool(self.runs.orchestrator.debug_state)
         return stats
+
+    # ---- routing between the parts ----------------------------------------------------
+    def member_joined(self, name: str, caps: dict) -> None:
+        self.runs.node_joined(name, caps)
+
+    def member_updated(self, name: str, caps: dict) -> None:
+        if name == self.name:
+            self.pool.set_capacity(caps)
+        self.runs.node_updated(name, caps)
+
+    def member_lost(self, name: str, gone: bool) -> None:
+        """``name``'s instance is lost; ``gone``: dead or left (not restarted), so nobody is
+        left to take the results of the work it sent here."""
+        if gone:
+            self.cancel_jobs_from(name)
+        self.runs.node_lost(name)
+
+    def link_dropped(self, name: str) -> None:
+        self.fetching.forget_transfers(name)
+
+    def free_resources(self) -> dict:
+        return self.pool.ledger.free(self.name)
+
+    def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
+        self.pool.submit(Job("", -1, 0, tree, blobs, on_done=on_done))
+
+    def serialize(self, frames: list, callback: Callable) -> None:
+        self.pool.serialize(frames, callback)
+
+    # ---- the API's view (handoff.api calls these through call() or from its thread) ----
+    @property
+    def capacity(self) -> dict:
+        return self.peers.capacity
+
+    @property
+    def ledger(self) -> Any:
+        return self.runs.ledger
+
+    def joined(self) -> bool:
+        return self.peers.joined()
+
+    @property
+    def join_error(self) -> str | None:
+        return self.peers.join_error
+
+    def discover(self) -> dict[str, dict]:
+        return self.peers.discover()
+
+    def register(self, name: str, caps: dict) -> None:
+        self.peers.register(name, caps)
+
+    def submit_run(self, ctx: Any, options: dict) -> None:
+        self.runs.submit_run(ctx, options)
+
+    def cancel_run(self, run_id: str, reason: HandoffError) -> None:
+        self.runs.cancel_run(run_id, reason)
+
+    def fetch_frames(self, node: str, dag_id: Any, key: Hashable, timeout: float = 60.0) -> list:
+        return self.fetching.fetch_frames(node, dag_id, key, timeout)
+
+    def find_values(self, dag_id: Any, keys: list, timeout: float, wait: bool) -> dict:
+        return self.fetching.find_values(dag_id, keys, timeout, wait)
+
+    def peer_stats(self, name: str, timeout: float = 10.0) -> dict:
+        return self.fetching.peer_stats(name, timeout)
+
 
 
 def _split_task_blobs(msg: Dispatch) -> list:

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from handoff.node.values import LocalValue, dumps_value
+from handoff.node.data.values import LocalValue, dumps_value
 from handoff.node.worker import Evaluator, describe
 from handoff.node.workers import Job, WorkerPool
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from handoff.errors import ProtocolError
 from handoff.node.pipes import WorkerEnd
-from handoff.node.values import dumps_value, loads_args, loads_payload, loads_value
+from handoff.node.data.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from handoff import _core
-from handoff.node.values import release_frames
+from handoff.node.data.values import release_frames
 from handoff.errors import ProtocolError
 from handoff.node.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode

@@ -21,7 +21,7 @@ import zmq
 
 import handoff
 from handoff import DAG, Function
-from handoff.node.values import dumps_payload
+from handoff.node.data.values import dumps_payload
 from handoff.protocol import REGISTRY, VERSION, encode
 from handoff.protocol.messages import Dispatch, Hello
 from nodes import keeps_gossiping, peer_members, start_node, wait_for

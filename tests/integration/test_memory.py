@@ -14,7 +14,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from handoff.node import shm
+from handoff.node.data import shm
 from handoff.testing import LocalCluster
 from nodes import wait_for
 

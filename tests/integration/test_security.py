@@ -16,7 +16,7 @@ from nodes import child_env, free_port, start_node, wait_for
 
 import handoff
 from handoff import DAG, Function
-from handoff.node.values import dumps_payload
+from handoff.node.data.values import dumps_payload
 from handoff.protocol import encode
 from handoff.protocol.messages import Dispatch, Gossip, Hello
 from handoff.security import USER_KEY_FILE, read_key_file, user_key

@@ -7,7 +7,7 @@ import random
 import msgpack
 import pytest
 
-from handoff.node.membership import (
+from handoff.node.cluster.membership import (
     ALIVE,
     DEAD,
     LEFT,

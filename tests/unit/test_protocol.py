@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from handoff.errors import ProtocolError
-from handoff.node.values import dumps_payload, dumps_value, loads_payload, loads_value
+from handoff.node.data.values import dumps_payload, dumps_value, loads_payload, loads_value
 from handoff.protocol import REGISTRY, VERSION, decode, encode
 from handoff.protocol.messages import Dispatch, Done, Fetch, Gossip, Hello, Value, WorkerRun
 

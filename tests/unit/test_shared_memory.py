@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from handoff.node import shm
-from handoff.node.sweep import owner_running, process_start, sweep_dead
-from handoff.node.values import (
+from handoff.node.data import shm
+from handoff.node.data.sweep import owner_running, process_start, sweep_dead
+from handoff.node.data.values import (
     OOB_MIN, blob_nbytes, dumps_value, expand_frames, has_shared, loads_value, release_frames,
 )
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from handoff.config import NodeConfig, default_store_limit, parse_size
-from handoff.node import shm
+from handoff.node.data import shm
 from handoff.node.__main__ import build_parser
-from handoff.node.store import ValueStore
-from handoff.node.values import LocalValue, dumps_value, expand_frames, has_shared, loads_value
+from handoff.node.data.store import ValueStore
+from handoff.node.data.values import LocalValue, dumps_value, expand_frames, has_shared, loads_value
 
 MB = 1024 * 1024
 

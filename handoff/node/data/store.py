@@ -16,8 +16,8 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from handoff.node.spill import SpillDir, SpilledValue
-from handoff.node.values import blob_nbytes, dumps_value, has_shared, is_local, release_frames
+from handoff.node.data.spill import SpillDir, SpilledValue
+from handoff.node.data.values import blob_nbytes, dumps_value, has_shared, is_local, release_frames
 
 log = logging.getLogger("handoff.store")
 

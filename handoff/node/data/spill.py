@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from handoff.node import shm
+from handoff.node.data import shm
 
 __all__ = ["SpillDir", "SpilledValue"]
 

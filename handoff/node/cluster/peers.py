@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from typing import Any
 
 from handoff.config import check_resources
-from handoff.node.membership import ALIVE, DEAD, SUSPECT, Member, MembershipTable
+from handoff.errors import HandoffError
+from handoff.node.cluster.membership import ALIVE, DEAD, SUSPECT, Member, MembershipTable
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
 from handoff.transport.sockets import DropLog, LinkEvent
 
 log = logging.getLogger("handoff.peers")
 
-__all__ = ["PeerMixin", "BUSY"]
+__all__ = ["Peers", "BUSY"]
 
 REJOIN_EVERY = 1.0  # seconds between hellos to the join addresses while this node is alone
 MAX_PENDING_JOINS = 32  # hello-admitted members that have not spoken since
@@ -28,13 +28,20 @@ JOIN_FOLLOW_UP = 10.0  # seconds such a member has to send something besides its
 BUSY = "too many joins in progress; the joining node retries"  # a refusal that is not final
 
 
-class PeerMixin:
-    """Mixed into Node: everything about knowing, reaching and losing peers."""
+class Peers:
+    """Knowing, reaching and losing peers: the membership table and the links to members.
 
-    def _init_peers(self) -> None:
-        self.membership: MembershipTable | None = None
+    Owns the table, which ROUTER identity belongs to which member, and who was greeted; tells
+    the node (which routes to the other components) when members join, change or are lost.
+    """
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.name = node.name
+        self.config = node.config
+        self.transport = node.transport
+        self.table: MembershipTable | None = None
         self._identities: dict[bytes, str] = {}  # ROUTER identity -> peer that said hello on it
-        self._pending_by_node: dict[str, set] = defaultdict(set)
         self._greeted: set[str] = set()
         self._pending_joins: dict[str, float] = {}  # hello-admitted member -> follow-up deadline
         self._last_join_hello = float("-inf")
@@ -42,35 +49,40 @@ class PeerMixin:
         self.peer_hosts: dict[str, str] = {}
         self.join_error: str | None = None
 
-    def _start_peers(self) -> None:
+    @property
+    def capacity(self) -> dict:
+        """What this node advertises: its own row's capacities (one place, gossiped)."""
+        return dict(self.table.me.caps if self.table is not None else self.config.resources)
+
+    def start(self) -> None:
         cfg = self.config
-        self.membership = MembershipTable(
-            self.name, self.address, cfg.resources,
+        self.table = MembershipTable(
+            self.name, self.transport.address, cfg.resources,
             suspect_after=cfg.suspect_after, dead_after=cfg.dead_after,
             max_tick_gap=max(cfg.suspect_after / 2, 4 * cfg.gossip_interval),
         )
-        self.orchestrator_node_joined(self.name, cfg.resources)
+        self.node.member_joined(self.name, cfg.resources)
         self._hello_join_addresses()
-        self.every(cfg.gossip_interval, self._gossip_round)
+        self.node.every(cfg.gossip_interval, self._gossip_round)
 
-    def _stop_peers(self) -> None:
-        if self.membership is None:
+    def stop(self) -> None:
+        if self.table is None:
             return
-        self.membership.leave()
-        for name in list(self.membership.alive()):
+        self.table.leave()
+        for name in list(self.table.alive()):
             if name != self.name:
                 self.transport.send(name, Leave(self.name))
 
     def _hello(self) -> Hello:
-        return Hello(self.name, self.address, self.membership.incarnation,
-                     dict(self.config.resources), VERSION, self.host_id)
+        return Hello(self.name, self.transport.address, self.table.incarnation,
+                     self.capacity, VERSION, self.node.host_id)
 
     def joined(self) -> bool:
         """Whether this node knows at least one peer (or was not asked to join any)."""
-        return not self.config.join or len(self.membership.alive()) > 1
+        return not self.config.join or len(self.table.alive()) > 1
 
     def _alone(self) -> bool:
-        return len(self.membership.alive()) <= 1
+        return len(self.table.alive()) <= 1
 
     def _hello_join_addresses(self) -> None:
         """Say hello to every join address on a fresh, watched link (a failed handshake
@@ -84,7 +96,7 @@ class PeerMixin:
                 self.join_error = f"cannot connect to the join address {address!r}"
 
     # ---- links ------------------------------------------------------------------------
-    def _ensure_link(self, name: str, address: str) -> bool:
+    def ensure_link(self, name: str, address: str) -> bool:
         """A DEALER to a member, with our hello sent first; False if the address is unusable."""
         if name == self.name:
             return False
@@ -95,19 +107,16 @@ class PeerMixin:
             self.transport.send(name, self._hello())
         return True
 
-    def _drop_link(self, name: str) -> None:
+    def drop_link(self, name: str) -> None:
         self.transport.disconnect(name)
-        self._forget_transfers(name)
+        self.node.link_dropped(name)
         self._greeted.discard(name)
         self._pending_joins.pop(name, None)
         for identity in [i for i, n in self._identities.items() if n == name]:
             del self._identities[identity]
-        for request in self._pending_by_node.pop(name, ()):
-            cb = self._pending.pop(request, None)
-            if cb is not None:
-                cb(None, f"node {name!r} is gone")
+        self.node.requests.fail_peer(name, f"node {name!r} is gone")
 
-    def _is_member(self, msg: Any, identity: bytes) -> bool:
+    def is_member(self, msg: Any, identity: bytes) -> bool:
         name = self._identities.get(identity)
         return name is not None and name == getattr(msg, "sender", None)
 
@@ -120,7 +129,7 @@ class PeerMixin:
             self.transport.send(name, Gossip(self.name, self._digest()))
 
     # ---- incoming -------------------------------------------------------------------
-    def _on_hello(self, identity: bytes, msg: Hello) -> None:
+    def on_hello(self, identity: bytes, msg: Hello) -> None:
         said = self._identities.get(identity)
         if said is not None and said != msg.name:
             self.transport.reject(identity, f"hello as {msg.name!r} on a connection that said "
@@ -130,10 +139,10 @@ class PeerMixin:
             self._refuse(identity, msg, f"wire version {msg.version}, this node speaks {VERSION}")
             return
         if msg.name == self.name:
-            if msg.incarnation != self.membership.incarnation:
+            if msg.incarnation != self.table.incarnation:
                 self._refuse(identity, msg, f"the name {msg.name!r} is taken by a live node")
             return
-        if self.membership.name_taken(msg.name, msg.incarnation, msg.address):
+        if self.table.name_taken(msg.name, msg.incarnation, msg.address):
             self._refuse(identity, msg, f"the name {msg.name!r} is taken by a live node")
             return
         try:
@@ -141,7 +150,7 @@ class PeerMixin:
         except ValueError as exc:
             self._refuse(identity, msg, f"bad capacities: {exc}")
             return
-        table = self.membership
+        table = self.table
         member = table.get(msg.name)
         if member is not None and not _live(member) and member.incarnation >= msg.incarnation:
             # a member we declared dead that does not know it yet: tell it by a probe, to the
@@ -157,7 +166,7 @@ class PeerMixin:
         if msg.address in self.config.join and self.transport.connected(link):
             self.transport.disconnect(link)  # our join link: it is this peer
         row = [msg.name, msg.address, msg.incarnation, 0, "alive", caps, 0, caps]
-        self._membership_events(table.merge([row], time.monotonic()))
+        self.membership_events(table.merge([row], time.monotonic()))
         member = table.get(msg.name)
         if member is None:
             self._refuse(identity, msg, BUSY)  # the table is full
@@ -170,14 +179,14 @@ class PeerMixin:
         self.peer_hosts[msg.name] = msg.host
         if not member.contacted:
             self._pending_joins.setdefault(msg.name, time.monotonic() + JOIN_FOLLOW_UP)
-        if self._ensure_link(msg.name, member.address):
+        if self.ensure_link(msg.name, member.address):
             self.transport.send(msg.name, Gossip(self.name, self._digest()))
 
     def _refuse(self, identity: bytes, msg: Hello, reason: str) -> None:
         self.transport.reply(identity, Refuse(self.name, reason))
         self.transport.reject(identity, f"refused hello from {msg.name!r}: {reason}")
 
-    def _on_link(self, event: LinkEvent) -> None:
+    def on_link(self, event: LinkEvent) -> None:
         """A refusal or a failed handshake on one of our own links."""
         if self.joined():
             return  # both only mean something to a node that is still joining
@@ -198,40 +207,40 @@ class PeerMixin:
             return
         log.error("%s: %s", self.name, self.join_error)
 
-    def _on_gossip(self, msg: Gossip) -> None:
-        self._membership_events(self.membership.merge(msg.rows, time.monotonic()))
+    def on_gossip(self, msg: Gossip) -> None:
+        self.membership_events(self.table.merge(msg.rows, time.monotonic()))
 
-    def _on_leave(self, name: str) -> None:
-        member = self.membership.get(name)
+    def on_leave(self, name: str) -> None:
+        member = self.table.get(name)
         if member is not None:
-            self._membership_events(self.membership.merge(
+            self.membership_events(self.table.merge(
                 [[name, member.address, member.incarnation, member.heartbeat + 1, "left",
                   member.caps, member.caps_version, member.free]], time.monotonic()))
 
-    def _heard_from(self, name: str) -> None:
+    def heard_from(self, name: str) -> None:
         self._pending_joins.pop(name, None)
-        self._membership_events(self.membership.heard_from(name, time.monotonic()))
+        self.membership_events(self.table.heard_from(name, time.monotonic()))
 
-    def _heard_from_stranger(self, sender: Any) -> None:
+    def heard_from_stranger(self, sender: Any) -> None:
         """A message on a connection that is not a member's: if a dead member sent it, it
         does not know it is dead yet, so probe it now."""
-        member = self.membership.get(sender) if isinstance(sender, str) else None
+        member = self.table.get(sender) if isinstance(sender, str) else None
         if member is not None and member.status == DEAD:
-            self.membership.probe_soon(sender, time.monotonic())
+            self.table.probe_soon(sender, time.monotonic())
 
     # ---- rounds ---------------------------------------------------------------------
     def _digest(self) -> list:
-        return [list(row) for row in self.membership.digest()]
+        return [list(row) for row in self.table.digest()]
 
     def _gossip_round(self) -> None:
-        table = self.membership
+        table = self.table
         now = time.monotonic()
-        table.update_free(self.name, self.pool.ledger.free(self.name))
-        self._membership_events(table.tick(now))
+        table.update_free(self.name, self.node.free_resources())
+        self.membership_events(table.tick(now))
         digest = None
         for name in table.gossip_targets():
             member = table.get(name)
-            if member is None or not self._ensure_link(name, member.address):
+            if member is None or not self.ensure_link(name, member.address):
                 continue
             digest = digest or self._digest()
             self.transport.send(name, Gossip(self.name, digest))
@@ -244,37 +253,36 @@ class PeerMixin:
             if table.forget(name):
                 self._refusals.note(0, "%s: forgot %s: it said hello but nothing since",
                                     self.name, name)
-                self._drop_link(name)
-                self.orchestrator_node_lost(name)
+                self.drop_link(name)
+                self.node.member_lost(name, gone=False)
 
     def _reintroduce(self) -> None:
         """Say hello (and send our digest) to every live peer again, on the links we have."""
         self._greeted.clear()
         digest = self._digest()
-        for name, address in self.membership.addresses().items():
-            if self._ensure_link(name, address):
+        for name, address in self.table.addresses().items():
+            if self.ensure_link(name, address):
                 self.transport.send(name, Gossip(self.name, digest))
 
-    def _membership_events(self, events: list) -> None:
+    def membership_events(self, events: list) -> None:
         for kind, name in events:
             if name == self.name:
                 self._own_event(kind)
                 continue
-            member = self.membership.get(name)
+            member = self.table.get(name)
             if kind in ("joined", "restarted"):
                 if kind == "restarted":
-                    self._drop_link(name)
-                    self.orchestrator_node_lost(name)
+                    self.drop_link(name)
+                    self.node.member_lost(name, gone=False)
                 log.info("%s: node %s joined at %s", self.name, name, member.address)
-                self._ensure_link(name, member.address)
-                self.orchestrator_node_joined(name, member.caps)
+                self.ensure_link(name, member.address)
+                self.node.member_joined(name, member.caps)
             elif kind in ("dead", "left"):
                 log.warning("%s: node %s is %s", self.name, name, kind)
-                self._drop_link(name)
-                self.cancel_jobs_from(name)  # nobody is left to collect its work's results
-                self.orchestrator_node_lost(name)
+                self.drop_link(name)
+                self.node.member_lost(name, gone=True)  # nobody is left to collect its results
             elif kind == "caps" and member is not None:
-                self.orchestrator_node_updated(name, member.caps)
+                self.node.member_updated(name, member.caps)
             elif kind == "suspect":
                 log.info("%s: node %s is suspect", self.name, name)
 
@@ -282,10 +290,7 @@ class PeerMixin:
         if kind == "conflict":
             log.error("%s: another live node uses this name", self.name)
         elif kind == "caps":  # someone registered new capacities for this node
-            caps = dict(self.membership.me.caps)
-            self.config.resources = caps
-            self.pool.set_capacity(caps)
-            self.orchestrator_node_updated(self.name, caps)
+            self.node.member_updated(self.name, self.capacity)
         elif kind == "stalled":
             # this node was paused: ask everyone for news before anyone can be declared dead
             log.warning("%s: this node was stalled; probing its peers", self.name)
@@ -296,25 +301,20 @@ class PeerMixin:
             log.warning("%s: the cluster declared this node dead; rejoining as a new instance",
                         self.name)
             self._reintroduce()
-            for name, member in self.membership.alive().items():
+            for name, member in self.table.alive().items():
                 if name != self.name:
-                    self.orchestrator_node_lost(name)
-                    self.orchestrator_node_joined(name, member.caps)
+                    self.node.member_lost(name, gone=False)
+                    self.node.member_joined(name, member.caps)
 
     # ---- the API's view -------------------------------------------------------------
     def discover(self) -> dict[str, dict]:
-        return {name: dict(m.caps) for name, m in self.membership.alive().items()}
+        return {name: dict(m.caps) for name, m in self.table.alive().items()}
 
     def register(self, name: str, caps: dict) -> None:
-        if name == self.name:
-            self.config.resources = dict(caps)
-            self.pool.set_capacity(caps)
-        elif self.membership.get(name) is None:
-            from handoff.errors import HandoffError
-
+        if self.table.get(name) is None:
             raise HandoffError(f"node {name!r} is not in the cluster; known: {sorted(self.discover())}")
-        self.membership.update_caps(name, caps)
-        self.orchestrator_node_updated(name, caps)
+        self.table.update_caps(name, caps)
+        self.node.member_updated(name, self.table.get(name).caps)
 
 
 def _live(member: Member) -> bool:

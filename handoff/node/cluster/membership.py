@@ -31,15 +31,7 @@ seconds becomes "suspect", and after ``dead_after`` seconds (counted from the sa
 advance) "dead". Dead and left rows are still gossiped for ``forget_after`` seconds so the
 news reaches everyone, then dropped; a tombstone then keeps stale rows from reviving them.
 
-Healing (SWIM): "dead" may be wrong (a paused process, a partition). A dead member that we
-had heard from directly keeps being probed: :meth:`~MembershipTable.probe_targets` names it
-every ``probe_interval`` seconds for ``probe_for`` seconds, and the node sends it our digest,
-which says it is dead. A live member that reads that refutes it with a higher incarnation
-(the rule above) and says hello again, and every table takes it back as "joined". Members we
-only know from gossip are never probed here (a stranger's made-up row cannot make us connect
-anywhere); the nodes that talked to them probe them. A tick that comes much later than the
-previous one means this node itself was stalled: nobody is declared dead on it, and it
-returns a "stalled" event so the node re-probes its peers at once.
+Healing (SWIM, see ``members.Prober``): dead members we had heard from are probed.
 
 Tuning: a heartbeat reaches a node through a chain of a few gossip hops, so the news a node
 holds is a few rounds old. Keep the gossip interval at or below ``dead_after / 10`` (0.1 to
@@ -54,157 +46,17 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-__all__ = [
-    "ALIVE",
-    "DEAD",
-    "LEFT",
-    "ROW_FIELDS",
-    "SUSPECT",
-    "Member",
-    "MembershipEvent",
-    "MembershipTable",
-    "Probe",
-]
-
-ALIVE = "alive"
-SUSPECT = "suspect"
-DEAD = "dead"
-LEFT = "left"
-_STATUSES = frozenset((ALIVE, SUSPECT, DEAD, LEFT))
-_LIVE = frozenset((ALIVE, SUSPECT))
-
-#: Field order of one digest row (a plain tuple, msgpack-friendly; a list is accepted too).
-ROW_FIELDS = (
-    "name",
-    "address",
-    "incarnation",
-    "heartbeat",
-    "status",
-    "caps",
-    "caps_version",
-    "free",
+from handoff.node.cluster.members import (
+    ALIVE, DEAD, LEFT, LIVE, ROW_FIELDS, STATUSES, SUSPECT, Member, MembershipEvent, Probe, Prober,
+    caps_win, is_resources, is_row,
 )
 
-
-class MembershipEvent(NamedTuple):
-    """A change in the table that the node loop may act on; compares equal to ``(kind, name)``.
-
-    Kinds:
-
-    - ``"joined"``: a member we did not know (or whose previous instance was dead, left or
-      forgotten) is alive.
-    - ``"restarted"``: a member we held alive or suspect is back with a higher incarnation:
-      the old instance is gone (treat it like ``"dead"``: its work and results are lost) and
-      the new one is alive, possibly at a new address.
-    - ``"suspect"``: its heartbeat has not advanced for ``suspect_after`` seconds.
-    - ``"alive"``: a suspect member showed a sign of life again (nothing was lost).
-    - ``"dead"``: declared dead, here or by a peer that had newer news than us.
-    - ``"left"``: it shut down gracefully.
-    - ``"caps"``: its capacities changed (a peer's update or an override from elsewhere).
-    - ``"refuted"`` (our own name): a peer declared us dead, so we took a new incarnation;
-      the cluster now treats us as a new instance and re-places work given to the old one.
-    - ``"conflict"`` (our own name): a live instance with our name and a higher incarnation
-      exists elsewhere; two processes use the same name.
-    - ``"stalled"`` (our own name): this tick came more than ``max_tick_gap`` after the last
-      one, so this node was paused; peers were not blamed for it. Re-probe them now.
-    """
-
-    kind: str
-    name: str
-
-
-@dataclass(slots=True)
-class Member:
-    """One row of the membership table.
-
-    ``last_advanced``, ``status_since`` and ``contacted`` (we heard from this instance
-    directly, so its address is worth probing once it is declared dead) are local
-    bookkeeping and are never gossiped. Treat a Member returned by the table as read-only: the
-    table replaces ``caps`` and ``free`` dicts instead of mutating them, so sharing is safe.
-    """
-
-    name: str
-    address: str
-    caps: dict[str, float]
-    free: dict[str, float]
-    heartbeat: int = 0
-    incarnation: int = 0
-    status: str = ALIVE
-    caps_version: int = 0
-    last_advanced: float = 0.0
-    status_since: float = 0.0
-    contacted: bool = False
-
-    def row(self) -> tuple[Any, ...]:
-        """This member as a digest row (see ``ROW_FIELDS``)."""
-        return (
-            self.name,
-            self.address,
-            self.incarnation,
-            self.heartbeat,
-            self.status,
-            self.caps,
-            self.caps_version,
-            self.free,
-        )
-
-
-@dataclass(slots=True)
-class Probe:
-    """A dead member we keep knocking on: where, which instance, and when next."""
-
-    address: str
-    incarnation: int
-    next_at: float
-    until: float
-    last_at: float = float("-inf")
-
-
-def _is_resources(value: Any) -> bool:
-    if type(value) is not dict:
-        return False
-    for key, amount in value.items():
-        kind = type(amount)
-        if type(key) is not str or (kind is not float and kind is not int):
-            return False
-        if kind is float and amount - amount != 0.0:  # nan or infinity
-            return False
-        if amount < 0:
-            return False
-    return True
-
-
-def _is_row(row: Any) -> bool:
-    """Whether a row from the network has the digest shape; anything else is dropped."""
-    if type(row) not in (tuple, list) or len(row) != 8:
-        return False
-    name, address, incarnation, heartbeat, status, caps, caps_version, free = row
-    return (
-        type(name) is str
-        and name != ""
-        and type(address) is str
-        and type(incarnation) is int
-        and type(heartbeat) is int
-        and type(caps_version) is int
-        and type(status) is str
-        and status in _STATUSES
-        and _is_resources(caps)
-        and _is_resources(free)
-    )
-
-
-def _caps_win(
-    caps: dict[str, float], version: int, other: dict[str, float], other_version: int
-) -> bool:
-    """Whether capacities ``caps`` at ``version`` beat ``other``; ties break on content so
-    two concurrent overrides with the same version still converge to one answer."""
-    if version != other_version:
-        return version > other_version
-    return caps != other and sorted(caps.items()) > sorted(other.items())
-
+__all__ = [
+    "ALIVE", "DEAD", "LEFT", "ROW_FIELDS", "SUSPECT", "Member", "MembershipEvent", "MembershipTable",
+    "Probe",
+]
 
 class MembershipTable:
     """Gossip membership table of one node plus its failure detector.
@@ -298,7 +150,7 @@ class MembershipTable:
         # Forgotten instances: name -> (incarnation, since); stale rows must not revive them.
         self._tombstones: OrderedDict[str, tuple[int, float]] = OrderedDict()
         # Dead members we keep probing (see the module docstring), by name.
-        self._probes: dict[str, Probe] = {}
+        self._prober = Prober(self.probe_interval, self.probe_for)
         self._conflict_seen = -1
         self._last_tick: float | None = None
 
@@ -318,12 +170,12 @@ class MembershipTable:
 
     def alive(self) -> dict[str, Member]:
         """Members not declared dead or left (suspects included), us included unless we left."""
-        return {n: m for n, m in self._members.items() if m.status in _LIVE}
+        return {n: m for n, m in self._members.items() if m.status in LIVE}
 
     def addresses(self, include_self: bool = False) -> dict[str, str]:
         """``{name: address}`` of live members; peers only unless ``include_self``."""
         found = {n: m.address for n, m in self._age.items()}
-        if include_self and self._me.status in _LIVE:
+        if include_self and self._me.status in LIVE:
             found[self.name] = self._me.address
         return found
 
@@ -338,7 +190,7 @@ class MembershipTable:
         live member: a live instance with that name and a different incarnation exists, at a
         different address (the same address means a restart of that node) or it is us."""
         member = self._members.get(name)
-        if member is None or member.status not in _LIVE or member.incarnation == incarnation:
+        if member is None or member.status not in LIVE or member.incarnation == incarnation:
             return False
         if member is self._me:
             return True
@@ -347,19 +199,7 @@ class MembershipTable:
     # ---------------------------------------------------------------- gossiping
     def digest(self) -> list[tuple[Any, ...]]:
         """Every row we know (dead and left ones until forgotten), as plain tuples."""
-        return [
-            (
-                m.name,
-                m.address,
-                m.incarnation,
-                m.heartbeat,
-                m.status,
-                m.caps,
-                m.caps_version,
-                m.free,
-            )
-            for m in self._members.values()
-        ]
+        return [m.row() for m in self._members.values()]
 
     def gossip_targets(self) -> list[str]:
         """Up to ``fanout`` distinct random live peers (never us, never dead or left)."""
@@ -451,7 +291,7 @@ class MembershipTable:
     def heard_from(self, name: str, now: float) -> list[MembershipEvent]:
         """Any direct message from ``name`` is a sign of life: refresh it (a suspect is alive)."""
         member = self._members.get(name)
-        if member is None or member.status not in _LIVE or member is self._me:
+        if member is None or member.status not in LIVE or member is self._me:
             return []
         member.contacted = True
         self._advanced(member, now)
@@ -465,26 +305,16 @@ class MembershipTable:
     def probe_targets(self, now: float) -> list[tuple[str, str]]:
         """``(name, address)`` of the dead members due for a probe at ``now``: send each our
         digest (it tells them they were declared dead). Probes past ``probe_for`` end."""
-        due: list[tuple[str, str]] = []
-        for name, probe in list(self._probes.items()):
-            if now >= probe.until:
-                del self._probes[name]
-            elif now >= probe.next_at:
-                probe.last_at = now
-                probe.next_at = now + self.probe_interval
-                due.append((name, probe.address))
-        return due
+        return self._prober.due(now)
 
     def probe_soon(self, name: str, now: float) -> None:
         """A dead member just spoke to us (it does not know it is dead): probe it on the
         next :meth:`probe_targets`, but not more often than four times per interval."""
-        probe = self._probes.get(name)
-        if probe is not None:
-            probe.next_at = min(probe.next_at, max(now, probe.last_at + self.probe_interval / 4))
+        self._prober.soon(name, now)
 
     def probing(self) -> dict[str, str]:
         """``{name: address}`` of the dead members being probed."""
-        return {name: probe.address for name, probe in self._probes.items()}
+        return {name: probe.address for name, probe in self._prober.probes.items()}
 
     def forget(self, name: str) -> bool:
         """Drop a live member that never spoke to us directly (a hello whose sender did not
@@ -495,7 +325,7 @@ class MembershipTable:
         del self._members[name]
         self._age.pop(name, None)
         self._gone.pop(name, None)
-        self._probes.pop(name, None)
+        self._prober.stop(name)
         return True
 
     def validate_state(self) -> None:
@@ -505,10 +335,10 @@ class MembershipTable:
         assert self.name not in self._age and self.name not in self._gone, "we are in a peer index"
         for name, member in self._members.items():
             assert member.name == name, f"row {name!r} holds member {member.name!r}"
-            assert member.status in _STATUSES, f"{name!r} has status {member.status!r}"
+            assert member.status in STATUSES, f"{name!r} has status {member.status!r}"
             if member is me:
                 continue
-            live = member.status in _LIVE
+            live = member.status in LIVE
             assert (name in self._age) == live, f"{name!r} ({member.status}) vs the live index"
             assert (name in self._gone) == (not live), f"{name!r} ({member.status}) vs the gone index"
             assert name not in self._tombstones, f"{name!r} is both a member and a tombstone"
@@ -517,7 +347,7 @@ class MembershipTable:
         assert ages == sorted(ages), "live index is not ordered by last advance"
         sinces = [m.status_since for m in self._gone.values()]
         assert sinces == sorted(sinces), "gone index is not ordered by status time"
-        for name, probe in self._probes.items():
+        for name, probe in self._prober.probes.items():
             member = self._members.get(name)
             assert member is None or member.status == DEAD, f"probing {name!r}, which is {member.status}"
             assert member is None or member.incarnation == probe.incarnation, f"probe of an old {name!r}"
@@ -556,7 +386,7 @@ class MembershipTable:
                         and (status == ALIVE or status == SUSPECT)
                         and member.status == ALIVE
                         and member is not me
-                        and (row[7] == member.free or _is_resources(row[7]))
+                        and (row[7] == member.free or is_resources(row[7]))
                         and len(row) == 8
                     ):
                         member.heartbeat = heartbeat
@@ -566,7 +396,7 @@ class MembershipTable:
                         continue
             except (TypeError, IndexError, KeyError):
                 pass
-            if not _is_row(row):
+            if not is_row(row):
                 self.malformed_rows += 1
                 continue
             if member is None:
@@ -582,7 +412,7 @@ class MembershipTable:
         tomb = self._tombstones.get(name)
         if tomb is not None and incarnation <= tomb[0]:
             return
-        if status not in _LIVE:
+        if status not in LIVE:
             # News of a death we never saw alive: remember it so stale rows cannot revive it.
             self._tombstones[name] = (incarnation, now)
             self._tombstones.move_to_end(name)
@@ -591,7 +421,7 @@ class MembershipTable:
             self.refused_members += 1
             return
         self._tombstones.pop(name, None)
-        self._probes.pop(name, None)
+        self._prober.stop(name)
         member = Member(
             name=name,
             address=address,
@@ -612,16 +442,16 @@ class MembershipTable:
     ) -> None:
         name, address, incarnation, heartbeat, status, caps, caps_version, free = row
         if incarnation > member.incarnation:
-            was_live = member.status in _LIVE
+            was_live = member.status in LIVE
             member.contacted = False  # a new instance: it has not spoken to us yet
-            self._probes.pop(name, None)
+            self._prober.stop(name)
             member.address = address
             member.incarnation = incarnation
             member.heartbeat = heartbeat
             member.caps = caps
             member.caps_version = caps_version
             member.free = free
-            if status in _LIVE:
+            if status in LIVE:
                 self._set_live(member, now)
                 events.append(MembershipEvent("restarted" if was_live else "joined", name))
             elif was_live:
@@ -630,7 +460,7 @@ class MembershipTable:
             else:
                 self._set_gone(member, status, now)
             return
-        if incarnation < member.incarnation or member.status not in _LIVE:
+        if incarnation < member.incarnation or member.status not in LIVE:
             return  # stale, or final for this incarnation
         if status == LEFT or (status == DEAD and heartbeat >= member.heartbeat):
             member.heartbeat = max(member.heartbeat, heartbeat)
@@ -645,7 +475,7 @@ class MembershipTable:
                 member.status = ALIVE
                 member.status_since = now
                 events.append(MembershipEvent(ALIVE, name))
-        if _caps_win(caps, caps_version, member.caps, member.caps_version):
+        if caps_win(caps, caps_version, member.caps, member.caps_version):
             member.caps = caps
             member.caps_version = caps_version
             events.append(MembershipEvent("caps", name))
@@ -656,7 +486,7 @@ class MembershipTable:
         if me.status == LEFT or incarnation < me.incarnation:
             return
         if incarnation > me.incarnation:
-            if status in _LIVE:
+            if status in LIVE:
                 if incarnation != self._conflict_seen:
                     self._conflict_seen = incarnation
                     events.append(MembershipEvent("conflict", self.name))
@@ -667,7 +497,7 @@ class MembershipTable:
         if status in (DEAD, LEFT):
             self._refute(incarnation, events)
             return
-        if _caps_win(caps, caps_version, me.caps, me.caps_version):
+        if caps_win(caps, caps_version, me.caps, me.caps_version):
             # An override of our capacities made on another node.
             me.caps = caps
             me.caps_version = caps_version
@@ -685,7 +515,7 @@ class MembershipTable:
 
     def _set_live(self, member: Member, now: float) -> None:
         self._gone.pop(member.name, None)
-        self._probes.pop(member.name, None)
+        self._prober.stop(member.name)
         member.status = ALIVE
         member.status_since = now
         member.last_advanced = now
@@ -699,8 +529,6 @@ class MembershipTable:
         self._gone[member.name] = member
         self._gone.move_to_end(member.name)
         if status == DEAD and member.contacted:
-            self._probes[member.name] = Probe(
-                member.address, member.incarnation, now, now + self.probe_for
-            )
+            self._prober.start(member, now)
         else:
-            self._probes.pop(member.name, None)
+            self._prober.stop(member.name)

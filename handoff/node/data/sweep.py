@@ -18,7 +18,7 @@ import tempfile
 
 import psutil
 
-from handoff.node import shm
+from handoff.node.data import shm
 
 __all__ = ["sweep_dead", "owner_running", "process_start", "NAME"]
 

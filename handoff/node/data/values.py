@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import cloudpickle
 
-from handoff.node import shm
+from handoff.node.data import shm
 
 __all__ = [
     "dumps_value", "loads_value", "dumps_payload", "loads_payload", "dumps_args", "loads_args",
