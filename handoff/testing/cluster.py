@@ -182,6 +182,7 @@ class LocalCluster:
         for name in names:
             if not isinstance(name, str) or not name or any(c.isspace() for c in name):
                 raise ValueError(f"a node name must be a non-empty string without spaces, got {name!r}")
+        per_node: list[Mapping[str, float]]
         if resources is None or isinstance(resources, Mapping):
             per_node = [dict(resources) if resources is not None else {"cpu": 1}] * n
         else:
@@ -283,6 +284,7 @@ class LocalCluster:
     def _pump(self, node: NodeInfo, proc: subprocess.Popen) -> None:
         """Read a node's output: keep it for errors, and follow who its log says it knows."""
         me = f": {node.name}: node "
+        assert proc.stdout is not None  # started with stdout=PIPE
         for line in proc.stdout:
             with self._lock:
                 if node.process is not proc:
@@ -305,12 +307,14 @@ class LocalCluster:
     def _wait_listening(self, node: NodeInfo) -> None:
         for attempt in range(_BIND_RETRIES):
             deadline = time.monotonic() + self.timeout
+            proc = node.process
+            assert proc is not None  # _launch started it
             with self._lock:
-                while not node.listening and node.process.poll() is None and time.monotonic() < deadline:
+                while not node.listening and proc.poll() is None and time.monotonic() < deadline:
                     self._lock.wait(min(0.1, max(0.0, deadline - time.monotonic())))
                 if node.listening:
                     return
-                exited = node.process.poll() is not None
+                exited = proc.poll() is not None
             if exited and "Address already in use" in node.log() and attempt + 1 < _BIND_RETRIES:
                 node.address = ""
                 self._launch(node, join=node.join)
@@ -369,9 +373,10 @@ class LocalCluster:
     def pause(self, name: str) -> None:
         """SIGSTOP the node and its workers: a frozen machine (peers will suspect it)."""
         node = self[name]
-        if not node.running:
+        pid = node.pid
+        if not node.running or pid is None:
             raise HandoffError(f"node {name!r} is not running")
-        procs = [*_process(node.pid), *_descendants(node.pid)]
+        procs = [*_process(pid), *_descendants(pid)]
         _signal_all(procs, signal.SIGSTOP)
         node.paused = True
         _wait_status(procs, stopped=True)
@@ -379,8 +384,9 @@ class LocalCluster:
     def resume(self, name: str) -> None:
         """SIGCONT a paused node and its workers."""
         node = self[name]
-        if node.running:
-            procs = [*_process(node.pid), *_descendants(node.pid)]
+        pid = node.pid
+        if node.running and pid is not None:
+            procs = [*_process(pid), *_descendants(pid)]
             _signal_all(procs, signal.SIGCONT)
             _wait_status(procs, stopped=False)
         node.paused = False
@@ -420,7 +426,9 @@ class LocalCluster:
     def _end(self, node: NodeInfo, signum: int, timeout: float = STOP_TIMEOUT) -> None:
         self._reap(node, *self._signal(node, signum), timeout)
 
-    def _signal(self, node: NodeInfo, signum: int) -> tuple:
+    def _signal(
+        self, node: NodeInfo, signum: int
+    ) -> tuple[subprocess.Popen[str] | None, list[psutil.Process], int]:
         """Send ``signum`` to a running node; returns what ``_reap`` waits for."""
         proc = node.process
         children = _descendants(proc.pid) if proc is not None else []
@@ -430,8 +438,8 @@ class LocalCluster:
             proc.send_signal(signum)
         return proc, children, signum
 
-    def _reap(self, node: NodeInfo, proc: subprocess.Popen | None, children: list, signum: int,
-              timeout: float = STOP_TIMEOUT) -> None:
+    def _reap(self, node: NodeInfo, proc: subprocess.Popen[str] | None,
+              children: list[psutil.Process], signum: int, timeout: float = STOP_TIMEOUT) -> None:
         """Wait for a signalled node and its workers to end; SIGKILL what outlives ``timeout``."""
         if proc is not None:
             try:
@@ -452,9 +460,10 @@ class LocalCluster:
         """Process ids of the running nodes and their workers."""
         found = []
         for node in self._nodes.values():
-            if node.running:
-                found.append(node.pid)
-                found += [p.pid for p in _descendants(node.pid)]
+            pid = node.pid
+            if node.running and pid is not None:
+                found.append(pid)
+                found += [p.pid for p in _descendants(pid)]
         return found
 
     def close(self) -> None:
