@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from numbers import Integral
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
 
 from handoff._core.strategies import STRATEGIES
 from handoff.config import NodeConfig, check_resources
@@ -17,6 +17,9 @@ from handoff.errors import HandoffError, ResultNotFound
 from handoff.errors import TimeoutError as HandoffTimeout
 from handoff.node.runs import ExecutionResult, prepare_run
 from handoff.node.data.values import dumps_value, loads_value
+
+if TYPE_CHECKING:
+    from handoff.node.server import Node
 
 __all__ = [
     "start", "stop", "node_name", "node_stats", "execute", "execute_distributed", "execute_local",
@@ -30,7 +33,7 @@ START_TIMEOUT = 60.0
 MAX_CONCURRENCY = 1_000_000
 
 _lock = threading.RLock()
-_node = None
+_node: Node | None = None
 
 
 def start(
@@ -75,9 +78,12 @@ def start(
         return node.name
 
 
-def _wait_ready(node, config: NodeConfig) -> None:
-    def state() -> tuple:  # read on the loop thread, which owns it
-        return node.pool.ready_count(), node.pool.broken, node.joined(), node.join_error
+def _wait_ready(node: Node, config: NodeConfig) -> None:
+    # read on the loop thread, which owns it
+    def state() -> tuple[int, str | None, bool, str | None]:
+        pool = node.pool
+        assert pool is not None  # start() made it
+        return pool.ready_count(), pool.broken, node.joined(), node.join_error
 
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -116,11 +122,12 @@ def stop() -> None:
 atexit.register(stop)
 
 
-def current_node():
+def current_node() -> Node:
     """The embedded node, started with default settings on first use."""
     with _lock:
         if _node is None:
             start()
+        assert _node is not None  # start() set it or raised
         return _node
 
 
@@ -144,6 +151,7 @@ def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]
     problem = timeout_problem(timeout)
     if problem:
         raise ValueError(problem)
+    n: Node | None
     if name is None:
         n = current_node()
     else:
@@ -176,7 +184,7 @@ def _check_options(max_retries: Any, allocation_strategy: Any, max_concurrency: 
         raise ValueError(problem)
     if max_concurrency is not None and (
         isinstance(max_concurrency, bool) or not isinstance(max_concurrency, Integral)
-        or not 1 <= max_concurrency <= MAX_CONCURRENCY
+        or not 1 <= int(max_concurrency) <= MAX_CONCURRENCY
     ):
         raise ValueError(
             f"max_concurrency must be None or an int from 1 to {MAX_CONCURRENCY}, got {max_concurrency!r}")
@@ -237,7 +245,7 @@ def execute(
 
         dag.validate()
         dag = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
-    ctx = prepare_run(dag, progress or None)
+    ctx = prepare_run(dag, progress if callable(progress) else None)
     node.call(node.submit_run, ctx, options).result()
     try:
         return ctx.future.result()
