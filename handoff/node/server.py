@@ -27,10 +27,9 @@ from handoff.node.data import shm
 from handoff.node.data.fetching import Fetching
 from handoff.node.data.store import ValueStore
 from handoff.node.data.sweep import sweep_dead
-from handoff.node.data.values import blob_nbytes, dumps_value, is_local
+from handoff.node.execution.runner import JobRunner
+from handoff.node.execution.workers import WorkerPool
 from handoff.node.orchestration import Runs
-from handoff.node.threads import ThreadPool
-from handoff.node.workers import Job, WorkerPool
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, PartAck, Ping,
     Pong,
@@ -67,8 +66,6 @@ class Node:
         self._thread: threading.Thread | None = None
         self.running = False
         self._stopped = threading.Event()
-        self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
-        self._cancelled: dict[tuple, None] = {}  # recent (run_id, indices or None) cancellations
         self.counters = defaultdict(int)
         self.use_shm = config.shared_memory and shm.available()
         self.shm_owner = shm.owner_prefix() if self.use_shm else None
@@ -76,6 +73,7 @@ class Node:
         self.requests = Requests()
         self.peers = Peers(self)
         self.fetching = Fetching(self)
+        self.execution = JobRunner(self)
         self.runs = Runs(self)
 
     # ---- life cycle ------------------------------------------------------------------
@@ -92,13 +90,7 @@ class Node:
         self._wake_rx.bind(wake)
         self._wake_tx = self.ctx.socket(zmq.PUSH)
         self._wake_tx.connect(wake)
-        if self.config.executor == "thread":
-            self.pool = ThreadPool(self.config.workers, self.name,
-                                   self.config.resources, self._job_finished, self._post)
-        else:
-            self.pool = WorkerPool(self.config.workers, self.name,
-                                   self.config.resources, self._job_finished, self.shm_owner)
-        self.pool.start()
+        self.pool = self.execution.start()
         self.peers.start()
         self.running = True
         self.every(CHECK_WORKERS, self.pool.check)
@@ -164,7 +156,7 @@ class Node:
             self._wake_tx.send(b"", zmq.NOBLOCK)
         return fut
 
-    def _post(self, fn: Callable, *args: Any) -> None:
+    def post(self, fn: Callable, *args: Any) -> None:
         """Fire-and-forget call on the loop thread (from executor threads)."""
         with self._wake_lock:
             if not self.running or self._wake_tx is None:
@@ -252,15 +244,9 @@ class Node:
             if not self.runs.local_events:
                 break
             self.runs.process_local_events()
-        for origin, items in self._outbox.items():
-            if items:
-                rows = [row for row, _ in items]
-                blobs = [b for _, b in items if b is not None]  # rows index these (_job_finished)
-                self.transport.send(origin, Done(self.name, rows, blobs))
-        self._outbox.clear()
         if self.fetching.pending:
             self.fetching.flush()
-        self.pool.pump()
+        self.execution.flush()
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -291,96 +277,15 @@ class Node:
         except Exception:
             log.exception("%s: internal error (the node keeps serving)", self.name)
 
-    # ---- running tasks on this node ---------------------------------------------------
+    # ---- running tasks on this node (the orchestrator calls these for its own node) ----
     def accept_task_rows(self, origin: str, dag_id: Any, rows: list) -> None:
-        """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
-        for row, blobs in rows:
-            run_id, index, attempt, key, cost, timeout, tree, refs = row
-            self.store.begin_run(run_id, dag_id)
-            job = Job(run_id, index, attempt, tree, blobs, origin, dag_id, key, cost, timeout)
-            self._prepare_job(job, refs)
+        self.execution.accept_task_rows(origin, dag_id, rows)
 
     def cancel_jobs(self, run_id: str, indices: list | None) -> None:
-        """Cancel a run's attempts here: queued and running ones in the pool, and those still
-        fetching their arguments (they will not start)."""
-        self._cancelled[(run_id, None if indices is None else frozenset(indices))] = None
-        if len(self._cancelled) > 1000:
-            del self._cancelled[next(iter(self._cancelled))]
-        self.pool.cancel(run_id, None if indices is None else set(indices))
+        self.execution.cancel(run_id, indices)
 
     def forget_run(self, run_id: str) -> None:
-        """The run is over: its cancellations need not be remembered, its values may spill."""
-        self.store.end_run(run_id)
-        for key in [k for k in self._cancelled if k[0] == run_id]:
-            del self._cancelled[key]
-
-    def cancel_jobs_from(self, origin: str) -> None:
-        """``origin`` is dead or gone: the work it sent here has nobody to report to."""
-        if origin != self.name and self.pool is not None:
-            cancelled = self.pool.cancel_origin(origin)
-            if cancelled:
-                log.info("%s: cancelled the work of %d runs from %s", self.name, cancelled, origin)
-
-    def _origin_alive(self, origin: str) -> bool:
-        member = self.peers.table.get(origin) if origin and origin != self.name else None
-        return member is None or member.status not in ("dead", "left")
-
-    def _is_cancelled(self, job: Job) -> bool:
-        return any(r == job.run_id and (idx is None or job.index in idx) for r, idx in self._cancelled)
-
-    def _prepare_job(self, job: Job, refs: list) -> None:
-        if not refs:
-            self.pool.submit(job)
-            return
-        state = {"missing": len(refs), "failed": False}
-        for node, dag_id, key, hook_pos, slot in refs:
-            hook = job.blobs[hook_pos] if hook_pos >= 0 else None
-
-            def filled(frames, error, slot=slot, node=node, key=key):
-                if state["failed"]:
-                    return
-                if frames is None:
-                    state["failed"] = True
-                    self._report_lost_input(job, node, key, error)
-                    return
-                job.blobs[slot] = frames
-                state["missing"] -= 1
-                if state["missing"] == 0 and not (self._cancelled and self._is_cancelled(job)):
-                    if self._origin_alive(job.origin):
-                        self.pool.submit(job)
-
-            self.fetching.fetch_value(node, dag_id, key, hook, filled)
-
-    def _report_lost_input(self, job: Job, node: str, key: Hashable, error: str | None) -> None:
-        self.counters["lost_inputs"] += 1
-        err = ["ResultLost", f"input {key!r} could not be fetched from node {node!r}: {error}", ""]
-        self._job_finished(job, False, err, None, time.time(), time.time(), lost=(node, key))
-
-    def _job_finished(self, job: Job, ok: bool, error: Any, frames: Any, started: float,
-                      finished: float, lost: tuple | None = None) -> None:
-        if job.on_done is not None:
-            job.on_done(ok, error, frames)
-            return
-        nbytes = 0
-        if ok:
-            self.store.put(job.dag_id, job.key, frames)
-            self.store.register_location(job.dag_id, job.key, self.name)
-            nbytes = blob_nbytes(frames)
-        blob = None if ok else frames
-        if blob is not None and is_local(blob) and job.origin != self.name:
-            try:  # an exception object from a thread-executor attempt, for a remote driver
-                blob = dumps_value(blob[0].obj)
-            except Exception:
-                blob = None
-        row = [job.run_id, job.index, job.attempt, ok, started, finished, nbytes,
-               list(error) if error else None, -1, list(lost) if lost else None]
-        if job.origin == self.name:
-            self.runs.local_events.append((row, blob))
-        else:
-            box = self._outbox[job.origin]
-            if blob is not None:
-                row[8] = sum(1 for _, b in box if b is not None)
-            box.append((row, blob))
+        self.execution.forget_run(run_id)
 
     # ---- messages from peers ------------------------------------------------------------
     def _on_peer_message(self, identity: bytes, msg) -> None:
@@ -420,7 +325,7 @@ class Node:
         elif isinstance(msg, Gossip):
             self.peers.on_gossip(msg)
         elif isinstance(msg, Cancel):
-            self.cancel_jobs(msg.run_id, msg.indices)
+            self.execution.cancel(msg.run_id, msg.indices)
         elif isinstance(msg, Store):
             if msg.blobs:
                 self.store.put(msg.dag_id, msg.key, msg.blobs[0])
@@ -438,7 +343,7 @@ class Node:
         elif isinstance(msg, Leave):
             self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
-            self.forget_run(msg.run_id)
+            self.execution.forget_run(msg.run_id)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""
@@ -453,8 +358,7 @@ class Node:
 
     def node_stats(self) -> dict:
         """What ``handoff.node_stats`` documents (docs/guide.md): plain data, msgpack-safe."""
-        pool = self.pool.stats()
-        pool.setdefault("running", sum(len(w.inflight) for w in self.pool.workers.values()))
+        pool = self.execution.stats()
         stats = {"name": self.name, "address": self.address, "store": self.store.stats(), "pool": pool}
         stats["counters"] = dict(self.counters)
         stats["dropped_messages"] = self.transport.dropped
@@ -480,24 +384,24 @@ class Node:
 
     def member_updated(self, name: str, caps: dict) -> None:
         if name == self.name:
-            self.pool.set_capacity(caps)
+            self.execution.set_capacity(caps)
         self.runs.node_updated(name, caps)
 
     def member_lost(self, name: str, gone: bool) -> None:
         """``name``'s instance is lost; ``gone``: dead or left (not restarted), so nobody is
         left to take the results of the work it sent here."""
         if gone:
-            self.cancel_jobs_from(name)
+            self.execution.origin_lost(name)
         self.runs.node_lost(name)
 
     def link_dropped(self, name: str) -> None:
         self.fetching.forget_transfers(name)
 
     def free_resources(self) -> dict:
-        return self.pool.ledger.free(self.name)
+        return self.execution.jobs.free()
 
     def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
-        self.pool.submit(Job("", -1, 0, tree, blobs, on_done=on_done))
+        self.execution.run_hook(tree, blobs, on_done)
 
     def serialize(self, frames: list, callback: Callable) -> None:
         self.pool.serialize(frames, callback)

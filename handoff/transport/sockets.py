@@ -5,7 +5,7 @@ to: every message comes in on the ROUTER, every one sent leaves on a DEALER. The
 exception is a refusal: it goes back on the connection the refused hello came in on (the
 ROUTER identity), so a node never connects to an address that a stranger named; a DEALER
 reads only refusals. (A node's own worker processes use Unix socket pairs:
-handoff.node.pipes.)
+handoff.node.execution.pipes.)
 
 Bad input never reaches the node: a message that does not decode is logged (rate-limited)
 and dropped, and so is anything but a hello on a peer connection that has not said hello

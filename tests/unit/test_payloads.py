@@ -14,8 +14,8 @@ import pytest
 from handoff import DAG, Argument, Function
 from handoff.node.runs import prepare_run
 from handoff.node.data.values import dumps_args, dumps_payload, loads_args
-from handoff.node.worker import Evaluator
-from handoff.node.workers import exit_description
+from handoff.node.execution.worker import Evaluator
+from handoff.node.execution.workers import exit_description
 
 
 def scale(x, k):

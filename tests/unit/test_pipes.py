@@ -3,7 +3,7 @@
 import os
 import threading
 
-from handoff.node.pipes import NodeEnd, WorkerEnd, socket_pair
+from handoff.node.execution.pipes import NodeEnd, WorkerEnd, socket_pair
 
 
 def _pair():
@@ -70,7 +70,7 @@ def test_end_of_file_is_seen_on_both_sides():
 
 
 def test_several_large_frames_in_one_message_parse_in_linear_time():
-    from handoff.node.pipes import _Parser, _pack
+    from handoff.node.execution.pipes import _Parser, _pack
 
     frames = [b"head", os.urandom(1 << 20) * 40, b"mid", b"z" * (40 << 20)]  # two 40 MB frames
     stream = b"".join(bytes(p) for p in _pack(frames))

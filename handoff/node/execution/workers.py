@@ -1,5 +1,5 @@
-"""A node's worker processes: admission against the node's own capacity, batching, timeouts,
-and replacing workers that die or must be killed.
+"""A node's worker processes: batching, timeouts, and replacing workers that die or must be
+killed. Admission and claims are the job state machine's (jobs.py); the pool does process I/O.
 
 Lives in the event loop; it never runs user code itself.
 """
@@ -20,10 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from handoff import _core
-from handoff.node.data.values import release_frames
 from handoff.errors import ProtocolError
-from handoff.node.pipes import NodeEnd, socket_pair
+from handoff.node.execution.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 
@@ -57,7 +55,6 @@ class Job:
     worker: int = -1
     sent_at: float = 0.0
     cancelled: bool = False
-    claimed: bool = False
     code_key: int = 0
 
 
@@ -90,21 +87,17 @@ Reporter = Callable[[Job, bool, Any, Any, float, float], None]
 
 
 class WorkerPool:
-    """Queues admitted jobs and feeds them to worker processes over their socket pairs."""
+    """Queues admitted jobs and feeds them to worker processes over their socket pairs; reports
+    every job it was given when it ends, cancelled ones included."""
 
-    def __init__(self, size: int, name: str, caps: dict, report: Reporter,
-                 shm_owner: str | None = None):
+    def __init__(self, size: int, name: str, report: Reporter, shm_owner: str | None = None):
         self.size = size
         self.name = name
         self.report = report  # (job, ok, error, frames, started, finished)
-        self.ledger = _core.ResourceLedger()
-        self.ledger.register(name, caps)
         self.workers: dict[int, Worker] = {}
         self.generation = 0  # bumped whenever the set of worker channels changes
         self.queue: deque[Job] = deque()  # admitted, waiting for a worker
-        self.blocked: deque[Job] = deque()  # waiting for local resources
         self.jobs: dict[int, Job] = {}
-        self._next_job = 1
         self._next_slot = 0
         self.durations: dict[int, float] = {}  # code key -> running average of its run time
         self.completed = 0
@@ -133,7 +126,7 @@ class WorkerPool:
         node_end, worker_end = socket_pair()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "handoff.node.worker", str(worker_end.fileno()), str(slot),
+                [sys.executable, "-m", "handoff.node.execution.worker", str(worker_end.fileno()), str(slot),
                  current, *([self.shm_owner] if self.shm_owner else [])],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -153,10 +146,6 @@ class WorkerPool:
 
     def ready_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.ready)
-
-    def set_capacity(self, caps: dict) -> None:
-        self.ledger.register(self.name, caps)
-        self._admit_blocked()
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping = True  # nothing is respawned from here on
@@ -182,39 +171,12 @@ class WorkerPool:
 
     # ---- admission ------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        job.job_id = self._next_job
-        self._next_job += 1
         self.jobs[job.job_id] = job
         if job.blobs and job.blobs[0]:
             job.code_key = hash(_bytes(job.blobs[0][0]))
         if len(self.durations) > 10000:
             self.durations.clear()
-        if job.cost and not self.ledger.request(self.name, job.cost):
-            self.blocked.append(job)
-            return
-        job.claimed = bool(job.cost)
         self.queue.append(job)  # the loop pumps once per iteration, so jobs go out in batches
-
-    def _release(self, job: Job) -> None:
-        if job.claimed:
-            job.claimed = False
-            self.ledger.release(self.name, job.cost)
-            self._admit_blocked()
-
-    def _admit_blocked(self) -> None:
-        if not self.blocked:
-            return
-        still = deque()
-        while self.blocked:
-            job = self.blocked.popleft()
-            if job.cancelled:
-                continue
-            if self.ledger.request(self.name, job.cost):
-                job.claimed = True
-                self.queue.append(job)
-            else:
-                still.append(job)
-        self.blocked = still
 
     # ---- feeding workers ------------------------------------------------------------
     def _estimate(self, job: Job) -> float:
@@ -333,18 +295,11 @@ class WorkerPool:
                 except ValueError:
                     pass
             worker.exclusive = False
-            if job.claimed:
-                self._release(job)
             self.completed += 1
             took = finished - started if finished > started else 0.0
             old = durations.get(job.code_key)
             durations[job.code_key] = took if old is None else 0.7 * old + 0.3 * took
-            frames = msg.blobs[blob] if blob >= 0 else None
-            if job.cancelled:
-                if frames is not None:
-                    release_frames(frames)
-                continue
-            report(job, ok, error, frames, started, finished)
+            report(job, ok, error, msg.blobs[blob] if blob >= 0 else None, started, finished)
 
     # ---- failures, timeouts, cancellation ------------------------------------------
     def check(self) -> None:
@@ -354,9 +309,7 @@ class WorkerPool:
             while self.queue:
                 job = self.queue.popleft()
                 self.jobs.pop(job.job_id, None)
-                self._release(job)
-                if not job.cancelled:
-                    self.report(job, False, ["WorkerDied", self.broken, ""], None, time.time(), time.time())
+                self.report(job, False, ["WorkerDied", self.broken, ""], None, time.time(), time.time())
         for w in list(self.workers.values()):
             if w.exclusive and w.inflight:
                 job = w.inflight[0]
@@ -406,9 +359,7 @@ class WorkerPool:
             job.worker = -1
             if job.cancelled or (job is culprit and error is not None):
                 self.jobs.pop(job.job_id, None)
-                self._release(job)
-                if not job.cancelled:
-                    self.report(job, False, error, None, job.sent_at, time.time())
+                self.report(job, False, error, None, job.sent_at, time.time())
             else:
                 requeue.append(job)
         self.queue.extendleft(reversed(requeue))
@@ -421,45 +372,33 @@ class WorkerPool:
             return
         self._spawn()
 
-    def cancel(self, run_id: str, indices: set | None) -> None:
-        def hit(job: Job) -> bool:
-            return job.run_id == run_id and (indices is None or job.index in indices)
-
-        waiting = [j for q in (self.queue, self.blocked) for j in q if hit(j)]
-        for job in waiting:
+    def cancel(self, jobs: list[Job]) -> list[Job]:
+        """Stop these jobs: the queued ones end now (returned); a worker running one is killed;
+        the others are reported when their worker gets to them."""
+        for job in jobs:
             job.cancelled = True
-        self.queue = deque(j for j in self.queue if not j.cancelled)
-        self.blocked = deque(j for j in self.blocked if not j.cancelled)
-        for job in waiting:
-            self.jobs.pop(job.job_id, None)
-            self._release(job)
+        ended = [j for j in self.queue if j.cancelled]
+        if ended:
+            self.queue = deque(j for j in self.queue if not j.cancelled)
+            for job in ended:
+                self.jobs.pop(job.job_id, None)
         for w in list(self.workers.values()):
-            for job in w.inflight:
-                if hit(job):
-                    job.cancelled = True  # its result is dropped when it comes
-            running = w.running_job_id() if w.inflight else 0
+            if not any(j.cancelled for j in w.inflight):
+                continue
+            running = w.running_job_id()
             if any(j.cancelled and (j.job_id == running or running < 0) for j in w.inflight):
                 self._kill(w, None, None)  # stop the code that is running now
-
-    def cancel_origin(self, origin: str) -> int:
-        """Cancel every job that ``origin`` (a peer now dead or gone) sent here: nobody is
-        left to take its results. Returns how many were cancelled."""
-        runs = {j.run_id for j in self.jobs.values() if j.origin == origin and not j.cancelled}
-        for run_id in runs:
-            self.cancel(run_id, None)
-        return len(runs)
+        return ended
 
     def stats(self) -> dict:
         return {
             "workers": len(self.workers),
             "ready": self.ready_count(),
             "queued": len(self.queue),
-            "blocked": len(self.blocked),
             "completed": self.completed,
             "batches": self.batches,
             "replaced": self.replaced,
             "pids": sorted(w.proc.pid for w in self.workers.values()),
-            "used": self.ledger.used(self.name),
         }
 
 

@@ -2,8 +2,8 @@
 
 For work that releases the GIL (numpy, I/O) and for values too costly to pickle: results stay
 in the node as Python objects (``LocalValue``) and are pickled only when a peer fetches one.
-Admission, resource claims and cancellation are the WorkerPool's; what differs is how jobs
-run. A thread cannot be killed: an attempt past its timeout is reported failed at once and
+Admission and claims are the job state machine's, queueing the WorkerPool's; what differs is
+how jobs run. A thread cannot be killed: an attempt past its timeout is reported failed at once and
 its thread's eventual result is dropped, but the thread stays busy until the code returns.
 """
 
@@ -14,15 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from handoff.node.data.values import LocalValue, dumps_value
-from handoff.node.worker import Evaluator, describe
-from handoff.node.workers import Job, WorkerPool
+from handoff.node.execution.worker import Evaluator, describe
+from handoff.node.execution.workers import Job, WorkerPool
 
 __all__ = ["ThreadPool"]
 
 
 class ThreadPool(WorkerPool):
-    def __init__(self, size: int, name: str, caps: dict, report, post: Callable):
-        super().__init__(size, name, caps, report)
+    def __init__(self, size: int, name: str, report, post: Callable):
+        super().__init__(size, name, report)
         self.post = post  # runs a callable on the loop thread
         self.running: dict[int, Job] = {}
         self._busy = 0  # threads executing user code, timed-out ones included
@@ -68,10 +68,8 @@ class ThreadPool(WorkerPool):
         if self.running.pop(job.job_id, None) is None:
             return  # timed out or cancelled: already reported or not wanted
         self.jobs.pop(job.job_id, None)
-        self._release(job)
         self.completed += 1
-        if not job.cancelled:
-            self.report(job, ok, error, frames, started, finished)
+        self.report(job, ok, error, frames, started, finished)
 
     def check(self) -> None:
         now = time.monotonic()
@@ -84,14 +82,14 @@ class ThreadPool(WorkerPool):
     def _abandon(self, job: Job) -> None:
         self.running.pop(job.job_id, None)
         self.jobs.pop(job.job_id, None)
-        self._release(job)
 
-    def cancel(self, run_id: str, indices: set | None) -> None:
-        for job in list(self.running.values()):
-            if job.run_id == run_id and (indices is None or job.index in indices):
-                job.cancelled = True
-                self._abandon(job)
-        super().cancel(run_id, indices)
+    def cancel(self, jobs: list[Job]) -> list[Job]:
+        """A thread cannot be stopped: a running job ends here now, its thread's result is dropped."""
+        ended = [job for job in jobs if job.job_id in self.running]
+        for job in ended:
+            job.cancelled = True
+            self._abandon(job)
+        return ended + super().cancel(jobs)
 
     def serialize(self, frames: list, callback: Callable) -> None:
         """Pickle an in-process value off the loop thread, for a peer that fetches it."""

@@ -1,7 +1,7 @@
 """A worker process: runs the user code that its node sends, and nothing else.
 
-Started by the node as ``python -m handoff.node.worker FD WORKER_ID ...``; talks to the node
-over one end of a Unix socket pair (handoff.node.pipes); exits when told to, or when its
+Started by the node as ``python -m handoff.node.execution.worker FD WORKER_ID ...``; talks to the node
+over one end of a Unix socket pair (handoff.node.execution.pipes); exits when told to, or when its
 node is gone (its end of the pair closes).
 """
 
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Any
 
 from handoff.errors import ProtocolError
-from handoff.node.pipes import WorkerEnd
+from handoff.node.execution.pipes import WorkerEnd
 from handoff.node.data.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
@@ -222,7 +222,7 @@ def run_batch(channel: WorkerEnd, worker_id: int, evaluator: Evaluator, msg: Wor
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3, 4):
-        sys.exit("usage: python -m handoff.node.worker FD WORKER_ID [CURRENT_JOB_FILE [SHM_OWNER]]")
+        sys.exit("usage: python -m handoff.node.execution.worker FD WORKER_ID [CURRENT_JOB_FILE [SHM_OWNER]]")
     serve(int(args[0]), int(args[1]), args[2] if len(args) > 2 else None, args[3] if len(args) > 3 else None)
 
 

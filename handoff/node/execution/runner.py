@@ -1,0 +1,170 @@
+"""JobRunner: feeds the job state machine (jobs.py) and carries out its instructions on the
+worker pool, the fetching client and the reports to each run's orchestrator."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+from handoff.node.data.values import blob_nbytes, dumps_value, is_local, release_frames
+from handoff.node.execution.jobs import (
+    ArgumentArrived, ArgumentFailed, CancelOnWorkers, Cancelled, CapacityChanged, DiscardResult,
+    FetchArgument, JobSubmitted, NodeJobs, OriginLost, ReportDone, ReportLostInput, RunForgotten,
+    RunOnWorker, WorkerFinished,
+)
+from handoff.node.execution.threads import ThreadPool
+from handoff.node.execution.workers import Job, WorkerPool
+from handoff.protocol.messages import Done
+
+log = logging.getLogger("handoff.node")
+
+__all__ = ["JobRunner"]
+
+
+class JobRunner:
+    """The jobs sent to this node: owns the state machine, the pool, and the outbox of
+    finished rows per remote orchestrator."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.name = node.name
+        self.store = node.store
+        self.jobs = NodeJobs(node.name, dict(node.config.resources))
+        self.pool: WorkerPool | None = None
+        self._ids = itertools.count(1)
+        self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
+        self._debug = node.config.debug_state
+
+    def start(self) -> WorkerPool:
+        cfg = self.node.config
+        if cfg.executor == "thread":
+            self.pool = ThreadPool(cfg.workers, self.name, self._pool_finished, self.node.post)
+        else:
+            self.pool = WorkerPool(cfg.workers, self.name, self._pool_finished, self.node.shm_owner)
+        self.pool.start()
+        return self.pool
+
+    def handle(self, *events: Any) -> None:
+        instructions = self.jobs.handle(*events)
+        if self._debug:
+            self.jobs.validate_state()
+        for ins in instructions:
+            kind = type(ins)
+            if kind is RunOnWorker:
+                self.pool.submit(ins.job)
+            elif kind is ReportDone:
+                self._report(ins.job, *ins.result)
+            elif kind is FetchArgument:
+                self._fetch(ins.job_id, ins.ref)
+            elif kind is DiscardResult:
+                if ins.result is not None and ins.result[2] is not None:
+                    release_frames(ins.result[2])
+            elif kind is CancelOnWorkers:
+                ended = self.pool.cancel(ins.jobs)
+                if ended:
+                    self.handle(*(WorkerFinished(job.job_id) for job in ended))
+            elif kind is ReportLostInput:
+                self.node.counters["lost_inputs"] += 1
+                err = ["ResultLost", f"input {ins.key!r} could not be fetched from node {ins.node!r}: "
+                       f"{ins.error}", ""]
+                now = time.time()
+                self._report(ins.job, False, err, None, now, now, (ins.node, ins.key))
+
+    # ---- events from the node ------------------------------------------------------
+    def accept_task_rows(self, origin: str, dag_id: Any, rows: list) -> None:
+        """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
+        events = []
+        for row, blobs in rows:
+            run_id, index, attempt, key, cost, timeout, tree, refs = row
+            self.store.begin_run(run_id, dag_id)
+            job = Job(run_id, index, attempt, tree, blobs, origin, dag_id, key, cost, timeout,
+                      job_id=next(self._ids))
+            events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, refs, job))
+        self.handle(*events)
+
+    def cancel(self, run_id: str, indices: list | None) -> None:
+        self.handle(Cancelled(run_id, None if indices is None else frozenset(indices)))
+
+    def forget_run(self, run_id: str) -> None:
+        """The run is over: its cancellations need not be remembered, its values may spill."""
+        self.store.end_run(run_id)
+        self.handle(RunForgotten(run_id))
+
+    def origin_lost(self, origin: str) -> None:
+        """``origin`` is dead or gone: the work it sent here has nobody to report to."""
+        before = {s.run_id for s in self.jobs.jobs.values() if s.origin == origin}
+        self.handle(OriginLost(origin))
+        if before and origin != self.name:
+            log.info("%s: cancelled the work of %d runs from %s", self.name, len(before), origin)
+
+    def set_capacity(self, caps: dict) -> None:
+        self.handle(CapacityChanged(dict(caps)))
+
+    def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
+        """A serialization hook: runs on the pool outside the job table, reports to ``on_done``."""
+        self.pool.submit(Job("", -1, 0, tree, blobs, on_done=on_done, job_id=next(self._ids)))
+
+    # ---- instructions --------------------------------------------------------------
+    def _fetch(self, job_id: int, ref: list) -> None:
+        node, dag_id, key, hook_pos, slot = ref
+        job = self.jobs.jobs[job_id].job
+        hook = job.blobs[hook_pos] if hook_pos >= 0 else None
+
+        def filled(frames, error):
+            if frames is None:
+                self.handle(ArgumentFailed(job_id, node, key, error))
+                return
+            job.blobs[slot] = frames
+            self.handle(ArgumentArrived(job_id))
+
+        self.node.fetching.fetch_value(node, dag_id, key, hook, filled)
+
+    def _pool_finished(self, job: Job, ok: bool, error: Any, frames: Any, started: float,
+                       finished: float) -> None:
+        if job.on_done is not None:
+            job.on_done(ok, error, frames)
+            return
+        self.handle(WorkerFinished(job.job_id, (ok, error, frames, started, finished)))
+
+    def _report(self, job: Job, ok: bool, error: Any, frames: Any, started: float, finished: float,
+                lost: tuple | None = None) -> None:
+        nbytes = 0
+        if ok:
+            self.store.put(job.dag_id, job.key, frames)
+            self.store.register_location(job.dag_id, job.key, self.name)
+            nbytes = blob_nbytes(frames)
+        blob = None if ok else frames
+        if blob is not None and is_local(blob) and job.origin != self.name:
+            try:  # an exception object from a thread-executor attempt, for a remote driver
+                blob = dumps_value(blob[0].obj)
+            except Exception:
+                blob = None
+        row = [job.run_id, job.index, job.attempt, ok, started, finished, nbytes,
+               list(error) if error else None, -1, list(lost) if lost else None]
+        if job.origin == self.name:
+            self.node.runs.local_events.append((row, blob))
+        else:
+            box = self._outbox[job.origin]
+            if blob is not None:
+                row[8] = sum(1 for _, b in box if b is not None)
+            box.append((row, blob))
+
+    def flush(self) -> None:
+        """End of a loop iteration: one Done per remote orchestrator, then feed the workers."""
+        for origin, items in self._outbox.items():
+            if items:
+                rows = [row for row, _ in items]
+                blobs = [b for _, b in items if b is not None]  # rows index these (_report)
+                self.node.transport.send(origin, Done(self.name, rows, blobs))
+        self._outbox.clear()
+        self.pool.pump()
+
+    def stats(self) -> dict:
+        pool = self.pool.stats()
+        pool.setdefault("running", sum(len(w.inflight) for w in self.pool.workers.values()))
+        pool["blocked"] = len(self.jobs.blocked)
+        pool["used"] = self.jobs.used()
+        return pool
