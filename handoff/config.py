@@ -142,8 +142,11 @@ def pure_python_from_env() -> bool:
     return _env_flag("HANDOFF_PURE_PYTHON")
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeConfig:
+    """A node's settings, checked and settled once; frozen (the capacity a node advertises
+    later, after ``register_node``, is its membership row's, not this)."""
+
     name: str = ""
     listen: str = "tcp://127.0.0.1:0"
     join: Sequence[str] = ()
@@ -163,22 +166,25 @@ class NodeConfig:
     debug_state: bool = field(default_factory=debug_state_from_env)
 
     def __post_init__(self) -> None:
-        if not self.name:
-            self.name = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        if not isinstance(self.name, str):
-            raise ValueError(f"node name must be a string, got {self.name!r}")
-        self.listen = _check_address(self.listen, "listen address")
-        self.runtime_dir = self.runtime_dir or user_runtime_dir()
-        if isinstance(self.join, str):
-            self.join = [self.join]
-        self.join = [_check_address(a, "join address") for a in self.join]
-        self.resources = check_resources(self.resources) if self.resources else detect_resources()
-        if not self.workers:
-            self.workers = os.cpu_count() or 1
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"workers must be a positive int, got {self.workers!r}")
+        name = self.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        if not isinstance(name, str):
+            raise ValueError(f"node name must be a string, got {name!r}")
+        join = [self.join] if isinstance(self.join, str) else self.join
+        workers = self.workers or os.cpu_count() or 1
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if not (0 < self.suspect_after < self.dead_after):
             raise ValueError("need 0 < suspect_after < dead_after")
-        self.store_limit = default_store_limit() if self.store_limit is None else parse_size(self.store_limit)
+        settle = {
+            "name": name,
+            "listen": _check_address(self.listen, "listen address"),
+            "runtime_dir": self.runtime_dir or user_runtime_dir(),
+            "join": tuple(_check_address(a, "join address") for a in join),
+            "resources": check_resources(self.resources) if self.resources else detect_resources(),
+            "workers": workers,
+            "store_limit": default_store_limit() if self.store_limit is None else parse_size(self.store_limit),
+        }
+        for field_name, value in settle.items():  # frozen: settled once, here
+            object.__setattr__(self, field_name, value)

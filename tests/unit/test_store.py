@@ -231,3 +231,12 @@ def test_store_limit_sizes_parse_and_bad_ones_say_what_is_accepted():
     assert build_parser().parse_args(["--store-limit", "2G"]).store_limit == 2 << 30
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--store-limit", "lots"])
+
+
+def test_node_config_is_settled_once_and_frozen():
+    import dataclasses
+
+    config = NodeConfig(name="n", resources={"cpu": 1}, workers=1, join="tcp://127.0.0.1:5555")
+    assert config.join == ("tcp://127.0.0.1:5555",) and config.resources == {"cpu": 1.0}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.resources = {"cpu": 8.0}
