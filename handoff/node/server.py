@@ -29,7 +29,7 @@ from handoff.node.data.store import ValueStore
 from handoff.node.data.sweep import sweep_dead
 from handoff.node.execution.runner import JobRunner
 from handoff.node.execution.workers import WorkerPool
-from handoff.node.orchestration import Runs
+from handoff.node.runs import Runs
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, PartAck, Ping,
     Pong,
@@ -295,7 +295,7 @@ class Node:
             return
         if not peers.is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
-            member = peers.table.get(getattr(msg, "sender", None) or "")
+            member = peers.membership.get(getattr(msg, "sender", None) or "")
             gone = member is not None and member.status in ("left", "dead")
             peers.heard_from_stranger(getattr(msg, "sender", None))
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
@@ -352,7 +352,7 @@ class Node:
 
     def clear_everywhere(self, dag_id: Any) -> None:
         self.store.clear(dag_id)
-        for name in self.peers.table.alive():
+        for name in self.peers.membership.alive():
             if name != self.name:
                 self.transport.send(name, Clear(self.name, dag_id))
 
@@ -366,7 +366,7 @@ class Node:
         curve = self.transport.curve
         stats["rejected_connections"] = curve.rejected if curve is not None else 0
         stats["curve"] = curve.source if curve is not None else None  # None: --insecure
-        table = self.peers.table
+        table = self.peers.membership
         stats["members"] = sorted(table.alive())
         rows = (table.get(row[0]) for row in table.digest())
         stats["membership"] = {m.name: {"status": m.status, "address": m.address, "heartbeat": m.heartbeat,

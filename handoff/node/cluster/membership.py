@@ -348,9 +348,9 @@ class MembershipTable:
         sinces = [m.status_since for m in self._gone.values()]
         assert sinces == sorted(sinces), "gone index is not ordered by status time"
         for name, probe in self._prober.probes.items():
-            member = self._members.get(name)
-            assert member is None or member.status == DEAD, f"probing {name!r}, which is {member.status}"
-            assert member is None or member.incarnation == probe.incarnation, f"probe of an old {name!r}"
+            probed = self._members.get(name)
+            assert probed is None or probed.status == DEAD, f"probing {name!r}, which is {probed.status}"
+            assert probed is None or probed.incarnation == probe.incarnation, f"probe of an old {name!r}"
             assert name != self.name, "probing ourselves"
         assert len(self._members) <= self.max_members, "more members than max_members"
 

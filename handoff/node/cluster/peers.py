@@ -50,6 +50,12 @@ class Peers:
         self.join_error: str | None = None
 
     @property
+    def membership(self) -> MembershipTable:
+        """The membership table, which ``start`` makes (the handlers run only after it)."""
+        assert self.table is not None, "Peers.start() makes the membership table"
+        return self.table
+
+    @property
     def capacity(self) -> dict:
         """What this node advertises: its own row's capacities (one place, gossiped)."""
         return dict(self.table.me.caps if self.table is not None else self.config.resources)
@@ -68,21 +74,21 @@ class Peers:
     def stop(self) -> None:
         if self.table is None:
             return
-        self.table.leave()
-        for name in list(self.table.alive()):
+        self.membership.leave()
+        for name in list(self.membership.alive()):
             if name != self.name:
                 self.transport.send(name, Leave(self.name))
 
     def _hello(self) -> Hello:
-        return Hello(self.name, self.transport.address, self.table.incarnation,
+        return Hello(self.name, self.transport.address, self.membership.incarnation,
                      self.capacity, VERSION, self.node.host_id)
 
     def joined(self) -> bool:
         """Whether this node knows at least one peer (or was not asked to join any)."""
-        return not self.config.join or len(self.table.alive()) > 1
+        return not self.config.join or len(self.membership.alive()) > 1
 
     def _alone(self) -> bool:
-        return len(self.table.alive()) <= 1
+        return len(self.membership.alive()) <= 1
 
     def _hello_join_addresses(self) -> None:
         """Say hello to every join address on a fresh, watched link (a failed handshake
@@ -139,10 +145,10 @@ class Peers:
             self._refuse(identity, msg, f"wire version {msg.version}, this node speaks {VERSION}")
             return
         if msg.name == self.name:
-            if msg.incarnation != self.table.incarnation:
+            if msg.incarnation != self.membership.incarnation:
                 self._refuse(identity, msg, f"the name {msg.name!r} is taken by a live node")
             return
-        if self.table.name_taken(msg.name, msg.incarnation, msg.address):
+        if self.membership.name_taken(msg.name, msg.incarnation, msg.address):
             self._refuse(identity, msg, f"the name {msg.name!r} is taken by a live node")
             return
         try:
@@ -150,7 +156,7 @@ class Peers:
         except ValueError as exc:
             self._refuse(identity, msg, f"bad capacities: {exc}")
             return
-        table = self.table
+        table = self.membership
         member = table.get(msg.name)
         if member is not None and not _live(member) and member.incarnation >= msg.incarnation:
             # a member we declared dead that does not know it yet: tell it by a probe, to the
@@ -208,32 +214,32 @@ class Peers:
         log.error("%s: %s", self.name, self.join_error)
 
     def on_gossip(self, msg: Gossip) -> None:
-        self.membership_events(self.table.merge(msg.rows, time.monotonic()))
+        self.membership_events(self.membership.merge(msg.rows, time.monotonic()))
 
     def on_leave(self, name: str) -> None:
-        member = self.table.get(name)
+        member = self.membership.get(name)
         if member is not None:
-            self.membership_events(self.table.merge(
+            self.membership_events(self.membership.merge(
                 [[name, member.address, member.incarnation, member.heartbeat + 1, "left",
                   member.caps, member.caps_version, member.free]], time.monotonic()))
 
     def heard_from(self, name: str) -> None:
         self._pending_joins.pop(name, None)
-        self.membership_events(self.table.heard_from(name, time.monotonic()))
+        self.membership_events(self.membership.heard_from(name, time.monotonic()))
 
     def heard_from_stranger(self, sender: Any) -> None:
         """A message on a connection that is not a member's: if a dead member sent it, it
         does not know it is dead yet, so probe it now."""
-        member = self.table.get(sender) if isinstance(sender, str) else None
+        member = self.membership.get(sender) if isinstance(sender, str) else None
         if member is not None and member.status == DEAD:
-            self.table.probe_soon(sender, time.monotonic())
+            self.membership.probe_soon(sender, time.monotonic())
 
     # ---- rounds ---------------------------------------------------------------------
     def _digest(self) -> list:
-        return [list(row) for row in self.table.digest()]
+        return [list(row) for row in self.membership.digest()]
 
     def _gossip_round(self) -> None:
-        table = self.table
+        table = self.membership
         now = time.monotonic()
         table.update_free(self.name, self.node.free_resources())
         self.membership_events(table.tick(now))
@@ -260,7 +266,7 @@ class Peers:
         """Say hello (and send our digest) to every live peer again, on the links we have."""
         self._greeted.clear()
         digest = self._digest()
-        for name, address in self.table.addresses().items():
+        for name, address in self.membership.addresses().items():
             if self.ensure_link(name, address):
                 self.transport.send(name, Gossip(self.name, digest))
 
@@ -269,11 +275,12 @@ class Peers:
             if name == self.name:
                 self._own_event(kind)
                 continue
-            member = self.table.get(name)
+            member = self.membership.get(name)
             if kind in ("joined", "restarted"):
                 if kind == "restarted":
                     self.drop_link(name)
                     self.node.member_lost(name, gone=False)
+                assert member is not None  # the table reports a join of a row it holds
                 log.info("%s: node %s joined at %s", self.name, name, member.address)
                 self.ensure_link(name, member.address)
                 self.node.member_joined(name, member.caps)
@@ -301,20 +308,21 @@ class Peers:
             log.warning("%s: the cluster declared this node dead; rejoining as a new instance",
                         self.name)
             self._reintroduce()
-            for name, member in self.table.alive().items():
+            for name, member in self.membership.alive().items():
                 if name != self.name:
                     self.node.member_lost(name, gone=False)
                     self.node.member_joined(name, member.caps)
 
     # ---- the API's view -------------------------------------------------------------
     def discover(self) -> dict[str, dict]:
-        return {name: dict(m.caps) for name, m in self.table.alive().items()}
+        return {name: dict(m.caps) for name, m in self.membership.alive().items()}
 
     def register(self, name: str, caps: dict) -> None:
-        if self.table.get(name) is None:
+        member = self.membership.get(name)
+        if member is None:
             raise HandoffError(f"node {name!r} is not in the cluster; known: {sorted(self.discover())}")
-        self.table.update_caps(name, caps)
-        self.node.member_updated(name, self.table.get(name).caps)
+        self.membership.update_caps(name, caps)
+        self.node.member_updated(name, member.caps)  # update_caps replaced the row's caps
 
 
 def _live(member: Member) -> bool:

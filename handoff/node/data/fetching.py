@@ -16,7 +16,7 @@ from typing import Any, Callable, Hashable
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node.data.values import blob_nbytes, expand_frames, has_shared, is_local
 from handoff.node.data.search import ValueSearch
-from handoff.protocol.messages import Fetch, Located, PartAck, Ping, Value, ValuePart
+from handoff.protocol.messages import Fetch, Locate, Located, PartAck, Ping, Value, ValuePart
 
 log = logging.getLogger("handoff.fetching")
 
@@ -72,7 +72,8 @@ class Fetching:
                 return
             self._inflight[(node, dag_id, key)] = waiting = [callback]
 
-            def fan_out(frames, error, node=node, dag_id=dag_id, key=key):
+            def fan_out(frames: list | None, error: str | None, node: str = node,
+                        dag_id: Any = dag_id, key: Hashable = key) -> None:
                 for cb in self._inflight.pop((node, dag_id, key), ()):
                     cb(frames, error)
 
@@ -85,7 +86,8 @@ class Fetching:
     def flush(self) -> None:
         """End of a loop iteration: one Fetch and one Value message per peer, not one per value."""
         for node, items in self._fetch_box.items():
-            rows, blobs = [], []
+            rows: list[list] = []
+            blobs: list[list] = []
             for request, dag_id, key, hook in items:
                 pos = -1
                 if hook is not None:
@@ -108,7 +110,7 @@ class Fetching:
     def _run_hook(self, hook: list, frames: list, target: str, callback: Callable) -> None:
         tree = ["h", 0, self.name, target, ["v", 1]]
 
-        def done(ok, error, out):
+        def done(ok: bool, error: Any, out: list | None) -> None:
             if ok:
                 callback(out, None)
             else:
@@ -129,7 +131,7 @@ class Fetching:
                 (request, f"no value for {key!r} in DAG {dag_id!r} on {self.name!r}", None))
             return
 
-        def reply(out, error):
+        def reply(out: list | None, error: str | None) -> None:
             if out is None:
                 self._value_box[sender].append((request, error, None))
                 return
@@ -237,7 +239,7 @@ class Fetching:
     def fetch_frames(self, node: str, dag_id: Any, key: Hashable, timeout: float = 60.0) -> list:
         """Blocking, from any thread but the loop's: a value's frames from ``node``."""
         def start(fut: Future) -> None:
-            def cb(frames, error):
+            def cb(frames: list | None, error: str | None) -> None:
                 if fut.done():  # the caller gave up already
                     return
                 if frames is None:
@@ -288,7 +290,7 @@ class Fetching:
             return node.call(node.node_stats).result(timeout)
 
         def ask(fut: Future) -> None:
-            def answer(stats, error):
+            def answer(stats: dict | None, error: str | None) -> None:
                 if stats is None:
                     fut.set_exception(HandoffError(f"node {name!r}: {error}"))
                 else:

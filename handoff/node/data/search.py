@@ -87,7 +87,7 @@ class ValueSearch:
         self.asked.update(keys)
         node = self.node
         busy = set(self.asking.values())
-        for peer in node.peers.table.alive():
+        for peer in node.peers.membership.alive():
             if peer == node.name or (self.wait and peer in busy):
                 continue  # a waiting search keeps one question per peer in flight
             cell: list = []  # the reply names its request, known once it is opened

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from handoff import _core
 
@@ -163,7 +163,7 @@ class NodeJobs:
     def __post_init__(self) -> None:
         self.ledger = _core.ResourceLedger()
         self.ledger.register(self.name, dict(self.caps))
-        self._handlers = {
+        self._handlers: dict[type, Callable[[Any, list], None]] = {
             JobSubmitted: self._submitted, ArgumentArrived: self._arrived,
             ArgumentFailed: self._failed, WorkerFinished: self._finished,
             Cancelled: self._cancelled, OriginLost: self._origin_lost,

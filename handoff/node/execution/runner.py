@@ -47,6 +47,12 @@ class JobRunner:
         self.pool.start()
         return self.pool
 
+    @property
+    def started_pool(self) -> WorkerPool:
+        """The pool, which ``start`` makes (jobs and hooks arrive only after it)."""
+        assert self.pool is not None, "JobRunner.start() makes the pool"
+        return self.pool
+
     def handle(self, *events: Any) -> None:
         instructions = self.jobs.handle(*events)
         if self._debug:
@@ -54,7 +60,7 @@ class JobRunner:
         for ins in instructions:
             kind = type(ins)
             if kind is RunOnWorker:
-                self.pool.submit(ins.job)
+                self.started_pool.submit(ins.job)
             elif kind is ReportDone:
                 self._report(ins.job, *ins.result)
             elif kind is FetchArgument:
@@ -63,7 +69,7 @@ class JobRunner:
                 if ins.result is not None and ins.result[2] is not None:
                     release_frames(ins.result[2])
             elif kind is CancelOnWorkers:
-                ended = self.pool.cancel(ins.jobs)
+                ended = self.started_pool.cancel(ins.jobs)
                 if ended:
                     self.handle(*(WorkerFinished(job.job_id) for job in ended))
             elif kind is ReportLostInput:
@@ -105,7 +111,7 @@ class JobRunner:
 
     def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
         """A serialization hook: runs on the pool outside the job table, reports to ``on_done``."""
-        self.pool.submit(Job("", -1, 0, tree, blobs, on_done=on_done, job_id=next(self._ids)))
+        self.started_pool.submit(Job("", -1, 0, tree, blobs, on_done=on_done, job_id=next(self._ids)))
 
     # ---- instructions --------------------------------------------------------------
     def _fetch(self, job_id: int, ref: list) -> None:
@@ -113,7 +119,7 @@ class JobRunner:
         job = self.jobs.jobs[job_id].job
         hook = job.blobs[hook_pos] if hook_pos >= 0 else None
 
-        def filled(frames, error):
+        def filled(frames: list | None, error: str | None) -> None:
             if frames is None:
                 self.handle(ArgumentFailed(job_id, node, key, error))
                 return
@@ -160,11 +166,11 @@ class JobRunner:
                 blobs = [b for _, b in items if b is not None]  # rows index these (_report)
                 self.node.transport.send(origin, Done(self.name, rows, blobs))
         self._outbox.clear()
-        self.pool.pump()
+        self.started_pool.pump()
 
     def stats(self) -> dict:
-        pool = self.pool.stats()
-        pool.setdefault("running", sum(len(w.inflight) for w in self.pool.workers.values()))
+        pool = self.started_pool.stats()
+        pool.setdefault("running", sum(len(w.inflight) for w in self.started_pool.workers.values()))
         pool["blocked"] = len(self.jobs.blocked)
         pool["used"] = self.jobs.used()
         return pool
