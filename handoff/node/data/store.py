@@ -89,6 +89,7 @@ class ValueStore:
         if entry.frames is not None:
             self._lru.move_to_end((dag_id, key))
             return entry.frames
+        assert entry.spilled is not None  # an entry holds its frames or its spilled record
         try:
             frames = self.spill.read(entry.spilled)
         except OSError as exc:
@@ -172,6 +173,7 @@ class ValueStore:
 
     def _spill(self, k: tuple, entry: _Entry) -> None:
         frames = entry.frames
+        assert frames is not None  # the LRU holds the entries whose frames are in memory
         try:
             # the thread executor's objects are pickled here, on the loop: spilling them is rare
             record = self.spill.write(dumps_value(frames[0].obj) if is_local(frames) else frames)

@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 from handoff.node.data.values import LocalValue, dumps_value
 from handoff.node.execution.worker import Evaluator, describe
-from handoff.node.execution.workers import Job, WorkerPool
+from handoff.node.execution.workers import Job, Reporter, WorkerPool
 
 __all__ = ["ThreadPool"]
 
 
 class ThreadPool(WorkerPool):
-    def __init__(self, size: int, name: str, report, post: Callable):
+    def __init__(self, size: int, name: str, report: Reporter, post: Callable):
         super().__init__(size, name, report)
         self.post = post  # runs a callable on the loop thread
         self.running: dict[int, Job] = {}
@@ -101,6 +101,7 @@ class ThreadPool(WorkerPool):
                 return
             self.post(callback, out, None)
 
+        assert self._executor is not None, "ThreadPool.start() makes the executor"
         self._executor.submit(work)
 
     def stats(self) -> dict:

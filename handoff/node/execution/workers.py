@@ -23,7 +23,7 @@ from typing import Any, Callable, Hashable
 from handoff.errors import ProtocolError
 from handoff.node.execution.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode
-from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
+from handoff.protocol.messages import Message, WorkerDone, WorkerReady, WorkerRun, WorkerStop
 
 log = logging.getLogger("handoff.workers")
 
@@ -62,7 +62,7 @@ class Job:
 class Worker:
     slot: int
     proc: subprocess.Popen
-    channel: NodeEnd | None = None
+    channel: NodeEnd
     ready: bool = False  # said WorkerReady
     inflight: deque = field(default_factory=deque)  # jobs in the order the worker runs them
     exclusive: bool = False  # running a job with a timeout: nothing else is sent to it
@@ -233,7 +233,8 @@ class WorkerPool:
 
     def _send(self, worker: Worker, batch: list[Job]) -> None:
         now = time.monotonic()
-        rows, blobs = [], []
+        rows: list[list] = []
+        blobs: list[list] = []
         for job in batch:
             job.worker = worker.slot
             job.sent_at = now
@@ -268,7 +269,7 @@ class WorkerPool:
             how = _reap(worker.proc)
             self._lost_worker(worker, ["WorkerDied", f"the worker process running it {how}", ""])
 
-    def handle(self, worker: Worker, msg) -> None:
+    def handle(self, worker: Worker, msg: Message) -> None:
         if isinstance(msg, WorkerDone):
             self._done(worker, msg)
         elif isinstance(msg, WorkerReady):
