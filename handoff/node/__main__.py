@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from types import FrameType
 
 from handoff.config import NodeConfig, parse_resources, parse_size
 from handoff.errors import HandoffError
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handoff.node: {exc}", file=sys.stderr)
         return 2
 
-    stopping = []
+    stopping: list[int] = []
 
-    def on_signal(signum, frame) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, cast
 
 import zmq
 
@@ -28,11 +28,12 @@ from handoff.node.data.fetching import Fetching
 from handoff.node.data.store import ValueStore
 from handoff.node.data.sweep import sweep_dead
 from handoff.node.execution.runner import JobRunner
+from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
 from handoff.protocol.messages import (
-    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, PartAck, Ping,
-    Pong,
+    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
+    Ping, Pong,
     RunEnded, Store, Value, ValuePart,
 )
 from handoff.transport import Transport
@@ -55,7 +56,7 @@ class Node:
         self.name = config.name
         self.ctx = zmq.Context()
         self.transport = Transport(self.ctx, curve)
-        self.store = ValueStore(config.store_limit)
+        self.store = ValueStore(cast(int, config.store_limit))  # NodeConfig settled it to bytes
         self.pool: WorkerPool | None = None
         self._timers: list = []
         self._seq = itertools.count()
@@ -66,7 +67,7 @@ class Node:
         self._thread: threading.Thread | None = None
         self.running = False
         self._stopped = threading.Event()
-        self.counters = defaultdict(int)
+        self.counters: defaultdict[str, int] = defaultdict(int)
         self.use_shm = config.shared_memory and shm.available()
         self.shm_owner = shm.owner_prefix() if self.use_shm else None
         self.host_id = shm.host_id() if self.use_shm else ""
@@ -113,7 +114,7 @@ class Node:
                 self.call(self._shutdown).result(timeout)
             except Exception:
                 pass
-        if self._thread.is_alive():  # also after the loop died on its own: let it clean up
+        if self._thread is not None and self._thread.is_alive():  # also after the loop died on its own: let it clean up
             self._thread.join(timeout + 5)
 
     def _shutdown(self) -> None:
@@ -191,6 +192,8 @@ class Node:
         generation = -1
         links: set = set()  # our DEALERs and their monitors: refusals, failed handshakes
         link_generation = -1
+        pool = self.pool
+        assert pool is not None, "start() makes the pool before the loop runs"
         try:
             while self.running:
                 if link_generation != self.transport.generation:
@@ -200,20 +203,20 @@ class Node:
                     for sock in links:
                         poller.register(sock, zmq.POLLIN)
                     link_generation = self.transport.generation
-                if generation != self.pool.generation:  # workers came or went
+                if generation != pool.generation:  # workers came or went
                     for fd in workers:
                         poller.unregister(fd)
-                    workers = self.pool.channels()
+                    workers = pool.channels()
                     for fd in workers:
                         poller.register(fd, zmq.POLLIN)
-                    generation = self.pool.generation
+                    generation = pool.generation
                 for fd, w in workers.items():
                     poller.modify(fd, zmq.POLLIN | (zmq.POLLOUT if w.channel.wants_write else 0))
                 timeout = 100.0
                 if self._timers:
                     timeout = max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
                 busy = False
-                for sock, _ in poller.poll(timeout):
+                for sock, _ in poller.poll(int(timeout)):  # ms; pyzmq truncates a float alike
                     busy = True
                     if sock is router:
                         for identity, msg, _ in self.transport.receive(router):
@@ -225,13 +228,13 @@ class Node:
                             except zmq.Again:
                                 break
                     elif sock in workers:
-                        self._safely(self.pool.read, workers[sock])
+                        self._safely(pool.read, workers[sock])
                     elif sock in links and self.transport.has_link(sock):  # not closed meanwhile
                         for event in self.transport.read_link(sock):
                             self._safely(self.peers.on_link, event)
                 self._run_commands()
                 self._run_timers()
-                if busy or self.runs.local_events or self.pool.queue or self.fetching.pending:
+                if busy or self.runs.local_events or pool.queue or self.fetching.pending:
                     self._safely(self._flush)
         finally:
             if self.running:
@@ -288,7 +291,7 @@ class Node:
         self.execution.forget_run(run_id)
 
     # ---- messages from peers ------------------------------------------------------------
-    def _on_peer_message(self, identity: bytes, msg) -> None:
+    def _on_peer_message(self, identity: bytes, msg: Message) -> None:
         peers = self.peers
         if isinstance(msg, Hello):
             peers.on_hello(identity, msg)
@@ -301,7 +304,8 @@ class Node:
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return
-        peers.heard_from(msg.sender)
+        sender: str = getattr(msg, "sender")  # is_member matched it to the connection's hello
+        peers.heard_from(sender)
         try:
             self._dispatch_peer_message(msg)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
@@ -309,7 +313,7 @@ class Node:
             self.counters["malformed_messages"] += 1
             self.transport.reject(identity, f"malformed {msg.op}: {type(exc).__name__}: {exc}")
 
-    def _dispatch_peer_message(self, msg) -> None:
+    def _dispatch_peer_message(self, msg: Message) -> None:
         if isinstance(msg, Dispatch):
             self.accept_task_rows(msg.sender, msg.dag_id, _split_task_blobs(msg))
         elif isinstance(msg, Done):
@@ -359,7 +363,7 @@ class Node:
     def node_stats(self) -> dict:
         """What ``handoff.node_stats`` documents (docs/guide.md): plain data, msgpack-safe."""
         pool = self.execution.stats()
-        stats = {"name": self.name, "address": self.address, "store": self.store.stats(), "pool": pool}
+        stats: dict[str, Any] = {"name": self.name, "address": self.address, "store": self.store.stats(), "pool": pool}
         stats["counters"] = dict(self.counters)
         stats["dropped_messages"] = self.transport.dropped
         stats["blocked_peers"] = self.transport.blocked_peers
@@ -404,6 +408,8 @@ class Node:
         self.execution.run_hook(tree, blobs, on_done)
 
     def serialize(self, frames: list, callback: Callable) -> None:
+        # only the thread executor hands out in-process values, which must be pickled first
+        assert isinstance(self.pool, ThreadPool)
         self.pool.serialize(frames, callback)
 
     # ---- the API's view (handoff.api calls these through call() or from its thread) ----
