@@ -79,14 +79,14 @@ class RunSpec:
 class ErrorInfo:
     """What a failed attempt raised, as reported by the node that ran it.
 
-    ``exc_blob`` is the pickled exception when it could be pickled, so the caller can chain
-    the original; the state machine never unpickles it.
+    ``exc_blob`` is the pickled exception (its frames) when it could be pickled, so the caller
+    can chain the original; the state machine never unpickles it.
     """
 
     exc_type: str
     message: str
     traceback: str = ""
-    exc_blob: bytes | None = None
+    exc_blob: list | None = None
 
 
 @dataclass(frozen=True, slots=True)
