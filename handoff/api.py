@@ -236,7 +236,7 @@ def execute(
     if allocator is not None and not callable(getattr(allocator, "allocate", None)):
         raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
     if progress is True:
-        from handoff.node.orchestration import progress_printer
+        from handoff.node.runs import progress_printer
 
         progress = progress_printer()
     node = current_node()
