@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, cast
 
 from handoff import _core
 from handoff.dag import DAG, Argument, CompiledGraph, Function
@@ -28,6 +28,9 @@ from handoff.scheduler import (
     CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, NodeJoined, NodeLost,
     NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished, Tick,
 )
+
+if TYPE_CHECKING:
+    from handoff.node.server import Node
 
 __all__ = ["RunContext", "ExecutionResult", "Results", "Runs", "prepare_run", "progress_printer"]
 
@@ -78,7 +81,9 @@ class RunContext:
     def dag_id(self) -> Any:
         return self.dag.id
 
-    def task(self, index: int, attempt: int, target: str, location: Callable[[int], str]) -> tuple:
+    def task(
+        self, index: int, attempt: int, target: str, location: Callable[[int], str | None]
+    ) -> tuple:
         """(row, blobs) for a Dispatch message: the argument tree of ``index`` as run on
         ``target``, with a value slot (an empty blob) for each result to fetch."""
         blobs: list = []
@@ -89,7 +94,9 @@ class RunContext:
                fn.timeout, tree, refs]
         return row, blobs
 
-    def _tree(self, j: int, target: str, location, blobs: list, refs: list) -> list:
+    def _tree(
+        self, j: int, target: str, location: Callable[[int], str | None], blobs: list, refs: list
+    ) -> list:
         fn = self.functions[j]
         k = len(blobs)
         blobs.append(self.payloads[j])
@@ -158,7 +165,7 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
 class Results(Mapping):
     """Read-only mapping of function id to value; a remote value is fetched on first access."""
 
-    def __init__(self, node, dag_id: Any, locations: dict[Hashable, str]):
+    def __init__(self, node: Node, dag_id: Any, locations: dict[Hashable, str]):
         self._node = node
         self._dag_id = dag_id
         self._locations = locations
@@ -352,7 +359,8 @@ class Runs:
         if node == self.name:
             self.node.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
             return
-        rows, blobs = [], []
+        rows: list[list] = []
+        blobs: list[list] = []
         for index, attempt in tasks:
             row, task_blobs = ctx.task(index, attempt, node, location)
             row += [len(blobs), len(task_blobs)]
@@ -390,7 +398,11 @@ class Runs:
         state = self.orchestrator.run(ins.run_id)
         ids = ctx.graph.ids
         inline = ctx.graph.inline
-        allocations = {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]}
+        # a run that ended without an error has a location for every function it ran
+        allocations = cast(
+            dict[Hashable, str],
+            {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]},
+        )
         for fid, node in allocations.items():
             self.node.store.register_location(ctx.dag_id, fid, node)
         stats = {ids[i]: s for i, s in state.stats.items()}
@@ -406,7 +418,7 @@ class Runs:
         self.runs.clear()
 
 
-def progress_printer():
+def progress_printer() -> Callable[[int, int], None]:
     """A progress callback that rewrites one line on stderr at most 5 times a second."""
     last = [0.0]
 
