@@ -114,7 +114,8 @@ class Node:
                 self.call(self._shutdown).result(timeout)
             except Exception:
                 pass
-        if self._thread is not None and self._thread.is_alive():  # also after the loop died on its own: let it clean up
+        # also after the loop died on its own: let it clean up
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout + 5)
 
     def _shutdown(self) -> None:
@@ -363,7 +364,8 @@ class Node:
     def node_stats(self) -> dict:
         """What ``handoff.node_stats`` documents (docs/guide.md): plain data, msgpack-safe."""
         pool = self.execution.stats()
-        stats: dict[str, Any] = {"name": self.name, "address": self.address, "store": self.store.stats(), "pool": pool}
+        stats: dict[str, Any] = {"name": self.name, "address": self.address,
+                                 "store": self.store.stats(), "pool": pool}
         stats["counters"] = dict(self.counters)
         stats["dropped_messages"] = self.transport.dropped
         stats["blocked_peers"] = self.transport.blocked_peers

@@ -111,7 +111,8 @@ class JobRunner:
 
     def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
         """A serialization hook: runs on the pool outside the job table, reports to ``on_done``."""
-        self.started_pool.submit(Job("", -1, 0, tree, blobs, on_done=on_done, job_id=next(self._ids)))
+        job = Job("", -1, 0, tree, blobs, on_done=on_done, job_id=next(self._ids))
+        self.started_pool.submit(job)
 
     # ---- instructions --------------------------------------------------------------
     def _fetch(self, job_id: int, ref: list) -> None:
