@@ -49,7 +49,7 @@ class SimpleResourceTracker:
     (True, False)
     """
 
-    def __init__(self, ledger: Any = None):
+    def __init__(self, ledger: _core.ResourceLedger | None = None):
         self.ledger = _core.ResourceLedger() if ledger is None else ledger
 
     def __repr__(self) -> str:

@@ -226,7 +226,7 @@ class Runs:
     """The runs this node's driver submitted: owns the scheduler's state machine, its ledger of
     the cluster's claims, and each run's context; turns instructions into messages."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.name = node.name
         self.transport = node.transport

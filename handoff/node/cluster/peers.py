@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handoff.config import check_resources
 from handoff.errors import HandoffError
 from handoff.node.cluster.membership import ALIVE, DEAD, SUSPECT, Member, MembershipTable
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
 from handoff.transport.sockets import DropLog, LinkEvent
+
+if TYPE_CHECKING:
+    from handoff.node.server import Node
 
 log = logging.getLogger("handoff.peers")
 
@@ -35,7 +38,7 @@ class Peers:
     the node (which routes to the other components) when members join, change or are lost.
     """
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.name = node.name
         self.config = node.config

@@ -11,12 +11,15 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node.data.values import blob_nbytes, expand_frames, has_shared, is_local
 from handoff.node.data.search import ValueSearch
 from handoff.protocol.messages import Fetch, Locate, Located, PartAck, Ping, Value, ValuePart
+
+if TYPE_CHECKING:
+    from handoff.node.server import Node
 
 log = logging.getLogger("handoff.fetching")
 
@@ -30,7 +33,7 @@ __all__ = ["Fetching", "ValueSearch", "CHUNK"]
 class Fetching:
     """Owns the fetches in flight (both ways), the per-peer batches and the chunked transfers."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.name = node.name
         self.store = node.store

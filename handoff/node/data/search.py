@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from handoff.protocol.messages import Locate
+
+if TYPE_CHECKING:
+    from handoff.node.server import Node
 
 __all__ = ["ValueSearch", "ASK_FIRST", "ASK_EVERY"]
 
@@ -26,7 +30,7 @@ class ValueSearch:
     after 50 ms, doubling up to once a second, and ends at the deadline with what it found.
     """
 
-    def __init__(self, node: Any, dag_id: Any, keys: list, wait: bool, deadline: float,
+    def __init__(self, node: Node, dag_id: Any, keys: list, wait: bool, deadline: float,
                  future: Future) -> None:
         self.node = node
         self.dag_id = dag_id
@@ -56,8 +60,8 @@ class ValueSearch:
             return
         if self.wait:
             for key in self.missing:
-                self.cancels.append(store.wait(self.dag_id, key, lambda f, key=key: self._found(key, f)))
-                self.cancels.append(store.watch_location(self.dag_id, key, lambda n, key=key: self._offer(key, n)))
+                self.cancels.append(store.wait(self.dag_id, key, partial(self._found, key)))
+                self.cancels.append(store.watch_location(self.dag_id, key, partial(self._offer, key)))
         self.timers.append(self.node.after(max(0.0, self.deadline - time.monotonic()), self._finish))
         self._round()
 
@@ -91,8 +95,11 @@ class ValueSearch:
             if peer == node.name or (self.wait and peer in busy):
                 continue  # a waiting search keeps one question per peer in flight
             cell: list = []  # the reply names its request, known once it is opened
-            request = node.requests.open(
-                peer, lambda holders, error, cell=cell, keys=keys: self._located(cell[0], keys, holders))
+
+            def located(holders: Any, error: str | None, cell: list = cell) -> None:
+                self._located(cell[0], keys, holders)
+
+            request = node.requests.open(peer, located)
             cell.append(request)
             self.asking[request] = peer
             if not node.transport.send(peer, Locate(node.name, request, self.dag_id, keys)):

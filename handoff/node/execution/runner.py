@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from handoff.node.data.values import blob_nbytes, dumps_value, is_local, release_frames
 from handoff.node.execution.jobs import (
@@ -19,6 +19,9 @@ from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import Job, WorkerPool
 from handoff.protocol.messages import Done
 
+if TYPE_CHECKING:
+    from handoff.node.server import Node
+
 log = logging.getLogger("handoff.node")
 
 __all__ = ["JobRunner"]
@@ -28,7 +31,7 @@ class JobRunner:
     """The jobs sent to this node: owns the state machine, the pool, and the outbox of
     finished rows per remote orchestrator."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.name = node.name
         self.store = node.store
