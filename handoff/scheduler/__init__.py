@@ -27,7 +27,12 @@ Placement, in short:
   in flight (slots, max_concurrency, cancels, lost nodes). When claims on a node are
   released (or it grows), its queued-ahead tasks take their claims, oldest first, up to the
   first that does not fit, before anything else is placed. One that finishes before that
-  (the node could start it early) simply completes: it has no claim to give back.
+  (the node could start it early) simply completes: it has no claim to give back. A node
+  that frees resources (or joins) with nothing queued ahead on it, and that ready work
+  leaves free, takes tasks queued ahead on other nodes that fit them now: each is cancelled
+  where it waited and dispatched there with its claim as a new attempt, so a task queued
+  behind long work never waits while another node could run it (pinned tasks and
+  collocation group members stay on their node).
 - Fairness: runs take turns: each round, runs with work are served least recently served
   first (oldest first among equals), each with an equal share of the free slots, then
   leftovers go round again in the same order.

@@ -18,7 +18,8 @@ class NodeSlots:
 
     ``free`` is the number of free slots summed over nodes (kept as a counter: placement
     checks it before every task). ``ahead`` lists each node's queued-ahead tasks, oldest
-    first, as ``(run, index)``; ``freed`` names nodes whose queued-ahead tasks may now fit.
+    first, as ``(run, index)``, and ``queued`` counts them all; ``freed`` names nodes whose
+    queued-ahead tasks may now fit, or that may take tasks queued ahead elsewhere.
     """
 
     def __init__(self, default_slots: int):
@@ -29,6 +30,7 @@ class NodeSlots:
         self.busy: dict[str, int] = {}  # live node -> in-flight tasks from this orchestrator
         self.free = 0
         self.ahead: dict[str, list[tuple[RunState, int]]] = {}
+        self.queued = 0  # tasks in the ahead queues
         self.freed: set[str] = set()
         self.fit_cache: dict[int, list[str]] = {}  # id(cost vector) -> nodes whose total fits
 
@@ -53,6 +55,8 @@ class NodeSlots:
                 self.busy[name] = 0
                 self.slots[name] = self.setting.get(name, self.default_slots)
                 back.append(name)
+                if self.queued:
+                    self.freed.add(name)  # it may take work queued ahead elsewhere
         self.order = list(names)
         self.recount()
         return back
@@ -60,8 +64,8 @@ class NodeSlots:
     def add(self, name: str) -> bool:
         """``name`` joined or changed its capacity; says whether it is new (or back)."""
         self.fit_cache.clear()
-        if self.ahead.get(name):
-            self.freed.add(name)  # it may have grown
+        if self.queued:
+            self.freed.add(name)  # it may have grown, or be new: its queue or others' may fit
         if name in self.busy:
             return False
         self.order.append(name)
@@ -76,7 +80,7 @@ class NodeSlots:
             self.order.remove(name)
         self.busy.pop(name, None)
         self.slots.pop(name, None)
-        self.ahead.pop(name, None)
+        self.queued -= len(self.ahead.pop(name, ()))
         self.freed.discard(name)
         self.fit_cache.clear()
         self.recount()
@@ -96,22 +100,42 @@ class NodeSlots:
             if queue is None:
                 queue = self.ahead[node] = []
             queue.append((run, i))
+            self.queued += 1
 
     def give_back(self, node: str, run: RunState | None = None, i: int = -1) -> None:
         """A task in flight on ``node`` ended (it was queued ahead there when ``run`` is given);
-        the node may now start a task queued ahead there, so it is marked freed."""
+        the node may now start a task queued ahead there or elsewhere, so it is marked freed."""
         busy = self.busy.get(node)
         if busy is None:
             return  # the node is gone, and its claims with it
-        queue = self.ahead.get(node)
         if run is not None:
-            assert queue is not None  # take() queued it there; remove() forgets busy too
-            queue.remove((run, i))
-        if queue:
+            self.unqueue(node, run, i)
+        if self.queued:
             self.freed.add(node)
         self.busy[node] = busy - 1
         if busy <= self.slots[node]:
             self.free += 1
+
+    def unqueue(self, node: str, run: RunState, i: int) -> None:
+        """Take ``(run, i)`` out of ``node``'s ahead queue (it ended, or moves elsewhere)."""
+        queue = self.ahead.get(node)
+        assert queue is not None  # take() queued it there; remove() forgets busy too
+        queue.remove((run, i))
+        self.queued -= 1
+
+    def leave(self, node: str, run: RunState, i: int) -> None:
+        """``(run, i)``, queued ahead on ``node``, moves to another node: its place in the
+        queue and its slot here are free (nothing it held changes what fits here)."""
+        self.unqueue(node, run, i)
+        busy = self.busy[node]
+        self.busy[node] = busy - 1
+        if busy <= self.slots[node]:
+            self.free += 1
+
+    def claimed(self, node: str, count: int) -> None:
+        """The first ``count`` tasks queued ahead on ``node`` took their claims there."""
+        del self.ahead[node][:count]
+        self.queued -= count
 
     def fitting(self, ledger: ResourceLedger, vec: np.ndarray, cost: dict) -> list[str]:
         """Nodes whose total capacity fits ``cost`` (cached by its vector until nodes change)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from handoff import _core
-from handoff.scheduler.events import Dispatch, Instruction
+from handoff.scheduler.events import CancelTasks, Dispatch, Instruction
 from handoff.scheduler.nodes import NodeSlots
 from handoff.scheduler.placement import group_tiers, order_nodes
 from handoff.scheduler.run import RunState
@@ -41,34 +41,84 @@ class Placer:
         self.lookahead = lookahead
         self.round = 0  # placement rounds so far; a run remembers the last that served it
         self._batches: dict[tuple[RunState, str], list[tuple[int, int]]] = {}
+        self._cancels: dict[tuple[RunState, str], list[int]] = {}  # moved away from that node
 
-    def _claim_ahead(self) -> None:
+    def _claim_ahead(self) -> list[str]:
         """Queued-ahead tasks on nodes that freed resources take their claims, oldest first,
-        up to the first that does not fit (the node starts them as its resources free up)."""
+        up to the first that does not fit (the node starts them as its resources free up).
+
+        Returns the freed nodes whose own queue is empty now, while tasks are queued ahead
+        elsewhere: once ready work is placed, they may take those (``_take_ahead``).
+        """
         ledger, nodes = self.ledger, self.nodes
-        for node in nodes.freed:
-            queue = nodes.ahead.get(node)
-            if not queue or not ledger.has_node(node):
+        freed = nodes.freed
+        takers = []
+        for node in [n for n in nodes.order if n in freed]:
+            if not ledger.has_node(node):
                 continue
-            j = ledger.node_index(node)
-            claimed = 0
-            for run, i in queue:
-                if not ledger.request_vec(j, run.vecs[i]):
-                    break
-                transition(run.tasks[i], _DISPATCHED, run.run_id)
-                claimed += 1
-            if claimed:
-                del queue[:claimed]
-        nodes.freed.clear()
+            queue = nodes.ahead.get(node)
+            if queue:
+                j = ledger.node_index(node)
+                claimed = 0
+                for run, i in queue:
+                    if not ledger.request_vec(j, run.vecs[i]):
+                        break
+                    transition(run.tasks[i], _DISPATCHED, run.run_id)
+                    claimed += 1
+                if claimed:
+                    nodes.claimed(node, claimed)
+                if queue:
+                    continue  # its own queue's head waits for its resources
+            if nodes.queued:
+                takers.append(node)
+        freed.clear()
+        return takers
+
+    def _take_ahead(self, node: str) -> None:
+        """Move to ``node`` tasks queued ahead on other nodes that fit its free resources now,
+        while it has free slots, so that none waits behind long work while a node could run
+        it: each is cancelled where it waited and dispatched here holding its claim, as a new
+        attempt (a late report of the old one is stale). The other nodes in ledger order, each
+        one's newest first (it would wait longest there). Pinned tasks and collocation group
+        members stay: their node is set.
+        """
+        nodes, ledger = self.nodes, self.ledger
+        busy, slots = nodes.busy, nodes.slots
+        j = ledger.node_index(node)
+        for other in nodes.order:
+            queue = nodes.ahead.get(other)
+            if other == node or not queue:
+                continue
+            for run, i in queue[::-1]:
+                if busy[node] >= slots[node]:
+                    return
+                if run.target(i) is not None or not ledger.request_vec(j, run.vecs[i]):
+                    continue
+                nodes.leave(other, run, i)
+                cancels = self._cancels.get((run, other))
+                if cancels is None:
+                    cancels = self._cancels[(run, other)] = []
+                cancels.append(i)
+                self._commit(run, i, node)
 
     def pump(self, rotation: list[RunState]) -> list[Instruction]:
-        """Place ready work of the runs in ``rotation`` into free slots and resources; one
-        Dispatch per (run, node)."""
+        """Place ready work of the runs in ``rotation`` into free slots and resources, then
+        let freed nodes take work queued ahead elsewhere (``_take_ahead``); one Dispatch per
+        (run, node), after the CancelTasks of tasks that moved."""
         nodes = self.nodes
-        if nodes.freed:
-            self._claim_ahead()
-        if nodes.free <= 0 or not rotation:
-            return []
+        takers = self._claim_ahead() if nodes.freed else None
+        if nodes.free > 0 and rotation:
+            self._serve_runs(rotation)
+        if takers:
+            for node in takers:
+                if not nodes.queued:
+                    break
+                self._take_ahead(node)
+        return self._instructions()
+
+    def _serve_runs(self, rotation: list[RunState]) -> None:
+        """One placement round: runs take turns, each with an equal share of the free slots."""
+        nodes = self.nodes
         blocked: set = set()  # cost classes that found no room this round
         runs = [r for r in rotation if r.has_work() and r.room() > 0]
         if len(runs) > 1:  # turns: least recently served first, then oldest
@@ -87,9 +137,16 @@ class Placer:
                     break
                 if r.has_work():
                     self._serve(r, nodes.free, blocked)
+
+    def _instructions(self) -> list[Instruction]:
+        """The CancelTasks and Dispatches gathered in this round."""
         if not self._batches:
             return []
         out: list[Instruction] = []
+        if self._cancels:
+            for (run, node), indices in self._cancels.items():
+                out.append(CancelTasks(run.run_id, node, sorted(indices)))
+            self._cancels = {}
         for (run, node), tasks in self._batches.items():
             run.nodes_used.add(node)
             run.served = self.round

@@ -124,6 +124,8 @@ def check_orchestrator(orch: Orchestrator) -> None:
     got = {n: set(q) for n, q in queues.items()}
     want = {n: q for n, q in ahead.items() if n in nodes.busy}
     assert got == want, f"queued-ahead queues {got} but tasks queued ahead {want}"
+    queued = sum(len(q) for q in queues.values())
+    assert nodes.queued == queued, f"queued ahead counted {nodes.queued}, actually {queued}"
     used, cap = ledger.used_matrix(), ledger.capacity_matrix()
     assert (used <= cap + 1e-9).all(), f"over-committed:\nused\n{used}\ncapacity\n{cap}"
     assert np.allclose(used, claims), f"ledger claims\n{used}\nbut tasks in flight claim\n{claims}"

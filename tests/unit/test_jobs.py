@@ -119,13 +119,31 @@ def test_cancel_of_some_indices_leaves_the_others():
 
 def test_a_remembered_cancellation_drops_a_job_whose_arguments_complete_later():
     h = Harness()
-    h.handle(Cancelled("r", frozenset({3})))
+    h.handle(Cancelled("r", None))
     jid, _, _ = h.submit(index=3, refs=1)
     assert h.handle(ArgumentArrived(jid)) == []
     assert h.jobs.jobs == {}
     h.handle(RunForgotten("r"))
     jid, job, _ = h.submit(index=3, refs=1)
     assert h.handle(ArgumentArrived(jid)) == [RunOnWorker(job)]
+
+
+def test_a_task_sent_again_after_a_cancellation_of_its_index_runs():
+    """The orchestrator moved a queued-ahead task away (cancelling it here) and later sends
+    it back, e.g. as a retry: the new attempt arrives after the cancel, so it runs."""
+    h = Harness({"cpu": 2.0})
+    running, _, _ = h.submit(index=0, cost={"cpu": 2.0})
+    queued, _, _ = h.submit(index=3, cost={"cpu": 2.0}, refs=1)
+    h.handle(ArgumentArrived(queued))
+    assert h.status(queued) is JobStatus.BLOCKED
+    assert h.handle(Cancelled("r", frozenset({3}))) == []  # moved to another node
+    assert h.status(queued) is None
+    again, job, out = h.submit(index=3, cost={"cpu": 2.0}, refs=1)
+    assert kinds(out) == ["FetchArgument"]
+    h.handle(ArgumentArrived(again))
+    assert h.status(again) is JobStatus.BLOCKED
+    assert kinds(h.handle(WorkerFinished(running, "r0"))) == ["ReportDone", "RunOnWorker"]
+    assert h.status(again) is JobStatus.ON_POOL
 
 
 def test_remembered_cancellations_are_bounded():

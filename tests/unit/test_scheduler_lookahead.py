@@ -31,6 +31,7 @@ from handoff.scheduler import (
     Dispatch,
     NodeJoined,
     Orchestrator,
+    ReleaseRun,
     ResultLost,
     RunFinished,
     RunSpec,
@@ -259,6 +260,103 @@ def test_queued_ahead_needs_a_free_slot_and_zero_cost_work_is_unaffected(sched):
     assert c.orch.node_load() == {"gpu": 1, "cpu": 2} and c.orch.queued_ahead() == {}
     c.drain()
     assert c.finished["r"].error is None and c.idle()
+
+
+def _one_task_runs(c, n, cost):
+    for k in range(n):
+        c.submit(dag_of(fn("w", cost=cost), id=f"spill-{k}"), run_id=f"r{k}")
+    return {f"r{k}": c.node_of("w", f"r{k}") for k in range(n) if ("r" + str(k), 0) in c.running}
+
+
+def _held_cluster(sched, **kw):
+    """Nodes a (2 cpus), c (4 cpus, held by long work pinned there) and b (2 cpus), in that
+    ledger order."""
+    c = Cluster(sched, {"a": {"cpu": 2}, "c": {"cpu": 4}, "b": {"cpu": 2}}, **kw)
+    c.submit(dag_of(fn("h", cost={"cpu": 4}, node="c"), id="hold"), run_id="hold")
+    return c
+
+
+def test_a_task_queued_ahead_behind_long_work_moves_to_a_node_that_frees(sched):
+    """The shape of the cluster test whose fourth run never ended: c is held by long work
+    and comes before b in the ledger, so the fourth 2-cpu run was queued ahead on c and
+    waited there while a and b were free (the hold ends only after the runs)."""
+    c = _held_cluster(sched)
+    assert _one_task_runs(c, 4, {"cpu": 2}) == {"r0": "a", "r1": "b", "r2": "a", "r3": "c"}
+    assert c.orch.queued_ahead() == {"a": 1, "c": 1}
+    out = c.finish("w", "r1")  # b frees with nothing queued ahead on it: it takes r2
+    assert out[2:] == [CancelTasks("r2", "a", [0]), Dispatch("r2", "b", [(0, 2)])]
+    assert c.orch.queued_ahead() == {"c": 1} and c.ledger.used("b") == {"cpu": 2.0}
+    out = c.finish("w", "r0")  # a frees: r3 leaves the held node
+    assert out[2:] == [CancelTasks("r3", "c", [0]), Dispatch("r3", "a", [(0, 2)])]
+    assert c.orch.queued_ahead() == {} and c.ledger.used("a") == {"cpu": 2.0}
+    assert c.running_ids("hold") == ["h"] and c.orch.run("r3").task(0).attempt == 2
+    for k in (2, 3):
+        c.finish("w", f"r{k}")
+    assert {k: f.error for k, f in c.finished.items()} == {f"r{k}": None for k in range(4)}
+    assert sorted(c.orch.run(f"r{k}").allocations()["w"] for k in range(4)) == ["a", "a", "b", "b"]
+    c.finish("h", "hold")
+    assert c.idle()
+
+
+def test_a_stale_report_of_a_moved_task_is_ignored(sched):
+    c = _held_cluster(sched)
+    _one_task_runs(c, 4, {"cpu": 2})
+    c.finish("w", "r1")  # r2 moves from a (attempt 1) to b (attempt 2)
+    # a had started attempt 1 before the cancel reached it: its report changes nothing
+    assert c.handle(TaskFinished("r2", 0, 1, "a", True, None, 0.0, 1.0)) == []
+    assert c.running[("r2", 0)] == (2, "b") and "r2" not in c.finished
+    c.drain()
+    assert c.orch.run("r2").allocations() == {"w": "b"} and c.idle()
+
+
+def test_a_freed_node_takes_no_more_than_its_slots(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "c": {"cpu": 4}, "b": {"cpu": 4}}, slots={"b": 1})
+    c.submit(dag_of(fn("h", cost={"cpu": 4}, node="c"), id="hold"), run_id="hold")
+    assert _one_task_runs(c, 4, {"cpu": 2}) == {"r0": "a", "r1": "b", "r2": "a", "r3": "c"}
+    c.finish("w", "r1")  # b has room for two, but one slot: it takes r2, r3 stays on c
+    assert c.running[("r2", 0)] == (2, "b") and c.running[("r3", 0)] == (1, "c")
+    assert c.orch.queued_ahead() == {"c": 1} and c.ledger.used("b") == {"cpu": 2.0}
+    c.finish("w", "r0")
+    assert c.running[("r3", 0)] == (2, "a") and c.orch.queued_ahead() == {}
+    c.drain()
+    assert c.idle() and all(f.error is None for f in c.finished.values())
+
+
+def test_ready_work_takes_a_freed_node_before_work_queued_ahead_elsewhere(sched):
+    """Moving a queued-ahead task costs a cancel and a dispatch: only when nothing else
+    would use the freed resources."""
+    c = _held_cluster(sched)
+    cpu = {"cpu": 2}
+    c.submit(dag_of(fn("w", cost=cpu), id="spill-0"), run_id="r0")
+    c.submit(dag_of(fn("w", cost=cpu), fn("v", ["w"], cost=cpu), id="two"), run_id="r1")
+    for k in (2, 3):
+        c.submit(dag_of(fn("w", cost=cpu), id=f"spill-{k}"), run_id=f"r{k}")
+    assert [c.node_of("w", f"r{k}") for k in range(4)] == ["a", "b", "a", "c"]
+    assert c.finish("w", "r1") == [Dispatch("r1", "b", [(c.index("r1", "v"), 1)])]
+    assert c.orch.queued_ahead() == {"a": 1, "c": 1}  # v, now ready, took b
+    c.drain()
+    assert c.idle() and all(f.error is None for f in c.finished.values())
+
+
+def test_a_node_that_joins_takes_work_queued_ahead_elsewhere(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}})
+    assert _one_task_runs(c, 2, {"cpu": 2}) == {"r0": "a", "r1": "a"}
+    out = c.handle(NodeJoined("b", {"cpu": 2}))
+    assert out == [CancelTasks("r1", "a", [0]), Dispatch("r1", "b", [(0, 2)])]
+    assert c.orch.queued_ahead() == {} and c.ledger.used("b") == {"cpu": 2.0}
+    c.drain()
+    assert c.idle()
+
+
+def test_pinned_work_queued_ahead_stays_where_it_must_run(sched):
+    c = Cluster(sched, {"a": {"cpu": 2}, "b": {"cpu": 2}})
+    c.submit(dag_of(fn("x", cost={"cpu": 2}, node="a"), fn("y", cost={"cpu": 2}, node="a")))
+    c.submit(dag_of(fn("z", cost={"cpu": 2}), id="other"), run_id="other")
+    assert c.orch.queued_ahead() == {"a": 1} and c.node_of("z", "other") == "b"
+    assert c.finish("z", "other") == [RunFinished("other", None), ReleaseRun("other", ["b"])]
+    assert c.orch.queued_ahead() == {"a": 1}  # b is free, but y is pinned to a
+    c.drain()
+    assert c.orch.run("r").allocations() == {"x": "a", "y": "a"} and c.idle()
 
 
 def test_lookahead_must_not_be_negative(sched):

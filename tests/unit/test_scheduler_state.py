@@ -98,6 +98,10 @@ def corrupt_ahead(c):
     c.orch.nodes.ahead.setdefault("b", []).append((state, next(iter(state.inflight))))
 
 
+def corrupt_queued_count(c):
+    c.orch.nodes.queued += 1
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -106,6 +110,7 @@ def corrupt_ahead(c):
         (corrupt_claim, "claim"),
         (corrupt_count, "in-flight counts"),
         (corrupt_ahead, "queued-ahead"),
+        (corrupt_queued_count, "queued ahead counted"),
     ],
 )
 def test_validate_state_finds_each_kind_of_drift(busy_cluster, corrupt, message):

@@ -12,8 +12,10 @@ Rules:
   jobs are admitted in arrival order whenever a claim is released or the capacity changes.
 - A failed argument fetch ends the job with a lost-input report (the orchestrator recomputes
   the input); later news about that job is ignored.
-- Cancellations are remembered per run (the last ``REMEMBER`` of them, until the run is
-  forgotten): a job whose arguments complete after a cancellation of its index is dropped.
+- A run's cancellation as a whole is remembered (the last ``REMEMBER`` runs, until the run
+  is forgotten): a job of it whose arguments complete later is dropped. A cancellation of
+  some indices ends the jobs here and is not remembered: one sender's messages arrive in
+  order, so a job of that index sent later is a newer attempt (a task moved back, a retry).
 - When the member that sent a job is lost, its jobs end here: nobody would take the result.
 """
 
@@ -33,7 +35,7 @@ __all__ = [
     "FetchArgument", "RunOnWorker", "CancelOnWorkers", "ReportDone", "ReportLostInput", "DiscardResult",
 ]
 
-REMEMBER = 1000  # cancellations remembered for jobs whose arguments are still coming
+REMEMBER = 1000  # cancelled runs remembered for jobs whose arguments are still coming
 
 
 class JobStatus(Enum):
@@ -158,7 +160,7 @@ class NodeJobs:
     caps: dict
     jobs: dict[int, JobState] = field(default_factory=dict)
     blocked: deque = field(default_factory=deque)  # job ids in arrival order
-    cancelled: dict = field(default_factory=dict)  # (run_id, indices or None) -> None, ordered
+    cancelled: dict = field(default_factory=dict)  # run_id -> None: runs cancelled whole, ordered
 
     def __post_init__(self) -> None:
         self.ledger = _core.ResourceLedger()
@@ -204,7 +206,7 @@ class NodeJobs:
         state.missing -= 1
         if state.missing > 0:
             return
-        if self.cancelled and self._was_cancelled(state):
+        if state.run_id in self.cancelled:
             del self.jobs[ev.job_id]
             return
         self._admit(state, out)
@@ -232,9 +234,10 @@ class NodeJobs:
             self._admit_blocked(out)
 
     def _cancelled(self, ev: Cancelled, out: list) -> None:
-        self.cancelled[(ev.run_id, ev.indices)] = None
-        if len(self.cancelled) > REMEMBER:
-            del self.cancelled[next(iter(self.cancelled))]
+        if ev.indices is None:
+            self.cancelled[ev.run_id] = None
+            if len(self.cancelled) > REMEMBER:
+                del self.cancelled[next(iter(self.cancelled))]
         self._cancel([s for s in self.jobs.values() if s.run_id == ev.run_id
                       and (ev.indices is None or s.index in ev.indices)], out)
 
@@ -243,8 +246,7 @@ class NodeJobs:
             self._cancel([s for s in self.jobs.values() if s.origin == ev.origin], out)
 
     def _forgotten(self, ev: RunForgotten, out: list) -> None:
-        for key in [k for k in self.cancelled if k[0] == ev.run_id]:
-            del self.cancelled[key]
+        self.cancelled.pop(ev.run_id, None)
 
     def _capacity(self, ev: CapacityChanged, out: list) -> None:
         self.caps = dict(ev.caps)
@@ -290,9 +292,6 @@ class NodeJobs:
             self.blocked = deque(j for j in self.blocked if j in self.jobs)
         if on_pool:
             out.append(CancelOnWorkers(on_pool))
-
-    def _was_cancelled(self, state: JobState) -> bool:
-        return any(r == state.run_id and (idx is None or state.index in idx) for r, idx in self.cancelled)
 
     # ---- invariants --------------------------------------------------------------
     def validate_state(self) -> None:
