@@ -24,6 +24,7 @@ from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutE
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
 
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
+from handoff.protocol.rows import Call, Hook, Leaf, ResultRow, TaskRow, Tree, ValueRef
 from handoff.scheduler import (
     CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, NodeJoined, NodeLost,
     NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished, Tick,
@@ -82,25 +83,28 @@ class RunContext:
         return self.dag.id
 
     def task(
-        self, index: int, attempt: int, target: str, location: Callable[[int], str | None]
-    ) -> tuple:
+        self, index: int, attempt: int, target: str, location: Callable[[int], str | None],
+        first: int = 0,
+    ) -> tuple[TaskRow, list]:
         """(row, blobs) for a Dispatch message: the argument tree of ``index`` as run on
-        ``target``, with a value slot (an empty blob) for each result to fetch."""
+        ``target``, with a value slot (an empty blob) for each result to fetch; the blobs
+        will be the message's from ``first`` on."""
         blobs: list = []
-        refs: list = []
+        refs: list[ValueRef] = []
         tree = self._tree(index, target, location, blobs, refs)
         fn = self.functions[index]
-        row = [self.run_id, index, attempt, fn.id, dict(fn.cost) if fn.cost else None,
-               fn.timeout, tree, refs]
+        row = TaskRow(self.run_id, index, attempt, fn.id, dict(fn.cost) if fn.cost else None,
+                      fn.timeout, tree, refs, first, len(blobs))
         return row, blobs
 
     def _tree(
-        self, j: int, target: str, location: Callable[[int], str | None], blobs: list, refs: list
-    ) -> list:
+        self, j: int, target: str, location: Callable[[int], str | None], blobs: list,
+        refs: list[ValueRef],
+    ) -> Call:
         fn = self.functions[j]
         k = len(blobs)
         blobs.append(self.payloads[j])
-        children = []
+        children: list[Tree] = []
         for pos, dep, inline in self.deps[j]:
             if inline:
                 children.append(self._tree(dep, target, location, blobs, refs))
@@ -108,7 +112,7 @@ class RunContext:
             source = location(dep)
             slot = len(blobs)
             blobs.append([])
-            leaf: list = ["v", slot]
+            leaf: Tree = Leaf(slot)
             hook_pos = -1
             hooks = self.hooks.get((j, pos))
             if hooks is not None:
@@ -118,11 +122,11 @@ class RunContext:
                         hook_pos = len(blobs)
                         blobs.append(ser)
                     if deser is not None:
-                        leaf = ["h", len(blobs), source, target, leaf]
+                        leaf = Hook(len(blobs), source, target, leaf)
                         blobs.append(deser)
-            refs.append([source, self.dag.id, self.graph.ids[dep], hook_pos, slot])
+            refs.append(ValueRef(cast(str, source), self.dag.id, self.graph.ids[dep], hook_pos, slot))
             children.append(leaf)
-        return ["c", k, fn.argument_inclusion, children]
+        return Call(k, fn.argument_inclusion, children)
 
 
 def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
@@ -298,28 +302,29 @@ class Runs:
         self._finished_rows(self.name, rows)
 
     def on_done(self, msg: Done) -> None:
-        rows = []
-        for row in msg.results:
-            blob = msg.blobs[row[8]] if row[8] >= 0 and row[8] < len(msg.blobs) else None
-            rows.append((row, blob))
+        blobs = msg.blobs
+        rows = [(row, blobs[row.blob] if 0 <= row.blob < len(blobs) else None) for row in msg.results]
         self._finished_rows(msg.sender, rows)
 
-    def _finished_rows(self, node: str, rows: list) -> None:
+    def _finished_rows(self, node: str, rows: list[tuple[ResultRow, list | None]]) -> None:
         events: list = []
         for row, blob in rows:
-            run_id, index, attempt, ok, started, finished, _nbytes, error, _b, lost = row
+            run_id, index, attempt, ok = row.run_id, row.index, row.attempt, row.ok
             ctx = self.runs.get(run_id)
             if ctx is None:
                 continue
+            lost = row.lost
             if lost is not None:
-                lost_index = ctx.graph.index.get(lost[1])
+                lost_index = ctx.graph.index.get(lost.function_id)
                 if lost_index is not None:
-                    events.append(ResultLost(run_id, lost_index, index, attempt, lost[0]))
+                    events.append(ResultLost(run_id, lost_index, index, attempt, lost.node))
                     continue
             info = None
             if not ok:
-                exc_type, message, tb = error
-                info = ErrorInfo(exc_type, message, tb, blob)
+                error = row.error
+                if error is None:  # the executing node's fault: a failure must say why
+                    raise ValueError(f"run {run_id}: a failed attempt of task {index} has no error")
+                info = ErrorInfo(error.exc_type, error.message, error.traceback, blob)
             elif ctx.progress is not None:
                 ctx.done_count += 1
                 try:
@@ -327,7 +332,7 @@ class Runs:
                 except Exception:  # the user's callback must not stop the run or the node
                     log.exception("progress callback of DAG %r raised; progress reports stop", ctx.dag_id)
                     ctx.progress = None
-            events.append(TaskFinished(run_id, index, attempt, node, ok, info, started, finished))
+            events.append(TaskFinished(run_id, index, attempt, node, ok, info, row.started, row.finished))
         if events:
             self._apply(self.orchestrator.handle(*events))
 
@@ -359,11 +364,10 @@ class Runs:
         if node == self.name:
             self.node.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
             return
-        rows: list[list] = []
+        rows: list[TaskRow] = []
         blobs: list[list] = []
         for index, attempt in tasks:
-            row, task_blobs = ctx.task(index, attempt, node, location)
-            row += [len(blobs), len(task_blobs)]
+            row, task_blobs = ctx.task(index, attempt, node, location, len(blobs))
             rows.append(row)
             blobs.extend(task_blobs)
         if not self.transport.send(node, Dispatch(self.name, ctx.dag_id, rows, blobs)):

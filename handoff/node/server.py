@@ -34,8 +34,9 @@ from handoff.node.runs import Runs
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
-    RunEnded, Store, Value, ValuePart,
+    RunEnded, Value, ValuePart,
 )
+from handoff.protocol.rows import TaskRow, Tree
 from handoff.transport import Transport
 
 log = logging.getLogger("handoff.node")
@@ -331,10 +332,6 @@ class Node:
             self.peers.on_gossip(msg)
         elif isinstance(msg, Cancel):
             self.execution.cancel(msg.run_id, msg.indices)
-        elif isinstance(msg, Store):
-            if msg.blobs:
-                self.store.put(msg.dag_id, msg.key, msg.blobs[0])
-                self.store.register_location(msg.dag_id, msg.key, self.name)
         elif isinstance(msg, Clear):
             self.store.clear(msg.dag_id)
         elif isinstance(msg, Locate):
@@ -406,7 +403,7 @@ class Node:
     def free_resources(self) -> dict:
         return self.execution.jobs.free()
 
-    def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
+    def run_hook(self, tree: Tree, blobs: list, on_done: Callable) -> None:
         self.execution.run_hook(tree, blobs, on_done)
 
     def serialize(self, frames: list, callback: Callable) -> None:
@@ -453,10 +450,7 @@ class Node:
 
 
 
-def _split_task_blobs(msg: Dispatch) -> list:
-    """Dispatch rows carry [.., first, count] at the end: give each task its own blob list."""
-    out = []
-    for row in msg.tasks:
-        *task, first, count = row
-        out.append((task, [list(b) for b in msg.blobs[first:first + count]]))
-    return out
+def _split_task_blobs(msg: Dispatch) -> list[tuple[TaskRow, list]]:
+    """Give each task of a Dispatch its own blob list (its rows say which are its own)."""
+    blobs = msg.blobs
+    return [(row, [list(b) for b in blobs[row.first:row.first + row.count]]) for row in msg.tasks]

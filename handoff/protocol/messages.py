@@ -1,22 +1,22 @@
 """Every message that crosses a socket, declared once.
 
 A message is a frozen, slotted dataclass with a unique ``op``. Its plain fields travel in a
-msgpack header; a message with ``blobs`` also carries opaque byte frames (pickled values,
-out-of-band buffers) after the header, never copied or inspected by the codec.
+msgpack header, checked against their annotations at decode (rows and argument trees are the
+typed structs of ``rows.py``); a message with ``blobs`` also carries opaque byte frames (pickled
+values, out-of-band buffers) after the header, never copied or inspected by the codec.
 
-Argument trees (``Task.tree``) tell a worker how to build a call:
-``["v", k]`` the value in blob k; ``["c", k, inclusion, [children]]`` call the payload in blob k
-with the children's values; ``["h", k, source, target, child]`` apply the hook in blob k as
-``fn(value, source, target, *extra)``. A payload blob is ``[code]`` or ``[code, args]``: ``code``
-a cloudpickled ``(callable, bound_args)``, the same frame for every function of a run that
-runs that callable (so it keys run-time estimates and the workers' code caches); ``args`` the
-function's own extra arguments, a pickled list appended to ``bound_args``.
+A payload blob is ``[code]`` or ``[code, args]``: ``code`` a cloudpickled ``(callable,
+bound_args)``, the same frame for every function of a run that runs that callable (so it keys
+run-time estimates and the workers' code caches); ``args`` the function's own extra arguments, a
+pickled list appended to ``bound_args``.
 """
 
 from __future__ import annotations
 
 from dataclasses import Field, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_type_hints
+
+from handoff.protocol.rows import FetchRow, JobResultRow, JobRow, ResultRow, TaskRow, ValueRow
 
 if TYPE_CHECKING:  # typing.dataclass_transform is 3.11+; mypy ships typing_extensions' stubs
     from typing_extensions import dataclass_transform
@@ -31,9 +31,8 @@ REGISTRY: dict[str, type["Message"]] = {}
 
 class Message:
     op: ClassVar[str] = ""
-    # per plain field: the types a decoded value may have
-    _kinds: ClassVar[tuple[tuple[type, ...], ...]] = ()
-    _names: ClassVar[tuple[str, ...]] = ()
+    _names: ClassVar[tuple[str, ...]] = ()  # the plain fields, in wire order
+    _types: ClassVar[tuple[Any, ...]] = ()  # their annotations, which the codec decodes to
     if TYPE_CHECKING:  # what @message gives every subclass; the codec builds them by position
         __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
@@ -50,29 +49,11 @@ def message(cls: type[M]) -> type[M]:
     if cls.op in REGISTRY:
         raise RuntimeError(f"duplicate message op {cls.op!r}")
     plain = [f for f in fields(cls) if f.name != "blobs"]
+    hints = get_type_hints(cls)
     cls._names = tuple(f.name for f in plain)
-    cls._kinds = tuple(_KINDS[_annotation(f)] for f in plain)
+    cls._types = tuple(hints[f.name] for f in plain)
     REGISTRY[cls.op] = cls
     return cls
-
-
-def _annotation(f: Field[Any]) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "Any")
-
-
-_KINDS: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (float, int),
-    "bool": (bool,),
-    "bytes": (bytes,),
-    "list": (list, tuple),
-    "dict": (dict,),
-    "Any": (object,),
-    "str | None": (str, type(None)),
-    "float | None": (float, int, type(None)),
-    "list | None": (list, tuple, type(None)),
-}
 
 
 # ---- connection set-up and membership -------------------------------------------------
@@ -118,28 +99,23 @@ class Leave(Message):
 
 @message
 class Dispatch(Message):
-    """Tasks for the receiving node to run. ``tasks`` rows:
-    [run_id, index, attempt, function id, cost, timeout, tree, value_refs, first, count]:
-    the task's own blobs are ``blobs[first:first + count]`` (payloads, hooks, and empty value
-    slots); ``value_refs`` rows are [node, dag_id, key, hook blob or -1, value slot]."""
+    """Tasks for the receiving node to run; a task's own blobs (payloads, hooks, and empty
+    value slots its refs fill) are ``blobs[first:first + count]``."""
 
     op: ClassVar[str] = "dispatch"
     sender: str
     dag_id: Any
-    tasks: list
+    tasks: list[TaskRow]
     blobs: list = field(default_factory=list)
 
 
 @message
 class Done(Message):
-    """Attempts that ended on the sender. ``results`` rows:
-    [run_id, index, attempt, ok, started, finished, nbytes, error, blob, lost] where error is
-    None or [exc_type, message, traceback], blob indexes the pickled exception (-1 if none),
-    and lost is None or [node, function id] of an input that could not be fetched."""
+    """Attempts that ended on the sender; a row's ``blob`` indexes ``blobs``."""
 
     op: ClassVar[str] = "done"
     sender: str
-    results: list
+    results: list[ResultRow]
     blobs: list = field(default_factory=list)
 
 
@@ -166,24 +142,21 @@ class RunEnded(Message):
 
 @message
 class Fetch(Message):
-    """Ask for stored values, many at once. ``rows``: [request, dag_id, key, target, hook]
-    where hook is -1 or the blob holding a serialization hook to apply on the holder's node
-    before sending (``target`` is the consumer's node)."""
+    """Ask for stored values, many at once (a row's hook indexes ``blobs``)."""
 
     op: ClassVar[str] = "fetch"
     sender: str
-    rows: list
+    rows: list[FetchRow]
     blobs: list = field(default_factory=list)
 
 
 @message
 class Value(Message):
-    """Replies to Fetch, many at once. ``rows``: [request, error, blob]: blob indexes the
-    value's frames, or is -1 with ``error`` saying why there is none."""
+    """Replies to Fetch, many at once (a row's blob indexes ``blobs``)."""
 
     op: ClassVar[str] = "value"
     sender: str
-    rows: list
+    rows: list[ValueRow]
     blobs: list = field(default_factory=list)
 
 
@@ -211,17 +184,6 @@ class PartAck(Message):
     sender: str
     request: int
     index: int
-
-
-@message
-class Store(Message):
-    """Store a value on the receiver (``store_value`` from a peer)."""
-
-    op: ClassVar[str] = "store"
-    sender: str
-    dag_id: Any
-    key: Any
-    blobs: list = field(default_factory=list)
 
 
 @message
@@ -280,23 +242,20 @@ class WorkerReady(Message):
 
 @message
 class WorkerRun(Message):
-    """Jobs for a worker: rows [job_id, tree, first, count]; a tree's blob numbers index
-    its own ``blobs[first:first + count]``."""
+    """Jobs for a worker (a row's tree indexes its own ``blobs[first:first + count]``)."""
 
     op: ClassVar[str] = "w_run"
-    jobs: list
+    jobs: list[JobRow]
     blobs: list = field(default_factory=list)
 
 
 @message
 class WorkerDone(Message):
-    """Rows [job_id, ok, started, finished, error, blob]: ``blob`` indexes the pickled value
-    (ok) or the pickled exception (-1 if it would not pickle); error is None or
-    [exc_type, message, traceback]."""
+    """Jobs a worker ended (a row's blob indexes ``blobs``)."""
 
     op: ClassVar[str] = "w_done"
     worker: int
-    results: list
+    results: list[JobResultRow]
     blobs: list = field(default_factory=list)
 
 

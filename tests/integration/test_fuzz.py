@@ -13,6 +13,8 @@ import random
 import socket
 import struct
 import time
+import types
+import typing
 from collections import Counter
 
 import msgpack
@@ -93,8 +95,8 @@ def pack(obj) -> bytes:
 def well_typed(rng: random.Random, cls, sender: str | None = None) -> list:
     """Field values of the right types (random content) for message class ``cls``."""
     values = []
-    for name, kinds in zip(cls._names, cls._kinds):
-        kind = rng.choice(kinds)
+    for name, annotation in zip(cls._names, cls._types):
+        kind = rng.choice(_kinds(annotation))
         if name == "sender" and sender is not None:
             values.append(sender)
         elif kind is object:
@@ -116,6 +118,16 @@ def well_typed(rng: random.Random, cls, sender: str | None = None) -> list:
         else:
             values.append(str(random_value(rng, 3)))
     return values
+
+
+def _kinds(annotation) -> tuple:
+    """The plain types a field's annotation allows (``list[TaskRow]`` is a list)."""
+    if annotation is typing.Any:
+        return (object,)
+    args = typing.get_args(annotation)
+    if type(annotation) is types.UnionType or typing.get_origin(annotation) is typing.Union:
+        return tuple(k for a in args for k in _kinds(a))
+    return (typing.get_origin(annotation) or annotation,)
 
 
 def garbage(rng: random.Random, touch: str, unpickled: str) -> tuple[str, list]:

@@ -17,6 +17,7 @@ import zmq
 
 from handoff.protocol import VERSION, encode
 from handoff.protocol.messages import Fetch, Gossip, Hello, Refuse
+from handoff.protocol.rows import FetchRow
 from handoff.transport import Transport
 from handoff.transport.sockets import BLOCK_AFTER, LOG_BURST, LOG_FIRST, DropLog
 
@@ -159,9 +160,9 @@ def test_a_pickled_value_is_not_loaded_before_hello(ctx, transport):
 
     # after its hello, a peer's tuple keys (pickled ext values) decode as usual
     sock.send_multipart(hello("p"))
-    sock.send_multipart(encode(Fetch("p", [[1, ("dag", 1), ("fn", 2), "p", -1]])))
+    sock.send_multipart(encode(Fetch("p", [FetchRow(1, ("dag", 1), ("fn", 2), "p", -1)])))
     got = drain(transport, lambda got: len(got) == 2)
-    assert got[1][1].rows[0][2] == ("fn", 2)
+    assert got[1][1].rows[0].key == ("fn", 2)
 
 
 def test_a_peer_is_ignored_for_good_after_too_many_bad_messages(ctx, transport, caplog):

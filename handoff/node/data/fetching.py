@@ -17,6 +17,7 @@ from handoff.errors import HandoffError, ResultNotFound
 from handoff.node.data.values import blob_nbytes, expand_frames, has_shared, is_local
 from handoff.node.data.search import ValueSearch
 from handoff.protocol.messages import Fetch, Locate, Located, PartAck, Ping, Value, ValuePart
+from handoff.protocol.rows import ErrorRow, FetchRow, Hook, Leaf, ValueRow
 
 if TYPE_CHECKING:
     from handoff.node.server import Node
@@ -89,42 +90,45 @@ class Fetching:
     def flush(self) -> None:
         """End of a loop iteration: one Fetch and one Value message per peer, not one per value."""
         for node, items in self._fetch_box.items():
-            rows: list[list] = []
+            rows: list[FetchRow] = []
             blobs: list[list] = []
             for request, dag_id, key, hook in items:
                 pos = -1
                 if hook is not None:
                     pos = len(blobs)
                     blobs.append(hook)
-                rows.append([request, dag_id, key, self.name, pos])
+                rows.append(FetchRow(request, dag_id, key, self.name, pos))
             self.transport.send(node, Fetch(self.name, rows, blobs))
         self._fetch_box.clear()
         for node, items in self._value_box.items():
-            rows, blobs = [], []
+            replies: list[ValueRow] = []
+            blobs = []
             for request, error, frames in items:
                 pos = -1
                 if frames is not None:
                     pos = len(blobs)
                     blobs.append(frames)
-                rows.append([request, error, pos])
-            self.transport.send(node, Value(self.name, rows, blobs))
+                replies.append(ValueRow(request, error, pos))
+            self.transport.send(node, Value(self.name, replies, blobs))
         self._value_box.clear()
 
     def _run_hook(self, hook: list, frames: list, target: str, callback: Callable) -> None:
-        tree = ["h", 0, self.name, target, ["v", 1]]
+        tree = Hook(0, self.name, target, Leaf(1))
 
-        def done(ok: bool, error: Any, out: list | None) -> None:
+        def done(ok: bool, error: ErrorRow | None, out: list | None) -> None:
             if ok:
                 callback(out, None)
             else:
-                callback(None, f"serialization hook failed: {error[0]}: {error[1]}")
+                assert error is not None  # a failed job always says why
+                callback(None, f"serialization hook failed: {error.exc_type}: {error.message}")
 
         self.node.run_hook(tree, [hook, frames], done)
 
     def on_fetch(self, msg: Fetch) -> None:
-        for request, dag_id, key, target, hook in msg.rows:
-            hook_frames = msg.blobs[hook] if isinstance(hook, int) and 0 <= hook < len(msg.blobs) else None
-            self._serve_fetch(msg.sender, request, dag_id, key, target, hook_frames)
+        for row in msg.rows:
+            hook = row.hook
+            hook_frames = msg.blobs[hook] if 0 <= hook < len(msg.blobs) else None
+            self._serve_fetch(msg.sender, row.request, row.dag_id, row.key, row.target, hook_frames)
 
     def _serve_fetch(self, sender: str, request: int, dag_id: Any, key: Hashable, target: str,
                      hook: list | None) -> None:
@@ -156,11 +160,11 @@ class Fetching:
             reply(frames, None)
 
     def on_value(self, msg: Value) -> None:
-        for request, error, pos in msg.rows:
-            if isinstance(pos, int) and 0 <= pos < len(msg.blobs):
-                self._finish_fetch(msg.sender, request, msg.blobs[pos], None)
+        for row in msg.rows:
+            if 0 <= row.blob < len(msg.blobs):
+                self._finish_fetch(msg.sender, row.request, msg.blobs[row.blob], None)
             else:
-                self._finish_fetch(msg.sender, request, None, error or "empty reply")
+                self._finish_fetch(msg.sender, row.request, None, row.error or "empty reply")
 
     # ---- large values in parts ----------------------------------------------------------
     def _send_value(self, dest: str, request: int, frames: list) -> None:

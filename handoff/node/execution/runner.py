@@ -18,6 +18,7 @@ from handoff.node.execution.jobs import (
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import Job, WorkerPool
 from handoff.protocol.messages import Done
+from handoff.protocol.rows import ErrorRow, LostInput, ResultRow, TaskRow, Tree, ValueRef
 
 if TYPE_CHECKING:
     from handoff.node.server import Node
@@ -39,6 +40,7 @@ class JobRunner:
         self.pool: WorkerPool | None = None
         self._ids = itertools.count(1)
         self._outbox: dict[str, list] = defaultdict(list)  # origin node -> [(row, blob)]
+        self._outbox_blobs: dict[str, int] = defaultdict(int)  # origin node -> blobs in its box
         self._debug = node.config.debug_state
 
     def start(self) -> WorkerPool:
@@ -77,21 +79,21 @@ class JobRunner:
                     self.handle(*(WorkerFinished(job.job_id) for job in ended))
             elif kind is ReportLostInput:
                 self.node.counters["lost_inputs"] += 1
-                err = ["ResultLost", f"input {ins.key!r} could not be fetched from node {ins.node!r}: "
-                       f"{ins.error}", ""]
+                err = ErrorRow("ResultLost", f"input {ins.key!r} could not be fetched from node "
+                               f"{ins.node!r}: {ins.error}", "")
                 now = time.time()
-                self._report(ins.job, False, err, None, now, now, (ins.node, ins.key))
+                self._report(ins.job, False, err, None, now, now, LostInput(ins.node, ins.key))
 
     # ---- events from the node ------------------------------------------------------
-    def accept_task_rows(self, origin: str, dag_id: Any, rows: list) -> None:
+    def accept_task_rows(self, origin: str, dag_id: Any, rows: list[tuple[TaskRow, list]]) -> None:
         """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
         events = []
         for row, blobs in rows:
-            run_id, index, attempt, key, cost, timeout, tree, refs = row
+            run_id, index, cost = row.run_id, row.index, row.cost
             self.store.begin_run(run_id, dag_id)
-            job = Job(run_id, index, attempt, tree, blobs, origin, dag_id, key, cost, timeout,
-                      job_id=next(self._ids))
-            events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, refs, job))
+            job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
+                      cost, row.timeout, job_id=next(self._ids))
+            events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, row.refs, job))
         self.handle(*events)
 
     def cancel(self, run_id: str, indices: list | None) -> None:
@@ -112,16 +114,16 @@ class JobRunner:
     def set_capacity(self, caps: dict) -> None:
         self.handle(CapacityChanged(dict(caps)))
 
-    def run_hook(self, tree: list, blobs: list, on_done: Callable) -> None:
+    def run_hook(self, tree: Tree, blobs: list, on_done: Callable) -> None:
         """A serialization hook: runs on the pool outside the job table, reports to ``on_done``."""
         job = Job("", -1, 0, tree, blobs, on_done=on_done, job_id=next(self._ids))
         self.started_pool.submit(job)
 
     # ---- instructions --------------------------------------------------------------
-    def _fetch(self, job_id: int, ref: list) -> None:
-        node, dag_id, key, hook_pos, slot = ref
+    def _fetch(self, job_id: int, ref: ValueRef) -> None:
+        node, key, slot = ref.node, ref.key, ref.slot
         job = self.jobs.jobs[job_id].job
-        hook = job.blobs[hook_pos] if hook_pos >= 0 else None
+        hook = job.blobs[ref.hook] if ref.hook >= 0 else None
 
         def filled(frames: list | None, error: str | None) -> None:
             if frames is None:
@@ -130,7 +132,7 @@ class JobRunner:
             job.blobs[slot] = frames
             self.handle(ArgumentArrived(job_id))
 
-        self.node.fetching.fetch_value(node, dag_id, key, hook, filled)
+        self.node.fetching.fetch_value(node, ref.dag_id, key, hook, filled)
 
     def _pool_finished(self, job: Job, ok: bool, error: Any, frames: Any, started: float,
                        finished: float) -> None:
@@ -139,8 +141,8 @@ class JobRunner:
             return
         self.handle(WorkerFinished(job.job_id, (ok, error, frames, started, finished)))
 
-    def _report(self, job: Job, ok: bool, error: Any, frames: Any, started: float, finished: float,
-                lost: tuple | None = None) -> None:
+    def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
+                finished: float, lost: LostInput | None = None) -> None:
         nbytes = 0
         if ok:
             self.store.put(job.dag_id, job.key, frames)
@@ -152,15 +154,19 @@ class JobRunner:
                 blob = dumps_value(blob[0].obj)
             except Exception:
                 blob = None
-        row = [job.run_id, job.index, job.attempt, ok, started, finished, nbytes,
-               list(error) if error else None, -1, list(lost) if lost else None]
         if job.origin == self.name:
+            row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
+                            -1, lost)
             self.node.runs.local_events.append((row, blob))
-        else:
-            box = self._outbox[job.origin]
-            if blob is not None:
-                row[8] = sum(1 for _, b in box if b is not None)
-            box.append((row, blob))
+            return
+        box = self._outbox[job.origin]
+        pos = -1
+        if blob is not None:  # the Done's blobs are the box's exceptions, in order
+            pos = self._outbox_blobs[job.origin]
+            self._outbox_blobs[job.origin] = pos + 1
+        row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
+                        pos, lost)
+        box.append((row, blob))
 
     def flush(self) -> None:
         """End of a loop iteration: one Done per remote orchestrator, then feed the workers."""
@@ -170,6 +176,7 @@ class JobRunner:
                 blobs = [b for _, b in items if b is not None]  # rows index these (_report)
                 self.node.transport.send(origin, Done(self.name, rows, blobs))
         self._outbox.clear()
+        self._outbox_blobs.clear()
         self.started_pool.pump()
 
     def stats(self) -> dict:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from handoff.node.data.values import LocalValue, dumps_value
 from handoff.node.execution.worker import Evaluator, describe
 from handoff.node.execution.workers import Job, Reporter, WorkerPool
+from handoff.protocol.rows import ErrorRow
 
 __all__ = ["ThreadPool"]
 
@@ -76,7 +77,7 @@ class ThreadPool(WorkerPool):
         for job in list(self.running.values()):
             if job.timeout is not None and now - job.sent_at > job.timeout:
                 self._abandon(job)
-                self.report(job, False, ["TimeoutError", f"attempt exceeded its timeout of {job.timeout:g} s", ""],
+                self.report(job, False, ErrorRow("TimeoutError", f"attempt exceeded its timeout of {job.timeout:g} s", ""),
                             None, time.time(), time.time())
 
     def _abandon(self, job: Job) -> None:

@@ -23,6 +23,7 @@ from handoff.node.execution.pipes import WorkerEnd
 from handoff.node.data.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
+from handoff.protocol.rows import Call, ErrorRow, Hook, JobResultRow, Leaf, Tree
 
 FLUSH_AFTER = 0.002  # send finished results at least this often while a batch runs
 SPIN = 0.0002  # after a batch, poll this long for the next one before sleeping
@@ -32,7 +33,7 @@ CODE_CACHE_BYTES = 64 << 20  # decoded code kept per worker, counted by its pick
 
 
 class Evaluator:
-    """Builds calls from argument trees (see handoff.protocol.messages) and runs them.
+    """Builds calls from argument trees (see handoff.protocol.rows) and runs them.
 
     Decoded code is cached by its frame (shared by every function that runs that code),
     least recently used first out, within ``limit`` bytes; extra arguments are decoded per
@@ -71,27 +72,26 @@ class Evaluator:
                     self.cached_bytes -= len(old)
         return found
 
-    def evaluate(self, node: list, blobs: list) -> Any:
-        kind = node[0]
-        if kind == "v":
-            return loads_value(blobs[node[1]])
-        if kind == "c":
-            fn, extra = self.payload(blobs[node[1]])
-            args = [self.evaluate(child, blobs) for child in node[3]]
-            if node[2] == "as_list":
+    def evaluate(self, node: Tree, blobs: list) -> Any:
+        if type(node) is Leaf:
+            return loads_value(blobs[node.slot])
+        if type(node) is Call:
+            fn, extra = self.payload(blobs[node.payload])
+            args = [self.evaluate(child, blobs) for child in node.children]
+            if node.inclusion == "as_list":
                 return fn(args, *extra)
             return fn(*args, *extra)
-        if kind == "h":
-            fn, extra = self.payload(blobs[node[1]])
-            return fn(self.evaluate(node[4], blobs), node[2], node[3], *extra)
-        raise ProtocolError(f"unknown argument tree node {kind!r}")
+        if type(node) is Hook:
+            fn, extra = self.payload(blobs[node.hook])
+            return fn(self.evaluate(node.child, blobs), node.source, node.target, *extra)
+        raise ProtocolError(f"unknown argument tree node {type(node).__name__}")
 
 
 def _buffer(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 
-def run_job(evaluator: Evaluator, tree: list, blobs: list, shm_owner: str | None = None) -> tuple:
+def run_job(evaluator: Evaluator, tree: Tree, blobs: list, shm_owner: str | None = None) -> tuple:
     """(ok, error, frames, returned): the pickled result, or the error and the pickled
     exception, and when the user's code returned (pickling is part of moving the value)."""
     try:
@@ -103,16 +103,16 @@ def run_job(evaluator: Evaluator, tree: list, blobs: list, shm_owner: str | None
     try:
         return True, None, dumps_value(value, shm_owner), returned
     except BaseException as exc:
-        error = [
+        error = ErrorRow(
             "PicklingError",
             f"the result ({type(value).__name__}) could not be pickled: {exc}",
             traceback.format_exc(),
-        ]
+        )
         return False, error, None, returned
 
 
-def describe(exc: BaseException) -> list:
-    return [type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))]
+def describe(exc: BaseException) -> ErrorRow:
+    return ErrorRow(type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
 
 
 def _pickled_exception(exc: BaseException) -> list | None:
@@ -198,19 +198,20 @@ def serve(fd: int, worker_id: int, current_path: str | None = None,
 
 def run_batch(channel: WorkerEnd, worker_id: int, evaluator: Evaluator, msg: WorkerRun,
               shm_owner: str | None, current: CurrentJob) -> None:
-    rows: list = []
+    rows: list[JobResultRow] = []
     blobs: list = []
     last_flush = time.perf_counter()
-    for job_id, tree, first, count in msg.jobs:
+    for job in msg.jobs:
+        job_id, first = job.job_id, job.first
         started = time.time()
         current.set(job_id)
-        ok, error, frames, finished = run_job(evaluator, tree, msg.blobs[first:first + count], shm_owner)
+        ok, error, frames, finished = run_job(evaluator, job.tree, msg.blobs[first:first + job.count], shm_owner)
         current.set(0)
         blob = -1
         if frames is not None:
             blob = len(blobs)
             blobs.append(frames)
-        rows.append([job_id, ok, started, finished, error, blob])
+        rows.append(JobResultRow(job_id, ok, started, finished, error, blob))
         now = time.perf_counter()
         if now - last_flush > FLUSH_AFTER:
             channel.send(encode(WorkerDone(worker_id, rows, blobs)))

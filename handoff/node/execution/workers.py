@@ -24,6 +24,7 @@ from handoff.errors import ProtocolError
 from handoff.node.execution.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import Message, WorkerDone, WorkerReady, WorkerRun, WorkerStop
+from handoff.protocol.rows import ErrorRow, JobRow, Tree
 
 log = logging.getLogger("handoff.workers")
 
@@ -43,7 +44,7 @@ class Job:
     run_id: str
     index: int
     attempt: int
-    tree: list
+    tree: Tree
     blobs: list
     origin: str = ""
     dag_id: Any = None
@@ -233,13 +234,13 @@ class WorkerPool:
 
     def _send(self, worker: Worker, batch: list[Job]) -> None:
         now = time.monotonic()
-        rows: list[list] = []
+        rows: list[JobRow] = []
         blobs: list[list] = []
         for job in batch:
             job.worker = worker.slot
             job.sent_at = now
             worker.inflight.append(job)
-            rows.append([job.job_id, job.tree, len(blobs), len(job.blobs)])
+            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs)))
             blobs.extend(job.blobs)
         worker.channel.send(encode(WorkerRun(rows, blobs)))
         self.batches += 1
@@ -267,7 +268,7 @@ class WorkerPool:
             if not worker.ready:
                 self.start_failures += 1
             how = _reap(worker.proc)
-            self._lost_worker(worker, ["WorkerDied", f"the worker process running it {how}", ""])
+            self._lost_worker(worker, ErrorRow("WorkerDied", f"the worker process running it {how}", ""))
 
     def handle(self, worker: Worker, msg: Message) -> None:
         if isinstance(msg, WorkerDone):
@@ -284,8 +285,8 @@ class WorkerPool:
         if self.workers.get(worker.slot) is not worker:
             return
         jobs, inflight, durations, report = self.jobs, worker.inflight, self.durations, self.report
-        for job_id, ok, started, finished, error, blob in msg.results:
-            job = jobs.pop(job_id, None)
+        for row in msg.results:
+            job = jobs.pop(row.job_id, None)
             if job is None:
                 continue
             if inflight and inflight[0] is job:  # a worker runs its jobs in order
@@ -297,10 +298,12 @@ class WorkerPool:
                     pass
             worker.exclusive = False
             self.completed += 1
+            started, finished, blob = row.started, row.finished, row.blob
             took = finished - started if finished > started else 0.0
             old = durations.get(job.code_key)
             durations[job.code_key] = took if old is None else 0.7 * old + 0.3 * took
-            report(job, ok, error, msg.blobs[blob] if blob >= 0 else None, started, finished)
+            report(job, row.ok, row.error, msg.blobs[blob] if 0 <= blob < len(msg.blobs) else None,
+                   started, finished)
 
     # ---- failures, timeouts, cancellation ------------------------------------------
     def check(self) -> None:
@@ -310,12 +313,12 @@ class WorkerPool:
             while self.queue:
                 job = self.queue.popleft()
                 self.jobs.pop(job.job_id, None)
-                self.report(job, False, ["WorkerDied", self.broken, ""], None, time.time(), time.time())
+                self.report(job, False, ErrorRow("WorkerDied", self.broken, ""), None, time.time(), time.time())
         for w in list(self.workers.values()):
             if w.exclusive and w.inflight:
                 job = w.inflight[0]
                 if job.timeout is not None and now - job.sent_at > job.timeout:
-                    self._kill(w, job, ["TimeoutError", f"attempt exceeded its timeout of {job.timeout:g} s", ""])
+                    self._kill(w, job, ErrorRow("TimeoutError", f"attempt exceeded its timeout of {job.timeout:g} s", ""))
                     continue
             code = w.proc.poll()
             if code is not None:
@@ -324,7 +327,7 @@ class WorkerPool:
                 if not w.ready and self.workers.get(w.slot) is w:
                     self.start_failures += 1
                 if self.workers.get(w.slot) is w:
-                    self._lost_worker(w, ["WorkerDied", f"the worker process running it {exit_description(code)}", ""])
+                    self._lost_worker(w, ErrorRow("WorkerDied", f"the worker process running it {exit_description(code)}", ""))
             elif not w.ready and now - w.started > 60:
                 log.error("worker %s did not start within 60 s; replacing it", w.slot)
                 self._kill(w, None, None)
@@ -332,7 +335,7 @@ class WorkerPool:
                 and self.start_failures < MAX_START_FAILURES):
             self._spawn()  # a start that failed earlier (no processes or fds left then)
 
-    def _kill(self, w: Worker, culprit: Job | None, error: list | None) -> None:
+    def _kill(self, w: Worker, culprit: Job | None, error: ErrorRow | None) -> None:
         try:
             w.proc.kill()
             w.proc.wait(5)
@@ -340,7 +343,7 @@ class WorkerPool:
             pass
         self._lost_worker(w, error, culprit)
 
-    def _lost_worker(self, w: Worker, error: list | None, culprit: Job | None = None) -> None:
+    def _lost_worker(self, w: Worker, error: ErrorRow | None, culprit: Job | None = None) -> None:
         """The worker is gone: charge the job it was running (``culprit``, or the one its
         current-job file names) and re-queue the rest, which are not attempts."""
         self.workers.pop(w.slot, None)
