@@ -22,13 +22,13 @@ __all__ = [
 ]
 
 
-class Leaf(msgspec.Struct, frozen=True, array_like=True, tag="v"):
+class Leaf(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="v"):
     """An argument's value: the frames in blob ``slot`` (filled by a fetch, or a local value)."""
 
     slot: int
 
 
-class Hook(msgspec.Struct, frozen=True, array_like=True, tag="h"):
+class Hook(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="h"):
     """A deserialization hook in blob ``hook`` applied to ``child``'s value."""
 
     hook: int
@@ -37,7 +37,7 @@ class Hook(msgspec.Struct, frozen=True, array_like=True, tag="h"):
     child: Tree
 
 
-class Call(msgspec.Struct, frozen=True, array_like=True, tag="c"):
+class Call(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="c"):
     """Call the payload in blob ``payload`` with the children's values, ``inclusion`` says how."""
 
     payload: int
@@ -48,7 +48,7 @@ class Call(msgspec.Struct, frozen=True, array_like=True, tag="c"):
 Tree = Union[Leaf, Hook, Call]
 
 
-class ValueRef(msgspec.Struct, frozen=True, array_like=True):
+class ValueRef(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An input to fetch: ``key`` of DAG ``dag_id`` from ``node`` into blob ``slot``; ``hook`` is
     -1 or the blob of a serialization hook to run on the holder's node."""
 
@@ -59,7 +59,7 @@ class ValueRef(msgspec.Struct, frozen=True, array_like=True):
     slot: int
 
 
-class TaskRow(msgspec.Struct, frozen=True, array_like=True):
+class TaskRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One task of a Dispatch; its own blobs are ``blobs[first:first + count]``."""
 
     run_id: str
@@ -74,7 +74,7 @@ class TaskRow(msgspec.Struct, frozen=True, array_like=True):
     count: int = 0
 
 
-class ErrorRow(msgspec.Struct, frozen=True, array_like=True):
+class ErrorRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An exception as text: its type's name, its message and the remote traceback."""
 
     exc_type: str
@@ -82,14 +82,14 @@ class ErrorRow(msgspec.Struct, frozen=True, array_like=True):
     traceback: str
 
 
-class LostInput(msgspec.Struct, frozen=True, array_like=True):
+class LostInput(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """An input that could not be fetched: function ``function_id``'s value on ``node``."""
 
     node: str
     function_id: Any
 
 
-class ResultRow(msgspec.Struct, frozen=True, array_like=True):
+class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One attempt that ended (a Done row): ``blob`` indexes the pickled exception, -1 if none."""
 
     run_id: str
@@ -104,7 +104,7 @@ class ResultRow(msgspec.Struct, frozen=True, array_like=True):
     lost: LostInput | None
 
 
-class FetchRow(msgspec.Struct, frozen=True, array_like=True):
+class FetchRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One value asked for; ``hook`` is -1 or the blob of a hook to apply before sending it to
     ``target`` (the consumer's node)."""
 
@@ -115,7 +115,7 @@ class FetchRow(msgspec.Struct, frozen=True, array_like=True):
     hook: int
 
 
-class ValueRow(msgspec.Struct, frozen=True, array_like=True):
+class ValueRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """The reply to one FetchRow: ``blob`` indexes the value's frames, or is -1 and ``error``
     says why there is none."""
 
@@ -124,7 +124,7 @@ class ValueRow(msgspec.Struct, frozen=True, array_like=True):
     blob: int
 
 
-class JobRow(msgspec.Struct, frozen=True, array_like=True):
+class JobRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One job for a worker; the tree's blob numbers index ``blobs[first:first + count]``."""
 
     job_id: int
@@ -133,7 +133,7 @@ class JobRow(msgspec.Struct, frozen=True, array_like=True):
     count: int
 
 
-class JobResultRow(msgspec.Struct, frozen=True, array_like=True):
+class JobResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One job a worker ended: ``blob`` indexes the pickled value (ok) or exception (-1 if it
     would not pickle)."""
 
