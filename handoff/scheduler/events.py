@@ -23,7 +23,6 @@ __all__ = [
     "CancelRun",
     "Tick",
     "ResultLost",
-    "ResultCopied",
     "Event",
     "Dispatch",
     "CancelTasks",
@@ -154,7 +153,7 @@ class ResultLost:
 
     When the fetch was made for a task (``consumer``, ``attempt``), that attempt is over,
     does not count as a failure, and the consumer runs again once the input is back. If
-    the result has moved since (recomputed elsewhere, or a copy), only the consumer reruns.
+    the result has moved since (recomputed elsewhere), only the consumer reruns.
     """
 
     run_id: str
@@ -162,15 +161,6 @@ class ResultLost:
     consumer: int | None = None
     attempt: int | None = None
     node: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResultCopied:
-    """``node`` also holds the result of ``index``: losing the producer's node loses nothing."""
-
-    run_id: str
-    index: int
-    node: str
 
 
 Event = (
@@ -181,7 +171,6 @@ Event = (
     | Tick
     | CancelRun
     | ResultLost
-    | ResultCopied
 )
 
 

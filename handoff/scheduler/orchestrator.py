@@ -23,7 +23,6 @@ from handoff.scheduler.events import (
     NodeLost,
     NodeUpdated,
     ReleaseRun,
-    ResultCopied,
     ResultLost,
     RunFinished,
     RunSpec,
@@ -90,7 +89,6 @@ class Orchestrator:
             Tick: self._on_tick,
             CancelRun: self._on_cancel_run,
             ResultLost: self._on_result_lost,
-            ResultCopied: self._on_result_copied,
         }
         self._sync_nodes()
 
@@ -361,13 +359,7 @@ class Orchestrator:
             self.placer.release(run, c, node)
             run.tasks[c].recoveries += 1
             run.requeue(c)  # when next tried, it waits for the recompute
-        run.lose_result(ev.index, self.nodes.busy, ev.node)
-        return []
-
-    def _on_result_copied(self, ev: ResultCopied) -> list[Instruction]:
-        run = self._active(ev.run_id)
-        if run is not None:
-            run.add_copy(ev.index, ev.node)
+        run.lose_result(ev.index, ev.node)
         return []
 
     # -- ending ----------------------------------------------------------------------------

@@ -78,7 +78,6 @@ class RunState:
         self.parked: dict[Any, deque[int]] = {}  # PARKED, by placement class
         self.lost: set[int] = set()  # tasks with ``recompute`` set that are not DONE yet
         self.waiters: dict[int, list[int]] = {}  # lost index -> BLOCKED tasks waiting for it
-        self.copies: dict[int, set[str]] = {}  # extra nodes holding a result
         # lost node -> HELD tasks pinned to it, until it joins again (or the deadline);
         # pinned functions not yet ready are not listed, they are held once they are tried
         self.awaiting: dict[str, list[int]] = {}
@@ -243,7 +242,7 @@ class RunState:
         return False
 
     def lose_node(self, dead: str) -> tuple[list[int], list[int]]:
-        """Forget ``dead``: what ran there and results only it held go back to the queue.
+        """Forget ``dead``: what ran there and results it held go back to the queue.
 
         Returns (moved, lost): tasks that were running or queued ahead there (their claims
         went with the node) and completed functions to recompute. Parked work is re-queued
@@ -257,20 +256,13 @@ class RunState:
             transition(task, ready, self.run_id)
             task.node = None
             task.recoveries += 1
-        for nodes in self.copies.values():
-            nodes.discard(dead)
         lost = []
         for task in tasks:
             if task.location == dead:
-                alive = self.copies.get(task.index)
-                if alive:
-                    task.location = min(alive)
-                    alive.discard(task.location)
-                else:
-                    transition(task, ready, self.run_id)
-                    task.location = None
-                    task.recompute = True
-                    lost.append(task.index)
+                transition(task, ready, self.run_id)
+                task.location = None
+                task.recompute = True
+                lost.append(task.index)
         pins = self.pins
         self.group_node = [  # a pinned group stays with its pin; the others are placed anew
             None if node == dead and self.group_members[g][0] not in pins else node
@@ -364,28 +356,18 @@ class RunState:
                 bad.extend(needed)
         return sorted(set(bad))
 
-    def lose_result(self, j: int, live: Any, node: str | None = None) -> None:
-        """The result of ``j`` could not be fetched (from ``node``): use a copy, or recompute it."""
+    def lose_result(self, j: int, node: str | None = None) -> None:
+        """The result of ``j`` could not be fetched (from ``node``): recompute it."""
         task = self.tasks[j]
         if task.status != TaskStatus.DONE:
             return
         if node is not None and node != task.location:
             return  # a report about where it used to be
-        copies = self.copies.get(j, set())
-        alive = sorted(n for n in copies if n in live and n != task.location)
-        if alive:
-            task.location = alive[0]
-            copies.discard(alive[0])
-            return
         transition(task, TaskStatus.READY, self.run_id)
         task.location = None
         task.recompute = True
         self.lost.add(j)
         self.queue.appendleft(j)
-
-    def add_copy(self, j: int, node: str) -> None:
-        if self.tasks[j].location not in (None, node):
-            self.copies.setdefault(j, set()).add(node)
 
     def end(self, error: HandoffError | None, failed: int | None = None) -> None:
         """Mark the run over: task ``failed`` (whose attempts ran out) FAILED, every other

@@ -28,7 +28,6 @@ from handoff.scheduler import (
     NodeLost,
     Orchestrator,
     ReleaseRun,
-    ResultCopied,
     ResultLost,
     RunFinished,
     RunSpec,
@@ -187,7 +186,7 @@ def random_dag(rng, n, pin_rate=0.03):
 
 
 def drive_random_runs(sched, seed, lookahead=None):
-    """Three random runs with failures, a lost node, joins, cancels, copies, lost results."""
+    """Three random runs with failures, a lost node, joins, cancels, lost results."""
     rng = random.Random(seed)
     strategy = ("first_available", "load_balanced", "cost_optimized")[seed % 3]
     c = Cluster(
@@ -223,14 +222,6 @@ def drive_random_runs(sched, seed, lookahead=None):
             continue
         if roll < 0.03 and rng.random() < 0.2:
             c.handle(CancelRun(run_id, TimeoutError("run", 1.0)))
-            continue
-        if roll < 0.035:
-            state = c.orch.run(run_id)
-            done = [j for j in range(state.n) if state.location(j) is not None]
-            if done:
-                c.handle(
-                    ResultCopied(run_id, rng.choice(done), rng.choice(list(c.orch.node_load())))
-                )
             continue
         if roll < 0.05:
             state = c.orch.run(run_id)

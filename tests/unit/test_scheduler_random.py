@@ -1,4 +1,4 @@
-"""Randomized runs: failures, lost nodes, joins, cancels, copies, lost results, restarts."""
+"""Randomized runs: failures, lost nodes, joins, cancels, lost results, restarts."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from handoff.scheduler import (
     NodeJoined,
     NodeLost,
     Orchestrator,
-    ResultCopied,
     ResultLost,
     TaskFinished,
 )
@@ -104,22 +103,6 @@ def test_every_result_lost_with_a_node_is_recomputed_even_unneeded_ones(sched):
     state = c.orch.run("r")
     assert c.finished["r"].error is None
     assert state.allocations() == {"leaf": "b", "busy": "b", "after": "b"}
-
-
-def test_a_result_with_a_live_copy_is_not_recomputed(sched):
-    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
-    c.submit(dag_of(fn("x"), fn("y", ["x"])))
-    c.finish("x")  # on a
-    c.handle(ResultCopied("r", 0, "b"))
-    node_y = c.node_of("y")
-    c.lose("a")
-    state = c.orch.run("r")
-    assert state.location(0) == "b"
-    if node_y == "a":
-        assert c.running_ids() == ["y"]  # re-placed, x not recomputed
-    c.drain()
-    assert state.allocations()["x"] == "b"
-    assert [d for d in c.dispatched if d[1] == 0] == [("r", 0, 1, "a")]
 
 
 def test_pinned_function_on_a_lost_node_fails_the_run(sched):
@@ -243,19 +226,6 @@ def test_local_node_lost_or_missing_fails_local_only_runs(sched):
     assert isinstance(err, NodeLostError) and err.node == "local" and err.function_ids == ["x", "y"]
     c.submit(dag_of(fn("x")), run_id="r2", local_only=True)
     assert "local node 'local' is not in the ledger" in str(c.finished["r2"].error)
-
-
-def test_result_lost_with_a_live_copy_switches_to_the_copy(sched):
-    c = Cluster(sched, {"a": {}, "b": {}}, slots={"a": 1, "b": 1})
-    c.submit(dag_of(fn("x"), fn("y"), fn("z", ["x"])))
-    c.finish("x")
-    state = c.orch.run("r")
-    other = ({"a", "b"} - {state.location(0)}).pop()
-    c.handle(ResultCopied("r", 0, other))
-    c.handle(ResultLost("r", 0))
-    assert state.location(0) == other and not state.lost
-    c.drain()
-    assert [d[1] for d in c.dispatched].count(0) == 1
 
 
 def test_a_node_removed_directly_from_the_ledger_counts_as_lost_at_next_submit(sched):
