@@ -135,7 +135,7 @@ def test_wrong_version_hellos_are_refused_without_dialing_anyone(open_node):
 def test_hellos_from_many_connections_are_capped_and_refused_on_their_own_connection(open_node):
     """100 connections, one made-up hello each: at most MAX_PENDING_JOINS are admitted while
     none of them has said anything else; the rest get a "busy" refusal back on the connection."""
-    from handoff.node.peers import BUSY, MAX_PENDING_JOINS
+    from handoff.node.cluster.peers import BUSY, MAX_PENDING_JOINS
     from handoff.protocol import decode
 
     handoff.start(name="driver", join=open_node.address, resources={"cpu": 0}, workers=1,
