@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 import time
 
-import msgpack
+import msgspec
 import pytest
 
-from handoff.node.cluster.membership import MembershipTable
+from handoff.node.cluster.membership import DEAD, MemberRow, MembershipTable
 
 CAPS = {"cpu": 8.0, "memory": 16000.0, "gpu": 1.0}
 N = 1000
@@ -110,7 +110,7 @@ def heal_after_pause(n: int, seed: int, pause: float, interval: float = 0.1) -> 
     for _ in range(round(pause / interval)):
         now += interval
         gossip_round(tables, now, paused=victim)
-    assert all(t.get("node-7").status == "dead" for t in tables.values() if t.name != "node-7")
+    assert all(t.get("node-7").status is DEAD for t in tables.values() if t.name != "node-7")
     for rounds in range(1, 100):
         now += interval
         gossip_round(tables, now)
@@ -139,7 +139,7 @@ def full_cluster_digest() -> tuple[MembershipTable, list[MembershipTable]]:
 
 
 def on_the_wire(peers: list[MembershipTable]) -> list:
-    return msgpack.unpackb(msgpack.packb([p.me.row() for p in peers]))
+    return msgspec.msgpack.decode(msgspec.msgpack.encode([p.me.row() for p in peers]), type=list[MemberRow])
 
 
 def test_merge_1000_rows_all_heartbeats_advanced(benchmark, full_cluster_digest):
@@ -181,6 +181,6 @@ def test_merge_1000_unknown_rows(benchmark, full_cluster_digest):
 
 def test_digest_1000_rows_and_encode(benchmark, full_cluster_digest):
     table, _ = full_cluster_digest
-    packed = benchmark(lambda: msgpack.packb(table.digest()))
+    packed = benchmark(lambda: msgspec.msgpack.encode(table.digest()))
     benchmark.extra_info["rows"] = len(table)
     benchmark.extra_info["encoded_bytes"] = len(packed)

@@ -21,6 +21,7 @@ import zmq
 
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError
+from handoff.node.cluster.members import LIVE
 from handoff.node.cluster.peers import Peers
 from handoff.node.cluster.requests import Requests
 from handoff.node.data import shm
@@ -301,7 +302,7 @@ class Node:
         if not peers.is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
             member = peers.membership.get(getattr(msg, "sender", None) or "")
-            gone = member is not None and member.status in ("left", "dead")
+            gone = member is not None and member.status not in LIVE
             peers.heard_from_stranger(getattr(msg, "sender", None))
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
@@ -371,9 +372,9 @@ class Node:
         stats["curve"] = curve.source if curve is not None else None  # None: --insecure
         table = self.peers.membership
         stats["members"] = sorted(table.alive())
-        rows = (table.get(row[0]) for row in table.digest())
-        stats["membership"] = {m.name: {"status": m.status, "address": m.address, "heartbeat": m.heartbeat,
-                                        "incarnation": m.incarnation} for m in rows if m is not None}
+        stats["membership"] = {row.name: {"status": row.status.value, "address": row.address,
+                                          "heartbeat": row.heartbeat, "incarnation": row.incarnation}
+                               for row in table.digest()}
         ledger = self.ledger
         stats["ledger"] = {node: {"capacity": ledger.capacity(node), "claimed": ledger.used(node),
                                   "free": ledger.free(node)} for node in ledger.nodes}

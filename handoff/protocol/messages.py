@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import Field, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_type_hints
 
-from handoff.protocol.rows import FetchRow, JobResultRow, JobRow, ResultRow, TaskRow, ValueRow
+from handoff.protocol.rows import (
+    FetchRow, JobResultRow, JobRow, MemberRow, ResultRow, TaskRow, ValueRow,
+)
 
 if TYPE_CHECKING:  # typing.dataclass_transform is 3.11+; mypy ships typing_extensions' stubs
     from typing_extensions import dataclass_transform
@@ -86,7 +88,7 @@ class Gossip(Message):
 
     op: ClassVar[str] = "gossip"
     sender: str
-    rows: list
+    rows: list[MemberRow]
 
 
 @message

@@ -12,13 +12,14 @@ hook in blob ``hook`` as ``fn(value, source, target, *extra)`` to its child's va
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Union
 
 import msgspec
 
 __all__ = [
     "Leaf", "Hook", "Call", "Tree", "ValueRef", "TaskRow", "ErrorRow", "LostInput", "ResultRow",
-    "FetchRow", "ValueRow", "JobRow", "JobResultRow",
+    "FetchRow", "ValueRow", "JobRow", "JobResultRow", "MemberStatus", "MemberRow",
 ]
 
 
@@ -143,3 +144,25 @@ class JobResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     finished: float
     error: ErrorRow | None
     blob: int
+
+
+class MemberStatus(Enum):
+    """A cluster member's status; the value is what a gossip row carries."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+class MemberRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One member of a gossip digest (see node/cluster/membership.py for the merge rules)."""
+
+    name: str
+    address: str
+    incarnation: int
+    heartbeat: int
+    status: MemberStatus
+    caps: dict[str, float]
+    caps_version: int
+    free: dict[str, float]

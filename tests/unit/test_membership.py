@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import random
 
-import msgpack
+import msgspec
 import pytest
 
+from handoff.errors import ProtocolError
 from handoff.node.cluster.membership import (
     ALIVE,
     DEAD,
     LEFT,
-    ROW_FIELDS,
     SUSPECT,
     MembershipEvent,
     MembershipTable,
 )
+from handoff.node.cluster.membership import EventKind as E
+from handoff.protocol.codec import decode, encode
+from handoff.protocol.messages import Gossip
+from handoff.protocol.rows import MemberRow
 
 CAPS = {"cpu": 8.0, "memory": 16000.0}
 
@@ -31,16 +35,14 @@ def make(name: str, *, incarnation: int = 1, seed: int = 0, **kwargs) -> Members
     )
 
 
-def wire(rows: list[tuple]) -> list:
-    """What a peer receives: the digest after a msgpack round trip (tuples become lists)."""
-    return msgpack.unpackb(msgpack.packb(rows))
+def wire(rows: list[MemberRow]) -> list[MemberRow]:
+    """What a peer receives: the digest after a trip through the codec."""
+    return decode(encode(Gossip("peer", rows))).rows
 
 
-def row_of(table: MembershipTable, name: str, **changes) -> list:
+def row_of(table: MembershipTable, member: str, **changes) -> MemberRow:
     """One row of ``table``'s digest, with some fields replaced."""
-    row = dict(zip(ROW_FIELDS, table.get(name).row()))
-    row.update(changes)
-    return [row[field] for field in ROW_FIELDS]
+    return msgspec.structs.replace(table.get(member).row(), **changes)
 
 
 def join(a: MembershipTable, b: MembershipTable, now: float = 0.0) -> None:
@@ -115,7 +117,7 @@ def test_new_table_knows_only_itself_and_digest_is_plain_data():
     assert table.me.status == ALIVE
     assert table.incarnation == 7
     (row,) = table.digest()
-    assert dict(zip(ROW_FIELDS, row)) == {
+    assert msgspec.structs.asdict(row) == {
         "name": "a",
         "address": table.me.address,
         "incarnation": 7,
@@ -125,7 +127,8 @@ def test_new_table_knows_only_itself_and_digest_is_plain_data():
         "caps_version": 0,
         "free": CAPS,
     }
-    assert wire([row]) == [list(row)]  # msgpack-friendly: only plain types
+    raw = msgspec.msgpack.decode(msgspec.msgpack.encode([row]))
+    assert raw == [["a", table.me.address, 7, 0, "alive", CAPS, 0, CAPS]]  # a plain array
 
 
 def test_default_incarnation_grows_across_restarts():
@@ -156,7 +159,7 @@ def test_join_propagates_through_the_seed():
     assert set(a.alive()) == {"a", "b", "c"}
     assert set(b.alive()) == {"a", "b"}
     events = b.merge(wire(a.digest()), 0.1)
-    assert events == [("joined", "c")]
+    assert events == [(E.JOINED, "c")]
     assert set(b.alive()) == {"a", "b", "c"}
     assert b.get("c").address == c.me.address
     assert b.merge(wire(a.digest()), 0.2) == []  # nothing new the second time
@@ -165,7 +168,7 @@ def test_join_propagates_through_the_seed():
 def test_join_event_is_a_named_tuple():
     a, b = make("a"), make("b")
     (event,) = a.merge(wire(b.digest()), 0.0)
-    assert event.kind == "joined" and event.name == "b"
+    assert event.kind is E.JOINED and event.name == "b"
 
 
 # -------------------------------------------------------------------- heartbeats
@@ -206,7 +209,7 @@ def run_ticks(table: MembershipTable, start: float, stop: float, step: float = 0
 def test_silent_member_is_suspected_after_1s_then_dead_after_2s():
     a, b = make("a"), make("b")
     join(a, b)
-    assert run_ticks(a, 0.0, 3.0) == [(1.0, ("suspect", "b")), (2.0, ("dead", "b"))]
+    assert run_ticks(a, 0.0, 3.0) == [(1.0, (E.SUSPECT, "b")), (2.0, (E.DEAD, "b"))]
     assert a.get("b").status == DEAD
     assert "b" not in a.alive()
 
@@ -215,7 +218,7 @@ def test_long_silence_goes_straight_to_dead():
     a, b = make("a"), make("b")
     join(a, b)
     assert a.tick(0.5) == []
-    assert a.tick(2.5) == [("dead", "b")]
+    assert a.tick(2.5) == [(E.DEAD, "b")]
 
 
 def test_suspect_recovers_when_its_heartbeat_advances():
@@ -224,7 +227,7 @@ def test_suspect_recovers_when_its_heartbeat_advances():
     run_ticks(a, 0.0, 1.5)
     assert a.get("b").status == SUSPECT
     b.tick(1.5)
-    assert a.merge(wire(b.digest()), 1.5) == [("alive", "b")]
+    assert a.merge(wire(b.digest()), 1.5) == [(E.ALIVE, "b")]
     assert a.get("b").status == ALIVE
     assert run_ticks(a, 1.5, 2.4) == []  # the clock restarted at 1.5
 
@@ -235,7 +238,7 @@ def test_suspicion_timer_restarts_from_the_last_advance():
     run_ticks(a, 0.0, 1.5)
     b.tick(1.5)
     a.merge(wire(b.digest()), 1.5)
-    assert run_ticks(a, 1.5, 4.0) == [(2.5, ("suspect", "b")), (3.5, ("dead", "b"))]
+    assert run_ticks(a, 1.5, 4.0) == [(2.5, (E.SUSPECT, "b")), (3.5, (E.DEAD, "b"))]
 
 
 def test_heard_from_is_a_sign_of_life():
@@ -243,11 +246,11 @@ def test_heard_from_is_a_sign_of_life():
     join(a, b)
     run_ticks(a, 0.0, 1.2)
     assert a.get("b").status == SUSPECT
-    assert a.heard_from("b", 1.2) == [("alive", "b")]
+    assert a.heard_from("b", 1.2) == [(E.ALIVE, "b")]
     assert a.heard_from("b", 1.5) == []
     assert a.get("b").last_advanced == 1.5
     assert a.heard_from("stranger", 1.5) == []
-    assert run_ticks(a, 1.5, 2.5) == [(2.5, ("suspect", "b"))]
+    assert run_ticks(a, 1.5, 2.5) == [(2.5, (E.SUSPECT, "b"))]
 
 
 def test_heard_from_does_not_revive_the_dead():
@@ -262,16 +265,16 @@ def test_stall_of_our_own_is_not_held_against_peers():
     a, b = make("a", max_tick_gap=0.5), make("b")
     join(a, b)
     assert a.tick(0.1) == []
-    assert a.tick(5.0) == [("stalled", "a")]  # we were paused for 4.9 s: b is not to blame
+    assert a.tick(5.0) == [(E.STALLED, "a")]  # we were paused for 4.9 s: b is not to blame
     assert a.get("b").status == ALIVE
-    assert run_ticks(a, 5.0, 6.0) == [(5.9, ("suspect", "b"))]
+    assert run_ticks(a, 5.0, 6.0) == [(5.9, (E.SUSPECT, "b"))]
 
 
 def test_without_max_tick_gap_a_stall_counts_as_silence():
     a, b = make("a"), make("b")
     join(a, b)
     a.tick(0.1)
-    assert a.tick(5.0) == [("dead", "b")]
+    assert a.tick(5.0) == [(E.DEAD, "b")]
 
 
 # ------------------------------------------------------------------ dead and left
@@ -291,7 +294,7 @@ def test_restart_with_higher_incarnation_is_a_new_member():
     join(a, b)
     run_ticks(a, 0.0, 2.0)
     reborn = MembershipTable("b", "tcp://127.0.0.1:7777", {"cpu": 2.0}, incarnation=2)
-    assert a.merge(wire(reborn.digest()), 2.1) == [("joined", "b")]
+    assert a.merge(wire(reborn.digest()), 2.1) == [(E.JOINED, "b")]
     member = a.get("b")
     assert (member.status, member.incarnation, member.address) == (ALIVE, 2, "tcp://127.0.0.1:7777")
     assert member.caps == {"cpu": 2.0}
@@ -304,7 +307,7 @@ def test_restart_of_a_member_still_held_alive_is_reported():
     for _ in range(10):
         b.tick(0.0)
     reborn = MembershipTable("b", "tcp://127.0.0.1:7777", CAPS, incarnation=2)
-    assert a.merge(wire(reborn.digest()), 0.5) == [("restarted", "b")]
+    assert a.merge(wire(reborn.digest()), 0.5) == [(E.RESTARTED, "b")]
     assert a.get("b").heartbeat == 0  # the new instance's counter, even though it is lower
     assert a.merge(wire(b.digest()), 0.6) == []  # the old instance's rows are stale now
 
@@ -313,10 +316,10 @@ def test_peer_cannot_declare_us_dead_we_refute_with_a_new_incarnation():
     a, b = make("a"), make("b")
     join(a, b)
     run_ticks(a, 0.0, 2.0)  # a declares b dead
-    assert b.merge(wire(a.digest()), 2.0) == [("refuted", "b")]
+    assert b.merge(wire(a.digest()), 2.0) == [(E.REFUTED, "b")]
     assert b.me.status == ALIVE
     assert b.incarnation == 2
-    assert a.merge(wire(b.digest()), 2.1) == [("joined", "b")]
+    assert a.merge(wire(b.digest()), 2.1) == [(E.JOINED, "b")]
     assert a.get("b").status == ALIVE
 
 
@@ -342,11 +345,11 @@ def test_peer_death_claim_needs_news_at_least_as_fresh_as_ours():
     c.tick(1.0)
     b.merge(wire(c.digest()), 1.0)  # b has heard c's heartbeat 1: a's claim is stale
     events = b.merge(wire(a.digest()), 2.0)
-    assert ("dead", "c") not in events
+    assert (E.DEAD, "c") not in events
     assert b.get("c").status == ALIVE
     late = make("e")  # saw c only at the heartbeat a had: a's claim is believed
     late.merge(wire([row_of(a, "c", status=ALIVE)]), 2.0)
-    assert late.merge(wire([row_of(a, "c")]), 2.1) == [("dead", "c")]
+    assert late.merge(wire([row_of(a, "c")]), 2.1) == [(E.DEAD, "c")]
 
 
 def test_left_member_is_dropped_without_waiting():
@@ -355,7 +358,7 @@ def test_left_member_is_dropped_without_waiting():
     b.leave()
     assert b.me.status == LEFT
     assert "b" not in b.alive()
-    assert a.merge(wire(b.digest()), 0.1) == [("left", "b")]
+    assert a.merge(wire(b.digest()), 0.1) == [(E.LEFT, "b")]
     assert "b" not in a.alive()
     assert a.gossip_targets() == []
     assert a.merge(wire([row_of(a, "b", status=ALIVE, heartbeat=99)]), 0.2) == []
@@ -368,21 +371,21 @@ def test_dead_rows_spread_then_are_forgotten_and_stay_forgotten():
     a, b = make("a", forget_after=10.0), make("b")
     join(a, b)
     run_ticks(a, 0.0, 2.0)
-    assert "b" in {row[0] for row in a.digest()}  # the news still spreads
+    assert "b" in {row.name for row in a.digest()}  # the news still spreads
     a.tick(12.0)
     assert a.get("b") is None
-    assert "b" not in {row[0] for row in a.digest()}
+    assert "b" not in {row.name for row in a.digest()}
     assert a.merge(wire(b.digest()), 12.1) == []  # a stale row does not bring it back
     assert a.get("b") is None
     reborn = MembershipTable("b", "tcp://127.0.0.1:1", CAPS, incarnation=2)
-    assert a.merge(wire(reborn.digest()), 12.2) == [("joined", "b")]
+    assert a.merge(wire(reborn.digest()), 12.2) == [(E.JOINED, "b")]
 
 
 def test_unknown_dead_rows_are_not_added_but_block_stale_rows():
     a, b, c = make("a"), make("b"), make("c")
     join(a, b)
     run_ticks(a, 0.0, 2.0)
-    assert c.merge(wire(a.digest()), 2.0) == [("joined", "a")]
+    assert c.merge(wire(a.digest()), 2.0) == [(E.JOINED, "a")]
     assert c.get("b") is None
     assert c.merge(wire(b.digest()), 2.1) == []  # b's own stale row, same incarnation
     assert c.get("b") is None
@@ -392,7 +395,7 @@ def test_conflict_when_a_live_instance_of_our_name_is_newer():
     a, imposter, b = make("a", incarnation=1), make("a", incarnation=5), make("b")
     join(a, b)
     b.merge(wire(imposter.digest()), 0.0)
-    assert a.merge(wire(b.digest()), 0.0) == [("conflict", "a")]
+    assert a.merge(wire(b.digest()), 0.0) == [(E.CONFLICT, "a")]
     assert a.merge(wire(b.digest()), 0.1) == []  # reported once
     assert a.incarnation == 1
 
@@ -401,7 +404,7 @@ def test_newer_dead_instance_of_our_name_makes_us_newer_still():
     a, b = make("a", incarnation=3), make("b")
     join(a, b)
     b.merge(wire([row_of(a, "a", incarnation=9, status=DEAD)]), 0.0)
-    assert a.merge(wire(b.digest()), 0.0) == [("refuted", "a")]
+    assert a.merge(wire(b.digest()), 0.0) == [(E.REFUTED, "a")]
     assert a.incarnation == 10
 
 
@@ -412,7 +415,7 @@ def test_own_caps_and_free_propagate():
     a.update_caps("a", {"cpu": 4.0, "gpu": 1.0})
     a.update_free("a", {"cpu": 1.0, "gpu": 0.0})
     events = b.merge(wire(a.digest()), 0.1)
-    assert events == [("caps", "a")]
+    assert events == [(E.CAPS, "a")]
     assert b.get("a").caps == {"cpu": 4.0, "gpu": 1.0}
     assert b.get("a").free == {"cpu": 1.0, "gpu": 0.0}
     assert b.get("a").last_advanced == 0.1  # a free update advances the heartbeat
@@ -423,9 +426,9 @@ def test_remote_caps_override_spreads_to_everyone_including_the_owner():
     for x, y in ((a, b), (a, c), (b, c)):
         join(x, y)
     c.update_caps("b", {"cpu": 64.0})  # register_node("b", ...) called on c
-    assert a.merge(wire(c.digest()), 0.1) == [("caps", "b")]
+    assert a.merge(wire(c.digest()), 0.1) == [(E.CAPS, "b")]
     b.tick(0.2)
-    assert b.merge(wire(a.digest()), 0.2) == [("caps", "b")]
+    assert b.merge(wire(a.digest()), 0.2) == [(E.CAPS, "b")]
     assert b.me.caps == {"cpu": 64.0}
     b.tick(0.3)  # b's own later rows keep the override rather than undoing it
     a.merge(wire(b.digest()), 0.3)
@@ -526,26 +529,45 @@ def test_addresses_and_alive():
         "garbage",
         None,
         ["b"],
-        ["b", "addr", "1", 0, ALIVE, CAPS, 0, CAPS],
+        ["b", "addr", "1", 0, "alive", CAPS, 0, CAPS],
         ["b", "addr", 1, 0, "zombie", CAPS, 0, CAPS],
-        ["b", "addr", 1, 0, ALIVE, {"cpu": "many"}, 0, CAPS],
-        ["b", "addr", 1, 0, ALIVE, CAPS, 0, {"cpu": float("nan")}],
-        [["unhashable"], "addr", 1, 0, ALIVE, CAPS, 0, CAPS],
-        ["", "addr", 1, 0, ALIVE, CAPS, 0, CAPS],
+        ["b", "addr", 1, 0, "alive", {"cpu": "many"}, 0, CAPS],
+        [["unhashable"], "addr", 1, 0, "alive", CAPS, 0, CAPS],
+        ["b", "addr", 1, "9", "alive", CAPS, 0, CAPS],
+        ["b", "addr", 1, 0, "alive", CAPS, 0],
     ],
 )
-def test_malformed_rows_are_dropped_not_raised(bad):
+def test_a_digest_with_a_row_of_the_wrong_shape_is_refused_at_decode(bad):
+    frames = encode(Gossip("b", make("b").digest()))
+    assert decode(frames).rows[0].name == "b"  # the untouched message decodes
+    header = msgspec.msgpack.decode(frames[0])
+    header[2][1].insert(0, bad)  # the fields: [sender, rows]
+    with pytest.raises(ProtocolError, match="rows"):
+        decode([msgspec.msgpack.encode(header), *frames[1:]])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"free": {"cpu": float("nan")}},
+        {"caps": {"cpu": -1.0}},
+        {"free": {"cpu": float("inf")}},
+        {"name": ""},
+    ],
+)
+def test_rows_with_values_that_make_no_sense_are_dropped_not_raised(changes):
     a, b = make("a"), make("b")
-    events = a.merge([bad, *wire(b.digest())], 0.0)
-    assert events == [("joined", "b")]
+    bad = row_of(b, "b", **changes)
+    events = a.merge(wire([bad, *make("c").digest()]), 0.0)
+    assert events == [(E.JOINED, "c")]
     assert a.malformed_rows == 1
 
 
-def test_malformed_heartbeat_of_a_known_member_is_dropped():
+def test_senseless_free_resources_of_a_known_member_are_dropped():
     a, b = make("a"), make("b")
     join(a, b)
-    assert a.merge([row_of(a, "b", heartbeat="9")], 0.1) == []
-    assert a.merge([row_of(a, "b", heartbeat=5, free={"cpu": None})], 0.1) == []
+    assert a.merge(wire([row_of(a, "b", heartbeat=5, free={"cpu": -2.0})]), 0.1) == []
+    assert a.merge(wire([row_of(a, "b", heartbeat=5, free={"cpu": float("nan")})]), 0.1) == []
     assert a.malformed_rows == 2
     assert a.get("b").heartbeat == 0
 
@@ -558,7 +580,7 @@ def test_thousand_members_converge_within_15_rounds():
     while not cluster.converged():
         cluster.round()
         assert cluster.rounds <= 15
-    assert not [e for e in cluster.log if e[2].kind in ("suspect", "dead")]
+    assert not [e for e in cluster.log if e[2].kind in (E.SUSPECT, E.DEAD)]
 
 
 def test_fifty_members_converge_and_stay_healthy():
@@ -569,7 +591,7 @@ def test_fifty_members_converge_and_stay_healthy():
     assert cluster.rounds <= 10
     for _ in range(100):  # 10 s of steady gossip: no false suspicion
         cluster.round()
-    assert [e for e in cluster.log if e[2].kind != "joined"] == []
+    assert [e for e in cluster.log if e[2].kind is not E.JOINED] == []
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -587,12 +609,12 @@ def test_stopped_member_is_declared_dead_by_all_others(seed):
     while len(declared) < 49 and cluster.now < stopped_at + 10:
         cluster.round()
         for now, observer, event in cluster.log:
-            if event == ("dead", victim):
+            if event == (E.DEAD, victim):
                 declared.setdefault(observer, now)
     assert len(declared) == 49
     dead_after = cluster.tables["node-0"].dead_after
     assert max(declared.values()) - stopped_at <= dead_after + 3 * interval + 1e-9
-    others = [e for e in cluster.log if e[2].kind in ("suspect", "dead") and e[2].name != victim]
+    others = [e for e in cluster.log if e[2].kind in (E.SUSPECT, E.DEAD) and e[2].name != victim]
     assert others == []
 
 
@@ -647,13 +669,13 @@ def test_probe_tells_the_paused_member_it_is_dead_and_it_rejoins_everywhere():
     run_ticks(a, 0.0, 3.0)  # b is paused: a declares it dead at 2.0
     assert a.get("b").status == DEAD
     # b wakes up at 3.0: its first tick knows it was stalled and blames nobody
-    assert b.tick(3.0) == [("stalled", "b")]
+    assert b.tick(3.0) == [(E.STALLED, "b")]
     assert b.get("a").status == ALIVE
     (probe,) = a.probe_targets(3.0)
     assert probe[0] == "b"
-    assert b.merge(wire(a.digest()), 3.0) == [("refuted", "b")]  # it learns it was declared dead
+    assert b.merge(wire(a.digest()), 3.0) == [(E.REFUTED, "b")]  # it learns it was declared dead
     b.validate_state()
-    assert a.merge(wire(b.digest()), 3.1) == [("joined", "b")]
+    assert a.merge(wire(b.digest()), 3.1) == [(E.JOINED, "b")]
     assert a.probing() == {}
     assert a.get("b").status == ALIVE and a.get("b").incarnation == b.incarnation
     a.validate_state()
@@ -670,10 +692,10 @@ def test_both_sides_declared_dead_heal_by_probing_each_other():
     to_b, to_a = a.digest(), b.digest()
     assert [n for n, _ in a.probe_targets(2.5)] == ["b"]
     assert [n for n, _ in b.probe_targets(2.5)] == ["a"]
-    assert b.merge(wire(to_b), 2.5) == [("refuted", "b")]
-    assert a.merge(wire(to_a), 2.5) == [("refuted", "a")]
-    assert a.merge(wire(b.digest()), 2.6) == [("joined", "b")]
-    assert b.merge(wire(a.digest()), 2.6) == [("joined", "a")]
+    assert b.merge(wire(to_b), 2.5) == [(E.REFUTED, "b")]
+    assert a.merge(wire(to_a), 2.5) == [(E.REFUTED, "a")]
+    assert a.merge(wire(b.digest()), 2.6) == [(E.JOINED, "b")]
+    assert b.merge(wire(a.digest()), 2.6) == [(E.JOINED, "a")]
     for table in (a, b):
         table.validate_state()
         assert set(table.addresses(include_self=True)) == {"a", "b"}
@@ -699,7 +721,7 @@ def test_forget_drops_a_member_that_never_spoke_but_keeps_contacted_ones():
     assert not a.forget("c")
     assert not a.forget("a")
     a.validate_state()
-    assert a.merge(wire(b.digest()), 0.2) == [("joined", "b")]  # no tombstone: it may come back
+    assert a.merge(wire(b.digest()), 0.2) == [(E.JOINED, "b")]  # no tombstone: it may come back
 
 
 def test_table_refuses_new_members_past_max_members():
@@ -732,5 +754,5 @@ def test_paused_member_heals_back_into_a_simulated_cluster(seed):
         cluster.round()
         assert cluster.now - resumed_at <= 2.0, "did not heal"
     victim_events = [e for when, who, e in cluster.log if who == victim and when > resumed_at]
-    assert ("stalled", victim) in victim_events
-    assert not [e for e in victim_events if e.kind == "dead"]  # it blamed nobody for its pause
+    assert (E.STALLED, victim) in victim_events
+    assert not [e for e in victim_events if e.kind is E.DEAD]  # it blamed nobody for its pause

@@ -17,6 +17,7 @@ import zmq
 
 from handoff.protocol import VERSION, encode
 from handoff.protocol.messages import Fetch, Gossip, Hello, Refuse
+from handoff.protocol.rows import MemberRow, MemberStatus
 from handoff.protocol.rows import FetchRow
 from handoff.transport import Transport
 from handoff.transport.sockets import BLOCK_AFTER, LOG_BURST, LOG_FIRST, DropLog
@@ -199,6 +200,11 @@ def test_a_good_peer_is_served_while_another_sends_garbage(ctx, transport):
     assert transport.blocked_peers == 1
 
 
+def padded_row(nbytes: int) -> MemberRow:
+    """A gossip row about ``nbytes`` long on the wire."""
+    return MemberRow("x", "x" * nbytes, 1, 0, MemberStatus.ALIVE, {}, 0, {})
+
+
 def test_an_oversized_message_is_not_delivered(ctx):
     t = Transport(ctx, max_message=4096)
     t.bind("tcp://127.0.0.1:0")
@@ -207,12 +213,12 @@ def test_an_oversized_message_is_not_delivered(ctx):
         big = dealer(ctx, t.address)
         big.send_multipart(hello("big"))
         assert [type(m) for _, m in drain(t, lambda got: got)] == [Hello]
-        big.send_multipart(encode(Gossip("big", [["x" * 8000]])))
+        big.send_multipart(encode(Gossip("big", [padded_row(8000)])))
         assert settle(t, 0.5) == []
 
         small = dealer(ctx, t.address)  # the node keeps serving everyone else
         small.send_multipart(hello("small"))
-        small.send_multipart(encode(Gossip("small", [["x" * 2000]])))
+        small.send_multipart(encode(Gossip("small", [padded_row(2000)])))
         got = drain(t, lambda got: len(got) == 2)
         assert [type(m) for _, m in got] == [Hello, Gossip]
     finally:

@@ -1,5 +1,6 @@
-"""Membership rows: statuses, one member's row, the events a table reports, and the
-checks a row from the network must pass (see membership.py for the merge rules).
+"""Membership rows: statuses, one member's row (gossiped as a ``MemberRow``), the events a
+table reports, and the checks a row from the network must pass (see membership.py for the
+merge rules).
 
 Healing (SWIM): "dead" may be wrong (a paused process, a partition). A dead member that we
 had heard from directly keeps being probed: :meth:`~MembershipTable.probe_targets` names it
@@ -15,30 +16,41 @@ returns a "stalled" event so the node re-probes its peers at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 
+from handoff.protocol.rows import MemberRow, MemberStatus
+
 __all__ = [
-    "ALIVE", "DEAD", "LEFT", "ROW_FIELDS", "SUSPECT", "Member", "MembershipEvent", "Probe", "Prober",
+    "ALIVE", "DEAD", "LEFT", "SUSPECT", "EventKind", "Member", "MemberRow", "MemberStatus",
+    "MembershipEvent", "Probe", "Prober",
 ]
 
-ALIVE = "alive"
-SUSPECT = "suspect"
-DEAD = "dead"
-LEFT = "left"
-STATUSES = frozenset((ALIVE, SUSPECT, DEAD, LEFT))
+
+ALIVE = MemberStatus.ALIVE
+SUSPECT = MemberStatus.SUSPECT
+DEAD = MemberStatus.DEAD
+LEFT = MemberStatus.LEFT
 LIVE = frozenset((ALIVE, SUSPECT))
 
-#: Field order of one digest row (a plain tuple, msgpack-friendly; a list is accepted too).
-ROW_FIELDS = (
-    "name",
-    "address",
-    "incarnation",
-    "heartbeat",
-    "status",
-    "caps",
-    "caps_version",
-    "free",
-)
+
+class EventKind(Enum):
+    """What a :class:`MembershipEvent` reports (see there)."""
+
+    JOINED = "joined"
+    RESTARTED = "restarted"
+    SUSPECT = "suspect"
+    ALIVE = "alive"
+    DEAD = "dead"
+    LEFT = "left"
+    CAPS = "caps"
+    REFUTED = "refuted"
+    CONFLICT = "conflict"
+    STALLED = "stalled"
+
+
+#: The event a member going to a final status is reported as.
+GONE_EVENT = {DEAD: EventKind.DEAD, LEFT: EventKind.LEFT}
 
 
 class MembershipEvent(NamedTuple):
@@ -64,7 +76,7 @@ class MembershipEvent(NamedTuple):
       one, so this node was paused; peers were not blamed for it. Re-probe them now.
     """
 
-    kind: str
+    kind: EventKind
     name: str
 
 
@@ -84,15 +96,15 @@ class Member:
     free: dict[str, float]
     heartbeat: int = 0
     incarnation: int = 0
-    status: str = ALIVE
+    status: MemberStatus = ALIVE
     caps_version: int = 0
     last_advanced: float = 0.0
     status_since: float = 0.0
     contacted: bool = False
 
-    def row(self) -> tuple[Any, ...]:
-        """This member as a digest row (see ``ROW_FIELDS``)."""
-        return (
+    def row(self) -> MemberRow:
+        """This member as a digest row."""
+        return MemberRow(
             self.name,
             self.address,
             self.incarnation,
@@ -129,23 +141,9 @@ def is_resources(value: Any) -> bool:
     return True
 
 
-def is_row(row: Any) -> bool:
-    """Whether a row from the network has the digest shape; anything else is dropped."""
-    if type(row) not in (tuple, list) or len(row) != 8:
-        return False
-    name, address, incarnation, heartbeat, status, caps, caps_version, free = row
-    return (
-        type(name) is str
-        and name != ""
-        and type(address) is str
-        and type(incarnation) is int
-        and type(heartbeat) is int
-        and type(caps_version) is int
-        and type(status) is str
-        and status in STATUSES
-        and is_resources(caps)
-        and is_resources(free)
-    )
+def is_sound(row: MemberRow) -> bool:
+    """Whether a row's values make sense (its types were checked at decode); else it is dropped."""
+    return row.name != "" and is_resources(row.caps) and is_resources(row.free)
 
 
 def caps_win(

@@ -49,13 +49,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from handoff.node.cluster.members import (
-    ALIVE, DEAD, LEFT, LIVE, ROW_FIELDS, STATUSES, SUSPECT, Member, MembershipEvent, Probe, Prober,
-    caps_win, is_resources, is_row,
+    ALIVE, DEAD, GONE_EVENT, LEFT, LIVE, SUSPECT, EventKind, Member, MemberRow, MembershipEvent,
+    MemberStatus, Probe, Prober, caps_win, is_resources, is_sound,
 )
 
 __all__ = [
-    "ALIVE", "DEAD", "LEFT", "ROW_FIELDS", "SUSPECT", "Member", "MembershipEvent", "MembershipTable",
-    "Probe",
+    "ALIVE", "DEAD", "LEFT", "LIVE", "SUSPECT", "EventKind", "Member", "MemberRow", "MemberStatus",
+    "MembershipEvent", "MembershipTable", "Probe",
 ]
 
 class MembershipTable:
@@ -132,7 +132,7 @@ class MembershipTable:
         self.probe_interval = float(probe_interval)
         self.probe_for = float(probe_for)
         self.max_members = max_members
-        self.malformed_rows = 0  # rows dropped by merge() because they had the wrong shape
+        self.malformed_rows = 0  # rows dropped by merge() because their values made no sense
         self.refused_members = 0  # rows of new members dropped because the table was full
         self._rng = rng if rng is not None else random.Random()
         self._me = Member(
@@ -197,8 +197,8 @@ class MembershipTable:
         return address is None or address != member.address
 
     # ---------------------------------------------------------------- gossiping
-    def digest(self) -> list[tuple[Any, ...]]:
-        """Every row we know (dead and left ones until forgotten), as plain tuples."""
+    def digest(self) -> list[MemberRow]:
+        """Every row we know (dead and left ones until forgotten)."""
         return [m.row() for m in self._members.values()]
 
     def gossip_targets(self) -> list[str]:
@@ -256,7 +256,7 @@ class MembershipTable:
             shift = now - last
             for member in self._age.values():
                 member.last_advanced = min(now, member.last_advanced + shift)
-            events.append(MembershipEvent("stalled", self.name))
+            events.append(MembershipEvent(EventKind.STALLED, self.name))
 
         stale: list[Member] = []
         for member in self._age.values():
@@ -266,11 +266,11 @@ class MembershipTable:
         for member in stale:
             if now - member.last_advanced >= self.dead_after:
                 self._set_gone(member, DEAD, now)
-                events.append(MembershipEvent(DEAD, member.name))
+                events.append(MembershipEvent(EventKind.DEAD, member.name))
             elif member.status == ALIVE:
                 member.status = SUSPECT
                 member.status_since = now
-                events.append(MembershipEvent(SUSPECT, member.name))
+                events.append(MembershipEvent(EventKind.SUSPECT, member.name))
 
         horizon = now - self.forget_after
         while self._gone:
@@ -298,7 +298,7 @@ class MembershipTable:
         if member.status == SUSPECT:
             member.status = ALIVE
             member.status_since = now
-            return [MembershipEvent(ALIVE, name)]
+            return [MembershipEvent(EventKind.ALIVE, name)]
         return []
 
     # ----------------------------------------------------------------- probing
@@ -335,7 +335,7 @@ class MembershipTable:
         assert self.name not in self._age and self.name not in self._gone, "we are in a peer index"
         for name, member in self._members.items():
             assert member.name == name, f"row {name!r} holds member {member.name!r}"
-            assert member.status in STATUSES, f"{name!r} has status {member.status!r}"
+            assert isinstance(member.status, MemberStatus), f"{name!r} has status {member.status!r}"
             if member is me:
                 continue
             live = member.status in LIVE
@@ -355,48 +355,43 @@ class MembershipTable:
         assert len(self._members) <= self.max_members, "more members than max_members"
 
     # ------------------------------------------------------------------ merging
-    def merge(self, rows: Iterable[Any], now: float) -> list[MembershipEvent]:
+    def merge(self, rows: Iterable[MemberRow], now: float) -> list[MembershipEvent]:
         """Merge a peer's digest at local time ``now``; returns what changed.
 
-        Malformed rows are dropped (and counted in ``malformed_rows``), never raised.
+        The codec checked the rows' types; rows whose values make no sense (see
+        ``is_sound``) are dropped and counted in ``malformed_rows``, never raised.
         """
         events: list[MembershipEvent] = []
         members = self._members
         age = self._age
         me = self._me
         for row in rows:
-            member = None
-            try:
-                member = members.get(row[0])
-                # Fast paths for the common cases once converged: a row with nothing new,
-                # and a plain heartbeat advance of a healthy peer.
-                if (
-                    member is not None
-                    and row[2] == member.incarnation
-                    and row[6] == member.caps_version
-                    and row[5] == member.caps
-                ):
-                    heartbeat = row[3]
-                    status = row[4]
-                    if heartbeat <= member.heartbeat:
-                        if status == ALIVE or status == member.status:
-                            continue
-                    elif (
-                        type(heartbeat) is int
-                        and (status == ALIVE or status == SUSPECT)
-                        and member.status == ALIVE
-                        and member is not me
-                        and (row[7] == member.free or is_resources(row[7]))
-                        and len(row) == 8
-                    ):
-                        member.heartbeat = heartbeat
-                        member.free = row[7]
-                        member.last_advanced = now
-                        age.move_to_end(member.name)
+            member = members.get(row.name)
+            # Fast paths for the common cases once converged: a row with nothing new, and a
+            # plain heartbeat advance of a healthy peer.
+            if (
+                member is not None
+                and row.incarnation == member.incarnation
+                and row.caps_version == member.caps_version
+                and row.caps == member.caps
+            ):
+                heartbeat = row.heartbeat
+                status = row.status
+                if heartbeat <= member.heartbeat:
+                    if status is ALIVE or status is member.status:
                         continue
-            except (TypeError, IndexError, KeyError):
-                pass
-            if not is_row(row):
+                elif (
+                    (status is ALIVE or status is SUSPECT)
+                    and member.status is ALIVE
+                    and member is not me
+                    and (row.free == member.free or is_resources(row.free))
+                ):
+                    member.heartbeat = heartbeat
+                    member.free = row.free
+                    member.last_advanced = now
+                    age.move_to_end(member.name)
+                    continue
+            if not is_sound(row):
                 self.malformed_rows += 1
                 continue
             if member is None:
@@ -407,12 +402,12 @@ class MembershipTable:
                 self._merge_known(member, row, now, events)
         return events
 
-    def _merge_unknown(self, row: Any, now: float, events: list[MembershipEvent]) -> None:
-        name, address, incarnation, heartbeat, status, caps, caps_version, free = row
+    def _merge_unknown(self, row: MemberRow, now: float, events: list[MembershipEvent]) -> None:
+        name, incarnation = row.name, row.incarnation
         tomb = self._tombstones.get(name)
         if tomb is not None and incarnation <= tomb[0]:
             return
-        if status not in LIVE:
+        if row.status not in LIVE:
             # News of a death we never saw alive: remember it so stale rows cannot revive it.
             self._tombstones[name] = (incarnation, now)
             self._tombstones.move_to_end(name)
@@ -424,89 +419,89 @@ class MembershipTable:
         self._prober.stop(name)
         member = Member(
             name=name,
-            address=address,
-            caps=caps,
-            free=free,
-            heartbeat=heartbeat,
+            address=row.address,
+            caps=row.caps,
+            free=row.free,
+            heartbeat=row.heartbeat,
             incarnation=incarnation,
-            caps_version=caps_version,
+            caps_version=row.caps_version,
             last_advanced=now,
             status_since=now,
         )
         self._members[name] = member
         self._age[name] = member
-        events.append(MembershipEvent("joined", name))
+        events.append(MembershipEvent(EventKind.JOINED, name))
 
     def _merge_known(
-        self, member: Member, row: Any, now: float, events: list[MembershipEvent]
+        self, member: Member, row: MemberRow, now: float, events: list[MembershipEvent]
     ) -> None:
-        name, address, incarnation, heartbeat, status, caps, caps_version, free = row
-        if incarnation > member.incarnation:
+        name, status, heartbeat = row.name, row.status, row.heartbeat
+        if row.incarnation > member.incarnation:
             was_live = member.status in LIVE
             member.contacted = False  # a new instance: it has not spoken to us yet
             self._prober.stop(name)
-            member.address = address
-            member.incarnation = incarnation
+            member.address = row.address
+            member.incarnation = row.incarnation
             member.heartbeat = heartbeat
-            member.caps = caps
-            member.caps_version = caps_version
-            member.free = free
+            member.caps = row.caps
+            member.caps_version = row.caps_version
+            member.free = row.free
             if status in LIVE:
                 self._set_live(member, now)
-                events.append(MembershipEvent("restarted" if was_live else "joined", name))
-            elif was_live:
-                self._set_gone(member, status, now)
-                events.append(MembershipEvent(status, name))
+                kind = EventKind.RESTARTED if was_live else EventKind.JOINED
+                events.append(MembershipEvent(kind, name))
             else:
                 self._set_gone(member, status, now)
+                if was_live:
+                    events.append(MembershipEvent(GONE_EVENT[status], name))
             return
-        if incarnation < member.incarnation or member.status not in LIVE:
+        if row.incarnation < member.incarnation or member.status not in LIVE:
             return  # stale, or final for this incarnation
-        if status == LEFT or (status == DEAD and heartbeat >= member.heartbeat):
+        if status is LEFT or (status is DEAD and heartbeat >= member.heartbeat):
             member.heartbeat = max(member.heartbeat, heartbeat)
             self._set_gone(member, status, now)
-            events.append(MembershipEvent(status, name))
+            events.append(MembershipEvent(GONE_EVENT[status], name))
             return
         if heartbeat > member.heartbeat:
             member.heartbeat = heartbeat
-            member.free = free
+            member.free = row.free
             self._advanced(member, now)
-            if member.status == SUSPECT:
+            if member.status is SUSPECT:
                 member.status = ALIVE
                 member.status_since = now
-                events.append(MembershipEvent(ALIVE, name))
-        if caps_win(caps, caps_version, member.caps, member.caps_version):
-            member.caps = caps
-            member.caps_version = caps_version
-            events.append(MembershipEvent("caps", name))
+                events.append(MembershipEvent(EventKind.ALIVE, name))
+        if caps_win(row.caps, row.caps_version, member.caps, member.caps_version):
+            member.caps = row.caps
+            member.caps_version = row.caps_version
+            events.append(MembershipEvent(EventKind.CAPS, name))
 
-    def _merge_own(self, row: Any, now: float, events: list[MembershipEvent]) -> None:
-        _, _, incarnation, _, status, caps, caps_version, _ = row
+    def _merge_own(self, row: MemberRow, now: float, events: list[MembershipEvent]) -> None:
+        incarnation, status = row.incarnation, row.status
         me = self._me
-        if me.status == LEFT or incarnation < me.incarnation:
+        if me.status is LEFT or incarnation < me.incarnation:
             return
         if incarnation > me.incarnation:
             if status in LIVE:
                 if incarnation != self._conflict_seen:
                     self._conflict_seen = incarnation
-                    events.append(MembershipEvent("conflict", self.name))
+                    events.append(MembershipEvent(EventKind.CONFLICT, self.name))
                 return
             # A newer instance of our name is dead (our clock went back across a restart).
             self._refute(incarnation, events)
             return
-        if status in (DEAD, LEFT):
+        if status is DEAD or status is LEFT:
             self._refute(incarnation, events)
             return
-        if caps_win(caps, caps_version, me.caps, me.caps_version):
+        if caps_win(row.caps, row.caps_version, me.caps, me.caps_version):
             # An override of our capacities made on another node.
-            me.caps = caps
-            me.caps_version = caps_version
-            events.append(MembershipEvent("caps", self.name))
+            me.caps = row.caps
+            me.caps_version = row.caps_version
+            events.append(MembershipEvent(EventKind.CAPS, self.name))
 
     def _refute(self, incarnation: int, events: list[MembershipEvent]) -> None:
         self._me.incarnation = incarnation + 1
         self._me.heartbeat += 1
-        events.append(MembershipEvent("refuted", self.name))
+        events.append(MembershipEvent(EventKind.REFUTED, self.name))
 
     # ------------------------------------------------------------- bookkeeping
     def _advanced(self, member: Member, now: float) -> None:
@@ -522,7 +517,7 @@ class MembershipTable:
         self._age[member.name] = member
         self._age.move_to_end(member.name)
 
-    def _set_gone(self, member: Member, status: str, now: float) -> None:
+    def _set_gone(self, member: Member, status: MemberStatus, now: float) -> None:
         self._age.pop(member.name, None)
         member.status = status
         member.status_since = now

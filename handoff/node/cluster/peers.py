@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from handoff.config import check_resources
 from handoff.errors import HandoffError
-from handoff.node.cluster.membership import ALIVE, DEAD, SUSPECT, Member, MembershipTable
+from handoff.node.cluster.membership import (
+    ALIVE, DEAD, LEFT, LIVE, EventKind, Member, MemberRow, MembershipEvent, MembershipTable,
+)
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
 from handoff.transport.sockets import DropLog, LinkEvent
 
@@ -174,7 +176,7 @@ class Peers:
         link = f"@{msg.address}"
         if msg.address in self.config.join and self.transport.connected(link):
             self.transport.disconnect(link)  # our join link: it is this peer
-        row = [msg.name, msg.address, msg.incarnation, 0, "alive", caps, 0, caps]
+        row = MemberRow(msg.name, msg.address, msg.incarnation, 0, ALIVE, caps, 0, caps)
         self.membership_events(table.merge([row], time.monotonic()))
         member = table.get(msg.name)
         if member is None:
@@ -222,9 +224,9 @@ class Peers:
     def on_leave(self, name: str) -> None:
         member = self.membership.get(name)
         if member is not None:
-            self.membership_events(self.membership.merge(
-                [[name, member.address, member.incarnation, member.heartbeat + 1, "left",
-                  member.caps, member.caps_version, member.free]], time.monotonic()))
+            row = MemberRow(name, member.address, member.incarnation, member.heartbeat + 1, LEFT,
+                            member.caps, member.caps_version, member.free)
+            self.membership_events(self.membership.merge([row], time.monotonic()))
 
     def heard_from(self, name: str) -> None:
         self._pending_joins.pop(name, None)
@@ -238,8 +240,8 @@ class Peers:
             self.membership.probe_soon(sender, time.monotonic())
 
     # ---- rounds ---------------------------------------------------------------------
-    def _digest(self) -> list:
-        return [list(row) for row in self.membership.digest()]
+    def _digest(self) -> list[MemberRow]:
+        return self.membership.digest()
 
     def _gossip_round(self) -> None:
         table = self.membership
@@ -273,39 +275,39 @@ class Peers:
             if self.ensure_link(name, address):
                 self.transport.send(name, Gossip(self.name, digest))
 
-    def membership_events(self, events: list) -> None:
+    def membership_events(self, events: list[MembershipEvent]) -> None:
         for kind, name in events:
             if name == self.name:
                 self._own_event(kind)
                 continue
             member = self.membership.get(name)
-            if kind in ("joined", "restarted"):
-                if kind == "restarted":
+            if kind is EventKind.JOINED or kind is EventKind.RESTARTED:
+                if kind is EventKind.RESTARTED:
                     self.drop_link(name)
                     self.node.member_lost(name, gone=False)
                 assert member is not None  # the table reports a join of a row it holds
                 log.info("%s: node %s joined at %s", self.name, name, member.address)
                 self.ensure_link(name, member.address)
                 self.node.member_joined(name, member.caps)
-            elif kind in ("dead", "left"):
-                log.warning("%s: node %s is %s", self.name, name, kind)
+            elif kind is EventKind.DEAD or kind is EventKind.LEFT:
+                log.warning("%s: node %s is %s", self.name, name, kind.value)
                 self.drop_link(name)
                 self.node.member_lost(name, gone=True)  # nobody is left to collect its results
-            elif kind == "caps" and member is not None:
+            elif kind is EventKind.CAPS and member is not None:
                 self.node.member_updated(name, member.caps)
-            elif kind == "suspect":
+            elif kind is EventKind.SUSPECT:
                 log.info("%s: node %s is suspect", self.name, name)
 
-    def _own_event(self, kind: str) -> None:
-        if kind == "conflict":
+    def _own_event(self, kind: EventKind) -> None:
+        if kind is EventKind.CONFLICT:
             log.error("%s: another live node uses this name", self.name)
-        elif kind == "caps":  # someone registered new capacities for this node
+        elif kind is EventKind.CAPS:  # someone registered new capacities for this node
             self.node.member_updated(self.name, self.capacity)
-        elif kind == "stalled":
+        elif kind is EventKind.STALLED:
             # this node was paused: ask everyone for news before anyone can be declared dead
             log.warning("%s: this node was stalled; probing its peers", self.name)
             self._reintroduce()
-        elif kind == "refuted":
+        elif kind is EventKind.REFUTED:
             # peers declared us dead and dropped what they owed us (results, fetches): rejoin
             # as a new instance, and re-place the work we had given them
             log.warning("%s: the cluster declared this node dead; rejoining as a new instance",
@@ -329,4 +331,4 @@ class Peers:
 
 
 def _live(member: Member) -> bool:
-    return member.status in (ALIVE, SUSPECT)
+    return member.status in LIVE
