@@ -31,7 +31,7 @@ from handoff.scheduler import (
 )
 
 if TYPE_CHECKING:
-    from handoff.node.server import Node
+    from handoff.node.server import Node, Timer
 
 __all__ = ["RunContext", "ExecutionResult", "Results", "Runs", "prepare_run", "progress_printer"]
 
@@ -238,7 +238,7 @@ class Runs:
         self.orchestrator = Orchestrator(self.ledger, self.name, debug_state=node.config.debug_state)
         self.runs: dict[str, RunContext] = {}
         self.local_events: list = []  # (row, blob) of this node's own tasks that finished
-        self._timeouts: dict[str, list] = {}
+        self._timeouts: dict[str, Timer] = {}
 
     def __len__(self) -> int:
         return len(self.runs)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass, field
 from concurrent.futures import Future
 from typing import Any, Callable, Hashable, cast
 
@@ -42,11 +43,21 @@ from handoff.transport import Transport
 
 log = logging.getLogger("handoff.node")
 
-__all__ = ["Node"]
+__all__ = ["Node", "Timer"]
 
 CHECK_WORKERS = 0.05  # seconds between worker liveness and timeout checks
 TICK = 0.25  # seconds between orchestrator ticks (deadlines of runs waiting for a node)
 SWEEP = 2.0  # seconds between sweeps of dead processes' files and spilled values' shm files
+
+
+@dataclass(slots=True, order=True)
+class Timer:
+    """One entry of the loop's timer heap: ``fn`` runs at ``at`` (None once cancelled);
+    ``seq`` keeps timers due at the same moment in the order they were set."""
+
+    at: float
+    seq: int
+    fn: Callable[[], Any] | None = field(compare=False)
 
 
 class Node:
@@ -60,7 +71,7 @@ class Node:
         self.transport = Transport(self.ctx, curve)
         self.store = ValueStore(cast(int, config.store_limit))  # NodeConfig settled it to bytes
         self.pool: WorkerPool | None = None
-        self._timers: list = []
+        self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._commands: deque = deque()
         self._wake_lock = threading.Lock()
@@ -169,10 +180,10 @@ class Node:
             self._wake_tx.send(b"", zmq.NOBLOCK)
 
     # ---- timers -----------------------------------------------------------------------
-    def after(self, delay: float, fn: Callable) -> list:
-        entry = [time.monotonic() + delay, next(self._seq), fn]
-        heapq.heappush(self._timers, entry)
-        return entry
+    def after(self, delay: float, fn: Callable[[], Any]) -> Timer:
+        timer = Timer(time.monotonic() + delay, next(self._seq), fn)
+        heapq.heappush(self._timers, timer)
+        return timer
 
     def every(self, period: float, fn: Callable) -> None:
         def tick() -> None:
@@ -182,8 +193,8 @@ class Node:
         self.after(period, tick)
 
     @staticmethod
-    def cancel_timer(entry: list) -> None:
-        entry[2] = None
+    def cancel_timer(timer: Timer) -> None:
+        timer.fn = None
 
     # ---- the loop ---------------------------------------------------------------------
     def _loop(self) -> None:
@@ -217,7 +228,7 @@ class Node:
                     poller.modify(fd, zmq.POLLIN | (zmq.POLLOUT if w.channel.wants_write else 0))
                 timeout = 100.0
                 if self._timers:
-                    timeout = max(0.0, (self._timers[0][0] - time.monotonic()) * 1000)
+                    timeout = max(0.0, (self._timers[0].at - time.monotonic()) * 1000)
                 busy = False
                 for sock, _ in poller.poll(int(timeout)):  # ms; pyzmq truncates a float alike
                     busy = True
@@ -270,8 +281,8 @@ class Node:
     def _run_timers(self) -> None:
         now = time.monotonic()
         timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, fn = heapq.heappop(timers)
+        while timers and timers[0].at <= now:
+            fn = heapq.heappop(timers).fn
             if fn is not None:
                 self._safely(fn)
 

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from handoff.errors import HandoffError, ResultNotFound
@@ -31,6 +32,25 @@ WINDOW = 8  # parts in flight per transfer: at most 128 MB ahead of a heartbeat
 __all__ = ["Fetching", "ValueSearch", "CHUNK"]
 
 
+@dataclass(slots=True)
+class Outgoing:
+    """A large value being sent in parts: ``(frame, offset, view)`` each, the next to send,
+    and the sizes of the frames the receiver rebuilds."""
+
+    parts: list[tuple[int, int, memoryview]]
+    sizes: list[int]
+    next: int = 0
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A large value being received from ``peer``: its frames, filled as parts arrive."""
+
+    buffers: list[bytearray]
+    peer: str
+    received: int = 0
+
+
 class Fetching:
     """Owns the fetches in flight (both ways), the per-peer batches and the chunked transfers."""
 
@@ -44,8 +64,8 @@ class Fetching:
         self._inflight: dict[tuple, list[Callable]] = {}  # (peer, dag, key) -> callbacks
         self._fetch_box: dict[str, list] = defaultdict(list)  # peer -> fetches to send
         self._value_box: dict[str, list] = defaultdict(list)  # peer -> replies to send
-        self._outgoing: dict[tuple, list] = {}  # (peer, request) -> [parts, next, sizes]
-        self._incoming: dict[int, list] = {}  # request -> [buffers, parts received, peer]
+        self._outgoing: dict[tuple[str, int], Outgoing] = {}  # by (peer, request)
+        self._incoming: dict[int, Incoming] = {}  # by request
         self._progress: dict[int, float] = {}  # request -> when it last made progress
 
     @property
@@ -174,7 +194,7 @@ class Fetching:
         views = [_bytes_view(f) for f in frames]
         parts = [(i, off, v[off:off + CHUNK]) for i, v in enumerate(views)
                  for off in range(0, max(v.nbytes, 1), CHUNK)]
-        self._outgoing[(dest, request)] = [parts, 0, [v.nbytes for v in views]]
+        self._outgoing[(dest, request)] = Outgoing(parts, [v.nbytes for v in views])
         for _ in range(WINDOW):
             self._send_part(dest, request)
 
@@ -182,14 +202,15 @@ class Fetching:
         transfer = self._outgoing.get((dest, request))
         if transfer is None:
             return
-        parts, nxt, sizes = transfer
+        parts, nxt = transfer.parts, transfer.next
         if nxt >= len(parts):
             del self._outgoing[(dest, request)]
             return
-        transfer[1] = nxt + 1
+        transfer.next = nxt + 1
         frame, offset, view = parts[nxt]
         self.counters["parts_sent"] += 1
-        self.transport.send(dest, ValuePart(self.name, request, nxt, len(parts), sizes, frame, offset, [[view]]))
+        self.transport.send(dest, ValuePart(self.name, request, nxt, len(parts), transfer.sizes,
+                                            frame, offset, [[view]]))
 
     def on_part(self, msg: ValuePart) -> None:
         self.transport.send(msg.sender, PartAck(self.name, msg.request, msg.index))
@@ -199,17 +220,17 @@ class Fetching:
         if state is None:
             if not all(isinstance(n, int) and 0 <= n for n in msg.sizes):
                 return
-            state = self._incoming[msg.request] = [[bytearray(n) for n in msg.sizes], 0, msg.sender]
-        buffers = state[0]
+            state = self._incoming[msg.request] = Incoming([bytearray(n) for n in msg.sizes], msg.sender)
+        buffers = state.buffers
         data = _bytes_view(msg.blobs[0][0])
         if not (0 <= msg.frame < len(buffers)) or msg.offset + data.nbytes > len(buffers[msg.frame]):
             self._incoming.pop(msg.request, None)
             self._finish_fetch(msg.sender, msg.request, None, "malformed value part")
             return
         buffers[msg.frame][msg.offset:msg.offset + data.nbytes] = data
-        state[1] += 1
+        state.received += 1
         self._progress[msg.request] = time.monotonic()
-        if state[1] == msg.total:
+        if state.received == msg.total:
             del self._incoming[msg.request]
             self._finish_fetch(msg.sender, msg.request, buffers, None)
 
@@ -240,7 +261,7 @@ class Fetching:
     def forget_transfers(self, peer: str) -> None:
         for key in [k for k in self._outgoing if k[0] == peer]:
             del self._outgoing[key]
-        for request in [r for r, st in self._incoming.items() if st[2] == peer]:
+        for request in [r for r, st in self._incoming.items() if st.peer == peer]:
             del self._incoming[request]
 
     def fetch_frames(self, node: str, dag_id: Any, key: Hashable, timeout: float = 60.0) -> list:

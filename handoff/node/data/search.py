@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable
 from handoff.protocol.messages import Locate
 
 if TYPE_CHECKING:
-    from handoff.node.server import Node
+    from handoff.node.server import Node, Timer
 
 __all__ = ["ValueSearch", "ASK_FIRST", "ASK_EVERY"]
 
@@ -45,7 +45,7 @@ class ValueSearch:
         self.fetching: set[Hashable] = set()
         self.asking: dict[int, str] = {}  # outstanding Locate request -> peer
         self.cancels: list[Callable[[], None]] = []
-        self.timers: list[list] = []  # the deadline and the next round
+        self.timers: list[Timer] = []  # the deadline and the next round
         self.interval = ASK_FIRST
         self.in_round = False
         self.done = False
