@@ -141,6 +141,21 @@ class Cluster:
         ev = TaskFinished(run_id, i, attempt, node, ok, error, self.clock - 0.5, self.clock)
         return self.apply(self.orch.handle(ev))
 
+    def finish_index(self, run_id, i, ok=True):
+        """Finish task ``i`` of ``run_id`` (the randomized drivers pick tasks by index)."""
+        return self.finish(self.dags[run_id].compile().ids[i], run_id, ok=ok)
+
+    def lose_an_input(self, rng, run_id, i):
+        """Task ``i``'s fetch of one of its computed inputs (chosen by ``rng``) fails: that
+        attempt ends with ResultLost. False if it has no computed input."""
+        state = self.orch.run(run_id)
+        inputs = [j for j in state.effective_inputs(i) if state.location(j) is not None]
+        if not inputs:
+            return False
+        attempt, _ = self.running.pop((run_id, i))
+        self.handle(ResultLost(run_id, rng.choice(inputs), i, attempt))
+        return True
+
     def handle(self, *events):
         return self.apply(self.orch.handle(*events))
 
@@ -223,15 +238,9 @@ def drive_random_runs(sched, seed, lookahead=None):
         if roll < 0.03 and rng.random() < 0.2:
             c.handle(CancelRun(run_id, TimeoutError("run", 1.0)))
             continue
-        if roll < 0.05:
-            state = c.orch.run(run_id)
-            inputs = [j for j in state.effective_inputs(i) if state.location(j) is not None]
-            if inputs:
-                attempt, _ = c.running.pop((run_id, i))
-                c.handle(ResultLost(run_id, rng.choice(inputs), i, attempt))
-                continue
-        fid = c.dags[run_id].compile().ids[i]
-        c.finish(fid, run_id, ok=rng.random() > 0.1)
+        if roll < 0.05 and c.lose_an_input(rng, run_id, i):
+            continue
+        c.finish_index(run_id, i, ok=rng.random() > 0.1)
     return c, runs, finished_before_loss
 
 
@@ -277,6 +286,5 @@ def drive_random_restarts(sched, seed, lookahead=None):
             c.handle(Tick(now))
             continue
         run_id, i = c.order[rng.randrange(len(c.order))]
-        fid = c.dags[run_id].compile().ids[i]
-        c.finish(fid, run_id, ok=rng.random() > 0.05)
+        c.finish_index(run_id, i, ok=rng.random() > 0.05)
     return c, runs, down

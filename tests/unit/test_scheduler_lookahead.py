@@ -607,15 +607,9 @@ def test_random_scarce_resources_with_lookahead(sched, seed):
         if roll < 0.07:
             c.handle(CancelRun(run_id, TimeoutError("run", 1.0)))
             continue
-        if roll < 0.09:
-            state = c.orch.run(run_id)
-            inputs = [j for j in state.effective_inputs(i) if state.location(j) is not None]
-            if inputs:
-                attempt, _ = c.running.pop((run_id, i))
-                c.handle(ResultLost(run_id, rng.choice(inputs), i, attempt))
-                continue
-        fid = c.dags[run_id].compile().ids[i]
-        c.finish(fid, run_id, ok=rng.random() > 0.08)
+        if roll < 0.09 and c.lose_an_input(rng, run_id, i):
+            continue
+        c.finish_index(run_id, i, ok=rng.random() > 0.08)
     c.handle(Tick(1e9))
     assert set(c.finished) == set(runs), c.orch.active_runs
     for run_id, d in runs.items():
