@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from handoff import DAG, Function
 BENCH_DIR = Path(__file__).resolve().parent
 INTEGRATION_DIR = BENCH_DIR.parent / "tests" / "integration"
 sys.path.insert(0, str(INTEGRATION_DIR))
-from nodes import PACKAGE_ROOT, child_env, start_node, wait_for
+from nodes import PACKAGE_ROOT, child_env, private_runtime_dir, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -112,15 +110,8 @@ def node_env() -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def runtime_dir():
     """A private runtime directory for the per-user key, removed at the end."""
-    path = tempfile.mkdtemp(prefix="handoff-bench-runtime-")
-    os.chmod(path, 0o700)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_RUNTIME_DIR", path)
-    try:
+    with private_runtime_dir("handoff-bench-runtime-") as path:
         yield path
-    finally:
-        patch.undo()
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=MODES)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 import handoff
 
@@ -25,6 +31,22 @@ def child_env(extra: dict | None = None) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
     env.update(extra or {})
     return env
+
+
+@contextlib.contextmanager
+def private_runtime_dir(prefix: str) -> Iterator[str]:
+    """A runtime directory of its own (mode 0700) as XDG_RUNTIME_DIR, so the per-user node key
+    is made there, not in the user's real one; processes started inside inherit it. Removed
+    at the end."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o700)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_RUNTIME_DIR", path)
+    try:
+        yield path
+    finally:
+        patch.undo()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:
