@@ -288,3 +288,16 @@ def drive_random_restarts(sched, seed, lookahead=None):
         run_id, i = c.order[rng.randrange(len(c.order))]
         c.finish_index(run_id, i, ok=rng.random() > 0.05)
     return c, runs, down
+
+
+GPU = {"gpu": 1}
+
+
+def gpu_dag(n, id="g", **kw):
+    """``n`` independent functions each needing one gpu."""
+    return dag_of(*[fn(k, cost=GPU, **kw) for k in range(n)], id=id)
+
+
+def ahead_of(c, run_id="r"):
+    """The tasks of ``run_id`` queued ahead, by node."""
+    return c.orch.run(run_id).queued_ahead()
