@@ -260,7 +260,11 @@ class NodeJobs:
                 state.status = JobStatus.BLOCKED
                 self.blocked.append(state.job_id)
                 return
-            state.claimed = True
+        self._start(state, out)
+
+    def _start(self, state: JobState, out: list) -> None:
+        """Hand an admitted job to the pool, holding its claim if it has a cost."""
+        state.claimed = state.cost is not None
         state.status = JobStatus.ON_POOL
         out.append(RunOnWorker(state.job))
 
@@ -273,9 +277,7 @@ class NodeJobs:
             if state is None or state.status is not JobStatus.BLOCKED:
                 continue
             if self.ledger.request(self.name, state.cost):
-                state.claimed = True
-                state.status = JobStatus.ON_POOL
-                out.append(RunOnWorker(state.job))
+                self._start(state, out)
             else:
                 still.append(job_id)
         self.blocked = still
