@@ -98,12 +98,16 @@ def _children(pid: int) -> list[int]:
 
 def start_node(name: str, resources: str = "cpu=2", workers: int = 1, join: str | None = None,
                extra: list[str] | None = None, wait: bool = True, env: dict | None = None) -> NodeProcess:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "handoff.node", "--name", name, "--listen", address,
-           "--resources", resources, "--workers", str(workers), "--log-level", "WARNING"]
+    args = ["--resources", resources, "--workers", str(workers), "--log-level", "WARNING"]
     if join:
-        cmd += ["--join", join]
-    cmd += extra or []
+        args += ["--join", join]
+    return launch(name, f"tcp://127.0.0.1:{free_port()}", args + (extra or []), wait=wait, env=env)
+
+
+def launch(name: str, address: str, args: list[str], wait: bool = True,
+           env: dict | None = None) -> NodeProcess:
+    """``python -m handoff.node --name NAME --listen ADDRESS *args``, its output collected."""
+    cmd = [sys.executable, "-m", "handoff.node", "--name", name, "--listen", address, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=child_env(env), stdin=subprocess.DEVNULL)
     node = NodeProcess(name, address, proc)
@@ -118,6 +122,21 @@ def start_node(name: str, resources: str = "cpu=2", workers: int = 1, join: str 
     if wait:
         wait_listening(node)
     return node
+
+
+def end_process(proc: subprocess.Popen, close_stdin: bool = False, timeout: float = 15.0) -> None:
+    """Let ``proc`` end (closing its stdin first if asked), killing it past ``timeout``."""
+    if proc.poll() is not None:
+        return
+    if close_stdin and proc.stdin is not None:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(10)
 
 
 def wait_listening(node: NodeProcess, timeout: float = START_TIMEOUT) -> None:

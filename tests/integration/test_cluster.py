@@ -13,7 +13,7 @@ import pytest
 import handoff
 from handoff import Argument, Collocated, DAG, Function
 from handoff.testing import LocalCluster
-from nodes import child_env, free_port, nap, start_node, wait_for
+from nodes import child_env, end_process, free_port, nap, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -197,9 +197,7 @@ def test_two_drivers_never_overcommit_a_shared_node(cluster, tmp_path):
         r = handoff.execute(dag)
         out, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
     assert proc.returncode == 0, out
     spans = [(s.started_at, s.finished_at) for s in r.stats.values()]
     spans += [tuple(map(float, line.split()[1:3])) for line in out.splitlines() if line.startswith("SPAN")]

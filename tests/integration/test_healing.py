@@ -15,7 +15,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import NodeProcess, child_env, ledger_idle, start_node, wait_for, wait_listening
+from nodes import NodeProcess, child_env, end_process, launch, ledger_idle, start_node, wait_for
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.chaos]
 
@@ -192,13 +192,7 @@ class DriverProcess:
         return self.proc.stderr.read()[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        end_process(self.proc, close_stdin=True)
 
 
 @pytest.fixture
@@ -261,21 +255,8 @@ def test_ten_pauses_of_random_victims(cluster):
 
 def restart_at(node: NodeProcess, extra: list[str] | None = None) -> NodeProcess:
     """A new process with the same name at the same address (a seed that came back)."""
-    cmd = [sys.executable, "-m", "handoff.node", "--name", node.name, "--listen", node.address,
-           "--resources", "cpu=2", "--workers", "1", "--log-level", "WARNING", *(extra or [])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=child_env(), stdin=subprocess.DEVNULL)
-    new = NodeProcess(node.name, node.address, proc)
-
-    def pump() -> None:
-        for line in proc.stdout:
-            new.log.append(line)
-            new.lines.put(line)
-        new.lines.put("")
-
-    threading.Thread(target=pump, daemon=True).start()
-    wait_listening(new)
-    return new
+    return launch(node.name, node.address, ["--resources", "cpu=2", "--workers", "1",
+                                            "--log-level", "WARNING", *(extra or [])])
 
 
 def test_restarted_seed_is_found_again_by_the_node_that_joined_it():

@@ -11,6 +11,7 @@ import pytest
 
 import handoff
 from handoff import Argument, DAG, Function
+from handoff.testing import thread_inside
 from nodes import hang, ledger_idle, max_overlap, nap, process_gone, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -386,7 +387,7 @@ def test_get_result_waits_for_a_later_store_and_times_out():
 
     def later():
         # store only once the main thread is inside get_result, so the wait path is taken
-        waiting.append(wait_for(lambda: _inside(main, "get_result"), timeout=10, interval=0.01))
+        waiting.append(wait_for(lambda: thread_inside(main, "get_result"), timeout=10, interval=0.01))
         handoff.store_result("d2", "f", 42, origin_node="somewhere")
 
     t = threading.Thread(target=later)
@@ -398,17 +399,6 @@ def test_get_result_waits_for_a_later_store_and_times_out():
     with pytest.raises(handoff.TimeoutError):
         handoff.get_result("d2", "never", timeout=0.2)
 
-
-def _inside(thread_id: int, function: str) -> bool:
-    """Whether that thread is running ``function`` now (somewhere on its stack)."""
-    import sys
-
-    frame = sys._current_frames().get(thread_id)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def test_results_mapping_is_read_only_and_knows_locations():

@@ -11,7 +11,7 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
-from nodes import child_env, start_node, wait_for
+from nodes import child_env, end_process, start_node, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -53,13 +53,7 @@ class Helper:
         self._expect("stored")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        end_process(self.proc, close_stdin=True)
 
 
 @pytest.fixture(scope="module")

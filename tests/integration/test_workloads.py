@@ -13,7 +13,7 @@ import pytest
 import handoff
 from handoff import DAG, Function
 
-from nodes import child_env
+from nodes import child_env, end_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -106,9 +106,7 @@ def test_functions_defined_in_a_scripts_main(tmp_path):
     try:
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
     assert proc.returncode == 0, out
     assert "RESULT 249500 42 15" in out, out
 

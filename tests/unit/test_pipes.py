@@ -4,6 +4,7 @@ import os
 import threading
 
 from handoff.node.execution.pipes import NodeEnd, WorkerEnd, socket_pair
+from handoff.testing import thread_inside
 
 
 def _pair():
@@ -86,17 +87,6 @@ def test_several_large_frames_in_one_message_parse_in_linear_time():
     assert max(held) <= read
 
 
-def _inside(thread_id: int, function: str) -> bool:
-    """Whether that thread is running ``function`` now (somewhere on its stack)."""
-    import sys
-
-    frame = sys._current_frames().get(thread_id)
-    while frame is not None:
-        if frame.f_code.co_name == function:
-            return True
-        frame = frame.f_back
-    return False
-
 
 def test_worker_recv_returns_none_when_the_node_end_closes_while_it_waits():
     import time
@@ -107,9 +97,9 @@ def test_worker_recv_returns_none_when_the_node_end_closes_while_it_waits():
 
     def close_once_waiting() -> None:
         deadline = time.monotonic() + 10
-        while not _inside(me, "recv") and time.monotonic() < deadline:
+        while not thread_inside(me, "recv") and time.monotonic() < deadline:
             time.sleep(0.001)
-        seen.append(_inside(me, "recv"))
+        seen.append(thread_inside(me, "recv"))
         node.close()
 
     closer = threading.Thread(target=close_once_waiting)
