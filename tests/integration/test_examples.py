@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -74,7 +73,6 @@ def allocated_nodes(text: str) -> dict[str, str]:
 
 
 def test_demo_command():
-    started = time.monotonic()
     out = run("-m", "handoff", "demo").stdout
     assert "The sum is: 30" in out
     assert "[15, 30]" in out
@@ -85,7 +83,6 @@ def test_demo_command():
     assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
     assert set(allocated_nodes(out)) >= {"sum", "format_output", "edge_detection", "save_collage"}
     assert "Demo finished in" in out
-    assert time.monotonic() - started < 60
 
 
 def test_help_lists_commands():
