@@ -6,7 +6,7 @@ loads by itself once handoff is installed.
 """
 
 from handoff.testing.cluster import LocalCluster, NodeInfo
-from handoff.testing.members import wait_for_departure, wait_for_members
+from handoff.testing.members import wait_for_departure, wait_for_members, wait_until
 from handoff.testing.threads import thread_inside
 
-__all__ = ["LocalCluster", "NodeInfo", "wait_for_members", "wait_for_departure", "thread_inside"]
+__all__ = ["LocalCluster", "NodeInfo", "wait_for_members", "wait_for_departure", "thread_inside", "wait_until"]

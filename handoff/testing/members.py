@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from handoff.errors import TimeoutError as HandoffTimeout
 
-__all__ = ["wait_for_members", "wait_for_departure"]
+__all__ = ["wait_until", "wait_for_members", "wait_for_departure"]
 
 POLL = 0.05  # seconds between looks at the membership table
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = POLL) -> bool:
+    """Look at ``predicate()`` every ``interval`` s until it is true (True) or ``timeout`` s
+    have passed (False, after one last look): the bounded way for a test to wait for an event
+    it can observe but not subscribe to."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bool(predicate())
+        time.sleep(min(interval, left))
+    return True
 
 
 def _wait(names: Iterable[str], timeout: float, gone: bool) -> dict[str, dict[str, float]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import handoff
+from handoff.testing import wait_until
 
 PACKAGE_ROOT = Path(handoff.__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
@@ -155,12 +156,7 @@ def wait_listening(node: NodeProcess, timeout: float = START_TIMEOUT) -> None:
 
 
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    return wait_until(predicate, timeout, interval)
 
 
 def seen_heartbeat(name: str) -> int | None:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import handoff
+from handoff.testing import wait_until
 from handoff import DAG, Function
 from nodes import NodeProcess, child_env, end_process, launch, ledger_idle, start_node, wait_for
 
@@ -114,14 +115,11 @@ def _driver_command(cmd: dict, names: list[str], background: dict) -> dict:
 
 def wait_nodes_idle(names: list[str], timeout: float) -> bool:
     """Every node's own ledger and queue empty (no claim left behind by a superseded attempt)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def idle() -> bool:
         pools = [handoff.node_stats(name, timeout=2.0)["pool"] for name in names]
-        if all(not p["queued"] and not p["blocked"] and not any(p["used"].values()) for p in pools):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)  # poll interval of the condition above
+        return all(not p["queued"] and not p["blocked"] and not any(p["used"].values()) for p in pools)
+
+    return wait_until(idle, timeout)
 
 
 def wait_one_cluster(everyone: list[str], timeout: float) -> tuple[float | None, dict]:
@@ -129,8 +127,10 @@ def wait_one_cluster(everyone: list[str], timeout: float) -> tuple[float | None,
     want = sorted(everyone)
     t0 = time.monotonic()
     views: dict = {}
-    while True:
-        views = {"driver": sorted(handoff.discover_nodes())}
+
+    def agreed() -> bool:
+        views.clear()
+        views["driver"] = sorted(handoff.discover_nodes())
         for name in everyone:
             if name == "driver":
                 continue
@@ -138,11 +138,11 @@ def wait_one_cluster(everyone: list[str], timeout: float) -> tuple[float | None,
                 views[name] = handoff.node_stats(name, timeout=0.5)["members"]
             except Exception as exc:
                 views[name] = str(exc)
-        if all(v == want for v in views.values()):
-            return time.monotonic() - t0, views
-        if time.monotonic() - t0 > timeout:
-            return None, views
-        time.sleep(0.05)  # poll interval of the condition above
+        return all(v == want for v in views.values())
+
+    if wait_until(agreed, timeout):
+        return time.monotonic() - t0, views
+    return None, views
 
 
 class DriverProcess:

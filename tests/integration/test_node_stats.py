@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import psutil
 import pytest
 
 import handoff
 from handoff import DAG, Function
-from handoff.testing import wait_for_departure
+from handoff.testing import wait_for_departure, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -21,20 +20,13 @@ KEYS = {"name", "address", "members", "membership", "ledger", "runs", "validatin
 
 
 def until(predicate, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return wait_until(predicate, timeout)
 
 
 def wait_for_file(path: str, started: str) -> int:
     """Workload: says it started, then runs until the test creates ``path`` (bounded)."""
     open(started, "w").close()
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(path), 120, interval=0.02)
     return os.getpid()
 
 

@@ -6,14 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
 
 import handoff
 from handoff import DAG, Function
-from handoff.testing import LocalCluster, wait_for_departure, wait_for_members
+from handoff.testing import LocalCluster, wait_for_departure, wait_for_members, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,12 +28,7 @@ def running(pid: int) -> bool:
 
 
 def all_gone(pids, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(running(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return wait_until(lambda: not any(running(p) for p in pids), timeout)
 
 
 def where(tag):

@@ -4,7 +4,7 @@ import os
 import threading
 
 from handoff.node.execution.pipes import NodeEnd, WorkerEnd, socket_pair
-from handoff.testing import thread_inside
+from handoff.testing import thread_inside, wait_until
 
 
 def _pair():
@@ -89,17 +89,12 @@ def test_several_large_frames_in_one_message_parse_in_linear_time():
 
 
 def test_worker_recv_returns_none_when_the_node_end_closes_while_it_waits():
-    import time
-
     node, worker, raw = _pair()
     me = threading.get_ident()
     seen = []
 
     def close_once_waiting() -> None:
-        deadline = time.monotonic() + 10
-        while not thread_inside(me, "recv") and time.monotonic() < deadline:
-            time.sleep(0.001)
-        seen.append(thread_inside(me, "recv"))
+        seen.append(wait_until(lambda: thread_inside(me, "recv"), 10, interval=0.001))
         node.close()
 
     closer = threading.Thread(target=close_once_waiting)

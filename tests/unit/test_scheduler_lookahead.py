@@ -318,7 +318,7 @@ def test_ready_work_takes_a_freed_node_before_work_queued_ahead_elsewhere(sched)
         c.submit(dag_of(fn("w", cost=cpu), id=f"spill-{k}"), run_id=f"r{k}")
     assert [c.node_of("w", f"r{k}") for k in range(4)] == ["a", "b", "a", "c"]
     assert c.finish("w", "r1") == [Dispatch("r1", "b", [(c.index("r1", "v"), 1)])]
-    assert c.orch.queued_ahead() == {"a": 1, "c": 1}  # v, now ready, took b
+    assert c.orch.queued_ahead() == {"a": 1, "c": 1}  # v, now ready, is on b
     c.drain()
     assert c.idle() and all(f.error is None for f in c.finished.values())
 

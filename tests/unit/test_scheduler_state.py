@@ -49,7 +49,7 @@ def test_statuses_follow_a_run(sched):
     assert [state.task(i).status for i in (x, y, z)] == [S.DISPATCHED, S.QUEUED_AHEAD, S.WAITING]
     c.finish("x")
     assert state.task(x).status == S.DONE and state.task(x).location == "a"
-    assert state.task(y).status == S.DISPATCHED  # took its claim when x gave the gpu back
+    assert state.task(y).status == S.DISPATCHED  # claimed once x gave the gpu back
     c.finish("y")
     assert state.task(z).status == S.DISPATCHED and state.task(z).attempt == 1
     c.finish("z")

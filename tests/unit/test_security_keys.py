@@ -6,7 +6,6 @@ import os
 import stat
 import tempfile
 import threading
-import time
 import uuid
 
 import pytest
@@ -21,6 +20,7 @@ from handoff.security import (
     USER_KEY_FILE, Curve, generate_key_text, load_curve, private_dir, read_key_file, user_key,
 )
 from handoff.transport import Transport
+from handoff.testing import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -382,10 +382,7 @@ def test_key_holder_gets_through(gate):
 
 
 def wait_rejected(curve: Curve, n: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while curve.rejected < n and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return curve.rejected >= n
+    return wait_until(lambda: curve.rejected >= n, timeout, interval=0.02)
 
 
 def other_key(sock: zmq.Socket) -> None:
