@@ -9,6 +9,7 @@ from handoff.errors import (
     FunctionError,
     HandoffError,
     InvalidFunctionError,
+    ItemError,
     MissingFunctionError,
     NodeLostError,
     ProtocolError,
@@ -42,6 +43,7 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.stream.pipeline import Pipeline, stream
 
 __version__ = "0.1.0"
 
@@ -56,4 +58,5 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
+    "stream", "Pipeline", "ItemError",
 ]

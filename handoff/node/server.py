@@ -33,6 +33,7 @@ from handoff.node.execution.runner import JobRunner
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
+from handoff.node.streams.service import MESSAGES as STREAM_MESSAGES, Streams
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
@@ -89,6 +90,7 @@ class Node:
         self.fetching = Fetching(self)
         self.execution = JobRunner(self)
         self.runs = Runs(self)
+        self.streams = Streams(self)
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -136,6 +138,7 @@ class Node:
             return
         self.running = False
         self.runs.fail_all(HandoffError(f"node {self.name!r} is shutting down"))
+        self.streams.shutdown()
         self.peers.stop()
         if self.pool is not None:
             self.pool.stop()
@@ -248,7 +251,7 @@ class Node:
                             self._safely(self.peers.on_link, event)
                 self._run_commands()
                 self._run_timers()
-                if busy or self.runs.local_events or pool.queue or self.fetching.pending:
+                if busy or self.runs.local_events or pool.queue or self.fetching.pending or self.streams.pending:
                     self._safely(self._flush)
         finally:
             if self.running:
@@ -264,6 +267,8 @@ class Node:
         if self.fetching.pending:
             self.fetching.flush()
         self.execution.flush()
+        if self.streams.pending:
+            self.streams.flush()
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -358,6 +363,8 @@ class Node:
             self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.execution.forget_run(msg.run_id)
+        elif isinstance(msg, STREAM_MESSAGES):
+            self.streams.on_message(msg)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""
@@ -390,6 +397,7 @@ class Node:
         stats["ledger"] = {node: {"capacity": ledger.capacity(node), "claimed": ledger.used(node),
                                   "free": ledger.free(node)} for node in ledger.nodes}
         stats["runs"] = len(self.runs)
+        stats["streams"] = self.streams.stats()
         stats["validating_state"] = bool(self.runs.orchestrator.debug_state)
         return stats
 
@@ -408,6 +416,7 @@ class Node:
         if gone:
             self.execution.origin_lost(name)
         self.runs.node_lost(name)
+        self.streams.member_lost(name)
 
     def link_dropped(self, name: str) -> None:
         self.fetching.forget_transfers(name)

@@ -1,0 +1,199 @@
+"""A replica inside its worker process: runs ``init`` once, then the stage's code on each item
+(or each batch) its node sends, keeping the state between calls.
+
+The worker's main loop hands over here on ``ReplicaStart``; the process stays a replica until
+its node stops it (``WorkerStop`` or the end of its channel) or kills it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from handoff.errors import ProtocolError
+from handoff.node.data.values import dumps_value, loads_value
+from handoff.protocol import decode, encode
+from handoff.protocol.messages import WorkerStop
+from handoff.protocol.rows import ErrorRow, Leaf
+from handoff.protocol.streams import (
+    ReplicaDone, ReplicaItemRow, ReplicaReady, ReplicaResultRow, ReplicaRun, ReplicaStart,
+    StageArg, StageCall, StageHook,
+)
+
+if TYPE_CHECKING:
+    from handoff.node.execution.pipes import WorkerEnd
+    from handoff.node.execution.worker import CurrentJob, Evaluator
+
+__all__ = ["serve_replica", "StageRunner"]
+
+FLUSH_AFTER = 0.002  # seconds: finished items go back at least this often while a message runs
+
+
+class _ItemFailed(Exception):
+    def __init__(self, error: ErrorRow):
+        self.error = error
+
+
+class StageRunner:
+    """The stage's code with its state; turns items (value frames) into result frames."""
+
+    def __init__(self, msg: ReplicaStart, evaluator: Evaluator, shm_owner: str | None):
+        from handoff.node.execution.worker import describe
+
+        self._describe = describe
+        self.node = msg.node
+        self.call = msg.call
+        self.blobs = msg.blobs
+        self.batch = msg.batch
+        self.evaluator = evaluator
+        self.shm_owner = shm_owner
+        self.fn, self.extra = evaluator.payload(self.blobs[msg.call.payload])
+        self.has_init = msg.init >= 0
+        self.state: Any = None
+        if self.has_init:
+            init, bound = evaluator.payload(self.blobs[msg.init])
+            self.state = init(*bound)
+
+    # ---- building the arguments of one item -------------------------------------------
+    def _value(self, arg: StageArg, values: list, sources: list[str]) -> Any:
+        kind = type(arg)
+        if kind is Leaf:
+            return values[arg.slot]  # type: ignore[union-attr]
+        if kind is StageHook:
+            hook: StageHook = arg  # type: ignore[assignment]
+            value = values[hook.slot]
+            source = sources[hook.slot]
+            if hook.always or source != self.node:
+                for blob in (hook.ser, hook.deser):
+                    if blob >= 0:
+                        fn, extra = self.evaluator.payload(self.blobs[blob])
+                        value = fn(value, source, self.node, *extra)
+            return value
+        call: StageCall = arg  # type: ignore[assignment]
+        fn, extra = self.evaluator.payload(self.blobs[call.payload])
+        args = [self._value(child, values, sources) for child in call.children]
+        return fn(args, *extra) if call.inclusion == "as_list" else fn(*args, *extra)
+
+    def arguments(self, row: ReplicaItemRow, blobs: list) -> list:
+        """The top call's arguments for one item; _ItemFailed if a hook or inline function raised."""
+        try:
+            values = [loads_value(blobs[row.first + k]) for k in range(row.count)]
+            args = [self._value(child, values, row.sources) for child in self.call.children]
+        except BaseException as exc:
+            raise _ItemFailed(self._describe(exc)) from None
+        return [args] if self.call.inclusion == "as_list" else args
+
+    # ---- running ------------------------------------------------------------------------
+    def run_one(self, args: list) -> Any:
+        if not self.has_init:
+            return self.fn(*args, *self.extra)
+        out = self.fn(self.state, *args, *self.extra)
+        result, self.state = _pair(out, "(result, new_state)")
+        return result
+
+    def run_batch(self, batch: list) -> list:
+        if self.has_init:
+            out = self.fn(self.state, batch, *self.extra)
+            results, self.state = _pair(out, "(results, new_state)")
+        else:
+            results = self.fn(batch, *self.extra)
+        try:
+            n = len(results)
+        except TypeError:
+            raise TypeError(f"a batch function must return a list, got {type(results).__name__}") from None
+        if n != len(batch):
+            raise ValueError(f"the batch function returned {n} results for a batch of {len(batch)} items")
+        return list(results)
+
+    def done_row(self, seq: int, value: Any, blobs: list) -> ReplicaResultRow:
+        try:
+            frames = dumps_value(value, self.shm_owner)
+        except BaseException as exc:
+            return ReplicaResultRow(seq, ErrorRow("PicklingError", f"the result ({type(value).__name__}) "
+                                                  f"could not be pickled: {exc}", ""), -1)
+        blobs.append(frames)
+        return ReplicaResultRow(seq, None, len(blobs) - 1)
+
+
+def _pair(out: Any, what: str) -> tuple[Any, Any]:
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(f"with init, the code must return {what}, got {type(out).__name__}")
+    return out[0], out[1]
+
+
+def serve_replica(channel: WorkerEnd, msg: ReplicaStart, evaluator: Evaluator,
+                  shm_owner: str | None, current: CurrentJob, recv: Callable[[], list | None]) -> None:
+    """Run init, say ready, then serve ReplicaRun messages until told to stop."""
+    from handoff.node.execution.worker import describe
+
+    try:
+        runner = StageRunner(msg, evaluator, shm_owner)
+    except BaseException as exc:
+        channel.send(encode(ReplicaReady(describe(exc))))
+        return
+    channel.send(encode(ReplicaReady(None)))
+    while True:
+        frames = recv()
+        if frames is None:
+            return
+        try:
+            got = decode(frames)
+        except ProtocolError as exc:
+            print(f"handoff replica: dropped {exc}", file=sys.stderr)
+            continue
+        if isinstance(got, WorkerStop):
+            return
+        if isinstance(got, ReplicaRun):
+            if got.batch:
+                _run_batch(channel, runner, got, current)
+            else:
+                _run_items(channel, runner, got, current)
+
+
+def _run_items(channel: WorkerEnd, runner: StageRunner, msg: ReplicaRun, current: CurrentJob) -> None:
+    rows: list[ReplicaResultRow] = []
+    blobs: list = []
+    last = time.perf_counter()
+    for row in msg.rows:
+        current.set(row.seq + 1)
+        try:
+            value = runner.run_one(runner.arguments(row, msg.blobs))
+        except _ItemFailed as failed:
+            rows.append(ReplicaResultRow(row.seq, failed.error, -1))
+        except BaseException as exc:
+            rows.append(ReplicaResultRow(row.seq, runner._describe(exc), -1))
+        else:
+            rows.append(runner.done_row(row.seq, value, blobs))
+        current.set(0)
+        now = time.perf_counter()
+        if now - last > FLUSH_AFTER:
+            channel.send(encode(ReplicaDone(rows, blobs)))
+            rows, blobs, last = [], [], now
+    if rows:
+        channel.send(encode(ReplicaDone(rows, blobs)))
+
+
+def _run_batch(channel: WorkerEnd, runner: StageRunner, msg: ReplicaRun, current: CurrentJob) -> None:
+    rows: list[ReplicaResultRow] = []
+    blobs: list = []
+    batch, seqs = [], []
+    for row in msg.rows:
+        try:
+            args = runner.arguments(row, msg.blobs)
+        except _ItemFailed as failed:
+            rows.append(ReplicaResultRow(row.seq, failed.error, -1))
+            continue
+        batch.append(args[0] if len(args) == 1 else tuple(args))
+        seqs.append(row.seq)
+    if seqs:
+        current.set(seqs[0] + 1)
+        try:
+            results = runner.run_batch(batch)
+        except BaseException as exc:
+            error = runner._describe(exc)
+            rows.extend(ReplicaResultRow(seq, error, -1) for seq in seqs)
+        else:
+            rows.extend(runner.done_row(seq, value, blobs) for seq, value in zip(seqs, results))
+        current.set(0)
+    channel.send(encode(ReplicaDone(rows, blobs)))
