@@ -195,7 +195,8 @@ def serve(fd: int, worker_id: int, current_path: str | None = None,
             if isinstance(msg, WorkerRun):
                 run_batch(channel, worker_id, evaluator, msg, shm_owner, current)
             elif isinstance(msg, ReplicaStart):  # from now on this process is a stream replica
-                serve_replica(channel, msg, evaluator, shm_owner, current, lambda: channel.recv(spin.seconds()))
+                # no shared memory: a replica's values are dropped by whoever takes them last
+                serve_replica(channel, msg, evaluator, None, current, lambda: channel.recv(spin.seconds()))
                 return
     finally:
         channel.close()

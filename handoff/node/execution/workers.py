@@ -155,6 +155,15 @@ class WorkerPool:
         ``owner.on_worker_lost(worker, error, running)``; None if no process could start."""
         return self._spawn(owner)
 
+    def take_idle(self, owner: Any) -> Worker | None:
+        """A ready pool worker with nothing to do, handed to ``owner`` for good (the pool starts
+        a replacement at its next check); None if every worker is busy."""
+        for w in self.workers.values():
+            if w.owner is None and w.ready and not w.inflight and not w.exclusive and not w.channel.closed:
+                w.owner = owner
+                return w
+        return None
+
     def retire(self, worker: Worker) -> None:
         """Stop a dedicated worker: told to stop, killed if it has not exited within a second."""
         if self.workers.get(worker.slot) is not worker:

@@ -309,6 +309,9 @@ class Coordinator:
             return
         self.stopped = True
         self.service.coordinators.pop(self.id, None)
+        hosted = self.service.hosted.get(self.id)
+        if hosted is not None:  # keep the final counts of this node's replicas for stats()
+            self.on_progress([ProgressRow(*row) for row in hosted.progress()])
         for node in self.hosts:
             self.service.send(node, StreamStop(self.here, self.id))
         self.hosts.clear()
@@ -321,6 +324,10 @@ class Coordinator:
             self.opened.set_exception(HandoffError("the pipeline was stopped before it was ready"))
 
     def stats(self) -> dict[str, Any]:
+        hosted = self.service.hosted.get(self.id)  # this node's own replicas: counted now
+        if hosted is not None:
+            for stage, replica, items in hosted.progress():
+                self.progress[(stage, replica)] = items
         now = time.monotonic()
         elapsed = max(1e-9, now - self.started)
         functions: dict[Hashable, dict] = {}

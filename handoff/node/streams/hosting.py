@@ -85,20 +85,27 @@ class LocalReplica:
 
     # ---- the worker -----------------------------------------------------------------------
     def start(self) -> None:
+        """Take an idle pool worker (the pool replaces it) or start a process of its own."""
         self.status = ReplicaStatus.STARTING
-        self.worker = self.pool.spawn_dedicated(self)
+        pool = self.pool
+        self.worker = pool.take_idle(self) or pool.spawn_dedicated(self)
         if self.worker is None:
             self._cannot_start(ErrorRow("WorkerDied", "no worker process could be started for the replica", ""))
+        elif self.worker.ready:
+            self._send_start(self.worker)
+
+    def _send_start(self, worker: Worker) -> None:
+        stream = self.stream
+        blobs = stream.blobs[self.stage.first:self.stage.first + self.stage.count]
+        assert self.stage.call is not None, "inputs have no replicas"
+        worker.channel.send(encode(ReplicaStart(stream.service.name, self.stage.call, self.stage.init,
+                                                self.stage.batch_size > 0, blobs)))
 
     def on_worker_message(self, worker: Worker, msg: Message) -> None:
         if worker is not self.worker or self.status is ReplicaStatus.STOPPED:
             return
         if isinstance(msg, WorkerReady):
-            stream = self.stream
-            blobs = stream.blobs[self.stage.first:self.stage.first + self.stage.count]
-            assert self.stage.call is not None, "inputs have no replicas"
-            worker.channel.send(encode(ReplicaStart(stream.service.name, self.stage.call, self.stage.init,
-                                                    self.stage.batch_size > 0, blobs)))
+            self._send_start(worker)
         elif isinstance(msg, ReplicaReady):
             if msg.error is not None:
                 self._cannot_start(msg.error)

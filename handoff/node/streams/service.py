@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from handoff.errors import HandoffError, NodeLostError
 from handoff.node.streams.coordinator import Coordinator
+from handoff.node.data.values import blob_nbytes
 from handoff.node.streams.hosting import HostedStream
 from handoff.protocol.messages import Message
 from handoff.protocol.streams import (
@@ -150,9 +151,11 @@ class Streams:
         """End of a loop iteration: one message per peer, pipeline and kind."""
         send = self.node.transport.send
         here = self.name
+        counters = self.node.counters
         if self._items:
             items, self._items = self._items, {}
             for (node, stream), (rows, blobs) in items.items():
+                counters["stream_bytes_out"] += sum(blob_nbytes(b) for b in blobs)
                 send(node, StreamItems(here, stream, rows, blobs))
         if self._acks:
             acks, self._acks = self._acks, {}
@@ -161,6 +164,7 @@ class Streams:
         if self._outs:
             outs, self._outs = self._outs, {}
             for (node, stream), (orows, oblobs) in outs.items():
+                counters["stream_bytes_out"] += sum(blob_nbytes(b) for b in oblobs)
                 send(node, StreamOut(here, stream, orows, oblobs))
         if self._buffered:
             buffered, self._buffered = self._buffered, {}
@@ -177,6 +181,9 @@ class Streams:
     def on_message(self, msg: Message) -> None:
         kind = type(msg)
         stream: str = getattr(msg, "stream")
+        if kind is StreamItems or kind is StreamOut:
+            if getattr(msg, "sender") != self.name:
+                self.node.counters["stream_bytes_in"] += sum(blob_nbytes(b) for b in getattr(msg, "blobs"))
         if kind is StreamItems:
             hosted = self.hosted.get(stream)
             if hosted is not None:
