@@ -422,3 +422,39 @@ def test_pipeline_rules_fail_early():
     dag = diamond().add_function(Function(id="lonely", code=make_token))
     with pytest.raises(InvalidFunctionError, match="takes no value from an input"):
         handoff.stream(dag)
+
+
+def slow_len(a):
+    time.sleep(0.002)
+    return int(a.nbytes)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_while_a_slow_stage_holds_a_fast_producer_back():
+    import numpy as np
+
+    item = 256 * 1024
+    n = 1500  # 384 MB pushed in all; at most max_pending items (5 MB) in flight
+    dag = chain(Function(id="s", args=["x"], code=slow_len), Function(id="i", args=["s"], code=inc))
+    with handoff.stream(dag, max_pending=20) as pipe:
+        procs = [psutil.Process()] + [psutil.Process(p) for p in replica_pids()]
+        base = [p.memory_info().rss for p in procs]
+        peak = list(base)
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                for k, p in enumerate(procs):
+                    peak[k] = max(peak[k], p.memory_info().rss)
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            count = sum(1 for out in pipe.map(np.ones(item, np.uint8) for _ in range(n)) if out == item + 1)
+        finally:
+            done.set()
+            sampler.join()
+    assert count == n
+    growth = [(p - b) >> 20 for p, b in zip(peak, base)]
+    assert max(growth) < 64, f"RSS grew by {growth} MB with {n * item >> 20} MB pushed"
