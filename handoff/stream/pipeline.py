@@ -143,8 +143,10 @@ class Pipeline:
         ``max_pending`` items are in flight; raises ``handoff.TimeoutError`` after ``timeout``."""
         if self._closed:
             raise HandoffError("push() after close(): the pipeline takes no more input")
-        frames = self._frames(value)
         state = self._state
+        if timeout is not None and timeout <= 0 and state.pushed - state.yielded >= state.max_pending:
+            raise HandoffTimeout(f"push (max_pending={state.max_pending} items in flight)", timeout)
+        frames = self._frames(value)
         with state.cond:
             if state.pushed - state.yielded >= state.max_pending:
                 deadline = None if timeout is None else time.monotonic() + timeout

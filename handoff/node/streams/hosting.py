@@ -232,6 +232,12 @@ class LocalReplica:
 
     # ---- to the worker --------------------------------------------------------------------
     def pump(self) -> None:
+        """Feed the worker at the end of this loop iteration, so that the items that came in
+        meanwhile go out in one message."""
+        if self.queue and self.status is ReplicaStatus.READY:
+            self.stream.service.dirty[self] = None
+
+    def feed(self) -> None:
         worker = self.worker
         if self.status is not ReplicaStatus.READY or worker is None or not self.queue:
             return

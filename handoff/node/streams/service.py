@@ -47,6 +47,7 @@ class Streams:
         self._outs: dict[tuple[str, str], tuple[list[OutRow], list]] = {}
         self._buffered: dict[tuple[str, str], dict[tuple[int, int], BufferedRow]] = {}
         self._timers = False
+        self.dirty: dict[Any, None] = {}  # replicas with items to feed their worker, in order
 
     @property
     def pool(self) -> WorkerPool:
@@ -60,7 +61,7 @@ class Streams:
 
     @property
     def pending(self) -> bool:
-        return bool(self._items or self._acks or self._outs or self._buffered)
+        return bool(self.dirty or self._items or self._acks or self._outs or self._buffered)
 
     def _start_timers(self) -> None:
         if not self._timers:
@@ -149,6 +150,10 @@ class Streams:
 
     def flush(self) -> None:
         """End of a loop iteration: one message per peer, pipeline and kind."""
+        while self.dirty:
+            dirty, self.dirty = self.dirty, {}
+            for replica in dirty:
+                replica.feed()
         send = self.node.transport.send
         here = self.name
         counters = self.node.counters
