@@ -326,8 +326,7 @@ class Coordinator:
     def stats(self) -> dict[str, Any]:
         hosted = self.service.hosted.get(self.id)  # this node's own replicas: counted now
         if hosted is not None:
-            for stage, replica, items in hosted.progress():
-                self.progress[(stage, replica)] = items
+            self.on_progress([ProgressRow(*row) for row in hosted.progress()])
         now = time.monotonic()
         elapsed = max(1e-9, now - self.started)
         functions: dict[Hashable, dict] = {}

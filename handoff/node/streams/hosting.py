@@ -84,6 +84,15 @@ class LocalReplica:
         return self.stream.service.pool
 
     # ---- the worker -----------------------------------------------------------------------
+    def claim(self) -> None:
+        """Hold the stage's cost on this node's own ledger for the replica's life."""
+        if self.stage.cost:
+            self.stream.service.node.execution.claim_replica(self._claim_key, dict(self.stage.cost))
+
+    @property
+    def _claim_key(self) -> tuple:
+        return (self.stream.id, self.row.stage, self.row.replica, self.row.generation)
+
     def start(self) -> None:
         """Take an idle pool worker (the pool replaces it) or start a process of its own."""
         self.status = ReplicaStatus.STARTING
@@ -325,6 +334,8 @@ class LocalReplica:
         return out
 
     def stop(self) -> None:
+        if self.status is not ReplicaStatus.STOPPED and self.stage.cost:
+            self.stream.service.node.execution.release_replica(self._claim_key)
         self.status = ReplicaStatus.STOPPED
         if self.batch_timer is not None:
             self.stream.service.node.cancel_timer(self.batch_timer)
@@ -373,6 +384,7 @@ class HostedStream:
         for key, row in mine.items():
             if key not in self.replicas:
                 rep = self.replicas[key] = LocalReplica(self, row)
+                rep.claim()
                 rep.start()
 
     # ---- what replicas report --------------------------------------------------------------
