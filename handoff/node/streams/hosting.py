@@ -402,8 +402,7 @@ class HostedStream:
         self.service.queue_out(self.driver, self.id, OutRow(seq, stage, error, -1), None)
 
     def ack(self, sender: str, edge: int, row: ReplicaRow, count: int) -> None:
-        self.service.queue_ack(sender, self.id, AckRow(edge, row.stage, row.replica, row.generation, count),
-                               self.stages[edge].call is None)
+        self.service.queue_ack(sender, self.id, AckRow(edge, row.stage, row.replica, row.generation, count))
 
     def batch_changed(self, rep: LocalReplica) -> None:
         if self.closed:

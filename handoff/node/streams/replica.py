@@ -8,6 +8,7 @@ its node stops it (``WorkerStop`` or the end of its channel) or kills it.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -133,6 +134,7 @@ def serve_replica(channel: WorkerEnd, msg: ReplicaStart, evaluator: Evaluator,
         channel.send(encode(ReplicaReady(describe(exc))))
         return
     channel.send(encode(ReplicaReady(None)))
+    outbox = Outbox(channel)
     while True:
         frames = recv()
         if frames is None:
@@ -146,43 +148,87 @@ def serve_replica(channel: WorkerEnd, msg: ReplicaStart, evaluator: Evaluator,
             return
         if isinstance(got, ReplicaRun):
             if got.batch:
-                _run_batch(channel, runner, got, current)
+                _run_batch(outbox, runner, got, current)
             else:
-                _run_items(channel, runner, got, current)
+                _run_items(outbox, runner, got, current)
 
 
-def _run_items(channel: WorkerEnd, runner: StageRunner, msg: ReplicaRun, current: CurrentJob) -> None:
-    rows: list[ReplicaResultRow] = []
-    blobs: list = []
-    last = time.perf_counter()
+class Outbox:
+    """Finished items on their way to the node: sent in groups while items are fast, and never
+    held back more than FLUSH_AFTER by a slow item that follows (a thread sends them then)."""
+
+    def __init__(self, channel: WorkerEnd):
+        self.channel = channel
+        self.lock = threading.Lock()
+        self.rows: list[ReplicaResultRow] = []
+        self.blobs: list = []
+        self.since = 0.0  # when the oldest unsent row was added
+        self.wake = threading.Event()
+        self.closed = False
+        self.thread = threading.Thread(target=self._watch, name="handoff-replica-outbox", daemon=True)
+        self.thread.start()
+
+    def add(self, row: ReplicaResultRow, frames: list | None) -> None:
+        with self.lock:
+            if frames is not None:
+                self.blobs.append(frames)
+                row = ReplicaResultRow(row.seq, row.error, len(self.blobs) - 1)
+            if not self.rows:
+                self.since = time.perf_counter()
+                self.wake.set()
+            self.rows.append(row)
+            if time.perf_counter() - self.since > FLUSH_AFTER:
+                self._send()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._send()
+
+    def _send(self) -> None:
+        if self.rows:
+            rows, blobs = self.rows, self.blobs
+            self.rows, self.blobs = [], []
+            self.channel.send(encode(ReplicaDone(rows, blobs)))
+
+    def _watch(self) -> None:
+        while not self.closed:
+            self.wake.wait()
+            self.wake.clear()
+            while not self.closed:
+                with self.lock:
+                    if not self.rows:
+                        break
+                    due = self.since + FLUSH_AFTER - time.perf_counter()
+                    if due <= 0:
+                        self._send()
+                        break
+                time.sleep(due)
+
+
+def _run_items(outbox: Outbox, runner: StageRunner, msg: ReplicaRun, current: CurrentJob) -> None:
     for row in msg.rows:
         current.set(row.seq + 1)
+        blobs: list = []
         try:
             value = runner.run_one(runner.arguments(row, msg.blobs))
         except _ItemFailed as failed:
-            rows.append(ReplicaResultRow(row.seq, failed.error, -1))
+            outbox.add(ReplicaResultRow(row.seq, failed.error, -1), None)
         except BaseException as exc:
-            rows.append(ReplicaResultRow(row.seq, runner._describe(exc), -1))
+            outbox.add(ReplicaResultRow(row.seq, runner._describe(exc), -1), None)
         else:
-            rows.append(runner.done_row(row.seq, value, blobs))
+            done = runner.done_row(row.seq, value, blobs)
+            outbox.add(done, blobs[0] if blobs else None)
         current.set(0)
-        now = time.perf_counter()
-        if now - last > FLUSH_AFTER:
-            channel.send(encode(ReplicaDone(rows, blobs)))
-            rows, blobs, last = [], [], now
-    if rows:
-        channel.send(encode(ReplicaDone(rows, blobs)))
+    outbox.flush()
 
 
-def _run_batch(channel: WorkerEnd, runner: StageRunner, msg: ReplicaRun, current: CurrentJob) -> None:
-    rows: list[ReplicaResultRow] = []
-    blobs: list = []
+def _run_batch(outbox: Outbox, runner: StageRunner, msg: ReplicaRun, current: CurrentJob) -> None:
     batch, seqs = [], []
     for row in msg.rows:
         try:
             args = runner.arguments(row, msg.blobs)
         except _ItemFailed as failed:
-            rows.append(ReplicaResultRow(row.seq, failed.error, -1))
+            outbox.add(ReplicaResultRow(row.seq, failed.error, -1), None)
             continue
         batch.append(args[0] if len(args) == 1 else tuple(args))
         seqs.append(row.seq)
@@ -192,8 +238,12 @@ def _run_batch(channel: WorkerEnd, runner: StageRunner, msg: ReplicaRun, current
             results = runner.run_batch(batch)
         except BaseException as exc:
             error = runner._describe(exc)
-            rows.extend(ReplicaResultRow(seq, error, -1) for seq in seqs)
+            for seq in seqs:
+                outbox.add(ReplicaResultRow(seq, error, -1), None)
         else:
-            rows.extend(runner.done_row(seq, value, blobs) for seq, value in zip(seqs, results))
+            for seq, value in zip(seqs, results):
+                blobs: list = []
+                done = runner.done_row(seq, value, blobs)
+                outbox.add(done, blobs[0] if blobs else None)
         current.set(0)
-    channel.send(encode(ReplicaDone(rows, blobs)))
+    outbox.flush()

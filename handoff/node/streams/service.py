@@ -108,31 +108,26 @@ class Streams:
         rows.append(ItemRow(item.seq, item.stage, item.replica, item.slot, item.edge, item.source, len(blobs)))
         blobs.append(frames)
 
-    def queue_ack(self, node: str, stream: str, row: AckRow, to_coordinator: bool) -> None:
-        if node == self.name:
-            self._apply_ack(stream, row, to_coordinator)
-            return
+    def queue_ack(self, node: str, stream: str, row: AckRow) -> None:
+        """Acks are summed per edge and replica until the end of the loop iteration (this
+        node's own too: one drain of the router per batch, not per item)."""
         box = self._acks.setdefault((node, stream), {})
         key = (row.edge, row.stage, row.replica, row.generation)
         box[key] = box.get(key, 0) + row.count
 
-    def _apply_ack(self, stream: str, row: AckRow, to_coordinator: bool) -> None:
-        if to_coordinator:
-            coordinator = self.coordinators.get(stream)
-            if coordinator is not None:
-                coordinator.router.on_ack(row.edge, row.stage, row.replica, row.generation, row.count)
-            return
+    def _on_acks(self, stream: str, rows: list[AckRow]) -> None:
+        """Credits back: an input's edge is the coordinator's, any other a hosted router's."""
+        coordinator = self.coordinators.get(stream)
         hosted = self.hosted.get(stream)
-        if hosted is not None:
-            hosted.router.on_ack(row.edge, row.stage, row.replica, row.generation, row.count)
+        stages = coordinator.spec.stages if coordinator is not None else hosted.stages if hosted else None
+        if stages is None:
+            return
+        for row in rows:
+            router = (coordinator if stages[row.edge].call is None else hosted)
+            if router is not None:
+                router.router.on_ack(row.edge, row.stage, row.replica, row.generation, row.count)
 
     def queue_out(self, driver: str, stream: str, row: OutRow, frames: list | None) -> None:
-        if driver == self.name:
-            coordinator = self.coordinators.get(stream)
-            if coordinator is not None:
-                coordinator.on_out([OutRow(row.seq, row.stage, row.error, 0 if frames is not None else -1)],
-                                   [frames] if frames is not None else [])
-            return
         rows, blobs = self._outs.setdefault((driver, stream), ([], []))
         blob = -1
         if frames is not None:
@@ -162,15 +157,33 @@ class Streams:
             for (node, stream), (rows, blobs) in items.items():
                 counters["stream_bytes_out"] += sum(blob_nbytes(b) for b in blobs)
                 send(node, StreamItems(here, stream, rows, blobs))
-        if self._acks:
-            acks, self._acks = self._acks, {}
-            for (node, stream), box in acks.items():
-                send(node, StreamAcks(here, stream, [AckRow(e, s, r, g, n) for (e, s, r, g), n in box.items()]))
         if self._outs:
             outs, self._outs = self._outs, {}
             for (node, stream), (orows, oblobs) in outs.items():
+                if node == here:
+                    coordinator = self.coordinators.get(stream)
+                    if coordinator is not None:
+                        coordinator.on_out(orows, oblobs)
+                    continue
                 counters["stream_bytes_out"] += sum(blob_nbytes(b) for b in oblobs)
                 send(node, StreamOut(here, stream, orows, oblobs))
+        while self._acks:  # acks drain routers, which may feed replicas and queue items
+            acks, self._acks = self._acks, {}
+            for (node, stream), box in acks.items():
+                ack_rows = [AckRow(e, s, r, g, n) for (e, s, r, g), n in box.items()]
+                if node == here:
+                    self._on_acks(stream, ack_rows)
+                else:
+                    send(node, StreamAcks(here, stream, ack_rows))
+            while self.dirty:
+                dirty, self.dirty = self.dirty, {}
+                for replica in dirty:
+                    replica.feed()
+        if self._items:
+            items, self._items = self._items, {}
+            for (node, stream), (rows, blobs) in items.items():
+                counters["stream_bytes_out"] += sum(blob_nbytes(b) for b in blobs)
+                send(node, StreamItems(here, stream, rows, blobs))
         if self._buffered:
             buffered, self._buffered = self._buffered, {}
             for (node, stream), by in buffered.items():
@@ -196,13 +209,7 @@ class Streams:
                     hosted.receive(row, msg.blobs[row.blob], msg.sender)  # type: ignore[attr-defined]
             return
         if kind is StreamAcks:
-            coordinator = self.coordinators.get(stream)
-            hosted = self.hosted.get(stream)
-            stages = coordinator.spec.stages if coordinator is not None else hosted.stages if hosted else None
-            if stages is None:
-                return
-            for row in msg.rows:  # type: ignore[attr-defined]
-                self._apply_ack(stream, row, stages[row.edge].call is None)
+            self._on_acks(stream, msg.rows)  # type: ignore[attr-defined]
             return
         if kind is StreamOpen:
             self._open(msg)  # type: ignore[arg-type]
