@@ -458,3 +458,14 @@ def test_memory_stays_flat_while_a_slow_stage_holds_a_fast_producer_back():
     assert count == n
     growth = [(p - b) >> 20 for p, b in zip(peak, base)]
     assert max(growth) < 64, f"RSS grew by {growth} MB with {n * item >> 20} MB pushed"
+
+
+def test_a_node_that_runs_code_on_threads_refuses_replicas_at_once():
+    handoff.stop()
+    try:
+        handoff.start(name="threads-test", executor="thread", workers=1)
+        with pytest.raises(FunctionError, match="need worker processes"):
+            handoff.stream(chain(Function(id="d", args=["x"], code=double)))
+    finally:
+        handoff.stop()
+        handoff.start(name="streams-test", workers=2, resources={"cpu": 4})  # the module's node again

@@ -161,7 +161,7 @@ class Coordinator:
         if msg.error is not None:
             fid = self.spec.function_ids[msg.stage]
             error = FunctionError(fid, msg.sender, 1, msg.error.exc_type,
-                                  f"init failed: {msg.error.message}", msg.error.traceback)
+                                  f"its replica could not start: {msg.error.message}", msg.error.traceback)
             if not self.opened.done():
                 self.opened.set_exception(error)
                 self.stop()

@@ -15,6 +15,7 @@ from handoff.node.streams.coordinator import Coordinator
 from handoff.node.data.values import blob_nbytes
 from handoff.node.streams.hosting import HostedStream
 from handoff.protocol.messages import Message
+from handoff.protocol.rows import ErrorRow
 from handoff.protocol.streams import (
     AckRow, BufferedRow, ItemRow, OutRow, ProgressRow, StreamAcks, StreamBuffered, StreamClose,
     StreamFlush, StreamForget, StreamItems, StreamOpen, StreamOut, StreamPlan, StreamProgress,
@@ -51,10 +52,11 @@ class Streams:
 
     @property
     def pool(self) -> WorkerPool:
+        from handoff.node.execution.threads import ThreadPool
         from handoff.node.execution.workers import WorkerPool
 
         pool = self.node.pool
-        if not isinstance(pool, WorkerPool):
+        if not isinstance(pool, WorkerPool) or isinstance(pool, ThreadPool):
             raise HandoffError(f"node {self.name!r} runs code on threads (--executor thread); "
                                "pipeline replicas need worker processes")
         return pool
@@ -245,8 +247,12 @@ class Streams:
         self._start_timers()
         try:
             self.pool
-        except HandoffError as exc:
-            log.error("%s: %s", self.name, exc)
+        except HandoffError as exc:  # each replica it should host says why it cannot start
+            error = ErrorRow("HandoffError", str(exc), "")
+            for row in msg.replicas:
+                if row.node == self.name:
+                    self.send(msg.sender, StreamReady(self.name, msg.stream, row.stage, row.replica,
+                                                      row.generation, error))
             return
         self.hosted[msg.stream] = HostedStream(self, msg)
 
