@@ -469,3 +469,23 @@ def test_a_node_that_runs_code_on_threads_refuses_replicas_at_once():
     finally:
         handoff.stop()
         handoff.start(name="streams-test", workers=2, resources={"cpu": 4})  # the module's node again
+
+
+def reuse_buffer():
+    import numpy as np
+
+    return np.zeros(1 << 17)  # 1 MB: travels out of band, as the caller's own memory
+
+
+def fill(buffer, x):
+    buffer[0] = x  # the same array every time
+    return buffer, buffer
+
+
+def head(a):
+    return float(a[0])
+
+
+def test_a_replica_reusing_its_output_buffer_still_gives_each_item_its_value():
+    dag = chain(Function(id="f", args=["x"], code=fill, init=reuse_buffer), Function(id="h", args=["f"], code=head))
+    assert list(handoff.stream(dag).map(range(50))) == [float(v) for v in range(50)]

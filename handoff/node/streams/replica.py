@@ -177,7 +177,9 @@ class Outbox:
                 self.since = time.perf_counter()
                 self.wake.set()
             self.rows.append(row)
-            if time.perf_counter() - self.since > FLUSH_AFTER:
+            # a value with out-of-band buffers goes now: the buffers are the caller's memory,
+            # which its next call may change (a replica reusing a buffer in its state)
+            if (frames is not None and len(frames) > 1) or time.perf_counter() - self.since > FLUSH_AFTER:
                 self._send()
 
     def flush(self) -> None:
