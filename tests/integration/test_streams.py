@@ -489,3 +489,35 @@ def head(a):
 def test_a_replica_reusing_its_output_buffer_still_gives_each_item_its_value():
     dag = chain(Function(id="f", args=["x"], code=fill, init=reuse_buffer), Function(id="h", args=["f"], code=head))
     assert list(handoff.stream(dag).map(range(50))) == [float(v) for v in range(50)]
+
+
+EXITING_DRIVER = """
+import handoff
+from handoff import DAG, Function
+
+def double(x):
+    return 2 * x
+
+if __name__ == "__main__":
+    dag = DAG().add_function(Function(id="x", type="input"))
+    dag.add_function(Function(id="d", args=["x"], code=double, parallelism=2))
+    pipe = handoff.stream(dag)
+    pipe.push(1)
+    print(next(pipe.results()), *handoff.node_stats()["pool"]["replica_pids"], flush=True)
+    # leaves without stop(): the interpreter's exit must end the replicas
+"""
+
+
+def test_a_driver_that_exits_without_stop_leaves_no_replica(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(EXITING_DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    value, *pids = map(int, proc.stdout.split())
+    assert value == 2 and len(pids) == 2
+    assert wait_until(lambda: not any(_running(p) for p in pids), 5)
