@@ -278,5 +278,10 @@ class Streams:
     def stats(self) -> dict[str, Any]:
         return {
             "hosted": {s[:8]: h.stats() for s, h in self.hosted.items()},
-            "coordinated": {s[:8]: c.stats() for s, c in self.coordinators.items()},
+            "coordinated": {s[:8]: _plain_keys(c.stats()) for s, c in self.coordinators.items()},
         }
+
+
+def _plain_keys(stats: dict) -> dict:
+    """Function ids as text: node_stats crosses the wire as plain data (ids may be tuples)."""
+    return {**stats, "functions": {repr(fid): info for fid, info in stats["functions"].items()}}
