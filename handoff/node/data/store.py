@@ -64,12 +64,13 @@ class ValueStore:
         self.fetches_served = 0
 
     # ---- values -----------------------------------------------------------------------
-    def put(self, dag_id: Any, key: Hashable, frames: list) -> None:
+    def put(self, dag_id: Any, key: Hashable, frames: list, nbytes: int = 0) -> None:
+        """Keep a value; ``nbytes``, when known, is ``blob_nbytes(frames)`` (spares measuring)."""
         table = self._values[dag_id]
         old = table.get(key)
         if old is not None:
             self._drop(dag_id, key, old, release=old.frames is not frames)
-        entry = table[key] = _Entry(frames, _size(frames))
+        entry = table[key] = _Entry(frames, nbytes or _size(frames))
         self._lru[(dag_id, key)] = entry
         self.memory_bytes += entry.nbytes
         waiters = self._waiters.pop((dag_id, key), None)
