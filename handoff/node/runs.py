@@ -8,7 +8,6 @@ fails before the run starts), then owned by the event loop.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from handoff.scheduler import (
 if TYPE_CHECKING:
     from handoff.node.server import Node, Timer
 
-__all__ = ["RunContext", "ExecutionResult", "Results", "Runs", "prepare_run", "progress_printer"]
+__all__ = ["RunContext", "ExecutionResult", "Results", "Runs", "prepare_run"]
 
 log = logging.getLogger("handoff.runs")
 
@@ -73,7 +72,7 @@ class RunContext:
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
-    record: RunRecord | None = None  # every attempt's timing and bytes, for trace and report
+    record: RunRecord | None = None  # progress counters, and every attempt's timing and bytes
 
     @property
     def total(self) -> int:
@@ -166,7 +165,7 @@ def prepare_run(dag: DAG, progress: Callable | None = None, record: bool = True)
         ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
         deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
     return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress,
-                      record=RunRecord(dag.id, graph, functions) if record else None)
+                      record=RunRecord(dag.id, graph, functions, keep=record))
 
 
 class Results(Mapping):
@@ -238,7 +237,7 @@ class ExecutionResult:
         return build_view(self._recorded("view"))
 
     def _recorded(self, what: str) -> RunRecord:
-        if self.record is None:
+        if self.record is None or not self.record.keep:
             raise HandoffError(f"{what}() needs the run's record: this run was executed with record=False")
         return self.record
 
@@ -468,17 +467,3 @@ class Runs:
                 ctx.future.set_exception(error)
         self.runs.clear()
 
-
-def progress_printer() -> Callable[[int, int], None]:
-    """A progress callback that rewrites one line on stderr at most 5 times a second."""
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] > 0.2:
-            last[0] = now
-            end = "\n" if done == total else ""
-            sys.stderr.write(f"\rhandoff: {done}/{total} functions done{end}")
-            sys.stderr.flush()
-
-    return show

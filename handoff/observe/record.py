@@ -28,7 +28,7 @@ class Outcome(IntEnum):
 class Attempt(NamedTuple):
     """One recorded attempt, as ``RunRecord.attempts()`` yields it."""
 
-    position: int  # in the run's index order
+    function_index: int
     function_id: Hashable
     attempt: int
     node: str
@@ -74,8 +74,10 @@ class RunRecord:
     text is kept aside (``errors``). ``graph`` and ``functions`` are the run's (for pictures).
     """
 
-    def __init__(self, dag_id: Any, graph: CompiledGraph, functions: list[Function]) -> None:
+    def __init__(self, dag_id: Any, graph: CompiledGraph, functions: list[Function],
+                 keep: bool = True) -> None:
         self.dag_id = dag_id
+        self.keep = keep  # False: only the progress counters, no per-attempt arrays
         self.graph = graph
         self.functions = functions
         self.group, self.group_names = groups_of(functions)
@@ -120,10 +122,6 @@ class RunRecord:
 
     def add(self, node: str, row: ResultRow) -> None:
         """One attempt reported by ``node``."""
-        n = self._node_number.get(node)
-        if n is None:
-            n = self._node_number[node] = len(self.node_names)
-            self.node_names.append(node)
         index = row.index
         g = self.group[index]
         self.group_ended[g] += 1
@@ -135,6 +133,13 @@ class RunRecord:
             outcome = 2 if row.lost is not None else 1
             if outcome == 1:
                 self.group_failed[g] += 1
+        if not self.keep:
+            return
+        n = self._node_number.get(node)
+        if n is None:
+            n = self._node_number[node] = len(self.node_names)
+            self.node_names.append(node)
+        if outcome:
             error = row.error
             if error is not None:
                 self.errors[len(self.index)] = (error.exc_type, error.message, error.traceback)
