@@ -159,7 +159,7 @@ svg text { font: 11px system-ui, sans-serif; }
   function hue(name) {
     let h = 0; const s = String(name);
     for (let i = 0; i < s.length; i++) h = (h * 31 + s.charCodeAt(i)) >>> 0;
-    return h % 360;
+    return 35 + h % 290;  // keeps clear of red, which marks failures
   }
   function groupColor(name, alpha) { return "hsla(" + hue(name) + ",62%,52%," + (alpha === undefined ? 1 : alpha) + ")"; }
   const STATE_COLOR = { done: "#2f9e6b", failed: "#d64545", running: "#3b7dd8", pending: "#aab3c0" };

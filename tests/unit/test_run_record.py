@@ -152,3 +152,13 @@ def test_a_record_without_attempts_keeps_counting():
     lean = RunRecord(record.dag_id, record.graph, record.functions, keep=False)
     lean.add("a", ResultRow("run", 0, 1, True, T0, T0, 1, None, -1, None))
     assert lean.done == 1 and len(lean) == 0
+
+
+def test_a_function_run_again_counts_once():
+    """A result reported twice (an attempt superseded after a node was thought lost, or a
+    value recomputed) is two attempts in the record but one function done."""
+    record = make_record()
+    again = ResultRow("run", record.graph.index["src0"], 2, True, T0 + 0.1, T0 + 0.105, 100, None, -1, None, 1)
+    assert not record.add("b", again)
+    assert record.done == record.total == 4 and len(record) == 7
+    assert record.group_done[record.group_names.index("source")] == 2
