@@ -105,7 +105,7 @@ def run_variant(record: bool, progress: bool, terminal: Terminal) -> float:
     return seconds
 
 
-def bench_w1_record_and_progress(benchmark, node):
+def test_w1_record_and_progress(benchmark, node):
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     terminal = Terminal()
 

@@ -162,3 +162,19 @@ def test_a_function_run_again_counts_once():
     assert not record.add("b", again)
     assert record.done == record.total == 4 and len(record) == 7
     assert record.group_done[record.group_names.index("source")] == 2
+
+
+@pytest.mark.parametrize("progress", ["yes", "AUTO", 1, None])
+def test_execute_rejects_a_bad_progress_option(progress):
+    import handoff
+
+    with pytest.raises(ValueError, match=r'progress must be "auto", True, False or a callable'):
+        handoff.execute(DAG().add_function(Function(id="f", code=source, extra_args=[1])), progress=progress)
+
+
+@pytest.mark.parametrize("record", [1, "yes", None])
+def test_execute_rejects_a_bad_record_option(record):
+    import handoff
+
+    with pytest.raises(ValueError, match="record must be True or False"):
+        handoff.execute(DAG().add_function(Function(id="f", code=source, extra_args=[1])), record=record)
