@@ -29,7 +29,7 @@ from handoff import DAG, Function
 
 WORKERS = 2
 W1_N = 10_000
-ROUNDS = 7
+ROUNDS = 5
 VARIANTS = {"bare": (False, False), "record": (True, False), "record+progress": (True, True)}
 
 
@@ -105,6 +105,7 @@ def run_variant(record: bool, progress: bool, terminal: Terminal) -> float:
     return seconds
 
 
+@pytest.mark.timeout(1800)
 def test_w1_record_and_progress(benchmark, node):
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     terminal = Terminal()
