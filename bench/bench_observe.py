@@ -9,7 +9,7 @@ Variants, interleaved round by round so that the machine's load hits them alike:
 - ``bare``: ``record=False, progress=False`` (the baseline);
 - ``record``: ``record=True, progress=False`` (the default off a terminal);
 - ``record+progress``: ``record=True, progress=True`` with stderr on a pseudo-terminal, so the
-  display really draws (about ten times a second).
+  display really draws (four times a second).
 The summary prints each variant's median seconds and its ratio to ``bare``; the targets are
 at most 1.05 (reported, not enforced).
 """
