@@ -16,7 +16,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable, cast
+from typing import TYPE_CHECKING, Any, Callable, Hashable, cast
 
 import zmq
 
@@ -33,13 +33,17 @@ from handoff.node.execution.runner import JobRunner
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
+from handoff.node.status import ClusterStatus
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
-    RunEnded, Value, ValuePart,
+    RunEnded, StatusAsk, StatusQuery, StatusReport, Value, ValuePart,
 )
 from handoff.protocol.rows import TaskRow, Tree
 from handoff.transport import Transport
+
+if TYPE_CHECKING:
+    from handoff.node.dashboard import Dashboard
 
 log = logging.getLogger("handoff.node")
 
@@ -89,6 +93,8 @@ class Node:
         self.fetching = Fetching(self)
         self.execution = JobRunner(self)
         self.runs = Runs(self)
+        self.status = ClusterStatus(self)
+        self.dashboard: Dashboard | None = None
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -112,6 +118,10 @@ class Node:
         self.every(5.0, self.fetching.expire)
         self._sweep()
         self.every(SWEEP, self._sweep)
+        if self.config.dashboard:
+            from handoff.node.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, self.config.dashboard).start()
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"handoff-node-{self.name}", daemon=True)
             self._thread.start()
@@ -141,6 +151,8 @@ class Node:
             self.pool.stop()
 
     def _close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.shm_owner:
             shm.remove_owned(self.shm_owner)
         self.store.close()
@@ -310,6 +322,9 @@ class Node:
         if isinstance(msg, Hello):
             peers.on_hello(identity, msg)
             return
+        if isinstance(msg, StatusQuery):  # a status client, authenticated by CURVE alone
+            self.status.on_query(identity, msg)
+            return
         if not peers.is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
             member = peers.membership.get(getattr(msg, "sender", None) or "")
@@ -358,6 +373,10 @@ class Node:
             self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.execution.forget_run(msg.run_id)
+        elif isinstance(msg, StatusAsk):
+            self.status.on_ask(msg)
+        elif isinstance(msg, StatusReport):
+            self.status.on_report(msg)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""
@@ -391,6 +410,7 @@ class Node:
                                   "free": ledger.free(node)} for node in ledger.nodes}
         stats["runs"] = len(self.runs)
         stats["validating_state"] = bool(self.runs.orchestrator.debug_state)
+        stats["dashboard"] = self.dashboard.url if self.dashboard is not None else None
         return stats
 
     # ---- routing between the parts ----------------------------------------------------

@@ -144,6 +144,10 @@ class JobRunner:
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
                 finished: float, lost: LostInput | None = None) -> None:
         nbytes = 0
+        if lost is None:
+            self.node.counters["attempts_succeeded" if ok else "attempts_failed"] += 1
+            if not ok:
+                self.node.status.attempt_failed(job.dag_id, job.key, job.attempt, error)
         if ok:
             self.store.put(job.dag_id, job.key, frames)
             self.store.register_location(job.dag_id, job.key, self.name)
