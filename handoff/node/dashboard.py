@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from handoff.config import is_loopback
+from handoff.errors import HandoffError
 
 if TYPE_CHECKING:
     from handoff.node.server import Node
@@ -81,7 +82,11 @@ class Dashboard:
         self.url = ""
 
     def start(self) -> "Dashboard":
-        server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        try:
+            server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        except OSError as exc:
+            raise HandoffError(f"cannot serve the dashboard on {self.host}:{self.port}: "
+                               f"{exc.strerror or exc}") from None
         server.daemon_threads = True
         self._server = server
         port = server.server_address[1]

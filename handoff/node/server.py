@@ -22,6 +22,7 @@ import zmq
 
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError
+from handoff.logs import node_started, node_stopped
 from handoff.node.cluster.members import LIVE
 from handoff.node.cluster.peers import Peers
 from handoff.node.cluster.requests import Requests
@@ -102,6 +103,11 @@ class Node:
         return self.transport.address
 
     def start(self, background: bool = True) -> "Node":
+        if self.config.dashboard:  # first: a port in use fails the start before anything runs
+            from handoff.node.dashboard import Dashboard
+
+            self.dashboard = Dashboard(self, self.config.dashboard).start()
+        node_started(self.name)
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
@@ -118,10 +124,6 @@ class Node:
         self.every(5.0, self.fetching.expire)
         self._sweep()
         self.every(SWEEP, self._sweep)
-        if self.config.dashboard:
-            from handoff.node.dashboard import Dashboard
-
-            self.dashboard = Dashboard(self, self.config.dashboard).start()
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"handoff-node-{self.name}", daemon=True)
             self._thread.start()
@@ -169,6 +171,7 @@ class Node:
             if fut is not None and fut.set_running_or_notify_cancel():
                 fut.set_exception(HandoffError(f"node {self.name!r} stopped"))
         self.ctx.term()
+        node_stopped(self.name)
         self._stopped.set()
 
     # ---- cross-thread calls -----------------------------------------------------------
