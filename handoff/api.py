@@ -16,6 +16,7 @@ from handoff.config import NodeConfig, check_resources
 from handoff.dag import DAG, retries_problem, timeout_problem
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.errors import TimeoutError as HandoffTimeout
+from handoff.observe.progress import wait_for_result
 from handoff.node.runs import ExecutionResult, prepare_run
 from handoff.node.data.values import dumps_value, loads_value
 
@@ -30,7 +31,8 @@ __all__ = [
     "cluster_status",
 ]
 
-EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress", "allocator")
+EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress", "allocator",
+                   "record")
 START_TIMEOUT = 60.0
 MAX_CONCURRENCY = 1_000_000
 
@@ -222,8 +224,8 @@ def _check_options(max_retries: Any, allocation_strategy: Any, max_concurrency: 
     ):
         raise ValueError(
             f"max_concurrency must be None or an int from 1 to {MAX_CONCURRENCY}, got {max_concurrency!r}")
-    if not (isinstance(progress, bool) or callable(progress)):
-        raise ValueError("progress must be a bool or a callable(done, total)")
+    if not (isinstance(progress, bool) or (isinstance(progress, str) and progress == "auto") or callable(progress)):
+        raise ValueError(f'progress must be "auto", True, False or a callable(done, total), got {progress!r}')
     return {"max_retries": int(max_retries), "allocation_strategy": allocation_strategy,
             "max_concurrency": None if max_concurrency is None else int(max_concurrency),
             "timeout": None if timeout is None else float(timeout)}
@@ -236,8 +238,9 @@ def execute(
     allocation_strategy: str = "first_available",
     max_concurrency: int | None = None,
     timeout: float | None = None,
-    progress: bool | Callable[[int, int], None] = False,
+    progress: bool | str | Callable[[int, int], None] = "auto",
     allocator: Any = None,
+    record: bool = True,
     **unknown: Any,
 ) -> ExecutionResult:
     """Run ``dag`` on the cluster this process belongs to (an embedded local node by default).
@@ -254,11 +257,16 @@ def execute(
     timeout:
         Seconds for the whole run; past it, ``handoff.TimeoutError`` and every claim released.
     progress:
-        True prints progress to stderr; a callable gets ``(done, total)``.
+        ``"auto"``: a live display per function group on stderr when it is a terminal and
+        the run lasts over a second; True: always; False: never; a callable gets
+        ``(done, total)`` after each completion.
     allocator:
         A ``handoff.Allocator``: its ``allocate(functions, caps)`` is called once with the
         total capacities of the live nodes, and its answer is taken as pins
         (``handoff.allocation.apply_plan``; a plan that cannot hold is an ``AllocationError``).
+    record:
+        Keep every attempt's record (node, worker, times, bytes) for ``to_trace`` and
+        ``report``; about 60 bytes an attempt.
 
     Raises a ValidationError subclass for a bad DAG, ``AllocationError`` when a function fits
     no node, ``FunctionError`` when a function runs out of attempts, ``NodeLostError``,
@@ -269,20 +277,18 @@ def execute(
     options = _check_options(max_retries, allocation_strategy, max_concurrency, timeout, progress, unknown)
     if allocator is not None and not callable(getattr(allocator, "allocate", None)):
         raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
-    if progress is True:
-        from handoff.node.runs import progress_printer
-
-        progress = progress_printer()
+    if not isinstance(record, bool):
+        raise ValueError(f"record must be True or False, got {record!r}")
     node = current_node()
     if allocator is not None:
         from handoff.allocation import apply_plan
 
         dag.validate()
         dag = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
-    ctx = prepare_run(dag, progress if callable(progress) else None)
+    ctx = prepare_run(dag, progress if callable(progress) else None, record=record)
     node.call(node.submit_run, ctx, options).result()
     try:
-        return ctx.future.result()
+        return wait_for_result(ctx.future, ctx.record, progress)
     except KeyboardInterrupt:
         node.call(node.cancel_run, ctx.run_id, HandoffError("cancelled by the driver"))
         raise

@@ -93,6 +93,8 @@ class JobRunner:
             self.store.begin_run(run_id, dag_id)
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
                       cost, row.timeout, job_id=next(self._ids))
+            if row.refs:
+                job.fetch_start = time.time()
             events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, row.refs, job))
         self.handle(*events)
 
@@ -130,6 +132,8 @@ class JobRunner:
                 self.handle(ArgumentFailed(job_id, node, key, error))
                 return
             job.blobs[slot] = frames
+            job.bytes_in += blob_nbytes(frames)
+            job.fetch_end = time.time()
             self.handle(ArgumentArrived(job_id))
 
         self.node.fetching.fetch_value(node, ref.dag_id, key, hook, filled)
@@ -160,7 +164,7 @@ class JobRunner:
                 blob = None
         if job.origin == self.name:
             row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                            -1, lost)
+                            -1, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in)
             self.node.runs.local_events.append((row, blob))
             return
         box = self._outbox[job.origin]
@@ -169,7 +173,7 @@ class JobRunner:
             pos = self._outbox_blobs[job.origin]
             self._outbox_blobs[job.origin] = pos + 1
         row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                        pos, lost)
+                        pos, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in)
         box.append((row, blob))
 
     def flush(self) -> None:
