@@ -55,7 +55,7 @@ class Snapshot:
     """What the loop published at one moment: the status document, this node's stats and
     the page's view document."""
 
-    def __init__(self, state: dict, stats: dict, view: dict | None) -> None:
+    def __init__(self, state: dict, stats: dict, view: dict) -> None:
         self.state = state
         self.stats = stats
         self.view = view
@@ -138,8 +138,8 @@ class Dashboard:
         """On the loop: this node's stats and view now, the cluster's state when gathered."""
         node = self.node
         stats = node.node_stats()
-        view = node.view_document() if hasattr(node, "view_document") else None
-        node.status.gather(lambda state: self._publish(Snapshot(state, stats, view)))
+        status = node.status
+        node.status.gather(lambda state: self._publish(Snapshot(state, stats, status.view(state))))
 
     def _publish(self, snap: Snapshot) -> None:
         with self._lock:
@@ -190,7 +190,7 @@ def _handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
                 elif url.path == "/api/state":
                     self._json(dashboard.snapshot().state)
                 elif url.path == "/api/view":
-                    self._json(dashboard.snapshot().view or {})
+                    self._json(dashboard.snapshot().view)
                 elif url.path == "/metrics":
                     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 

@@ -106,7 +106,11 @@ class Node:
         if self.config.dashboard:  # first: a port in use fails the start before anything runs
             from handoff.node.dashboard import Dashboard
 
-            self.dashboard = Dashboard(self, self.config.dashboard).start()
+            try:
+                self.dashboard = Dashboard(self, self.config.dashboard).start()
+            except BaseException:
+                self.ctx.term()
+                raise
         node_started(self.name)
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)

@@ -20,7 +20,9 @@ from handoff.protocol.messages import StatusAsk, StatusQuery, StatusReport
 from handoff.scheduler.tasks import TaskStatus
 
 if TYPE_CHECKING:
+    from handoff.node.runs import RunContext
     from handoff.node.server import Node, Timer
+    from handoff.observe.record import RunRecord
 
 __all__ = ["ClusterStatus", "PEER_TIMEOUT", "label"]
 
@@ -49,6 +51,11 @@ class ClusterStatus:
         self._asked: dict[str, int] = {}  # peer -> request id, while a gathering is under way
         self._reports: dict[str, dict] = {}
         self._timer: Timer | None = None
+        self.last_record: RunRecord | None = None  # of the run this node's driver began last
+
+    def run_started(self, ctx: RunContext) -> None:
+        if ctx.record is not None and ctx.record.keep:
+            self.last_record = ctx.record
 
     # ---- this node -------------------------------------------------------------------
     def attempt_failed(self, dag_id: Any, function_id: Any, attempt: int, error: Any) -> None:
@@ -97,6 +104,22 @@ class ClusterStatus:
                 "elapsed": round(now - state.submitted_at, 3),
             })
         return out
+
+    def view(self, state: dict) -> dict:
+        """The dashboard page's view document (``handoff.observe.page``): the last run this
+        node's driver began (live while it runs), the cluster's members and runs in flight."""
+        from handoff.observe.page import VIEW_VERSION
+        from handoff.observe.view import build_view
+
+        record = self.last_record
+        view = build_view(record) if record is not None else {
+            "version": VIEW_VERSION, "title": f"Handoff cluster seen from {self.name}"}
+        view["cluster"] = [{"name": name, **{k: node.get(k) for k in
+                            ("state", "address", "capacity", "used", "running", "queued")}}
+                           for name, node in state["nodes"].items()]
+        view["runs"] = [{"dag_id": run["dag_id"], "state": "running", "done": run["done"],
+                         "total": run["total"]} for run in state["runs"]]
+        return view
 
     # ---- messages --------------------------------------------------------------------
     def on_query(self, identity: bytes, msg: StatusQuery) -> None:
