@@ -30,6 +30,7 @@ from handoff.scheduler.events import (
     Tick,
 )
 from handoff.scheduler.nodes import NodeSlots
+from handoff.scheduler.placement import shortfall
 from handoff.scheduler.placer import Placer
 from handoff.scheduler.run import RunState
 
@@ -231,12 +232,14 @@ class Orchestrator:
             misfits = run.misfits(name, self.ledger)
             if misfits:
                 i = misfits[0]
+                capacities = self.ledger.capacities()
                 error = AllocationError(
                     run.graph.ids[i],
                     run.costs[i],
-                    self.ledger.capacities(),
+                    capacities,
                     reason=f"it is pinned to node {name!r}, which came back with too small "
-                    "a total capacity",
+                    f"a total capacity (node {name!r} has "
+                    f"{shortfall(run.costs[i], capacities[name])})",
                 )
                 out.extend(self._finish(run, error))
         return out
