@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(alive, suspect, dead), resources used/total, running and queued work, the runs in "
         "flight with their progress and why waiting work waits, and recent failures.",
     )
-    status.add_argument("--join", required=True, metavar="ADDRESS",
-                        help="address of any node of the cluster, tcp://HOST:PORT")
+    status.add_argument("--join", default=None, metavar="ADDRESS",
+                        help="address of any node of the cluster, tcp://HOST:PORT (default: "
+                        "this user's newest node on this machine)")
     status.add_argument("--key-file", default=None,
                         help="cluster key (default: this user's key, as loopback nodes use)")
     status.add_argument("--insecure", action="store_true",

@@ -19,7 +19,7 @@ from handoff.errors import TimeoutError as HandoffTimeout
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import StatusQuery, StatusReport
 
-__all__ = ["query_status", "format_status", "DEFAULT_TIMEOUT"]
+__all__ = ["query_status", "format_status", "local_address", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 5.0  # seconds; a node answers within its peers' timeout (1.5 s)
 _HANDSHAKE_FAILED = (
@@ -142,12 +142,24 @@ def format_status(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def local_address(runtime_dir: str | None = None) -> str:
+    """The address of this user's newest running node on this machine."""
+    from handoff.node.announce import local_nodes
+
+    found = local_nodes(runtime_dir or user_runtime_dir())
+    if not found:
+        raise HandoffError("no node of this user runs on this machine: pass --join ADDRESS "
+                           "(any node of the cluster)")
+    return str(found[0]["address"])
+
+
 def main(args: Any) -> int:
     """``python -m handoff status`` with its parsed arguments; the exit status."""
     import sys
 
     try:
-        doc = query_status(args.join, key_file=args.key_file, insecure=args.insecure,
+        address = args.join or local_address()
+        doc = query_status(address, key_file=args.key_file, insecure=args.insecure,
                            timeout=args.timeout)
     except (HandoffError, ValueError, zmq.ZMQError) as exc:
         print(f"handoff status: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from handoff.errors import HandoffError
 from handoff.logs import node_started, node_stopped
 from handoff.node.cluster.members import LIVE
 from handoff.node.cluster.peers import Peers
+from handoff.node.announce import announce, withdraw
 from handoff.node.cluster.requests import Requests
 from handoff.node.data import shm
 from handoff.node.data.fetching import Fetching
@@ -96,6 +97,7 @@ class Node:
         self.runs = Runs(self)
         self.status = ClusterStatus(self)
         self.dashboard: Dashboard | None = None
+        self._announced: str | None = None  # this node's file for local status clients
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -115,6 +117,7 @@ class Node:
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
+        self._announced = announce(self.config.runtime_dir, self.name, self.address, f"{id(self):x}")
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
         self._wake_rx.bind(wake)
@@ -157,6 +160,7 @@ class Node:
             self.pool.stop()
 
     def _close(self) -> None:
+        withdraw(self._announced)
         if self.dashboard is not None:
             self.dashboard.stop()
         if self.shm_owner:

@@ -80,6 +80,10 @@ def test_status_of_a_three_node_cluster(local_cluster, handoff_driver, tmp_path)
             assert any(line.split()[:2] == [name, "alive"] for line in table.stdout.splitlines())
         assert "held (driver driver): 0/2 done, 1 running, 1 waiting" in table.stdout
         assert f"next waits: {why}" in table.stdout
+        # without --join: this user's newest node on this machine (the driver, started last)
+        here = status_cli("--json")
+        assert here.returncode == 0, here.stderr
+        assert json.loads(here.stdout)["node"] == "driver"
     finally:
         open(release, "w").close()
         runner.join(WAIT)
