@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -62,6 +63,17 @@ class Snapshot:
         self.at = time.monotonic()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # a browser went away mid-answer
+            log.debug("dashboard: %s left: %s", client_address, exc)
+            return
+        log.exception("dashboard: error serving %s", client_address)
+
+
 class Dashboard:
     """Serves one node's dashboard on ``bind`` (``HOST:PORT``) until ``stop``."""
 
@@ -77,17 +89,16 @@ class Dashboard:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._pending: Future | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
 
     def start(self) -> "Dashboard":
         try:
-            server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+            server = _Server((self.host, self.port), _handler(self))
         except OSError as exc:
             raise HandoffError(f"cannot serve the dashboard on {self.host}:{self.port}: "
                                f"{exc.strerror or exc}") from None
-        server.daemon_threads = True
         self._server = server
         port = server.server_address[1]
         shown = f"[{self.host}]" if ":" in self.host else self.host

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from handoff.node.cluster.members import DEAD, LEFT, SUSPECT
 from handoff.protocol.messages import StatusAsk, StatusQuery, StatusReport
-from handoff.scheduler.tasks import TaskStatus
+from handoff.scheduler.waiting import progress
 
 if TYPE_CHECKING:
     from handoff.node.runs import RunContext
@@ -29,6 +29,7 @@ __all__ = ["ClusterStatus", "PEER_TIMEOUT", "label"]
 PEER_TIMEOUT = 1.5  # seconds a gathering waits for the peers' reports
 RECENT_FAILURES = 50  # failed attempts each node remembers
 WAITING_SHOWN = 50  # waiting functions listed per run (all are counted)
+VIEW_AGE = 1.0  # seconds a run's view document is reused (longer if it was slow to build)
 Callback = Callable[[dict], None]
 
 
@@ -52,6 +53,7 @@ class ClusterStatus:
         self._reports: dict[str, dict] = {}
         self._timer: Timer | None = None
         self.last_record: RunRecord | None = None  # of the run this node's driver began last
+        self._view: tuple[RunRecord, float, float, dict] | None = None  # record, built at, cost, view
 
     def run_started(self, ctx: RunContext) -> None:
         if ctx.record is not None and ctx.record.keep:
@@ -89,18 +91,16 @@ class ClusterStatus:
         for run_id, ctx in list(self.node.runs.runs.items()):
             try:
                 state = orchestrator.run(run_id)
-                reasons = orchestrator.waiting(run_id)
+                reasons = orchestrator.waiting(run_id, WAITING_SHOWN)
             except KeyError:
                 continue  # ended in this very iteration
-            counts = [0] * len(TaskStatus)
-            for task in state.tasks:
-                counts[task.status] += 1
-            waiting = {label(fid): why for fid, why in list(reasons.items())[:WAITING_SHOWN]}
+            done, running, waiting = progress(state)
             out.append({
                 "dag_id": label(ctx.dag_id), "run_id": run_id, "driver": self.name,
-                "done": counts[TaskStatus.DONE], "total": ctx.total,
-                "running": counts[TaskStatus.DISPATCHED],  # queued-ahead ones are waiting
-                "waiting": waiting, "waiting_count": len(reasons),
+                "done": done, "total": ctx.total,
+                "running": running,  # queued-ahead ones are waiting
+                "waiting": {label(fid): why for fid, why in reasons.items()},
+                "waiting_count": waiting,
                 "elapsed": round(now - state.submitted_at, 3),
             })
         return out
@@ -112,8 +112,17 @@ class ClusterStatus:
         from handoff.observe.view import build_view
 
         record = self.last_record
-        view = build_view(record) if record is not None else {
-            "version": VIEW_VERSION, "title": f"Handoff cluster seen from {self.name}"}
+        if record is None:
+            view: dict = {"version": VIEW_VERSION, "title": f"Handoff cluster seen from {self.name}"}
+        else:
+            # the run's part costs the loop up to a few 100 ms for a huge run: rebuilt at most
+            # every VIEW_AGE seconds, and at most a tenth of the time (by its last cost)
+            now = time.monotonic()
+            cached = self._view
+            if cached is None or cached[0] is not record or now - cached[1] > max(VIEW_AGE, 10 * cached[2]):
+                view = build_view(record)
+                cached = self._view = (record, now, time.monotonic() - now, view)
+            view = dict(cached[3])
         view["cluster"] = [{"name": name, **{k: node.get(k) for k in
                             ("state", "address", "capacity", "used", "running", "queued")}}
                            for name, node in state["nodes"].items()]

@@ -173,11 +173,12 @@ class Orchestrator:
         """{live node: tasks queued ahead there} for nodes that have some."""
         return {node: len(tasks) for node, tasks in self.nodes.ahead.items() if tasks}
 
-    def waiting(self, run_id: str) -> dict[Any, str]:
-        """{function_id: why it is not running yet, node by node} for ready work of a run."""
+    def waiting(self, run_id: str, limit: int | None = None) -> dict[Any, str]:
+        """{function_id: why it is not running yet, node by node} for ready work of a run
+        (the first ``limit`` of them, in function order, if given)."""
         from handoff.scheduler.waiting import waiting_reasons
 
-        return waiting_reasons(self, self._runs[run_id])
+        return waiting_reasons(self, self._runs[run_id], limit)
 
     @property
     def lookahead(self) -> int:
