@@ -14,6 +14,7 @@ from nodes import child_env, start_node
 
 import handoff
 from handoff import DAG, Function
+from handoff.status import query_status
 from handoff.testing import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -139,3 +140,38 @@ def test_node_logs_as_json_lines_name_the_node_and_a_clean_leave_is_info():
         if peer is not None:
             peer.stop()
         solo.stop()
+
+
+@pytest.mark.slow
+def test_a_silent_peer_is_shown_as_such_and_concurrent_queries_all_get_answers(local_cluster):
+    # a long dead_after: the frozen node stays a member that does not answer
+    cluster = local_cluster(2, extra_args=["--suspect-after", "20", "--dead-after", "40"])
+    cluster.pause("node1")
+    try:
+        answers: list = []
+        errors: list = []
+
+        def ask() -> None:
+            try:
+                answers.append(query_status(cluster["node0"].address, timeout=WAIT))
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        askers = [threading.Thread(target=ask) for _ in range(6)]
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join(WAIT)
+        assert not errors and len(answers) == 6
+        for doc in answers:
+            silent = doc["nodes"]["node1"]
+            assert silent["state"] == "alive" and not silent["answered"]
+            assert silent["running"] is None and silent["capacity"] == {"cpu": 1.0}
+            assert doc["nodes"]["node0"]["answered"]
+        table = status_cli("--join", cluster["node0"].address)
+        assert table.returncode == 0, table.stderr
+        assert any(line.split()[:4] == ["node1", "alive", "(no", "answer)"]
+                   for line in table.stdout.splitlines()), table.stdout
+    finally:
+        cluster.resume("node1")
+    assert wait_until(lambda: query_status(cluster["node0"].address)["nodes"]["node1"]["answered"], WAIT)
