@@ -149,7 +149,8 @@ def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]
 
     The keys (docs/guide.md, "Observing a node"): ``name``, ``address``, ``members``,
     ``membership``, ``ledger``, ``runs``, ``validating_state``, ``pool``, ``store``,
-    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``.
+    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``,
+    ``dashboard`` (its URL, or None).
 
     With no ``name`` the local node is started with default settings if needed, like the other
     calls; asking a peer needs this process's node running and joined to its cluster (a node
