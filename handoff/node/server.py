@@ -23,9 +23,9 @@ import zmq
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError
 from handoff.logs import node_started, node_stopped
+from handoff.node.announce import announce, withdraw
 from handoff.node.cluster.members import LIVE
 from handoff.node.cluster.peers import Peers
-from handoff.node.announce import announce, withdraw
 from handoff.node.cluster.requests import Requests
 from handoff.node.data import shm
 from handoff.node.data.fetching import Fetching
