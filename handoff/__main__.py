@@ -31,12 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the example pipelines on an embedded local node",
         description="Run the getting-started, simple data and image-processing pipelines on "
-        "an embedded local node and print their results, allocations and timing. If no node "
+        "an embedded local node and print their results, allocations and timing; the image "
+        "run shows its progress and ends by writing its images, HTML report and trace. If no node "
         "has a gpu, the local node is registered with gpu=1 so the image pipeline's gpu "
         "step can be placed.",
     )
     demo.add_argument("--images", type=int, default=5, metavar="N",
                       help="number of images in the image pipeline (default 5)")
+    demo.add_argument("--out", default=None, metavar="DIR",
+                      help="directory for the images, the report and the trace "
+                      "(default: a new temporary directory)")
     demo.add_argument("--workers", type=int, default=None, metavar="K",
                       help="worker processes of the embedded node (default: cpu count)")
     demo.set_defaults(command_parser=demo)
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.workers is not None:
                 handoff.start(workers=args.workers)
-            run_demo(n_images=args.images)
+            run_demo(n_images=args.images, out_dir=args.out)
         except handoff.HandoffError as exc:
             print(f"handoff demo: {exc}", file=sys.stderr)
             return 1

@@ -342,8 +342,7 @@ class Runs:
             ctx = self.runs.get(run_id)
             if ctx is None:
                 continue
-            if ctx.record is not None:
-                ctx.record.add(node, row)
+            first = ctx.record.add(node, row) if ctx.record is not None else ok
             lost = row.lost
             if lost is not None:
                 lost_index = ctx.graph.index.get(lost.function_id)
@@ -356,7 +355,7 @@ class Runs:
                 if error is None:  # the executing node's fault: a failure must say why
                     raise ValueError(f"run {run_id}: a failed attempt of task {index} has no error")
                 info = ErrorInfo(error.exc_type, error.message, error.traceback, blob)
-            elif ctx.progress is not None:
+            elif ctx.progress is not None and first:  # a function run again counts once
                 ctx.done_count += 1
                 try:
                     ctx.progress(ctx.done_count, ctx.total)

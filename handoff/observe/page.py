@@ -159,9 +159,17 @@ svg text { font: 11px system-ui, sans-serif; }
   function hue(name) {
     let h = 0; const s = String(name);
     for (let i = 0; i < s.length; i++) h = (h * 31 + s.charCodeAt(i)) >>> 0;
-    return h % 360;
+    return 35 + h % 290;  // keeps clear of red, which marks failures
   }
-  function groupColor(name, alpha) { return "hsla(" + hue(name) + ",62%,52%," + (alpha === undefined ? 1 : alpha) + ")"; }
+  // well-separated colours for the first groups (none red, which marks failures), then hues
+  const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2", "#9c755f",
+                   "#8cd17d", "#bab0ac", "#499894", "#d4a6c8", "#86bcb6"];
+  let palette = {};  // group name -> its number in the document
+  function groupColor(name) {
+    const i = palette[name];
+    if (i !== undefined && i < PALETTE.length) return PALETTE[i];
+    return "hsl(" + hue(name) + ",55%,50%)";
+  }
   const STATE_COLOR = { done: "#2f9e6b", failed: "#d64545", running: "#3b7dd8", pending: "#aab3c0" };
 
   function showTip(ev, text) {
@@ -320,7 +328,7 @@ svg text { font: 11px system-ui, sans-serif; }
     const boxW = 150, boxH = 34, colW = 200, rowH = 46, pad = 12;
     const tallest = Math.max(1, ...layers.map(l => l.length));
     const W = pad * 2 + Math.max(layers.length, 1) * colW, H = pad * 2 + tallest * rowH;
-    const X = i => pad + layer[i] * colW, Y = i => pad + pos[i] * rowH + (tallest - layers[layer[i]].length) * rowH / 2;
+    const X = i => pad + layer[i] * colW, Y = i => pad + pos[i] * rowH;
     const root = svg("svg", { id: "dag", width: W, height: H, viewBox: "0 0 " + W + " " + H });
     root.appendChild(svg("rect", { x: 0, y: 0, width: W, height: H, fill: "#fff" }));
     for (const e of edges) {
@@ -371,6 +379,9 @@ svg text { font: 11px system-ui, sans-serif; }
   function render(doc) {
     const main = document.getElementById("main");
     const parts = [];
+    palette = {};
+    const names = (doc.timeline && doc.timeline.groups) || (doc.groups || []).map(g => g.name);
+    names.forEach((name, i) => { if (!(name in palette)) palette[name] = i; });
     if (doc.title) { document.getElementById("title").textContent = doc.title; document.title = doc.title; }
     const s = doc.summary;
     const st = document.getElementById("state");

@@ -91,7 +91,8 @@ class RunRecord:
         self.group_failed = [0] * groups  # failed attempts
         self.group_dispatched = [0] * groups  # attempts sent
         self.group_ended = [0] * groups  # attempts reported back, any outcome
-        self.done = 0
+        self.done = 0  # functions with a result (a function run again is counted once)
+        self._has_result = bytearray(len(graph.ids))
         self.total = sum(self.group_total)
         self.started_at = time.time()
         self.finished_at: float | None = None
@@ -120,21 +121,24 @@ class RunRecord:
         for index, _ in tasks:
             counts[group[index]] += 1
 
-    def add(self, node: str, row: ResultRow) -> None:
-        """One attempt reported by ``node``."""
+    def add(self, node: str, row: ResultRow) -> bool:
+        """One attempt reported by ``node``; True if it is its function's first result."""
         index = row.index
         g = self.group[index]
         self.group_ended[g] += 1
+        first = False
         if row.ok:
             outcome = 0
-            self.group_done[g] += 1
-            self.done += 1
+            if not self._has_result[index]:
+                self._has_result[index] = first = True
+                self.group_done[g] += 1
+                self.done += 1
         else:
             outcome = 2 if row.lost is not None else 1
             if outcome == 1:
                 self.group_failed[g] += 1
         if not self.keep:
-            return
+            return first
         n = self._node_number.get(node)
         if n is None:
             n = self._node_number[node] = len(self.node_names)
@@ -154,6 +158,7 @@ class RunRecord:
         self.bytes_in.append(row.bytes_in)
         self.bytes_out.append(row.nbytes)
         self.outcome.append(outcome)
+        return first
 
     def end(self, failed: bool) -> None:
         self.finished_at = time.time()
