@@ -49,6 +49,15 @@ class PipelineState:
             if seq == self.yielded:
                 self.cond.notify_all()
 
+    def deliver_many(self, results: list[tuple[int, Any]]) -> None:
+        with self.cond:
+            done = self.done
+            for seq, result in results:
+                done[seq] = result
+            self.completed += len(results)
+            if self.yielded in done:
+                self.cond.notify_all()
+
     def fail(self, error: HandoffError) -> None:
         with self.cond:
             if self.error is None:

@@ -190,29 +190,42 @@ class Coordinator:
 
     def on_out(self, rows: list[OutRow], blobs: list) -> None:
         sinks = self.spec.sinks
+        single = len(sinks) == 1
+        held, partial = self.held, self.partial
+        settled: list[tuple[int, Any]] = []  # handed to the pipeline at once: one lock, one wake-up
         settled_bad: list[int] = []
         for row in rows:
             seq = row.seq
-            if seq not in self.held:
+            if seq not in held:
                 continue  # settled already (a replay's second copy, or expired)
             if row.error is not None:
                 e = row.error
-                self._settle(seq, ItemError(seq, self.spec.function_ids[row.stage], e.exc_type, e.message, e.traceback))
+                result: Any = ItemError(seq, self.spec.function_ids[row.stage], e.exc_type, e.message, e.traceback)
                 settled_bad.append(seq)
-                continue
-            got = self.partial.setdefault(seq, {})
-            got.setdefault(row.stage, blobs[row.blob])
-            if len(got) == len(sinks):
-                self._settle(seq, got)
+            elif single:
+                result = {row.stage: blobs[row.blob]}
+            else:
+                got = partial.setdefault(seq, {})
+                got.setdefault(row.stage, blobs[row.blob])
+                if len(got) < len(sinks):
+                    continue
+                result = got
+            self._settle(seq, result, settled)
+        if settled:
+            self.state.deliver_many(settled)
         if settled_bad:
             self._forget(settled_bad, False)
         self._check_flush()
 
-    def _settle(self, seq: int, result: Any) -> None:
+    def _settle(self, seq: int, result: Any, into: list | None = None) -> None:
         del self.held[seq]
         self.pushed_at.pop(seq, None)
-        self.partial.pop(seq, None)
-        self.state.deliver(seq, result)
+        if self.partial:
+            self.partial.pop(seq, None)
+        if into is None:
+            self.state.deliver(seq, result)
+        else:
+            into.append((seq, result))
 
     def _forget(self, seqs: list[int], expired: bool) -> None:
         self.router.forget(set(seqs))

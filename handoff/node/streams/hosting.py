@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from handoff.protocol.messages import Message, WorkerReady
 from handoff.protocol.rows import ErrorRow
@@ -273,17 +273,25 @@ class LocalReplica:
 
     def _done(self, msg: ReplicaDone) -> None:
         stream = self.stream
+        stage = self.row.stage
+        running, attempts, blobs = self.running, self.attempts, msg.blobs
+        acks: dict[tuple[str, int], int] = {}  # (sender, edge) -> items: one ack each per message
+        produced = stream.produced_many(stage)
         for row in msg.rows:
-            p = self.running.pop(row.seq, None)
+            p = running.pop(row.seq, None)
             if p is None:
                 continue  # expired meanwhile
             self.items += 1
-            self.attempts.pop(row.seq, None)
-            self._ack(p)
+            if attempts:
+                attempts.pop(row.seq, None)
+            for key in p.senders:
+                acks[key] = acks.get(key, 0) + 1
             if row.error is not None:
-                stream.item_failed(row.seq, self.row.stage, row.error)
+                stream.item_failed(row.seq, stage, row.error)
             else:
-                stream.produced(self.row.stage, row.seq, msg.blobs[row.blob])
+                produced(row.seq, blobs[row.blob])
+        for (sender, edge), n in acks.items():
+            stream.ack(sender, edge, self.row, n)
         self.pump()
 
     def _ack(self, p: Pending) -> None:
@@ -393,10 +401,15 @@ class HostedStream:
                                                    rep.row.generation, error))
 
     def produced(self, stage: int, seq: int, frames: list) -> None:
+        self.produced_many(stage)(seq, frames)
+
+    def produced_many(self, stage: int) -> Callable[[int, list], None]:
+        """What takes stage ``stage``'s values (seq, frames): the driver's outbox for a sink,
+        else the router."""
         if self.stages[stage].sink:
-            self.service.queue_out(self.driver, self.id, OutRow(seq, stage, None, -1), frames)
-        else:
-            self.router.send(stage, seq, frames, self.service.name)
+            return self.service.out_box(self.driver, self.id, stage)
+        send, here = self.router.send, self.service.name
+        return lambda seq, frames: send(stage, seq, frames, here)
 
     def item_failed(self, seq: int, stage: int, error: ErrorRow) -> None:
         self.service.queue_out(self.driver, self.id, OutRow(seq, stage, error, -1), None)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["serve_replica", "StageRunner"]
 
 FLUSH_AFTER = 0.002  # seconds: finished items go back at least this often while a message runs
+IDLE_AFTER = 0.05  # seconds without a finished item before the outbox thread sleeps until woken
 
 
 class _ItemFailed(Exception):
@@ -155,7 +156,10 @@ def serve_replica(channel: WorkerEnd, msg: ReplicaStart, evaluator: Evaluator,
 
 class Outbox:
     """Finished items on their way to the node: sent in groups while items are fast, and never
-    held back more than FLUSH_AFTER by a slow item that follows (a thread sends them then)."""
+    held back more than FLUSH_AFTER by a slow item that follows (a thread sends them then).
+
+    The thread checks every FLUSH_AFTER while items keep coming and sleeps on an event only
+    after IDLE_AFTER without any: a steady stream of messages costs no wake-up per message."""
 
     def __init__(self, channel: WorkerEnd):
         self.channel = channel
@@ -163,6 +167,8 @@ class Outbox:
         self.rows: list[ReplicaResultRow] = []
         self.blobs: list = []
         self.since = 0.0  # when the oldest unsent row was added
+        self.last = 0.0  # when the last row was added
+        self.idle = True  # the thread waits on ``wake`` (changed under ``lock``)
         self.wake = threading.Event()
         self.closed = False
         self.thread = threading.Thread(target=self._watch, name="handoff-replica-outbox", daemon=True)
@@ -170,16 +176,20 @@ class Outbox:
 
     def add(self, row: ReplicaResultRow, frames: list | None) -> None:
         with self.lock:
+            now = time.perf_counter()
             if frames is not None:
                 self.blobs.append(frames)
                 row = ReplicaResultRow(row.seq, row.error, len(self.blobs) - 1)
             if not self.rows:
-                self.since = time.perf_counter()
+                self.since = now
+            self.last = now
+            if self.idle:
+                self.idle = False
                 self.wake.set()
             self.rows.append(row)
             # a value with out-of-band buffers goes now: the buffers are the caller's memory,
             # which its next call may change (a replica reusing a buffer in its state)
-            if (frames is not None and len(frames) > 1) or time.perf_counter() - self.since > FLUSH_AFTER:
+            if (frames is not None and len(frames) > 1) or now - self.since > FLUSH_AFTER:
                 self._send()
 
     def flush(self) -> None:
@@ -198,12 +208,17 @@ class Outbox:
             self.wake.clear()
             while not self.closed:
                 with self.lock:
-                    if not self.rows:
+                    now = time.perf_counter()
+                    if self.rows:
+                        due = self.since + FLUSH_AFTER - now
+                        if due <= 0:
+                            self._send()
+                            due = FLUSH_AFTER
+                    elif now - self.last > IDLE_AFTER:
+                        self.idle = True
                         break
-                    due = self.since + FLUSH_AFTER - time.perf_counter()
-                    if due <= 0:
-                        self._send()
-                        break
+                    else:
+                        due = FLUSH_AFTER
                 time.sleep(due)
 
 

@@ -33,6 +33,9 @@ class Router:
         self.used: dict[tuple[int, int, int], int] = {}  # (edge, stage, replica) -> unacked items
         self.held: dict[tuple[int, int], deque] = {}  # (edge, stage) -> [(seq, frames, source)]
         self.held_count = 0
+        # per consuming stage: its credit limit; per (edge, stage): the consumer's slot
+        self._limits = {row.index: self._limit(row) for row in stages}
+        self._slots = {(e, row.index): row.slots.index(e) for row in stages for e in row.slots}
 
     # ---- placement ----------------------------------------------------------------------
     def set_plan(self, rows: list[ReplicaRow]) -> None:
@@ -54,7 +57,9 @@ class Router:
         return rows[replica].generation if replica < len(rows) else -1
 
     def limit(self, stage: int) -> int:
-        row = self.stages[stage]
+        return self._limits[stage]
+
+    def _limit(self, row: StageRow) -> int:
         if len(row.slots) > 1:
             return self.join_window
         return max(self.window, 2 * row.batch_size)
@@ -74,7 +79,7 @@ class Router:
         rows = self.replicas.get(stage)
         if not rows:
             return False
-        limit = self.limit(stage)
+        limit = self._limits[stage]
         used = self.used
         consumer = self.stages[stage]
         row: ReplicaRow | None = None
@@ -92,8 +97,7 @@ class Router:
             return False
         key = (edge, stage, row.replica)
         used[key] = used.get(key, 0) + 1
-        slot = consumer.slots.index(edge)
-        self.deliver(row, ItemRow(seq, stage, row.replica, slot, edge, source, -1), frames)
+        self.deliver(row, ItemRow(seq, stage, row.replica, self._slots[(edge, stage)], edge, source, -1), frames)
         return True
 
     def drain(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from handoff.errors import HandoffError, NodeLostError
 from handoff.node.streams.coordinator import Coordinator
@@ -136,6 +136,18 @@ class Streams:
             blob = len(blobs)
             blobs.append(frames)
         rows.append(OutRow(row.seq, row.stage, row.error, blob))
+
+    def out_box(self, driver: str, stream: str, stage: int) -> Callable[[int, list], None]:
+        """A function that queues sink ``stage``'s value of an item for the driver."""
+        box: list = []  # the (rows, blobs) of this loop iteration, taken at the first value
+
+        def add(seq: int, frames: list) -> None:
+            if not box:
+                box.extend(self._outs.setdefault((driver, stream), ([], [])))
+            rows, blobs = box
+            rows.append(OutRow(seq, stage, None, len(blobs)))
+            blobs.append(frames)
+        return add
 
     def queue_buffered(self, driver: str, stream: str, row: BufferedRow) -> None:
         if driver == self.name:
