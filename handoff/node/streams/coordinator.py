@@ -49,7 +49,7 @@ class Coordinator:
         self.plan: dict[tuple[int, int], ReplicaRow] = {}
         self.claims: dict[tuple[int, int], tuple[str, dict]] = {}
         self.hosts: set[str] = set()
-        self.router = Router(self.here, spec.stages, WINDOW, self.max_pending, self._deliver)
+        self.router = Router(self.here, spec.stages, WINDOW, self.max_pending, self._deliver, self._deliver_many)
         self.opened: Future = Future()
         self.waiting: set[tuple[int, int]] = set()
         self.held: dict[int, list] = {}  # unsettled items: their input frames, for replays
@@ -178,15 +178,18 @@ class Coordinator:
         if self.stopped:
             return
         now = time.monotonic()
-        inputs = self.spec.inputs
+        held, pushed_at = self.held, self.pushed_at
         for seq, frames in items:
-            self.held[seq] = frames
-            self.pushed_at[seq] = now
-            for k, stage in enumerate(inputs):
-                self.router.send(stage, seq, frames[k], self.here)
+            held[seq] = frames
+            pushed_at[seq] = now
+        for k, stage in enumerate(self.spec.inputs):
+            self.router.send_many(stage, [(seq, frames[k]) for seq, frames in items], self.here)
 
     def _deliver(self, row: ReplicaRow, item: ItemRow, frames: list) -> None:
         self.service.deliver(row.node, self.id, item, frames)
+
+    def _deliver_many(self, row: ReplicaRow, stage: int, slot: int, edge: int, source: str, share: list) -> None:
+        self.service.deliver_many(row.node, self.id, row, slot, edge, source, share)
 
     def on_out(self, rows: list[OutRow], blobs: list) -> None:
         sinks = self.spec.sinks

@@ -206,6 +206,29 @@ class LocalReplica:
             del self.joins[item.seq]
             self._enqueue(p)
 
+    def receive_many(self, share: list[tuple[int, list]], edge: int, source: str, sender: str) -> None:
+        """receive() of several items (seq, frames) for a stage with one slot, in order."""
+        if self.status is ReplicaStatus.STOPPED:
+            return
+        forgotten = self.stream.forgotten
+        sources, senders = [source], [(sender, edge)]  # shared: a one-slot item never changes them
+        batching = self.stage.batch_size > 0
+        queue = self.queue
+        dropped = 0
+        for seq, frames in share:
+            if seq in forgotten:
+                dropped += 1
+                continue
+            p = Pending(seq, [frames], sources, senders)
+            if batching:
+                self._enqueue(p)
+            else:
+                queue.append([p])
+        if dropped:
+            self.stream.ack(sender, edge, self.row, dropped)
+        if not batching:
+            self.pump()
+
     def _enqueue(self, p: Pending) -> None:
         size = self.stage.batch_size
         if not size:
@@ -276,7 +299,9 @@ class LocalReplica:
         stage = self.row.stage
         running, attempts, blobs = self.running, self.attempts, msg.blobs
         acks: dict[tuple[str, int], int] = {}  # (sender, edge) -> items: one ack each per message
-        produced = stream.produced_many(stage)
+        sink = stream.stages[stage].sink
+        produced = stream.produced_many(stage) if sink else None
+        outgoing: list[tuple[int, list]] = []
         for row in msg.rows:
             p = running.pop(row.seq, None)
             if p is None:
@@ -288,8 +313,12 @@ class LocalReplica:
                 acks[key] = acks.get(key, 0) + 1
             if row.error is not None:
                 stream.item_failed(row.seq, stage, row.error)
-            else:
+            elif produced is not None:
                 produced(row.seq, blobs[row.blob])
+            else:
+                outgoing.append((row.seq, blobs[row.blob]))
+        if outgoing:
+            stream.router.send_many(stage, outgoing, stream.service.name)
         for (sender, edge), n in acks.items():
             stream.ack(sender, edge, self.row, n)
         self.pump()
@@ -375,7 +404,8 @@ class HostedStream:
         self.replicas: dict[tuple[int, int], LocalReplica] = {}
         self.forgotten: set[int] = set()
         self._forgotten_order: deque[int] = deque()
-        self.router = Router(service.name, msg.stages, msg.window, msg.window * 64, self._deliver)
+        self.router = Router(service.name, msg.stages, msg.window, msg.window * 64, self._deliver,
+                             self._deliver_many)
         self.started = time.monotonic()
         self._reported: dict[tuple[int, int], int] = {}
         self.set_plan(msg.replicas)
@@ -428,11 +458,20 @@ class HostedStream:
         else:
             self.service.queue_item(row.node, self.id, item, frames)
 
+    def _deliver_many(self, row: ReplicaRow, stage: int, slot: int, edge: int, source: str, share: list) -> None:
+        self.service.deliver_many(row.node, self.id, row, slot, edge, source, share)
+
     def receive(self, item: ItemRow, frames: list, sender: str) -> None:
         rep = self.replicas.get((item.stage, item.replica))
         if rep is None:
             return  # moved away: the driver replays what it held
         rep.receive(item, frames, sender)
+
+    def receive_many(self, row: ReplicaRow, edge: int, source: str, share: list, sender: str) -> None:
+        """Values of stage ``edge`` for a replica here whose stage has that one slot."""
+        rep = self.replicas.get((row.stage, row.replica))
+        if rep is not None:
+            rep.receive_many(share, edge, source, sender)
 
     # ---- the driver's orders -----------------------------------------------------------------
     def forget(self, seqs: list[int], expired: bool) -> None:

@@ -18,13 +18,17 @@ from handoff.protocol.streams import ItemRow, ReplicaRow, StageRow
 __all__ = ["Router"]
 
 Deliver = Callable[[ReplicaRow, ItemRow, list], None]
+# (replica, its stage, slot, edge, source, [(seq, frames), ...]): several values for one replica
+DeliverMany = Callable[[ReplicaRow, int, int, int, str, list], None]
 
 
 class Router:
     """The sending side of every edge that starts on one node, for one pipeline."""
 
-    def __init__(self, here: str, stages: list[StageRow], window: int, join_window: int, deliver: Deliver):
+    def __init__(self, here: str, stages: list[StageRow], window: int, join_window: int, deliver: Deliver,
+                 deliver_many: DeliverMany | None = None):
         self.here = here
+        self.deliver_many = deliver_many
         self.stages = stages
         self.window = window
         self.join_window = join_window
@@ -75,6 +79,77 @@ class Router:
                 self.held.setdefault((edge, stage), deque()).append((seq, frames, source))
                 self.held_count += 1
 
+    def send_many(self, edge: int, items: list[tuple[int, list]], source: str) -> None:
+        """``send`` of several values of stage ``edge``, in order. The common case (one consumer
+        with one slot, nothing held back) is routed in one pass, each replica getting its share
+        in one call; anything else goes item by item."""
+        consumers = self.stages[edge].consumers
+        stage = consumers[0] if len(consumers) == 1 else -1
+        if stage < 0 or not self._bulk_ok(stage):
+            for seq, frames in items:
+                self.send(edge, seq, frames, source)
+            return
+        taken = 0 if self.held.get((edge, stage)) else self._bulk(edge, stage, items, source)
+        if taken < len(items):
+            held = self.held.setdefault((edge, stage), deque())
+            for seq, frames in items[taken:]:
+                held.append((seq, frames, source))
+            self.held_count += len(items) - taken
+
+    def _bulk_ok(self, stage: int) -> bool:
+        return self.deliver_many is not None and bool(self.replicas.get(stage)) and len(self.stages[stage].slots) == 1
+
+    def _bulk(self, edge: int, stage: int, items: list[tuple[int, list]], source: str) -> int:
+        """Route a prefix of ``items`` to ``stage``'s replicas, each to the least busy with
+        credit left (like _try), handing each replica its share at once; returns its length."""
+        rows = self.replicas[stage]
+        limit = self._limits[stage]
+        used = self.used
+        keys = [(edge, stage, r.replica) for r in rows]
+        counts = [used.get(k, 0) for k in keys]
+        shares: list[list] = [[] for _ in rows]
+        width = range(len(rows))
+        taken = 0
+        for entry in items:
+            best, least = -1, limit
+            for j in width:
+                if counts[j] < least:
+                    best, least = j, counts[j]
+            if best < 0:
+                break
+            counts[best] += 1
+            shares[best].append(entry)
+            taken += 1
+        for key, n in zip(keys, counts):
+            if n:
+                used[key] = n
+        slot = self._slots[(edge, stage)]
+        assert self.deliver_many is not None
+        for row, share in zip(rows, shares):
+            if share:
+                self.deliver_many(row, stage, slot, edge, source, share)
+        return taken
+
+    def _drain_bulk(self, edge: int, stage: int, held: deque) -> None:
+        """drain() of one edge to a one-slot stage: as many held values as there is credit
+        for, routed in one pass (values held here all come from one source)."""
+        limit = self._limits[stage]
+        free = sum(max(0, limit - self.used.get((edge, stage, r.replica), 0)) for r in self.replicas[stage])
+        n = min(free, len(held))
+        if n <= 0:
+            return
+        source = held[0][2]
+        take: list[tuple[int, list]] = []
+        for _ in range(n):
+            if held[0][2] != source:
+                break
+            seq, frames, _ = held.popleft()
+            take.append((seq, frames))
+        taken = self._bulk(edge, stage, take, source)
+        if taken < len(take):  # not expected: credit was counted above
+            held.extendleft(reversed([(seq, frames, source) for seq, frames in take[taken:]]))
+        self.held_count -= taken
+
     def _try(self, edge: int, stage: int, seq: int, frames: list, source: str) -> bool:
         rows = self.replicas.get(stage)
         if not rows:
@@ -102,6 +177,8 @@ class Router:
 
     def drain(self) -> None:
         for (edge, stage), held in list(self.held.items()):
+            if self._bulk_ok(stage):
+                self._drain_bulk(edge, stage, held)
             while held:
                 seq, frames, source = held[0]
                 if not self._try(edge, stage, seq, frames, source):

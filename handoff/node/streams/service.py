@@ -17,7 +17,7 @@ from handoff.node.streams.hosting import HostedStream
 from handoff.protocol.messages import Message
 from handoff.protocol.rows import ErrorRow
 from handoff.protocol.streams import (
-    AckRow, BufferedRow, ItemRow, OutRow, ProgressRow, StreamAcks, StreamBuffered, StreamClose,
+    AckRow, BufferedRow, ItemRow, OutRow, ProgressRow, ReplicaRow, StreamAcks, StreamBuffered, StreamClose,
     StreamFlush, StreamForget, StreamItems, StreamOpen, StreamOut, StreamPlan, StreamProgress,
     StreamReady, StreamStop,
 )
@@ -104,6 +104,20 @@ class Streams:
                 hosted.receive(item, frames, self.name)
             return
         self.queue_item(node, stream, item, frames)
+
+    def deliver_many(self, node: str, stream: str, row: ReplicaRow, slot: int, edge: int, source: str,
+                     share: list[tuple[int, list]]) -> None:
+        """Several values of stage ``edge`` for replica ``row`` on ``node``, in order."""
+        if node == self.name:
+            hosted = self.hosted.get(stream)
+            if hosted is not None:
+                hosted.receive_many(row, edge, source, share, self.name)
+            return
+        rows, blobs = self._items.setdefault((node, stream), ([], []))
+        stage, replica = row.stage, row.replica
+        for seq, frames in share:
+            rows.append(ItemRow(seq, stage, replica, slot, edge, source, len(blobs)))
+            blobs.append(frames)
 
     def queue_item(self, node: str, stream: str, item: ItemRow, frames: list) -> None:
         rows, blobs = self._items.setdefault((node, stream), ([], []))
