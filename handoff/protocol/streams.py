@@ -275,13 +275,16 @@ class StreamStop(Message):
 
 @message
 class ReplicaStart(Message):
-    """Become a replica: decode the call (and init), run init; answer ReplicaReady."""
+    """Become a replica: decode the call (and init), run init; answer ReplicaReady. With
+    ``shm`` (a node's shared-memory file prefix, else ""), large buffers of the results go to
+    shared memory, which the node unlinks once the consumer has run the item."""
 
     op: ClassVar[str] = "r_start"
     node: str
     call: StageCall
     init: int
     batch: bool
+    shm: str
     blobs: list = field(default_factory=list)
 
 

@@ -3,6 +3,7 @@ then what it lacked: bounds, deadlines, error-shaped values, worker loss, teardo
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import time
@@ -521,3 +522,59 @@ def test_a_driver_that_exits_without_stop_leaves_no_replica(tmp_path):
     value, *pids = map(int, proc.stdout.split())
     assert value == 2 and len(pids) == 2
     assert wait_until(lambda: not any(_running(p) for p in pids), 5)
+
+
+# ---- large values through shared memory ---------------------------------------------------------
+
+def megabyte(x):
+    import numpy as np
+
+    return np.full(1 << 17, float(x))  # 1 MB: past the shared-memory threshold
+
+
+def first_when(a, path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return float(a[0])
+
+
+def shm_files() -> list[str]:
+    """This node's shared-memory files (the node runs in this process)."""
+    from handoff.node.data import shm
+
+    return glob.glob(os.path.join(shm.SHM_DIR, f"handoff-{os.getpid()}-*"))
+
+
+def test_large_values_wait_in_shared_memory_and_are_unlinked_once_consumed(tmp_path):
+    from handoff.node.data import shm
+
+    gate = str(tmp_path / "go")
+    dag = chain(Function(id="make", args=["x"], code=megabyte),
+                Function(id="read", args=["make"], code=first_when, extra_args=[gate]))
+    with handoff.stream(dag, max_pending=8) as pipe:
+        for i in range(8):
+            pipe.push(i)
+        if shm.available():  # the consumer is stalled: the values wait as files, not copies
+            assert wait_until(lambda: len(shm_files()) >= 2, 60)
+        open(gate, "w").close()
+        pipe.close()
+        assert list(pipe.results(timeout=60)) == [float(i) for i in range(8)]
+        assert wait_until(lambda: not shm_files(), 30)  # before stop(): each went once consumed
+
+
+def test_large_values_of_expired_items_are_unlinked(tmp_path):
+    from handoff.node.data import shm
+
+    gate = str(tmp_path / "never")
+    dag = chain(Function(id="make", args=["x"], code=megabyte),
+                Function(id="read", args=["make"], code=first_when, extra_args=[gate]))
+    with handoff.stream(dag, max_pending=8, item_timeout=2) as pipe:
+        for i in range(6):
+            pipe.push(i)
+        if shm.available():
+            assert wait_until(lambda: len(shm_files()) >= 2, 60)
+        pipe.close()
+        outs = list(pipe.results(timeout=60))
+        assert [type(o) for o in outs] == [ItemError] * 6
+        assert all(o.exc_type == "TimeoutError" for o in outs)
+        assert wait_until(lambda: not shm_files(), 30)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
+from handoff.node.data.values import release_frames
 from handoff.protocol.messages import Message, WorkerReady
 from handoff.protocol.rows import ErrorRow
 from handoff.protocol.streams import (
@@ -54,6 +55,13 @@ class Pending:
     sources: list
     senders: list = field(default_factory=list)  # (node, edge)
     missing: int = 0
+
+
+def _release(p: Pending) -> None:
+    """Unlink the shared-memory files of an item's values: it has run, or is dropped."""
+    for frames in p.frames:
+        if frames is not None and len(frames) > 1:
+            release_frames(frames)
 
 
 class LocalReplica:
@@ -108,7 +116,17 @@ class LocalReplica:
         blobs = stream.blobs[self.stage.first:self.stage.first + self.stage.count]
         assert self.stage.call is not None, "inputs have no replicas"
         worker.channel.send(encode(ReplicaStart(stream.service.name, self.stage.call, self.stage.init,
-                                                self.stage.batch_size > 0, blobs)))
+                                                self.stage.batch_size > 0, self._shm_owner(), blobs)))
+
+    def _shm_owner(self) -> str:
+        """Results through shared memory (this node's files) when one stage takes them: the
+        node unlinks a file once that stage has run the item, or drops it. Sinks and fan-out
+        stages send their bytes (a sink's values leave for the driver)."""
+        stage = self.stage
+        owner = self.pool.shm_owner
+        if owner and not stage.sink and len(stage.consumers) == 1:
+            return owner
+        return ""
 
     def on_worker_message(self, worker: Worker, msg: Message) -> None:
         if worker is not self.worker or self.status is ReplicaStatus.STOPPED:
@@ -188,6 +206,7 @@ class LocalReplica:
         if self.status is ReplicaStatus.STOPPED:
             return
         if item.seq in self.stream.forgotten:
+            release_frames(frames)
             self.stream.ack(sender, item.edge, self.row, 1)
             return
         n = len(self.stage.slots)
@@ -199,6 +218,8 @@ class LocalReplica:
             p = self.joins[item.seq] = Pending(item.seq, [None] * n, [""] * n, [], n)
         if p.frames[item.slot] is None:
             p.missing -= 1
+        if p.frames[item.slot] is not None:
+            release_frames(p.frames[item.slot])
         p.frames[item.slot] = frames  # a replayed input replaces the first copy
         p.sources[item.slot] = item.source
         p.senders.append((sender, item.edge))
@@ -217,6 +238,7 @@ class LocalReplica:
         dropped = 0
         for seq, frames in share:
             if seq in forgotten:
+                release_frames(frames)
                 dropped += 1
                 continue
             p = Pending(seq, [frames], sources, senders)
@@ -306,6 +328,7 @@ class LocalReplica:
             p = running.pop(row.seq, None)
             if p is None:
                 continue  # expired meanwhile
+            _release(p)
             self.items += 1
             if attempts:
                 attempts.pop(row.seq, None)
@@ -328,18 +351,19 @@ class LocalReplica:
             self.stream.ack(sender, edge, self.row, 1)
 
     def _fail(self, p: Pending, error: ErrorRow) -> None:
+        _release(p)
         self._ack(p)
         self.stream.item_failed(p.seq, self.row.stage, error)
 
     # ---- settled items, teardown ----------------------------------------------------------
     def forget(self, seqs: set[int], expired: bool) -> None:
         for seq in [s for s in self.joins if s in seqs]:
-            self._ack(self.joins.pop(seq))
+            self._drop(self.joins.pop(seq))
         if self.batch:
             keep = [p for p in self.batch if p.seq not in seqs]
             for p in self.batch:
                 if p.seq in seqs:
-                    self._ack(p)
+                    self._drop(p)
             self.batch = keep
             self.stream.batch_changed(self)
         if self.queue:
@@ -348,7 +372,7 @@ class LocalReplica:
                 keep = [p for p in unit if p.seq not in seqs]
                 for p in unit:
                     if p.seq in seqs:
-                        self._ack(p)
+                        self._drop(p)
                 if keep:
                     units.append(keep)
             self.queue = units
@@ -357,12 +381,16 @@ class LocalReplica:
             # its worker may be stuck on one: replace it, so later items are not held up
             for p in stuck:
                 del self.running[p.seq]
-                self._ack(p)
+                self._drop(p)
             self.pool.kill_dedicated(self.worker)
             self.worker = None
             self.stream.service.node.counters["stream_replicas_replaced"] += 1
             self._requeue_running()
             self.start()
+
+    def _drop(self, p: Pending) -> None:
+        _release(p)
+        self._ack(p)
 
     def _all_pending(self) -> list[Pending]:
         out = list(self.joins.values()) + list(self.batch) + list(self.running.values())
@@ -380,6 +408,8 @@ class LocalReplica:
         if self.worker is not None:
             self.pool.retire(self.worker)
             self.worker = None
+        for p in self._all_pending():
+            _release(p)
         self.joins.clear()
         self.queue.clear()
         self.batch.clear()
@@ -464,6 +494,7 @@ class HostedStream:
     def receive(self, item: ItemRow, frames: list, sender: str) -> None:
         rep = self.replicas.get((item.stage, item.replica))
         if rep is None:
+            release_frames(frames)
             return  # moved away: the driver replays what it held
         rep.receive(item, frames, sender)
 
@@ -472,6 +503,9 @@ class HostedStream:
         rep = self.replicas.get((row.stage, row.replica))
         if rep is not None:
             rep.receive_many(share, edge, source, sender)
+        else:
+            for _, frames in share:
+                release_frames(frames)
 
     # ---- the driver's orders -----------------------------------------------------------------
     def forget(self, seqs: list[int], expired: bool) -> None:
@@ -500,6 +534,7 @@ class HostedStream:
         for rep in self.replicas.values():
             rep.stop()
         self.replicas.clear()
+        self.router.forget(None)
 
     def progress(self) -> list[tuple[int, int, int]]:
         """(stage, replica, items) of the replicas whose count moved since the last call."""

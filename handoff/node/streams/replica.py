@@ -49,7 +49,7 @@ class StageRunner:
         self.blobs = msg.blobs
         self.batch = msg.batch
         self.evaluator = evaluator
-        self.shm_owner = shm_owner
+        self.shm_owner = msg.shm or shm_owner
         self.fn, self.extra = evaluator.payload(self.blobs[msg.call.payload])
         self.has_init = msg.init >= 0
         self.state: Any = None
@@ -188,8 +188,10 @@ class Outbox:
                 self.wake.set()
             self.rows.append(row)
             # a value with out-of-band buffers goes now: the buffers are the caller's memory,
-            # which its next call may change (a replica reusing a buffer in its state)
-            if (frames is not None and len(frames) > 1) or now - self.since > FLUSH_AFTER:
+            # which its next call may change (a replica reusing a buffer in its state); a
+            # shared-memory descriptor (bytes) names a copy and may wait like any small value
+            if ((frames is not None and len(frames) > 1 and any(type(f) is not bytes for f in frames[1:]))
+                    or now - self.since > FLUSH_AFTER):
                 self._send()
 
     def flush(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
+from handoff.node.data.values import release_frames
 from handoff.protocol.streams import ItemRow, ReplicaRow, StageRow
 
 __all__ = ["Router"]
@@ -200,10 +201,13 @@ class Router:
         if self.held:
             self.drain()
 
-    def forget(self, seqs: set[int]) -> None:
-        """Drop the held values of settled items."""
+    def forget(self, seqs: set[int] | None) -> None:
+        """Drop the held values of settled items (of every item with None)."""
         for key, held in list(self.held.items()):
-            keep = deque(entry for entry in held if entry[0] not in seqs)
+            keep = deque(entry for entry in held if seqs is not None and entry[0] not in seqs)
+            for entry in held:
+                if seqs is None or entry[0] in seqs:
+                    release_frames(entry[1])
             self.held_count -= len(held) - len(keep)
             if keep:
                 self.held[key] = keep

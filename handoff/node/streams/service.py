@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from handoff.errors import HandoffError, NodeLostError
 from handoff.node.streams.coordinator import Coordinator
-from handoff.node.data.values import blob_nbytes
+from handoff.node.data.values import blob_nbytes, expand_frames, has_shared, release_frames
 from handoff.node.streams.hosting import HostedStream
 from handoff.protocol.messages import Message
 from handoff.protocol.rows import ErrorRow
@@ -117,12 +117,12 @@ class Streams:
         stage, replica = row.stage, row.replica
         for seq, frames in share:
             rows.append(ItemRow(seq, stage, replica, slot, edge, source, len(blobs)))
-            blobs.append(frames)
+            blobs.append(_portable(frames))
 
     def queue_item(self, node: str, stream: str, item: ItemRow, frames: list) -> None:
         rows, blobs = self._items.setdefault((node, stream), ([], []))
         rows.append(ItemRow(item.seq, item.stage, item.replica, item.slot, item.edge, item.source, len(blobs)))
-        blobs.append(frames)
+        blobs.append(_portable(frames))
 
     def queue_ack(self, node: str, stream: str, row: AckRow) -> None:
         """Acks are summed per edge and replica until the end of the loop iteration (this
@@ -306,6 +306,16 @@ class Streams:
             "hosted": {s[:8]: h.stats() for s, h in self.hosted.items()},
             "coordinated": {s[:8]: _plain_keys(c.stats()) for s, c in self.coordinators.items()},
         }
+
+
+def _portable(frames: list) -> list:
+    """A value for another node: its shared-memory buffers as bytes (mapped; the files are
+    unlinked here at once, the mappings stay valid until the value is sent)."""
+    if len(frames) > 1 and has_shared(frames):
+        out = expand_frames(frames)
+        release_frames(frames)
+        return out
+    return frames
 
 
 def _plain_keys(stats: dict) -> dict:
