@@ -10,13 +10,15 @@ attempt; an item the driver expired is dropped and a worker stuck on it replaced
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
-from handoff.node.data.values import release_frames
+from handoff.node.data.values import has_shared, release_frames
 from handoff.protocol.messages import Message, WorkerReady
 from handoff.protocol.rows import ErrorRow
 from handoff.protocol.streams import (
@@ -60,8 +62,34 @@ class Pending:
 def _release(p: Pending) -> None:
     """Unlink the shared-memory files of an item's values: it has run, or is dropped."""
     for frames in p.frames:
-        if frames is not None and len(frames) > 1:
-            release_frames(frames)
+        if frames is not None and len(frames) > 1 and has_shared(frames):
+            _unlinker.put(frames)
+
+
+class _Unlinker:
+    """Unlinks shared-memory files on a thread of its own: freeing a file's pages would take
+    the node's loop about as long as writing them took the producer. (Files left when the
+    process ends go with the node's sweep of its own files.)"""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def put(self, frames: list) -> None:
+        if self.thread is None:
+            with self.lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="handoff-stream-unlink", daemon=True)
+                    self.thread.start()
+        self.queue.put(frames)
+
+    def _run(self) -> None:
+        while True:
+            release_frames(self.queue.get())
+
+
+_unlinker = _Unlinker()
 
 
 class LocalReplica:
