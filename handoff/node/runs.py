@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, cast
 
 from handoff import _core
 from handoff.dag import DAG, Argument, CompiledGraph, Function
-from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError
+from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError, remote_error
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
 
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
@@ -214,16 +214,21 @@ class ExecutionResult:
         return f"ExecutionResult(dag_id={self.dag_id!r}, {len(self.results)} results)"
 
 
-def chain_error(error: HandoffError, exc_blob: list | None) -> HandoffError:
-    """Attach the original exception as ``__cause__`` when it unpickles here."""
+def typed_error(error: FunctionError, exc_blob: list | None) -> FunctionError:
+    """``error`` as ``errors.remote_error`` makes it: also of the original exception's class,
+    with ``.cause``, when the pickled original unpickles here."""
+    original = None
     if exc_blob:
         try:
-            original = loads_value(exc_blob)
-            if isinstance(original, BaseException):
-                error.__cause__ = original
-        except Exception:
+            loaded = loads_value(exc_blob)
+            if isinstance(loaded, BaseException):
+                original = loaded
+        except Exception:  # its class cannot be imported here: the plain error says what it was
             pass
-    return error
+    typed = remote_error(error.function_id, error.node, error.attempts, error.exc_type,
+                         error.message, error.remote_traceback, original)
+    typed.__dict__.update({k: v for k, v in error.__dict__.items() if k not in typed.__dict__})
+    return typed
 
 
 class Runs:
@@ -396,7 +401,7 @@ class Runs:
             error = ins.error
             info = ins.error_info
             if isinstance(error, FunctionError) and info is not None:
-                error = chain_error(error, info.exc_blob)
+                error = typed_error(error, info.exc_blob)
             ctx.future.set_exception(error)
             return
         state = self.orchestrator.run(ins.run_id)
