@@ -42,6 +42,7 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.decorator import Ref, RemoteFunction, dag_of, fn, run
 
 __version__ = "0.1.0"
 
@@ -56,4 +57,5 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
+    "fn", "Ref", "RemoteFunction", "run", "dag_of",
 ]
