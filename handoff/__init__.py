@@ -21,6 +21,7 @@ from handoff.resources import ResourceTracker, SimpleResourceTracker
 from handoff.scheduler import FunctionStats
 from handoff.node.runs import ExecutionResult
 from handoff.api import (
+    cache_clear,
     clear,
     discover_nodes,
     execute,
@@ -57,5 +58,5 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
-    "fn", "Ref", "RemoteFunction", "run", "dag_of",
+    "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
 ]

@@ -7,6 +7,7 @@ fails before the run starts), then owned by the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -72,6 +73,12 @@ class RunContext:
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
+    # the result cache (handoff.cache.plan): keys of cache=True functions, hits -> their node,
+    # the functions as the scheduler sees them (hits pinned, free), attempts loaded from a cache
+    cache_keys: dict[int, str] = field(default_factory=dict)
+    hits: dict[int, str] = field(default_factory=dict)
+    scheduled: list[Function] | None = None
+    loaded: dict[int, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -94,7 +101,8 @@ class RunContext:
         tree = self._tree(index, target, location, blobs, refs)
         fn = self.functions[index]
         row = TaskRow(self.run_id, index, attempt, fn.id, dict(fn.cost) if fn.cost else None,
-                      fn.timeout, tree, refs, first, len(blobs))
+                      fn.timeout, tree, refs, first, len(blobs), self.cache_keys.get(index, ""),
+                      index in self.hits)
         return row, blobs
 
     def _tree(
@@ -256,6 +264,10 @@ class Runs:
         self._apply(self.orchestrator.handle(NodeUpdated(name, dict(caps))))
 
     def node_lost(self, name: str) -> None:
+        for ctx in self.runs.values():  # a hit pinned to a lost holder runs anywhere, computed
+            lost = [i for i, holder in ctx.hits.items() if holder == name]
+            if lost:
+                self.orchestrator.run(ctx.run_id).unpin(lost)
         self._apply(self.orchestrator.handle(NodeLost(name, time.monotonic())))
 
     def tick(self) -> None:
@@ -271,7 +283,8 @@ class Runs:
         now = time.monotonic()
         timeout = options.get("timeout")
         spec = RunSpec(
-            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph, functions=ctx.functions,
+            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph,
+            functions=ctx.scheduled or ctx.functions,
             strategy=options["allocation_strategy"], max_retries=options["max_retries"],
             max_concurrency=options["max_concurrency"], now=now,
             deadline=None if timeout is None else now + timeout,
@@ -330,7 +343,9 @@ class Runs:
                 if error is None:  # the executing node's fault: a failure must say why
                     raise ValueError(f"run {run_id}: a failed attempt of task {index} has no error")
                 info = ErrorInfo(error.exc_type, error.message, error.traceback, blob)
-            elif ctx.progress is not None:
+            elif row.cached:
+                ctx.loaded[index] = attempt
+            if ok and ctx.progress is not None:
                 ctx.done_count += 1
                 try:
                     ctx.progress(ctx.done_count, ctx.total)
@@ -415,6 +430,9 @@ class Runs:
         for fid, node in allocations.items():
             self.node.store.register_location(ctx.dag_id, fid, node)
         stats = {ids[i]: s for i, s in state.stats.items()}
+        for i, attempt in ctx.loaded.items():
+            if state.attempt(i) == attempt and ids[i] in stats:
+                stats[ids[i]] = dataclasses.replace(stats[ids[i]], cached=True)
         result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations, stats)
         ctx.future.set_result(result)
 
