@@ -222,11 +222,11 @@ def remote_error(
     err: FunctionError | None = None
     if typed is not None:
         try:
-            try:  # with the original's args: OSError's __new__ fills errno, filename ...
-                made = typed.__new__(typed, *getattr(cause, "args", ()))
-            except Exception:
-                made = typed.__new__(typed)
+            made = typed.__new__(typed)
             made.__dict__.update(getattr(cause, "__dict__", {}))
+            if isinstance(cause, OSError):  # fields of its own, not in __dict__
+                for name in ("errno", "strerror", "filename", "filename2"):
+                    setattr(made, name, getattr(cause, name))
             made._fill(function_id, node, attempts, exc_type, message, remote_traceback)
             err = made
         except Exception:  # a remote class whose __new__ wants arguments, a read-only attribute

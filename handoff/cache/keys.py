@@ -32,9 +32,10 @@ class UnhashableValue(TypeError):
 
 
 class _KeyPickler(pickle.Pickler):
-    """Pickle that hashes the same for equal values across processes: sets are sorted (their
-    order follows string hashes, which change per process) and functions are replaced by
-    their code identity (pickle would name them; cloudpickle output is not stable)."""
+    """Pickle that hashes the same for equal values across processes: functions are replaced
+    by their code identity (pickle would name them; cloudpickle output is not stable). Sets
+    are sorted before (``_canonical``): their order follows string hashes, which change per
+    process."""
 
     def __init__(self, file: io.BytesIO, builder: KeyBuilder) -> None:
         super().__init__(file, protocol=5)
@@ -43,17 +44,49 @@ class _KeyPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (types.FunctionType, functools.partial, types.MethodType)):
             return (_marker, (self._builder.code_identity(obj),))
-        kind = type(obj)
-        if kind is set or kind is frozenset:
-            try:
-                return (kind, (sorted(obj),))
-            except TypeError:  # unorderable members: their own order (a miss at worst)
-                return NotImplemented
         return NotImplemented
 
 
 def _marker(digest: str) -> str:
     return digest
+
+
+CANONICAL_BUDGET = 10_000  # containers' items visited to sort sets; past it, left as they are
+
+
+class _SortedSet:
+    """A set in sorted order, for hashing only (pickle writes sets in iteration order and
+    does not let ``reducer_override`` see them)."""
+
+    __slots__ = ("kind", "items")
+
+    def __init__(self, kind: str, items: list) -> None:
+        self.kind = kind
+        self.items = items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SortedSet, (self.kind, self.items))
+
+
+def _canonical(value: Any, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return value
+    kind = type(value)
+    if kind is list:
+        return [_canonical(x, budget) for x in value]
+    if kind is tuple:
+        return tuple(_canonical(x, budget) for x in value)
+    if kind is dict:
+        return {k: _canonical(v, budget) for k, v in value.items()}
+    if kind is set or kind is frozenset:
+        items = [_canonical(x, budget) for x in value]
+        try:
+            items.sort()
+        except TypeError:  # unorderable members: their own order (a miss at worst)
+            pass
+        return _SortedSet(kind.__name__, items)
+    return value
 
 
 class KeyBuilder:
@@ -68,7 +101,7 @@ class KeyBuilder:
         """sha256 of ``value``'s canonical pickle; UnhashableValue when it has none."""
         buf = io.BytesIO()
         try:
-            _KeyPickler(buf, self).dump(value)
+            _KeyPickler(buf, self).dump(_canonical(value, [CANONICAL_BUDGET]))
             data = buf.getvalue()
         except Exception:
             try:
