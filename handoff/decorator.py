@@ -326,6 +326,19 @@ def dag_of(x: Any, id: Hashable | None = None) -> DAG:
 id_of = id  # a ref's identity: two calls with equal arguments are still two functions
 
 
+K = TypeVar("K")
+
+
+@overload
+def run(x: Ref[R], **options: Any) -> R: ...
+@overload
+def run(x: list[Ref[R]], **options: Any) -> list[R]: ...
+@overload
+def run(x: dict[K, Ref[R]], **options: Any) -> dict[K, R]: ...
+@overload
+def run(x: Any, **options: Any) -> Any: ...
+
+
 def run(x: Any, **options: Any) -> Any:
     """Execute the DAG of ``x`` and return its values in ``x``'s shape (a ref's value, or a
     list, tuple or dict of them); takes ``handoff.execute``'s options."""
