@@ -152,7 +152,7 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
             payloads.append(pickler.blob(fn.code, fn.extra_args))
         except Exception as exc:
             raise InvalidFunctionError(
-                fn.id, f"its code or extra_args cannot be pickled for shipping: {type(exc).__name__}: {exc}"
+                fn.id, f"{_unpicklable_part(fn)} cannot be pickled for shipping: {type(exc).__name__}: {exc}"
             ) from exc
         for pos, arg in enumerate(fn.args):
             if isinstance(arg, Argument) and (arg.serialization_fn or arg.deserialization_fn):
@@ -172,6 +172,18 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
         ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
         deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
     return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress)
+
+
+def _unpicklable_part(fn: Function) -> str:
+    """Which of ``fn``'s code and extra arguments will not pickle, for the error message."""
+    import cloudpickle
+
+    for i, value in enumerate(fn.extra_args):
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"extra_args[{i}] ({type(value).__name__})"
+    return "its code"
 
 
 class Results(Mapping):
