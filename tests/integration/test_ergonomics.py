@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import handoff
 from handoff import DAG, Function
+from handoff.testing import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -61,6 +64,18 @@ def head_and_tail(xs: list[int]) -> tuple[int, list[int]]:
 @handoff.fn
 def add(*xs: int, scale: int = 1) -> int:
     return sum(xs) * scale
+
+
+@handoff.fn
+def gate(started: str, release: str) -> int:
+    """Say it started, then wait (bounded) until the test lets it finish."""
+    open(started, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never released the gate")
+        time.sleep(0.01)
+    return 1
 
 
 def fail_with_value_error(text: str) -> None:
@@ -244,3 +259,33 @@ def test_errors_and_cache_hits_on_a_three_node_cluster(local_cluster, handoff_dr
     assert placed != "node1" and runs(log) == 2
     cleared = handoff.cache_clear()
     assert cleared == {"driver": 0, "node0": 0, "node1": 1, "node2": 0} | {placed: 1}
+
+    # a hit whose holder is lost before it runs is placed anew and computed
+    started, release, log2 = tmp_path / "started", tmp_path / "release", tmp_path / "log2"
+    release.touch()
+    first = expensive.options(node="node1")(gate(str(started), str(release)), str(log2))
+    assert handoff.run(first) == 10 and runs(log2) == 1
+    release.unlink()
+    started.unlink()
+    again = expensive(gate(str(started), str(release)), str(log2))
+    outcome: dict = {}
+
+    def execute() -> None:
+        try:
+            outcome["result"] = handoff.execute(handoff.dag_of(again))
+        except Exception as exc:  # shown by the assertion below
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=execute)
+    runner.start()
+    try:
+        assert wait_until(started.exists, 60)  # the hit waits for its input, pinned to node1
+        cluster.kill("node1")
+        assert wait_until(lambda: "node1" not in handoff.discover_nodes(), 30)
+    finally:
+        release.touch()
+        runner.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.results[again.id] == 10 and runs(log2) == 2
+    assert result.allocations[again.id] != "node1" and not result.stats[again.id].cached
