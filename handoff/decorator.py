@@ -72,6 +72,13 @@ class Ref(Generic[T]):
     def __repr__(self) -> str:
         return f"Ref({self.function.id!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a ref inside something other than a list, tuple or dict would be shipped as a
+        # constant (with its whole function), not become an edge
+        raise TypeError(
+            f"{self!r} cannot be sent as a value: pass refs as arguments, directly or inside "
+            "lists, tuples and dicts, where they become dependencies")
+
     def __iter__(self) -> Iterator[Ref[Any]]:
         """``a, b = f()`` for a function annotated to return ``tuple[A, B]``: one ref per
         element, each an inline projection (computed inside its consumers, no task of its

@@ -157,3 +157,13 @@ def test_a_long_chain_does_not_hit_the_recursion_limit():
 def test_inline_cache_is_rejected():
     with pytest.raises(handoff.InvalidFunctionError, match="inline"):
         DAG().add_function(Function(id="x", code=len, type="inline", cache=True))
+
+
+def test_a_ref_hidden_in_another_container_is_an_error_not_a_constant():
+    from handoff.node.runs import prepare_run
+
+    ref = total(frozenset({load("a")}))  # sets are not searched for refs
+    dag = handoff.dag_of(ref)
+    assert len(dag) == 1  # so the hidden ref is no dependency ...
+    with pytest.raises(handoff.InvalidFunctionError, match=r"extra_args\[0\] \(frozenset\)"):
+        prepare_run(dag)  # ... and the run refuses to ship it as a constant
