@@ -23,6 +23,8 @@ from handoff.node.runs import ExecutionResult
 from handoff.api import (
     cache_clear,
     clear,
+    cluster_status,
+    dashboard_url,
     discover_nodes,
     execute,
     execute_distributed,
@@ -59,4 +61,5 @@ __all__ = [
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
     "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
+    "cluster_status", "dashboard_url",
 ]
