@@ -144,6 +144,7 @@ class JobRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     tree: Tree
     first: int
     count: int
+    cache_path: str = ""  # write the result here too (the node's result cache) before reporting
 
 
 class JobResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):

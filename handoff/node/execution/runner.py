@@ -95,7 +95,8 @@ class JobRunner:
                 self.store.begin_run(run_id, dag_id)
                 begun = run_id
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
-                      cost, row.timeout, job_id=next(self._ids), cache_key=row.cache_key)
+                      cost, row.timeout, job_id=next(self._ids), cache_key=row.cache_key,
+                      cache_path=self._cache_path(row.cache_key))
             if row.load:  # a result-cache hit: computed only if the entry went meanwhile
                 frames = self.node.cache.load(row.cache_key)
                 if frames is not None:
@@ -154,6 +155,13 @@ class JobRunner:
             return
         self.handle(WorkerFinished(job.job_id, (ok, error, frames, started, finished)))
 
+    def _cache_path(self, key: str) -> str:
+        """Where a worker process writes a result-cache entry; "" when this node writes it
+        (the thread executor's values are objects in this process)."""
+        if not key or isinstance(self.pool, ThreadPool):
+            return ""
+        return self.node.cache.disk.path_of(key)
+
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
                 finished: float, lost: LostInput | None = None, cached: bool = False) -> None:
         nbytes = 0
@@ -163,7 +171,10 @@ class JobRunner:
                 self.node.status.attempt_failed(job.dag_id, job.key, job.attempt, error)
         if ok:
             if job.cache_key and not cached:  # written before the orchestrator hears of it
-                self.node.cache.save(job.cache_key, frames)
+                if job.cache_path:  # by the worker process
+                    self.node.cache.disk.note_written(job.cache_key)
+                else:
+                    self.node.cache.save(job.cache_key, frames)
             nbytes = blob_nbytes(frames)
             self.store.put(job.dag_id, job.key, frames, nbytes)
             self.store.register_location(job.dag_id, job.key, self.name)

@@ -60,6 +60,7 @@ class Job(msgspec.Struct, eq=False):
     cancelled: bool = False
     code_key: int = 0
     cache_key: str = ""  # write the result to the node's result cache under this key
+    cache_path: str = ""  # where: a worker process writes it before reporting
     fetch_start: float = 0.0  # time.time() bounds of the argument fetch, for the run's record
     fetch_end: float = 0.0
     bytes_in: int = 0
@@ -246,7 +247,7 @@ class WorkerPool:
             job.worker = worker.slot
             job.sent_at = now
             worker.inflight.append(job)
-            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs)))
+            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs), job.cache_path))
             blobs.extend(job.blobs)
         worker.channel.send(encode(WorkerRun(rows, blobs)))
         self.batches += 1
