@@ -9,6 +9,7 @@ from handoff.errors import (
     FunctionError,
     HandoffError,
     InvalidFunctionError,
+    ItemError,
     MissingFunctionError,
     NodeLostError,
     ProtocolError,
@@ -46,6 +47,7 @@ from handoff.api import (
     synchronize,
 )
 from handoff.decorator import Ref, RemoteFunction, dag_of, fn, run
+from handoff.stream.pipeline import Pipeline, stream
 
 __version__ = "0.1.0"
 
@@ -62,4 +64,5 @@ __all__ = [
     "register_data_location", "lookup_data_location", "clear",
     "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
     "cluster_status", "dashboard_url",
+    "stream", "Pipeline", "ItemError",
 ]
