@@ -146,7 +146,7 @@ class JobRunner:
         nbytes = 0
         if ok:
             self.store.put(job.dag_id, job.key, frames)
-            self.store.register_location(job.dag_id, job.key, self.name)
+            self.store.register_location(job.dag_id, job.key, self.name, held=True)
             nbytes = blob_nbytes(frames)
         blob = None if ok else frames
         if blob is not None and is_local(blob) and job.origin != self.name:
