@@ -191,6 +191,7 @@ def test_digest_1000_rows_and_encode(benchmark, full_cluster_digest):
 REAL_NODES = 20
 
 
+@pytest.mark.timeout(900)
 def test_gossip_20_real_nodes(benchmark):
     """20 node processes (1 worker each) joining one seed: time until every node sees every
     other (process start-up included), gossip bytes each node sends a second once converged
@@ -242,6 +243,7 @@ def test_gossip_20_real_nodes(benchmark):
           f"(dead_after 2 s)")
 
 
+@pytest.mark.timeout(1800)
 def test_gossip_simulated_1000_and_10000_nodes(benchmark):
     """``bench/gossip_model.py``: the vectorised model at 1,000 and 10,000 nodes, checked in the
     same run against real MembershipTables (the exact simulation) at 200."""

@@ -37,6 +37,8 @@ from handoff import DAG, Function
 
 LAYERS = int(os.environ.get("SCALE_LAYERS", "1000"))
 WIDTH = 1_000
+pytestmark = pytest.mark.timeout(1800)  # the run takes minutes on a loaded 2-core machine
+
 TARGET_BYTES = 500
 BEFORE_BYTES = 1_226  # the same measure before the compact containers
 DASK_BYTES = 1_000  # Dask's documented scheduler state per task
