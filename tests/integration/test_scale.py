@@ -121,6 +121,7 @@ def test_100k_function_run_keeps_driver_memory_per_function_bounded():
     1,000,000; this run was 1,500 before the compact containers)."""
     layers, width = 100, 1_000
     n = layers * width
+    handoff.stop()  # a node an earlier test left running here
     handoff.start(workers=2)
     try:
         dag = DAG("memory-100k")
