@@ -9,6 +9,7 @@ from handoff.errors import (
     FunctionError,
     HandoffError,
     InvalidFunctionError,
+    ItemError,
     MissingFunctionError,
     NodeLostError,
     ProtocolError,
@@ -22,6 +23,8 @@ from handoff.scheduler import FunctionStats
 from handoff.node.runs import ExecutionResult
 from handoff.api import (
     clear,
+    cluster_status,
+    dashboard_url,
     discover_nodes,
     execute,
     execute_distributed,
@@ -42,6 +45,7 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.stream.pipeline import Pipeline, stream
 
 __version__ = "0.1.0"
 
@@ -56,4 +60,6 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
+    "cluster_status", "dashboard_url",
+    "stream", "Pipeline", "ItemError",
 ]
