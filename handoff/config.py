@@ -128,6 +128,13 @@ def _check_address(address: str, what: str) -> str:
     return address
 
 
+def _check_advertise(address: str) -> str:
+    _check_address(address, "advertised address")
+    if address.rpartition(":")[2] in ("0", "*"):
+        raise ValueError(f"an advertised address needs the port peers connect to, got {address!r}")
+    return address
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -150,6 +157,7 @@ class NodeConfig:
     name: str = ""
     listen: str = "tcp://127.0.0.1:0"
     join: Sequence[str] = ()
+    advertise: str = ""  # the address peers are told to connect to (default: the bound one)
     resources: dict[str, float] = field(default_factory=dict)
     workers: int = 0
     executor: str = "process"
@@ -182,6 +190,7 @@ class NodeConfig:
             "listen": _check_address(self.listen, "listen address"),
             "runtime_dir": self.runtime_dir or user_runtime_dir(),
             "join": tuple(_check_address(a, "join address") for a in join),
+            "advertise": self.advertise and _check_advertise(self.advertise),
             "resources": check_resources(self.resources) if self.resources else detect_resources(),
             "workers": workers,
             "store_limit": default_store_limit() if self.store_limit is None else parse_size(self.store_limit),

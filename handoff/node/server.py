@@ -99,6 +99,8 @@ class Node:
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
+        if self.config.advertise:  # peers reach this node through a relay: tell them that
+            self.transport.address = self.config.advertise
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
         self._wake_rx.bind(wake)
