@@ -101,15 +101,15 @@ class HostProcess:
     """A process running on a host: its output kept (and followed), stopped by PID."""
 
     def __init__(self, host: "Host", argv: Sequence[str], env: Mapping[str, str],
-                 label: str) -> None:
+                 label: str, cwd: str | None = None) -> None:
         self.host = host
         self.label = label
         self.argv = list(argv)
         self.lines: deque[str] = deque(maxlen=LOG_LINES)
         self._seen = threading.Condition()
         self.process = subprocess.Popen(
-            [*host.enter(), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, env=dict(env), cwd=os.getcwd(),
+            [*host.enter(cwd), *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, text=True, env=dict(env),
         )
         threading.Thread(target=self._pump, daemon=True, name=f"hosts-{host.name}-{label}").start()
 
@@ -213,12 +213,13 @@ class Host:
         """``tcp://ADDRESS:PORT`` on this host."""
         return f"tcp://{self.address}:{port}"
 
-    def enter(self) -> list[str]:
-        """The command prefix that runs a program on this host (every namespace of it)."""
+    def enter(self, cwd: str | None = None) -> list[str]:
+        """The command prefix that runs a program on this host (every namespace of it), in
+        ``cwd`` (default: this process's working directory)."""
         if self.holder is None or self.holder.poll() is not None:
             raise HostsError(f"host {self.name} is down")
         return ["nsenter", f"--target={self.holder.pid}", "--net", "--uts", "--ipc", "--mount",
-                f"--wd={os.getcwd()}", "--"]
+                f"--wd={cwd or os.getcwd()}", "--"]
 
     def link_down(self) -> None:
         """Take this host's link down (a cut cable: nothing reaches it, nothing is killed)."""
@@ -338,12 +339,14 @@ class Hosts:
 
     # ---- running things --------------------------------------------------------------
     def run(self, host: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-            label: str = "") -> HostProcess:
-        """Start ``argv`` on ``host`` (with this process's import path); ``close()`` stops it."""
+            label: str = "", cwd: str | None = None) -> HostProcess:
+        """Start ``argv`` on ``host`` (with this process's import path, in ``cwd``);
+        ``close()`` stops it."""
         if self._closed:
             raise HostsError("these hosts are closed")
         h = self[host]
-        proc = HostProcess(h, argv, {**self.env, **(env or {})}, label or os.path.basename(argv[0]))
+        proc = HostProcess(h, argv, {**self.env, **(env or {})}, label or os.path.basename(argv[0]),
+                           cwd)
         h.processes.append(proc)
         return proc
 

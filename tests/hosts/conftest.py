@@ -1,0 +1,73 @@
+"""Tests across hosts: each test makes its hosts (network namespaces on a private bridge,
+handoff.testing.hosts), which need root; they fail, with the reason, where that is missing.
+Measured detection, recovery and transfer figures are printed in the terminal summary."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import handoff
+from handoff.testing import wait_for_members
+from handoff.testing.hosts import Hosts, remove_leftovers
+
+MEASURED: list[str] = []
+WAIT = 60.0  # bounded waits: a loaded 2-core machine is slow
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leftovers_removed() -> Iterator[None]:
+    """Whatever a failed or interrupted test left (namespaces, links, processes) goes."""
+    yield
+    remove_leftovers()
+
+
+@pytest.fixture
+def make_hosts() -> Iterator[Callable[..., Hosts]]:
+    """``make_hosts(n)``: n hosts, removed when the test ends, which checks nothing stays."""
+    made: list[Hosts] = []
+
+    def make(n: int = 3, **options: Any) -> Hosts:
+        hosts = Hosts(n, **options)
+        made.append(hosts)
+        return hosts
+
+    yield make
+    handoff.stop()  # a driver here talks to the hosts: stop it first
+    for hosts in made:
+        hosts.close()
+        assert hosts.names() == [], f"left behind: {hosts.names()}"
+
+
+@pytest.fixture
+def key(tmp_path: Any) -> Callable[[Hosts], str]:
+    """``key(hosts)``: a new cluster key file (python -m handoff.keygen)."""
+    def make(hosts: Hosts, name: str = "cluster.key") -> str:
+        return hosts.keygen(os.path.join(tmp_path, name))
+    return make
+
+
+def start_driver(hosts: Hosts, join: str, key_file: str, members: list[str],
+                 **options: Any) -> str:
+    """This process as a host of its own (its address on the bridge), running a driver that
+    offers no cpu, joined to ``join``; returns once it sees ``members``."""
+    options.setdefault("resources", {"cpu": 0})
+    options.setdefault("workers", 1)
+    name = handoff.start(name="driver", listen=hosts.listen_here(), join=join,
+                         key_file=key_file, **options)
+    wait_for_members(members, WAIT)
+    return name
+
+
+def measured(line: str) -> None:
+    """Report a measured figure in the terminal summary (tests never assert timings)."""
+    MEASURED.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MEASURED:
+        terminalreporter.section("measured across hosts")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
