@@ -40,7 +40,7 @@ class DelayRelay:
         self.delay = float(delay)
         self.stats = RelayStats()
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -51,7 +51,9 @@ class DelayRelay:
             self.close()
             raise RuntimeError(f"the relay could not listen on {host}:{port}: {self._error}")
         assert self._server is not None  # set before _ready
-        self.host, self.port = self._server.sockets[0].getsockname()[:2]
+        bound = self._server.sockets[0].getsockname()
+        self.host: str = bound[0]
+        self.port: int = bound[1]
 
     @property
     def address(self) -> str:

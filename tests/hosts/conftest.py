@@ -8,13 +8,10 @@ import os
 from typing import Any, Callable, Iterator
 
 import pytest
+from hosts_harness import MEASURED
 
 import handoff
-from handoff.testing import wait_for_members
 from handoff.testing.hosts import Hosts, remove_leftovers
-
-MEASURED: list[str] = []
-WAIT = 60.0  # bounded waits: a loaded 2-core machine is slow
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,23 +44,6 @@ def key(tmp_path: Any) -> Callable[[Hosts], str]:
     def make(hosts: Hosts, name: str = "cluster.key") -> str:
         return hosts.keygen(os.path.join(tmp_path, name))
     return make
-
-
-def start_driver(hosts: Hosts, join: str, key_file: str, members: list[str],
-                 **options: Any) -> str:
-    """This process as a host of its own (its address on the bridge), running a driver that
-    offers no cpu, joined to ``join``; returns once it sees ``members``."""
-    options.setdefault("resources", {"cpu": 0})
-    options.setdefault("workers", 1)
-    name = handoff.start(name="driver", listen=hosts.listen_here(), join=join,
-                         key_file=key_file, **options)
-    wait_for_members(members, WAIT)
-    return name
-
-
-def measured(line: str) -> None:
-    """Report a measured figure in the terminal summary (tests never assert timings)."""
-    MEASURED.append(line)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import WAIT
+from hosts_harness import WAIT
 
 from handoff.testing.hosts import Hosts, HostsError
 from handoff.testing.relay import DelayRelay

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import WAIT, measured, start_driver
+from hosts_harness import WAIT, measured, start_driver
 
 import handoff
 from handoff import DAG, Argument, Function

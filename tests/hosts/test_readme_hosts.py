@@ -9,7 +9,7 @@ import shlex
 import sys
 
 import pytest
-from conftest import WAIT, start_driver
+from hosts_harness import WAIT, start_driver
 
 import handoff
 from handoff.testing.hosts import Hosts

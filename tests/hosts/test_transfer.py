@@ -4,7 +4,7 @@ to the byte; the throughput is reported."""
 from __future__ import annotations
 
 import pytest
-from conftest import measured, start_driver
+from hosts_harness import measured, start_driver
 
 import handoff
 from handoff import DAG, Argument, Function
