@@ -398,7 +398,10 @@ class Hosts:
             except (HostsError, psutil.Error) as exc:
                 errors.append(f"{h.name}: {exc}")
             if h.holder is not None:
-                h.holder.wait(STOP_TIMEOUT)
+                try:
+                    h.holder.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    errors.append(f"{h.name}: its namespace holder {h.holder.pid} outlived SIGKILL")
         try:
             _remove([self.token])
         except HostsError as exc:
