@@ -2,8 +2,8 @@
 
 Each host is a network namespace with UTS, IPC and mount namespaces of its own (its own
 host name and its own ``/dev/shm``) and one address on a private bridge that the harness
-makes. The machine itself gets an address on the bridge too, so the process that made the
-hosts is a host as well: a driver started here reaches every host and every host reaches
+makes in a namespace of its own. The machine itself gets an address on the bridge too (one
+veth), so the process that made the hosts is a host as well: a driver started here reaches every host and every host reaches
 it. Nothing outside the machine is addressed: the subnet is ``10.213.X.0/24`` with ``X``
 picked so that no address or route of the machine falls in it.
 
@@ -13,7 +13,7 @@ picked so that no address or route of the machine falls in it.
         hosts.start_node("h2", key_file=key, join=h1.address)
         handoff.start(listen=hosts.listen_here(), join=h1.address, key_file=key)
 
-Every name carries a random token (namespaces ``hf-<token>-h1``, bridge ``hf-br-<token>``)
+Every name carries a random token (namespaces ``hf-<token>-h1``, links ``hf<token>r0``)
 so two runs never collide. ``close()`` ends every process by PID (whatever still runs in a
 host's namespace too), then deletes the namespaces and links; an exit handler closes the
 hosts a failed test left, and :func:`remove_leftovers` removes what a killed run left.
@@ -263,7 +263,8 @@ class Hosts:
             raise _cannot(f"{', '.join(missing)} not found on PATH")
         self.token = secrets.token_hex(3)
         self.timeout = timeout
-        self.bridge = f"hf-br-{self.token}"
+        self.switch = f"hf-{self.token}-switch"
+        self.bridge = "br0"  # in the switch namespace
         self.hosts: dict[str, Host] = {}
         self.env = _child_env(None)
         self._closed = False
@@ -272,12 +273,19 @@ class Hosts:
         try:
             self._subnet = _pick_subnet()
             self.root_address = f"{self._subnet}1"
+            # The bridge lives in a namespace of its own, a switch: the machine's firewall
+            # (a FORWARD policy of DROP with br_netfilter, as Docker sets) never sees the
+            # hosts' traffic. The machine joins it through one veth of its own.
             try:
-                _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+                _run(["ip", "netns", "add", self.switch])
             except HostsError as exc:
                 raise _cannot(str(exc)) from None
-            _run(["ip", "addr", "add", f"{self.root_address}/24", "dev", self.bridge])
-            _run(["ip", "link", "set", self.bridge, "up"])
+            _run(["ip", "-n", self.switch, "link", "add", self.bridge, "type", "bridge"])
+            _run(["ip", "-n", self.switch, "link", "set", self.bridge, "up"])
+            here = f"hf{self.token}r0"
+            self._plug(here, f"hf{self.token}s0")
+            _run(["ip", "addr", "add", f"{self.root_address}/24", "dev", here])
+            _run(["ip", "link", "set", here, "up"])
             for i, name in enumerate(names, start=1):
                 self.hosts[name] = self._make_host(i, name)
         except BaseException:
@@ -286,20 +294,15 @@ class Hosts:
 
     def _make_host(self, i: int, name: str) -> Host:
         ns = f"hf-{self.token}-{name}"
-        inside, outside = f"hf{self.token}h{i}", f"hf{self.token}p{i}"
+        inside = f"hf{self.token}h{i}"
         host = Host(name, ns, f"{self._subnet}{FIRST_HOST - 1 + i}", "eth0", name)
-        try:
-            _run(["ip", "netns", "add", ns])
-        except HostsError as exc:
-            raise _cannot(str(exc)) from None
-        _run(["ip", "link", "add", inside, "type", "veth", "peer", "name", outside])
+        _run(["ip", "netns", "add", ns])
+        self._plug(inside, f"hf{self.token}p{i}")
         _run(["ip", "link", "set", inside, "netns", ns])
         _run(["ip", "-n", ns, "link", "set", inside, "name", host.device])
         _run(["ip", "-n", ns, "addr", "add", f"{host.address}/24", "dev", host.device])
         _run(["ip", "-n", ns, "link", "set", host.device, "up"])
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(["ip", "link", "set", outside, "master", self.bridge])
-        _run(["ip", "link", "set", outside, "up"])
         # The holder owns the host's UTS, IPC and mount namespaces (host name, a /dev/shm of
         # its own) for as long as the host lives; every process on the host enters them.
         script = ('hostname "$1" && mount -t tmpfs -o mode=1777 tmpfs /dev/shm '
@@ -315,6 +318,14 @@ class Hosts:
             rest = b"" if host.holder.poll() is None else host.holder.stdout.read()
             raise _cannot(f"host {name} did not come up: {(line + rest).decode(errors='replace').strip()}")
         return host
+
+    def _plug(self, end: str, port: str) -> None:
+        """A veth pair: ``end`` stays here (to be moved or addressed), ``port`` goes into
+        the switch namespace as a port of the bridge."""
+        _run(["ip", "link", "add", end, "type", "veth", "peer", "name", port])
+        _run(["ip", "link", "set", port, "netns", self.switch])
+        _run(["ip", "-n", self.switch, "link", "set", port, "master", self.bridge])
+        _run(["ip", "-n", self.switch, "link", "set", port, "up"])
 
     # ---- what it is ------------------------------------------------------------------
     def __getitem__(self, name: str) -> Host:
@@ -333,7 +344,7 @@ class Hosts:
         """An address for a node in this process: the machine's own address on the bridge."""
         return f"tcp://{self.root_address}:{port}"
 
-    def names(self) -> list[str]:
+    def made(self) -> list[str]:
         """Every namespace and link this instance made (those that still exist)."""
         return _leftovers([self.token])
 
@@ -437,7 +448,7 @@ def _leftovers(tokens: Iterable[str]) -> list[str]:
     for line in _run(["ip", "-o", "link", "show"], check=False).splitlines():
         parts = line.split(":")
         link = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
-        if any(link == f"hf-br-{t}" or link.startswith(f"hf{t}") for t in tokens):
+        if any(link.startswith(f"hf{t}") for t in tokens):
             found.append(f"link {link}")
     return found
 

@@ -35,7 +35,7 @@ def make_hosts() -> Iterator[Callable[..., Hosts]]:
     handoff.stop()  # a driver here talks to the hosts: stop it first
     for hosts in made:
         hosts.close()
-        assert hosts.names() == [], f"left behind: {hosts.names()}"
+        assert hosts.made() == [], f"left behind: {hosts.made()}"
 
 
 @pytest.fixture

@@ -46,13 +46,13 @@ def test_hosts_have_their_own_name_shm_and_address_and_reach_each_other(make_hos
 def test_close_after_a_failure_removes_namespaces_links_processes_and_shm(make_hosts):
     with pytest.raises(RuntimeError):
         with Hosts(2) as hosts:
-            made = hosts.names()
+            made = hosts.made()
             sleeper = hosts.python("h1", "-c", "import time; print('up', flush=True); time.sleep(600)")
             sleeper.wait_for("up", WAIT)
             pids = hosts["h1"].pids()
             raise RuntimeError("a failing test")
-    assert len(made) == 5  # two namespaces, the bridge and two veth links
-    assert hosts.names() == []
+    assert len(made) == 4  # two host namespaces, the switch and this machine's veth
+    assert hosts.made() == []
     assert sleeper.pid in pids and not any(os.path.exists(f"/proc/{p}") for p in pids)
 
 
