@@ -31,9 +31,10 @@ def readme_commands() -> list[str]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def as_run_here(command: str, hosts: Hosts, key_dir: str) -> list[str]:
+def as_run_here(command: str, hosts: Hosts) -> list[str]:
     """The README command with its addresses mapped to the hosts' (10.0.0.N -> host hN),
-    this interpreter for ``python3``, and the examples directory found from the key's."""
+    this interpreter for ``python3``, and ``examples/`` in this checkout (the commands run
+    in a temporary directory, where ``cluster.key`` is made)."""
     command = README_ADDRESS.sub(lambda m: hosts[f"h{m.group(1)}"].address, command)
     argv = shlex.split(command)
     assert argv[0] == "python3", command
@@ -55,17 +56,17 @@ def test_readme_three_host_commands_run_the_image_example_and_a_keyless_host_get
     assert "examples/cluster_image_pipeline.py" in driver and "--key-file cluster.key" in driver
     hosts = make_hosts(5)
     key_dir = str(tmp_path)
-    made = hosts.run("h1", as_run_here(keygen, hosts, key_dir), cwd=key_dir, label="keygen")
+    made = hosts.run("h1", as_run_here(keygen, hosts), cwd=key_dir, label="keygen")
     assert made.wait(WAIT) == 0, made.output()
-    for command in nodes:  # each in a terminal of its own, on its host
-        hosts.run(host_of(command), as_run_here(command, hosts, key_dir), cwd=key_dir,
-                  label="node")
-    for command in nodes:
-        name = shlex.split(command)[shlex.split(command).index("--name") + 1]
-        proc = next(p for p in hosts[host_of(command)].processes if p.label == "node")
-        proc.wait_for(f"node {name} listening on", WAIT)
+    seed, *others = nodes  # each in a terminal of its own, on its host; the seed first
+    for group in ([seed], others):
+        started = [(command, hosts.run(host_of(command), as_run_here(command, hosts),
+                                       cwd=key_dir, label="node")) for command in group]
+        for command, proc in started:
+            argv = shlex.split(command)
+            proc.wait_for(f"node {argv[argv.index('--name') + 1]} listening on", WAIT)
 
-    run = hosts.run(host_of(driver), as_run_here(driver, hosts, key_dir), cwd=key_dir,
+    run = hosts.run(host_of(driver), as_run_here(driver, hosts), cwd=key_dir,
                     label="example")
     assert run.wait(240) == 0, run.output()
     out = run.output()
@@ -81,8 +82,8 @@ def test_readme_three_host_commands_run_the_image_example_and_a_keyless_host_get
     assert sum(before.values()) > 0
 
     # host h5 without the key: no key at all is refused before anything is sent ...
-    keyless = [a for a in as_run_here(driver, hosts, key_dir)]
-    keyless = [a.replace(hosts["h4"].address, hosts["h5"].address) for a in keyless]
+    keyless = [a.replace(hosts["h4"].address, hosts["h5"].address)
+               for a in as_run_here(driver, hosts)]
     cut = keyless.index("--key-file")
     no_key = hosts.run("h5", keyless[:cut] + keyless[cut + 2:], cwd=key_dir, label="no key")
     assert no_key.wait(WAIT) != 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from hosts_harness import WAIT, measured, start_driver
+from hosts_harness import measured, start_driver
 
 import handoff
 from handoff import DAG, Argument, Function
