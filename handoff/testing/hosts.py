@@ -271,8 +271,6 @@ class Hosts:
         _made.add(self.token)
         _open.add(self)
         try:
-            self._subnet = _pick_subnet()
-            self.root_address = f"{self._subnet}1"
             # The bridge lives in a namespace of its own, a switch: the machine's firewall
             # (a FORWARD policy of DROP with br_netfilter, as Docker sets) never sees the
             # hosts' traffic. The machine joins it through one veth of its own.
@@ -284,7 +282,8 @@ class Hosts:
             _run(["ip", "-n", self.switch, "link", "set", self.bridge, "up"])
             here = f"hf{self.token}r0"
             self._plug(here, f"hf{self.token}s0")
-            _run(["ip", "addr", "add", f"{self.root_address}/24", "dev", here])
+            self._subnet = self._claim_subnet(here)
+            self.root_address = f"{self._subnet}1"
             _run(["ip", "link", "set", here, "up"])
             for i, name in enumerate(names, start=1):
                 self.hosts[name] = self._make_host(i, name)
@@ -318,6 +317,20 @@ class Hosts:
             rest = b"" if host.holder.poll() is None else host.holder.stdout.read()
             raise _cannot(f"host {name} did not come up: {(line + rest).decode(errors='replace').strip()}")
         return host
+
+    def _claim_subnet(self, link: str) -> str:
+        """A free ``10.213.X.`` with this machine's address on ``link``; if another run
+        took the same X at the same moment, one of the two picks again."""
+        for _ in range(5):
+            subnet = _pick_subnet()
+            _run(["ip", "addr", "add", f"{subnet}1/24", "dev", link])
+            owners = [line.split()[1] for line in _run(["ip", "-o", "-4", "addr", "show"]).splitlines()
+                      if f" inet {subnet}" in line]
+            if owners == [link]:
+                return subnet
+            _run(["ip", "addr", "del", f"{subnet}1/24", "dev", link])
+            time.sleep(random.uniform(0.01, 0.2))  # back off so the other run keeps it
+        raise _cannot("no 10.213.X.0/24 subnet stayed free (other runs take them)")
 
     def _plug(self, end: str, port: str) -> None:
         """A veth pair: ``end`` stays here (to be moved or addressed), ``port`` goes into
@@ -409,6 +422,8 @@ class Hosts:
             except (HostsError, psutil.Error) as exc:
                 errors.append(f"{h.name}: {exc}")
             if h.holder is not None:
+                if h.holder.stdout is not None:
+                    h.holder.stdout.close()
                 try:
                     h.holder.wait(STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
