@@ -342,7 +342,7 @@ class Node:
             self.counters["dropped_unknown_peer"] += 1
             member = peers.membership.get(getattr(msg, "sender", None) or "")
             gone = member is not None and member.status not in LIVE
-            peers.heard_from_stranger(getattr(msg, "sender", None))
+            peers.heard_from_stranger(identity, msg)
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return

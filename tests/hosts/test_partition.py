@@ -123,3 +123,59 @@ def test_a_cut_off_host_is_declared_dead_its_work_replaced_and_it_rejoins_as_a_n
              f"work re-placed and finished {replaced_at:.2f} s after the cut")
     measured(f"partition healed: h3 alive again with a new incarnation at the driver after "
              f"{rejoined:.2f} s, at every node after {everyone:.2f} s")
+
+
+def test_a_partition_healed_with_equal_detectors_rejoins_everyone_and_the_results_are_right(
+        make_hosts, key, tmp_path):
+    """With the default detector everywhere, the cut-off host also declares everyone else
+    dead; once the link is back every side must learn it was declared dead and come back as
+    a new instance, or the two sides would ignore each other for good."""
+    hosts = make_hosts(3)
+    key_file = key(hosts)
+    h1 = hosts.start_node("h1", key_file=key_file, args=ONE)
+    for name in ("h2", "h3"):
+        hosts.start_node(name, key_file=key_file, join=h1.address, args=ONE)
+    start_driver(hosts, h1.address, key_file, ["h1", "h2", "h3"])
+    marks, release = str(tmp_path / "marks"), str(tmp_path / "go")
+    os.mkdir(marks)
+    dag = DAG()
+    for i in range(3):
+        dag.add_function(Function(id=f"hold{i}", code=hold, extra_args=[i, release, marks],
+                                  cost={"cpu": 1}))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = handoff.execute(dag, timeout=240)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    h3 = hosts["h3"].processes[0]
+    names = ("driver", "h1", "h2", "h3")
+    try:
+        assert wait_until(lambda: len(os.listdir(marks)) == 3, WAIT), os.listdir(marks)
+        before = {n: status("driver", n)[1] for n in names}
+        hosts["h3"].link_down()
+        assert wait_until(lambda: "h3" not in handoff.discover_nodes(), WAIT)
+        assert wait_until(lambda: all(f"h3: node {n} is dead" in h3.output() for n in names[:3]), WAIT)
+        hosts["h3"].link_up()
+        up = time.monotonic()
+        assert wait_until(lambda: set(handoff.discover_nodes()) == set(names), WAIT)
+        for viewer in names:  # everyone sees everyone alive again, h3 as a new instance
+            assert wait_until(lambda: all(status(viewer, n)[0] == "alive" for n in names), WAIT)
+            assert status(viewer, "h3")[1] > before["h3"]
+        healed = time.monotonic() - up
+    finally:
+        open(release, "w").close()
+        runner.join(WAIT * 2)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert [result.results[f"hold{i}"][0] for i in range(3)] == [0, 1, 2]
+    assert [result.stats[f"hold{i}"].attempts for i in range(3)] == [1, 1, 1]
+    renewed = sorted(n for n in names if status("driver", n)[1] > before[n])
+    runs = len([m for m in os.listdir(marks) if m.startswith("start-")])
+    measured(f"partition with equal detectors healed: every node alive again {healed:.2f} s after "
+             f"the link came back; new incarnations: {', '.join(renewed)}; 3 functions started "
+             f"{runs} times for 3 results")
