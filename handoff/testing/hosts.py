@@ -3,20 +3,20 @@
 Each host is a network namespace with UTS, IPC and mount namespaces of its own (its own
 host name and its own ``/dev/shm``) and one address on a private bridge that the harness
 makes in a namespace of its own. The machine itself gets an address on the bridge too (one
-veth), so the process that made the hosts is a host as well: a driver started here reaches every host and every host reaches
-it. Nothing outside the machine is addressed: the subnet is ``10.213.X.0/24`` with ``X``
-picked so that no address or route of the machine falls in it.
+veth), so the process that made the hosts is a host as well: a driver started here reaches
+every host and every host reaches it. Nothing outside the machine is addressed: the subnet
+is ``10.213.X.0/24`` with ``X`` picked so that no address or route of the machine is in it.
 
     with Hosts(3) as hosts:
-        key = hosts.keygen()
+        key = hosts.keygen("/tmp/cluster.key")
         h1 = hosts.start_node("h1", key_file=key)
         hosts.start_node("h2", key_file=key, join=h1.address)
         handoff.start(listen=hosts.listen_here(), join=h1.address, key_file=key)
 
 Every name carries a random token (namespaces ``hf-<token>-h1``, links ``hf<token>r0``)
 so two runs never collide. ``close()`` ends every process by PID (whatever still runs in a
-host's namespace too), then deletes the namespaces and links; an exit handler closes the
-hosts a failed test left, and :func:`remove_leftovers` removes what a killed run left.
+host's namespace too), then deletes the namespaces and links; :func:`remove_leftovers` (a
+session finalizer, and an exit handler) does the same for hosts a failed test left open.
 """
 
 from __future__ import annotations
