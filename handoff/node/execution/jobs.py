@@ -51,7 +51,8 @@ class JobStateError(AssertionError):
     """An invariant of the job table broke (raised by ``validate_state``)."""
 
 
-class JobState(msgspec.Struct, eq=False):
+@dataclass(slots=True, eq=False)
+class JobState:
     job_id: int
     run_id: str
     index: int
