@@ -64,6 +64,15 @@ class Function:
     type: str = "regular"
     max_retries: int | None = None
     timeout: float | None = None
+    group: str | None = None
+
+    @property
+    def group_name(self) -> str:
+        """The group progress, pictures and reports count it in: ``group``, else the code's
+        qualified name."""
+        if self.group is not None:
+            return self.group
+        return code_group(self.code)
 
     @property
     def dependency_ids(self) -> list[Hashable]:
@@ -72,6 +81,14 @@ class Function:
     @property
     def is_inline(self) -> bool:
         return self.type == "inline"
+
+
+def code_group(code: Any) -> str:
+    """A callable's qualified name (a partial's function's; a callable object's class's)."""
+    while hasattr(code, "func") and not hasattr(code, "__qualname__"):
+        code = code.func  # functools.partial and its kin
+    name = getattr(code, "__qualname__", None)
+    return name if isinstance(name, str) else type(code).__qualname__
 
 
 def new(id: Hashable | None = None) -> "DAG":
@@ -114,6 +131,8 @@ def _check_function(fn: Function) -> None:
                 raise InvalidFunctionError(fid, f"cost of {res!r} must be a finite number, got {amount!r}")
             if amount < 0:
                 raise InvalidFunctionError(fid, f"cost of {res!r} must not be negative, got {amount!r}")
+    if fn.group is not None and (not isinstance(fn.group, str) or not fn.group):
+        raise InvalidFunctionError(fid, f"group must be a non-empty string or None, got {fn.group!r}")
     if fn.node is not None and not isinstance(fn.node, (str, Collocated)):
         raise InvalidFunctionError(fid, "node must be a node name, Collocated(function_id) or None")
     if fn.is_inline and fn.node is not None:
@@ -260,6 +279,19 @@ class DAG:
     def validate(self) -> None:
         """Raise a ValidationError subclass if the DAG breaks a rule; return None otherwise."""
         self.compile()
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of the DAG (pins and costs shown; one box per group past 500
+        functions). Raises a ValidationError subclass for an invalid DAG."""
+        from handoff.observe.pictures import to_mermaid
+
+        return to_mermaid(self)
+
+    def to_dot(self) -> str:
+        """A Graphviz DOT digraph of the DAG, like ``to_mermaid``; no Graphviz is needed."""
+        from handoff.observe.pictures import to_dot
+
+        return to_dot(self)
 
     def topological_order(self) -> list[Hashable]:
         """Function ids in an order where every function follows its dependencies."""

@@ -25,9 +25,13 @@ __all__ = [
 class HandoffError(Exception):
     """Base of every error Handoff raises on purpose."""
 
-    # errors cross process boundaries; keep their attributes
+    # a run that ends in an error sets it: the partial ExecutionResult (stats, to_trace, report)
+    result: Any = None
+
+    # errors cross process boundaries; keep their attributes (not the local partial result)
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.__dict__.copy(), self.args))
+        state = {k: v for k, v in self.__dict__.items() if k != "result"}
+        return (_rebuild_error, (type(self), state, self.args))
 
 
 def _rebuild_error(

@@ -91,7 +91,12 @@ class LostInput(msgspec.Struct, frozen=True, gc=False, array_like=True):
 
 
 class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """One attempt that ended (a Done row): ``blob`` indexes the pickled exception, -1 if none."""
+    """One attempt that ended (a Done row): ``blob`` indexes the pickled exception, -1 if none.
+
+    For the run's record (all times ``time.time()`` on the executing node): ``worker`` is the
+    worker slot that ran it (-1: none), ``fetch_start``/``fetch_end`` bound the fetch of its
+    arguments (0.0 when it fetched none), ``bytes_in`` is what was fetched, ``nbytes`` the
+    result's size."""
 
     run_id: str
     index: int
@@ -103,6 +108,10 @@ class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     error: ErrorRow | None
     blob: int
     lost: LostInput | None
+    worker: int = -1
+    fetch_start: float = 0.0
+    fetch_end: float = 0.0
+    bytes_in: int = 0
 
 
 class FetchRow(msgspec.Struct, frozen=True, gc=False, array_like=True):

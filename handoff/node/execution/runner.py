@@ -96,6 +96,8 @@ class JobRunner:
                 begun = run_id
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
                       cost, row.timeout, job_id=next(self._ids))
+            if row.refs:
+                job.fetch_start = time.time()
             events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, row.refs, job))
         self.handle(*events)
 
@@ -133,6 +135,8 @@ class JobRunner:
                 self.handle(ArgumentFailed(job_id, node, key, error))
                 return
             job.blobs[slot] = frames
+            job.bytes_in += blob_nbytes(frames)
+            job.fetch_end = time.time()
             self.handle(ArgumentArrived(job_id))
 
         self.node.fetching.fetch_value(node, ref.dag_id, key, hook, filled)
@@ -147,6 +151,10 @@ class JobRunner:
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
                 finished: float, lost: LostInput | None = None) -> None:
         nbytes = 0
+        if lost is None:
+            self.node.counters["attempts_succeeded" if ok else "attempts_failed"] += 1
+            if not ok:
+                self.node.status.attempt_failed(job.dag_id, job.key, job.attempt, error)
         if ok:
             nbytes = blob_nbytes(frames)
             self.store.put(job.dag_id, job.key, frames, nbytes)
@@ -159,7 +167,7 @@ class JobRunner:
                 blob = None
         if job.origin == self.name:
             row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                            -1, lost)
+                            -1, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in)
             self.node.runs.local_events.append((row, blob))
             return
         box = self._outbox[job.origin]
@@ -168,7 +176,7 @@ class JobRunner:
             pos = self._outbox_blobs[job.origin]
             self._outbox_blobs[job.origin] = pos + 1
         row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                        pos, lost)
+                        pos, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in)
         box.append((row, blob))
 
     def flush(self) -> None:

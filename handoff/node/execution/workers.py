@@ -57,6 +57,9 @@ class Job:
     sent_at: float = 0.0
     cancelled: bool = False
     code_key: int = 0
+    fetch_start: float = 0.0  # time.time() bounds of the argument fetch, for the run's record
+    fetch_end: float = 0.0
+    bytes_in: int = 0
 
 
 @dataclass(slots=True, eq=False)
