@@ -117,14 +117,12 @@ class CapacityChanged(_Value, frozen=True):
     caps: dict
 
 
-@dataclass(slots=True, frozen=True)
-class ReplicaClaimed:
+class ReplicaClaimed(_Value, frozen=True):
     key: Any
     cost: dict
 
 
-@dataclass(slots=True, frozen=True)
-class ReplicaReleased:
+class ReplicaReleased(_Value, frozen=True):
     key: Any
 
 
