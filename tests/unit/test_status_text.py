@@ -35,7 +35,7 @@ DOC = {
 
 def test_the_table_shows_each_node_its_load_the_runs_what_waits_and_failures():
     lines = format_status(DOC).splitlines()
-    assert lines[0] == "cluster seen from a: 3 nodes (1 alive, 1 dead, 1 suspect)"
+    assert lines[0] == "cluster seen from a: 3 nodes (1 alive, 1 left, 1 suspect)"
     header, a, b, c = lines[2:6]
     assert header.split() == ["NODE", "STATE", "RUNNING", "QUEUED", "CPU", "USED/TOTAL", "GPU",
                               "USED/TOTAL", "ADDRESS"]
