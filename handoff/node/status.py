@@ -205,7 +205,8 @@ class ClusterStatus:
                 # what gossip last said, for a live node that does not answer
                 "used": {} if state == "dead" else
                 {r: max(0.0, a - row.free.get(r, a)) for r, a in caps.items()},
-                "running": None, "queued": None, "workers": None, "answered": report is not None,
+                "running": None, "queued": None, "workers": None, "dashboard": None,
+                "answered": report is not None,
             }
             if status == LEFT:
                 entry["left"] = True  # it said goodbye: stopped, not crashed
