@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -74,6 +75,10 @@ class _Server(ThreadingHTTPServer):
         log.exception("dashboard: error serving %s", client_address)
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class Dashboard:
     """Serves one node's dashboard on ``bind`` (``HOST:PORT``) until ``stop``."""
 
@@ -95,7 +100,8 @@ class Dashboard:
 
     def start(self) -> "Dashboard":
         try:
-            server = _Server((self.host, self.port), _handler(self))
+            kind = _Server6 if ":" in self.host else _Server
+            server = kind((self.host, self.port), _handler(self))
         except OSError as exc:
             raise HandoffError(f"cannot serve the dashboard on {self.host}:{self.port}: "
                                f"{exc.strerror or exc}") from None
