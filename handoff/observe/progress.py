@@ -1,8 +1,8 @@
 """The live progress display on stderr: one row per function group (done/total, running,
 failed, rate, ETA) and a total row, drawn with ``rich`` by the caller's thread while it waits.
 
-The event loop only bumps counters in the run's ``RunRecord``; the display reads them about
-ten times a second, so a run pays nothing per completion for being watched.
+The event loop only bumps counters in the run's ``RunRecord``; the display reads them four
+times a second, so a run pays nothing per completion for being watched.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from handoff.observe.record import RunRecord
 __all__ = ["wait_for_result", "ProgressDisplay", "AUTO_AFTER", "REFRESH", "MAX_GROUP_ROWS"]
 
 AUTO_AFTER = 1.0  # seconds: progress="auto" draws only for runs that last longer
-REFRESH = 0.1  # seconds between draws
+REFRESH = 0.25  # seconds between draws: a draw takes a few ms of the GIL the event loop needs
 MAX_GROUP_ROWS = 12  # past this, the smallest groups share one row
 
 

@@ -12,6 +12,8 @@ from array import array
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Hashable, Iterator, NamedTuple
 
+import numpy as np
+
 if TYPE_CHECKING:
     from handoff.dag import CompiledGraph, Function
     from handoff.protocol.rows import ResultRow
@@ -111,9 +113,12 @@ class RunRecord:
         self.bytes_out = array("q")
         self.outcome = array("b")
         self.errors: dict[int, tuple[str, str, str]] = {}  # position -> (type, message, traceback)
+        self._lists: tuple[list[int], list[int], bytes] | None = None  # the graph as lists, for reading
 
     def __len__(self) -> int:
-        return len(self.index)
+        """Attempts recorded in full (``outcome`` is appended last, so a reader on another
+        thread sees every field of the first ``len(record)`` attempts)."""
+        return len(self.outcome)
 
     # ---- written on the loop thread -----------------------------------------------------
     def dispatched(self, tasks: list[tuple[int, int]]) -> None:
@@ -180,24 +185,34 @@ class RunRecord:
 
     def final_attempts(self) -> dict[int, int]:
         """{function index: position of its last successful attempt}."""
-        out: dict[int, int] = {}
-        index, outcome = self.index, self.outcome
-        for k in range(len(index)):
-            if outcome[k] == 0:
-                out[index[k]] = k
-        return out
+        ok = np.flatnonzero(self.column("outcome") == 0)
+        return dict(zip(self.column("index")[ok].tolist(), ok.tolist()))  # later ones win
+
+    def column(self, name: str) -> np.ndarray:
+        """One field of the first ``len(self)`` attempts as a numpy array: a copy, so the loop
+        thread can go on appending while a view is built (an exported buffer could not grow)."""
+        values = getattr(self, name)[:len(self)]
+        return np.frombuffer(values.tobytes(), dtype=values.typecode)
+
+    def _graph_lists(self) -> tuple[list[int], list[int], bytes]:
+        if self._lists is None:
+            g = self.graph
+            self._lists = (g.indptr.tolist(), g.indices.tolist(), bytes(g.inline))
+        return self._lists
 
     def inputs(self, i: int) -> list[int]:
         """The non-inline functions whose values function ``i`` fetched (through inline ones)."""
-        g = self.graph
-        indptr, indices, inline = g.indptr, g.indices, g.inline
+        indptr, indices, inline = self._graph_lists()
+        direct = indices[indptr[i]:indptr[i + 1]]
+        if not any(inline[d] for d in direct):
+            return list(dict.fromkeys(direct))
         out: list[int] = []
         seen: set[int] = set()
-        stack = [int(d) for d in indices[indptr[i]:indptr[i + 1]]]
+        stack = direct[::-1]
         while stack:
             d = stack.pop()
             if inline[d]:
-                stack.extend(int(x) for x in indices[indptr[d]:indptr[d + 1]])
+                stack.extend(indices[indptr[d]:indptr[d + 1]][::-1])
             elif d not in seen:
                 seen.add(d)
                 out.append(d)
@@ -207,11 +222,10 @@ class RunRecord:
         """(producer position, consumer position, bytes) for each value an attempt fetched
         from another node: the producer's successful attempt ran on a different node."""
         final = self.final_attempts()
-        node, index, fetch_start = self.node, self.index, self.fetch_start
-        for k in range(len(index)):
-            if fetch_start[k] == 0.0:
-                continue
+        node, index, bytes_out = self.node, self.index, self.bytes_out
+        for k in np.flatnonzero(self.column("fetch_start") != 0.0).tolist():  # fetched something
+            here = node[k]
             for d in self.inputs(index[k]):
                 p = final.get(d)
-                if p is not None and node[p] != node[k]:
-                    yield p, k, self.bytes_out[p]
+                if p is not None and node[p] != here:
+                    yield p, k, bytes_out[p]

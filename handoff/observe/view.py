@@ -2,15 +2,18 @@
 
 Bounded whatever the run's size: the timeline turns into busy fractions per time bin past
 ``SPAN_LIMIT`` attempts, the DAG into one box per group past 500 functions, and the lists
-(slowest, failures) are cut to their first entries.
+(slowest, failures) are cut to their first entries. Works during a run too (it reads the
+first ``len(record)`` attempts, which the loop thread has written in full).
 """
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from handoff.observe.page import VIEW_VERSION
 from handoff.observe.pictures import picture_of
@@ -25,101 +28,123 @@ SLOWEST = 20
 FAILURES = 100
 
 
+@dataclass
+class Columns:
+    """The record's attempts as numpy arrays, read once."""
+
+    n: int
+    index: np.ndarray
+    node: np.ndarray
+    worker: np.ndarray
+    started: np.ndarray
+    finished: np.ndarray
+    outcome: np.ndarray
+
+    @classmethod
+    def of(cls, record: RunRecord) -> "Columns":
+        col = record.column
+        return cls(len(record), col("index"), col("node").astype(np.int64), col("worker").astype(np.int64),
+                   col("started"), col("finished"), col("outcome"))
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return np.maximum(self.finished - self.started, 0.0)
+
+
 def build_view(record: RunRecord) -> dict[str, Any]:
     """The view document of one run, from its record (during or after the run)."""
-    n = len(record)
-    ok, failed = Outcome.OK, Outcome.FAILED
-    outcome, index = record.outcome, record.index
-    started, finished = record.started, record.finished
+    c = Columns.of(record)
+    n = c.n
     final = record.final_attempts()
-    failed_functions = {index[k] for k in range(n) if outcome[k] == failed} - set(final)
+    failed_functions = set(c.index[c.outcome == Outcome.FAILED].tolist()) - set(final)
     transfers: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0])
+    node_of = record.node
     for p, k, nbytes in record.transfers():
-        pair = transfers[(record.node[p], record.node[k])]
+        pair = transfers[(node_of[p], node_of[k])]
         pair[0] += 1
         pair[1] += nbytes
-    end = record.finished_at or time.time()
-    start = record.started_at
+    now = time.time()
+    start, end = record.started_at, record.finished_at or now
     if n:
-        start = min(start, min(started))
-        end = max(end, max(finished))
-    workers: dict[int, set[int]] = defaultdict(set)
-    busy: dict[int, float] = defaultdict(float)
-    attempts: dict[int, int] = defaultdict(int)
-    for k in range(n):
-        node = record.node[k]
-        attempts[node] += 1
-        if record.worker[k] >= 0:
-            workers[node].add(record.worker[k])
-            busy[node] += max(finished[k] - started[k], 0.0)
+        start, end = min(start, float(c.started.min())), max(end, float(c.finished.max()))
     names = record.node_names
+    ran = c.worker >= 0
+    attempts = np.bincount(c.node, minlength=len(names))
+    busy = np.bincount(c.node[ran], weights=c.seconds[ran], minlength=len(names))
+    slots: dict[int, list[int]] = defaultdict(list)
+    for key in np.unique(c.node[ran] * (1 << 32) + c.worker[ran]).tolist():
+        slots[key >> 32].append(key & 0xFFFFFFFF)
     summary = {
         "dag_id": str(record.dag_id), "state": record.state, "functions": record.total,
         "done": record.done, "failed": len(failed_functions),
         "running": sum(record.running(g) for g in range(len(record.group_names))),
-        "nodes": len(names), "workers": sum(len(w) for w in workers.values()),
+        "nodes": len(names), "workers": sum(len(w) for w in slots.values()),
         "attempts": n, "retries": n - len(final) - len(failed_functions),
         "started_at": record.started_at, "finished_at": record.finished_at,
-        "wall": (record.finished_at or time.time()) - record.started_at,
+        "wall": (record.finished_at or now) - record.started_at,
         "bytes_moved": sum(v[1] for v in transfers.values()),
         "transfers": sum(v[0] for v in transfers.values()),
     }
     return {
         "version": VIEW_VERSION,
         "title": f"Run of DAG {record.dag_id!r}",
-        "generated_at": time.time(),
+        "generated_at": now,
         "summary": summary,
-        "nodes": [{"name": name, "workers": sorted(workers[j]), "attempts": attempts[j], "busy": busy[j]}
+        "nodes": [{"name": name, "workers": slots[j], "attempts": int(attempts[j]), "busy": float(busy[j])}
                   for j, name in enumerate(names)],
-        "timeline": _timeline(record, start, end),
-        "groups": _groups(record),
+        "timeline": _timeline(record, c, start, end),
+        "groups": _groups(record, c),
         "graph": _graph(record, final, failed_functions),
-        "slowest": _slowest(record),
-        "transfers": [{"source": names[a], "target": names[b], "count": c, "bytes": nb}
-                      for (a, b), (c, nb) in sorted(transfers.items(), key=lambda kv: -kv[1][1])],
-        "failures": _failures(record, failed_functions),
-        "failures_total": sum(1 for k in range(n) if outcome[k] != ok),
+        "slowest": _slowest(record, c),
+        "transfers": [{"source": names[a], "target": names[b], "count": cnt, "bytes": nb}
+                      for (a, b), (cnt, nb) in sorted(transfers.items(), key=lambda kv: -kv[1][1])],
+        "failures": _failures(record, c, failed_functions),
+        "failures_total": int(np.count_nonzero(c.outcome != Outcome.OK)),
     }
 
 
-def _timeline(record: RunRecord, start: float, end: float) -> dict[str, Any]:
-    n = len(record)
-    lanes: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for k in range(n):
-        if record.worker[k] >= 0:
-            lanes[(record.node[k], record.worker[k])].append(k)
-    binned = n > SPAN_LIMIT
+def _timeline(record: RunRecord, c: Columns, start: float, end: float) -> dict[str, Any]:
+    ran = np.flatnonzero(c.worker >= 0)
+    keys = c.node[ran] * (1 << 32) + c.worker[ran]
+    lanes, lane_of = np.unique(keys, return_inverse=True)
+    binned = c.n > SPAN_LIMIT
     span = max(end - start, 1e-9)
-    out = []
-    for (node, worker), positions in sorted(lanes.items()):
-        lane: dict[str, Any] = {"node": record.node_names[node], "worker": worker}
-        if binned:
-            width = span / BINS
-            bins = [0.0] * BINS
-            for k in positions:
-                a, b = record.started[k] - start, record.finished[k] - start
-                first, last = int(a / width), min(int(b / width), BINS - 1)
-                for j in range(max(first, 0), last + 1):
-                    lo, hi = max(a, j * width), min(b, (j + 1) * width)
-                    if hi > lo:
-                        bins[j] += (hi - lo) / width
-            lane["busy"] = [round(min(x, 1.0), 3) for x in bins]
-        else:
-            lane["spans"] = [[round(record.started[k] - start, 6), round(record.finished[k] - start, 6),
-                              record.group[record.index[k]], 1 if record.outcome[k] == Outcome.OK else 0]
-                             for k in positions]
-        out.append(lane)
+    out: list[dict[str, Any]] = [{"node": record.node_names[key >> 32], "worker": key & 0xFFFFFFFF}
+                                 for key in lanes.tolist()]
+    a = c.started[ran] - start
+    b = np.maximum(c.finished[ran] - start, a)
+    if binned:
+        width = span / BINS
+        busy = np.zeros((len(lanes), BINS))
+        first = np.clip((a / width).astype(np.int64), 0, BINS - 1)
+        last = np.clip((b / width).astype(np.int64), 0, BINS - 1)
+        one = first == last  # most attempts sit inside one bin
+        np.add.at(busy, (lane_of[one], first[one]), (b[one] - a[one]) / width)
+        for j in np.flatnonzero(~one).tolist():
+            for k in range(first[j], last[j] + 1):
+                lo, hi = max(a[j], k * width), min(b[j], (k + 1) * width)
+                if hi > lo:
+                    busy[lane_of[j], k] += (hi - lo) / width
+        for lane, row in zip(out, np.round(np.minimum(busy, 1.0), 3).tolist()):
+            lane["busy"] = row
+    else:
+        group = np.frombuffer(record.group, dtype=np.uint32)[c.index[ran]].tolist()
+        ok = (c.outcome[ran] == Outcome.OK).tolist()
+        spans: list[list[list[Any]]] = [[] for _ in out]
+        for j, lane in enumerate(lane_of.tolist()):
+            spans[lane].append([round(float(a[j]), 6), round(float(b[j]), 6), group[j], 1 if ok[j] else 0])
+        for lane, rows in zip(out, spans):
+            lane["spans"] = rows
     return {"start": start, "end": end, "binned": binned, "bins": BINS if binned else 0,
             "groups": record.group_names, "lanes": out}
 
 
-def _groups(record: RunRecord) -> list[dict[str, Any]]:
-    seconds = [0.0] * len(record.group_names)
-    for k in range(len(record)):
-        if record.outcome[k] == Outcome.OK:
-            seconds[record.group[record.index[k]]] += max(record.finished[k] - record.started[k], 0.0)
+def _groups(record: RunRecord, c: Columns) -> list[dict[str, Any]]:
+    ok = c.outcome == Outcome.OK
+    group = np.frombuffer(record.group, dtype=np.uint32).astype(np.int64)[c.index[ok]]
+    seconds = np.bincount(group, weights=c.seconds[ok], minlength=len(record.group_names))
     return [{"name": name, "total": record.group_total[g], "done": record.group_done[g],
-             "failed": record.group_failed[g], "running": record.running(g), "seconds": seconds[g]}
+             "failed": record.group_failed[g], "running": record.running(g), "seconds": float(seconds[g])}
             for g, name in enumerate(record.group_names) if record.group_total[g]]
 
 
@@ -143,26 +168,30 @@ def _graph(record: RunRecord, final: dict[int, int], failed_functions: set[int])
             "edges": [list(e) for e in pic.edges]}
 
 
-def _slowest(record: RunRecord) -> list[dict[str, Any]]:
-    started, finished = record.started, record.finished
-    top = heapq.nlargest(SLOWEST, (k for k in range(len(record)) if record.outcome[k] == Outcome.OK),
-                         key=lambda k: finished[k] - started[k])
+def _slowest(record: RunRecord, c: Columns) -> list[dict[str, Any]]:
+    ok = np.flatnonzero(c.outcome == Outcome.OK)
+    seconds = c.seconds[ok]
+    if len(ok) > SLOWEST:
+        top = np.argpartition(-seconds, SLOWEST)[:SLOWEST]
+    else:
+        top = np.arange(len(ok))
+    top = top[np.argsort(-seconds[top], kind="stable")]
     ids = record.graph.ids
     out = []
-    for k in top:
+    for k in ok[top].tolist():
         i = record.index[k]
         fetch = record.fetch_end[k] - record.fetch_start[k] if record.fetch_start[k] > 0 else 0.0
         out.append({"function_id": str(ids[i]), "group": record.group_names[record.group[i]],
                     "node": record.node_names[record.node[k]], "worker": record.worker[k],
-                    "attempt": record.attempt[k], "seconds": finished[k] - started[k],
+                    "attempt": record.attempt[k], "seconds": record.finished[k] - record.started[k],
                     "fetch_seconds": max(fetch, 0.0), "bytes_in": record.bytes_in[k],
                     "bytes_out": record.bytes_out[k]})
     return out
 
 
-def _failures(record: RunRecord, failed_functions: set[int]) -> list[dict[str, Any]]:
+def _failures(record: RunRecord, c: Columns, failed_functions: set[int]) -> list[dict[str, Any]]:
+    positions = np.flatnonzero(c.outcome != Outcome.OK).tolist()
     last: dict[int, int] = {}
-    positions = [k for k in range(len(record)) if record.outcome[k] != Outcome.OK]
     for k in positions:
         last[record.index[k]] = k
     final = {k for i, k in last.items() if i in failed_functions}

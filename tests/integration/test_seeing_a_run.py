@@ -18,6 +18,10 @@ import pytest
 
 import handoff
 from handoff import DAG, Function
+from handoff.observe import render_page
+from handoff.observe.record import RunRecord
+from handoff.observe.view import build_view
+from handoff.protocol.rows import ResultRow
 from handoff.testing import LocalCluster
 from browser import console_errors, headless_chrome, png_colours
 from nodes import child_env
@@ -137,6 +141,28 @@ def test_report_in_a_headless_browser(runs):
         assert "refuse" in final.text and "ValueError: refused" in final.text
         final.click()
         assert "Traceback" in final.find_element("css selector", "pre").text
+
+        large = out / "large.html"
+        large.write_text(render_page(build_view(large_record(6000))), encoding="utf-8")
+        browser.get("file://" + str(large))
+        assert console_errors(browser) == []
+        assert browser.find_element("css selector", "#summary [data-k=functions] .v").text == "6,000"
+        assert len(browser.find_elements("css selector", "#dag g.fn")) == 7  # one box per group
+        assert "busy fraction" in browser.find_element("id", "timeline-section").text
+
+
+def large_record(n: int) -> RunRecord:
+    """A record of ``n`` functions in 7 groups, past the page's limits for boxes and spans."""
+    dag = DAG("large")
+    for i in range(n):
+        dag.add_function(Function(id=i, code=total, args=[i - 1] if i % 100 else [], group=f"g{i % 7}"))
+    graph = dag.compile()
+    record = RunRecord(dag.id, graph, [dag.functions[i] for i in graph.ids])
+    for i in range(n):
+        t = record.started_at + i * 1e-4
+        record.add("abc"[i % 3], ResultRow("run", i, 1, True, t, t + 5e-5, 8, None, -1, None, i % 4))
+    record.end(failed=False)
+    return record
 
 
 PROGRESS_CHILD = r"""

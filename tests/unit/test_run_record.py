@@ -178,3 +178,39 @@ def test_execute_rejects_a_bad_record_option(record):
 
     with pytest.raises(ValueError, match="record must be True or False"):
         handoff.execute(DAG().add_function(Function(id="f", code=source, extra_args=[1])), record=record)
+
+
+def large_record(n: int) -> RunRecord:
+    """``n`` functions in 7 groups, chains of 100, run on 3 nodes x 4 workers, one failure."""
+    dag = DAG("large")
+    for i in range(n):
+        dag.add_function(Function(id=i, code=combine, args=[i - 1] if i % 100 else [], group=f"g{i % 7}"))
+    graph = dag.compile()
+    record = RunRecord(dag.id, graph, [dag.functions[i] for i in graph.ids])
+    record.started_at = T0
+    boom = ErrorRow("ValueError", "boom", "Traceback\nValueError: boom\n")
+    for i in range(n):
+        t = T0 + i * 1e-4
+        fetch = (t - 2e-5, t - 1e-5) if i % 100 else (0.0, 0.0)
+        if i == 5:
+            record.add("a", ResultRow("run", i, 1, False, t, t + 5e-5, 0, boom, -1, None, 0, *fetch, 8))
+        record.add("abc"[i % 3], ResultRow("run", i, 1 + (i == 5), True, t, t + 5e-5, 8, None, -1, None,
+                                           i % 4, *fetch, 8))
+    record.end(failed=False)
+    return record
+
+
+def test_the_view_of_a_large_run_stays_small():
+    record = large_record(20_000)
+    view = build_view(record)
+    text = json.dumps(view, allow_nan=False)
+    assert len(text) < 300_000, len(text)  # bins and groups, not 20,000 boxes
+    assert view["summary"]["functions"] == 20_000 and view["summary"]["attempts"] == 20_001
+    assert view["timeline"]["binned"] and len(view["timeline"]["lanes"]) == 12
+    graph = view["graph"]
+    assert graph["collapsed"] and sorted(n["count"] for n in graph["nodes"]) == [2857] * 6 + [2858]
+    assert sum(e[2] for e in graph["edges"]) == 20_000 - 200  # every dependency, counted
+    assert len(view["slowest"]) == 20 and len(view["failures"]) == 1
+    # two of every three links of a chain cross nodes, and function 5's failed attempt fetched too
+    crossing = sum(1 for i in range(20_000) if i % 100 and i % 3 != (i - 1) % 3)
+    assert view["summary"]["transfers"] == crossing + 1
