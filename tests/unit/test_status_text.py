@@ -93,3 +93,13 @@ def test_every_record_names_its_node_in_text_and_in_json():
     finally:
         node_stopped("n1")
         logger.propagate = True
+
+
+def test_other_loggers_may_still_pass_their_own_node_field():
+    node_started("n1")
+    try:
+        record = logging.getLogger("someone.else").makeRecord(
+            "someone.else", logging.INFO, __file__, 1, "hi", (), None, extra={"node": "theirs"})
+        assert record.node == "theirs"
+    finally:
+        node_stopped("n1")
