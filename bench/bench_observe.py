@@ -10,8 +10,10 @@ Variants, interleaved round by round so that the machine's load hits them alike:
 - ``record``: ``record=True, progress=False`` (the default off a terminal);
 - ``record+progress``: ``record=True, progress=True`` with stderr on a pseudo-terminal, so the
   display really draws (four times a second).
-The summary prints each variant's median seconds and its ratio to ``bare``; the targets are
-at most 1.05 (reported, not enforced).
+The summary prints each variant's median wall seconds and the median CPU seconds of this
+process (the driver and its embedded node's loop, where recording and drawing happen; the
+workers are other processes), each with its ratio to ``bare``. On a shared machine the CPU
+ratio is the steadier one. The targets are at most 1.05 (reported, not enforced).
 """
 
 from __future__ import annotations
@@ -87,46 +89,50 @@ def node():
     handoff.stop()
 
 
-def run_variant(record: bool, progress: bool, terminal: Terminal) -> float:
+def run_variant(record: bool, progress: bool, terminal: Terminal) -> tuple[float, float]:
     dag = dag_w1()
     saved = sys.stderr
     if progress:
         sys.stderr = terminal.file
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = handoff.execute(dag, record=record, progress=progress)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         sys.stderr = saved
     assert result.results["sum"] == W1_N
     if record:
         assert result.record is not None and len(result.record) == W1_N + 1
     handoff.clear(dag.id)
-    return seconds
+    return seconds, cpu
 
 
 @pytest.mark.timeout(1800)
 def test_w1_record_and_progress(benchmark, node):
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     terminal = Terminal()
 
     def run_all() -> None:
         for r in range(ROUNDS):
             order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
             for name in order:
-                times[name].append(run_variant(*VARIANTS[name], terminal))
+                wall, used = run_variant(*VARIANTS[name], terminal)
+                times[name].append(wall)
+                cpu[name].append(used)
 
     try:
         benchmark.pedantic(run_all, rounds=1, iterations=1)
     finally:
         terminal.close()
     assert terminal.drained > 0  # the display drew on the terminal
-    base = statistics.median(times["bare"])
+    base, base_cpu = statistics.median(times["bare"]), statistics.median(cpu["bare"])
     lines = [f"W1 ({W1_N + 1} functions, {WORKERS} workers, {ROUNDS} interleaved rounds; "
-             f"load average {os.getloadavg()[0]:.1f})"]
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
-        ratio = median / base
-        benchmark.extra_info[name] = {"median_s": median, "ratio_to_bare": ratio, "seconds": seconds}
-        lines.append(f"  {name:<16} median {median:.3f} s  ratio {ratio:.3f}  (target <= 1.05)")
+             f"load average {os.getloadavg()[0]:.1f}); targets: ratios <= 1.05"]
+    for name in VARIANTS:
+        wall, used = statistics.median(times[name]), statistics.median(cpu[name])
+        benchmark.extra_info[name] = {"median_s": wall, "ratio_to_bare": wall / base, "seconds": times[name],
+                                      "median_cpu_s": used, "cpu_ratio_to_bare": used / base_cpu}
+        lines.append(f"  {name:<16} wall {wall:.3f} s (ratio {wall / base:.3f})   "
+                     f"driver cpu {used:.3f} s (ratio {used / base_cpu:.3f})")
     print("\n" + "\n".join(lines))
