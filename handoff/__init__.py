@@ -22,6 +22,8 @@ from handoff.scheduler import FunctionStats
 from handoff.node.runs import ExecutionResult
 from handoff.api import (
     clear,
+    cluster_status,
+    dashboard_url,
     discover_nodes,
     execute,
     execute_distributed,
@@ -56,4 +58,5 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
+    "cluster_status", "dashboard_url",
 ]

@@ -6,6 +6,7 @@ import atexit
 import dataclasses
 import threading
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from numbers import Integral
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
@@ -26,7 +27,8 @@ __all__ = [
     "start", "stop", "node_name", "node_stats", "execute", "execute_distributed", "execute_local",
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
-    "register_data_location", "lookup_data_location", "clear", "current_node",
+    "register_data_location", "lookup_data_location", "clear", "current_node", "dashboard_url",
+    "cluster_status",
 ]
 
 EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress", "allocator",
@@ -53,8 +55,12 @@ def start(
     join_timeout: float = 10.0,
     shared_memory: bool = True,
     store_limit: int | str | None = None,
+    dashboard: str | None = None,
 ) -> str:
-    """Start the embedded node in this process (the driver becomes a full peer); returns its name."""
+    """Start the embedded node in this process (the driver becomes a full peer); returns its name.
+
+    ``dashboard="127.0.0.1:8787"`` also serves the live dashboard there (port 0: a free
+    port; ``dashboard_url()`` tells where)."""
     global _node
     from handoff.node.server import Node
     from handoff.security import load_curve
@@ -67,7 +73,7 @@ def start(
             resources=dict(resources) if resources else {}, workers=workers or 0,
             executor=executor, key_file=key_file, insecure=insecure,
             suspect_after=suspect_after, dead_after=dead_after, join_timeout=join_timeout,
-            shared_memory=shared_memory, store_limit=store_limit,
+            shared_memory=shared_memory, store_limit=store_limit, dashboard=dashboard,
         )
         curve = load_curve(config)
         node = Node(config, curve).start()
@@ -143,7 +149,8 @@ def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]
 
     The keys (docs/guide.md, "Observing a node"): ``name``, ``address``, ``members``,
     ``membership``, ``ledger``, ``runs``, ``validating_state``, ``pool``, ``store``,
-    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``.
+    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``,
+    ``dashboard`` (its URL, or None).
 
     With no ``name`` the local node is started with default settings if needed, like the other
     calls; asking a peer needs this process's node running and joined to its cluster (a node
@@ -169,6 +176,34 @@ def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]
         return n.peer_stats(name, timeout)
     except FutureTimeout:
         raise HandoffTimeout(f"waiting for node {name or n.name!r} to report its stats", timeout) from None
+
+
+def dashboard_url() -> str | None:
+    """The URL of this process's node's dashboard (``start(dashboard=...)``), None without one."""
+    with _lock:
+        node = _node
+    return node.dashboard.url if node is not None and node.dashboard is not None else None
+
+
+def cluster_status(timeout: float = 5.0) -> dict[str, Any]:
+    """The cluster's state as ``python -m handoff status --json`` prints it, asked through
+    this process's node (started with default settings if needed)."""
+    problem = timeout_problem(timeout)
+    if problem:
+        raise ValueError(problem)
+    n = current_node()
+    fut: Future = Future()
+
+    def answer(doc: dict) -> None:
+        if not fut.done():
+            fut.set_result(doc)
+
+    n.post(n.status.gather, answer)
+    try:
+        result: dict[str, Any] = fut.result(timeout)
+        return result
+    except FutureTimeout:
+        raise HandoffTimeout("waiting for the cluster's status", timeout) from None
 
 
 # ---- running DAGs --------------------------------------------------------------------

@@ -305,6 +305,7 @@ class Runs:
         except BaseException:
             self.runs.pop(ctx.run_id, None)
             raise
+        self.node.status.run_started(ctx)
         if options.get("timeout") is not None:
             seconds = options["timeout"]
 

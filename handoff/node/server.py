@@ -16,12 +16,14 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable, cast
+from typing import TYPE_CHECKING, Any, Callable, Hashable, cast
 
 import zmq
 
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError
+from handoff.logs import node_started, node_stopped
+from handoff.node.announce import announce, withdraw
 from handoff.node.cluster.members import LIVE
 from handoff.node.cluster.peers import Peers
 from handoff.node.cluster.requests import Requests
@@ -33,13 +35,17 @@ from handoff.node.execution.runner import JobRunner
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
+from handoff.node.status import ClusterStatus
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
-    RunEnded, Value, ValuePart,
+    RunEnded, StatusAsk, StatusQuery, StatusReport, Value, ValuePart,
 )
 from handoff.protocol.rows import TaskRow, Tree
 from handoff.transport import Transport
+
+if TYPE_CHECKING:
+    from handoff.node.dashboard import Dashboard
 
 log = logging.getLogger("handoff.node")
 
@@ -89,6 +95,9 @@ class Node:
         self.fetching = Fetching(self)
         self.execution = JobRunner(self)
         self.runs = Runs(self)
+        self.status = ClusterStatus(self)
+        self.dashboard: Dashboard | None = None
+        self._announced: str | None = None  # this node's file for local status clients
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -96,9 +105,19 @@ class Node:
         return self.transport.address
 
     def start(self, background: bool = True) -> "Node":
+        if self.config.dashboard:  # first: a port in use fails the start before anything runs
+            from handoff.node.dashboard import Dashboard
+
+            try:
+                self.dashboard = Dashboard(self, self.config.dashboard).start()
+            except BaseException:
+                self.ctx.term()
+                raise
+        node_started(self.name)
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
+        self._announced = announce(self.config.runtime_dir, self.name, self.address, f"{id(self):x}")
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
         self._wake_rx.bind(wake)
@@ -141,6 +160,9 @@ class Node:
             self.pool.stop()
 
     def _close(self) -> None:
+        withdraw(self._announced)
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.shm_owner:
             shm.remove_owned(self.shm_owner)
         self.store.close()
@@ -157,6 +179,7 @@ class Node:
             if fut is not None and fut.set_running_or_notify_cancel():
                 fut.set_exception(HandoffError(f"node {self.name!r} stopped"))
         self.ctx.term()
+        node_stopped(self.name)
         self._stopped.set()
 
     # ---- cross-thread calls -----------------------------------------------------------
@@ -310,6 +333,9 @@ class Node:
         if isinstance(msg, Hello):
             peers.on_hello(identity, msg)
             return
+        if isinstance(msg, StatusQuery):  # a status client, authenticated by CURVE alone
+            self.status.on_query(identity, msg)
+            return
         if not peers.is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
             member = peers.membership.get(getattr(msg, "sender", None) or "")
@@ -358,6 +384,10 @@ class Node:
             self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.execution.forget_run(msg.run_id)
+        elif isinstance(msg, StatusAsk):
+            self.status.on_ask(msg)
+        elif isinstance(msg, StatusReport):
+            self.status.on_report(msg)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""
@@ -391,6 +421,7 @@ class Node:
                                   "free": ledger.free(node)} for node in ledger.nodes}
         stats["runs"] = len(self.runs)
         stats["validating_state"] = bool(self.runs.orchestrator.debug_state)
+        stats["dashboard"] = self.dashboard.url if self.dashboard is not None else None
         return stats
 
     # ---- routing between the parts ----------------------------------------------------

@@ -88,9 +88,12 @@ class JobRunner:
     def accept_task_rows(self, origin: str, dag_id: Any, rows: list[tuple[TaskRow, list]]) -> None:
         """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
         events = []
+        begun = None
         for row, blobs in rows:
             run_id, index, cost = row.run_id, row.index, row.cost
-            self.store.begin_run(run_id, dag_id)
+            if run_id != begun:  # the rows of a Dispatch are of one run
+                self.store.begin_run(run_id, dag_id)
+                begun = run_id
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
                       cost, row.timeout, job_id=next(self._ids))
             if row.refs:
@@ -148,10 +151,14 @@ class JobRunner:
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
                 finished: float, lost: LostInput | None = None) -> None:
         nbytes = 0
+        if lost is None:
+            self.node.counters["attempts_succeeded" if ok else "attempts_failed"] += 1
+            if not ok:
+                self.node.status.attempt_failed(job.dag_id, job.key, job.attempt, error)
         if ok:
-            self.store.put(job.dag_id, job.key, frames)
-            self.store.register_location(job.dag_id, job.key, self.name)
             nbytes = blob_nbytes(frames)
+            self.store.put(job.dag_id, job.key, frames, nbytes)
+            self.store.register_location(job.dag_id, job.key, self.name)
         blob = None if ok else frames
         if blob is not None and is_local(blob) and job.origin != self.name:
             try:  # an exception object from a thread-executor attempt, for a remote driver
