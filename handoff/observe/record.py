@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from handoff.dag import CompiledGraph, Function
     from handoff.protocol.rows import ResultRow
 
-__all__ = ["RunRecord", "Outcome", "Attempt", "groups_of"]
+__all__ = ["RunRecord", "Outcome", "Attempt", "groups_of", "COMPACT_EVERY"]
+
+COMPACT_EVERY = 1024  # rows kept as they came before being copied into the arrays
 
 
 class Outcome(IntEnum):
@@ -113,11 +115,14 @@ class RunRecord:
         self.bytes_out = array("q")
         self.outcome = array("b")
         self.errors: dict[int, tuple[str, str, str]] = {}  # position -> (type, message, traceback)
+        self._pending: list[ResultRow] = []  # rows not yet copied into the arrays (see compact)
+        self._pending_nodes: list[int] = []
         self._lists: tuple[list[int], list[int], bytes] | None = None  # the graph as lists, for reading
 
     def __len__(self) -> int:
-        """Attempts recorded in full (``outcome`` is appended last, so a reader on another
-        thread sees every field of the first ``len(record)`` attempts)."""
+        """Attempts recorded in the arrays (``outcome`` is extended last, so a reader on another
+        thread sees every field of the first ``len(record)`` attempts; during a run the last
+        ``COMPACT_EVERY`` attempts or fewer may not be there yet)."""
         return len(self.outcome)
 
     # ---- written on the loop thread -----------------------------------------------------
@@ -148,25 +153,40 @@ class RunRecord:
         if n is None:
             n = self._node_number[node] = len(self.node_names)
             self.node_names.append(node)
-        if outcome:
-            error = row.error
-            if error is not None:
-                self.errors[len(self.index)] = (error.exc_type, error.message, error.traceback)
-        self.index.append(index)
-        self.attempt.append(row.attempt)
-        self.node.append(n)
-        self.worker.append(row.worker)
-        self.started.append(row.started)
-        self.finished.append(row.finished)
-        self.fetch_start.append(row.fetch_start)
-        self.fetch_end.append(row.fetch_end)
-        self.bytes_in.append(row.bytes_in)
-        self.bytes_out.append(row.nbytes)
-        self.outcome.append(outcome)
+        # keeping the row (one list append) and copying rows into the arrays in batches costs
+        # a fraction of eleven array appends per row, on the loop's hot path
+        self._pending.append(row)
+        self._pending_nodes.append(n)
+        if len(self._pending) >= COMPACT_EVERY or self.finished_at is not None:
+            self.compact()
         return first
+
+    def compact(self) -> None:
+        """Copy the pending rows into the arrays (on the loop thread; ``end`` does it last)."""
+        rows, nodes = self._pending, self._pending_nodes
+        if not rows:
+            return
+        self._pending, self._pending_nodes = [], []
+        base = len(self.outcome)
+        for j, row in enumerate(rows):
+            if not row.ok and row.error is not None:
+                error = row.error
+                self.errors[base + j] = (error.exc_type, error.message, error.traceback)
+        self.index.extend([r.index for r in rows])
+        self.attempt.extend([r.attempt for r in rows])
+        self.node.extend(nodes)
+        self.worker.extend([r.worker for r in rows])
+        self.started.extend([r.started for r in rows])
+        self.finished.extend([r.finished for r in rows])
+        self.fetch_start.extend([r.fetch_start for r in rows])
+        self.fetch_end.extend([r.fetch_end for r in rows])
+        self.bytes_in.extend([r.bytes_in for r in rows])
+        self.bytes_out.extend([r.nbytes for r in rows])
+        self.outcome.extend([0 if r.ok else (1 if r.lost is None else 2) for r in rows])  # last
 
     def end(self, failed: bool) -> None:
         self.finished_at = time.time()
+        self.compact()
         self.state = "failed" if failed else "finished"
 
     # ---- reading -----------------------------------------------------------------------
