@@ -1,5 +1,5 @@
 """``RunRecord``: what every attempt of a run did, kept by the driver in parallel arrays
-(about 60 bytes an attempt), plus per-group counters that the progress display reads.
+(about 70 bytes an attempt), plus per-group counters that the progress display reads.
 
 Rows arrive on the node's loop thread (``add``); the progress display reads the counters from
 the caller's thread: single int reads and writes, so a draw may be one completion behind.
