@@ -1,8 +1,12 @@
 """``RunRecord``: what every attempt of a run did, kept by the driver in parallel arrays
 (about 70 bytes an attempt), plus per-group counters that the progress display reads.
 
-Rows arrive on the node's loop thread (``add``); the progress display reads the counters from
-the caller's thread: single int reads and writes, so a draw may be one completion behind.
+Rows arrive on the node's loop thread (``add``), which keeps them as they come (one list
+append on the hot path) and copies them into the arrays when ``COMPACT_EVERY`` are waiting or
+when the record is first read: so a run of W1's size never pays for the copy while it runs.
+Read the attempts on the loop thread while the run goes on (the dashboard does), from any
+thread once it has ended. The progress display reads only the counters, from the caller's
+thread: single int reads and writes, so a draw may be one completion behind.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunRecord", "Outcome", "Attempt", "groups_of", "COMPACT_EVERY"]
 
-COMPACT_EVERY = 1024  # rows kept as they came before being copied into the arrays
+COMPACT_EVERY = 65536  # rows kept as they came (some 25 MB at most) before being copied into arrays
 
 
 class Outcome(IntEnum):
@@ -120,9 +124,8 @@ class RunRecord:
         self._lists: tuple[list[int], list[int], bytes] | None = None  # the graph as lists, for reading
 
     def __len__(self) -> int:
-        """Attempts recorded in the arrays (``outcome`` is extended last, so a reader on another
-        thread sees every field of the first ``len(record)`` attempts; during a run the last
-        ``COMPACT_EVERY`` attempts or fewer may not be there yet)."""
+        """Attempts recorded (reading copies the waiting rows into the arrays first)."""
+        self.compact()
         return len(self.outcome)
 
     # ---- written on the loop thread -----------------------------------------------------
@@ -157,12 +160,12 @@ class RunRecord:
         # a fraction of eleven array appends per row, on the loop's hot path
         self._pending.append(row)
         self._pending_nodes.append(n)
-        if len(self._pending) >= COMPACT_EVERY or self.finished_at is not None:
+        if len(self._pending) >= COMPACT_EVERY:
             self.compact()
         return first
 
     def compact(self) -> None:
-        """Copy the pending rows into the arrays (on the loop thread; ``end`` does it last)."""
+        """Copy the waiting rows into the arrays (every reader does it first)."""
         rows, nodes = self._pending, self._pending_nodes
         if not rows:
             return
@@ -186,7 +189,6 @@ class RunRecord:
 
     def end(self, failed: bool) -> None:
         self.finished_at = time.time()
-        self.compact()
         self.state = "failed" if failed else "finished"
 
     # ---- reading -----------------------------------------------------------------------
@@ -196,6 +198,7 @@ class RunRecord:
                           self.group_total[g] - self.group_done[g]))
 
     def attempts(self) -> Iterator[Attempt]:
+        self.compact()
         ids, names = self.graph.ids, self.node_names
         for k in range(len(self.index)):
             i = self.index[k]
@@ -211,7 +214,7 @@ class RunRecord:
     def column(self, name: str) -> np.ndarray:
         """One field of the first ``len(self)`` attempts as a numpy array: a copy, so the loop
         thread can go on appending while a view is built (an exported buffer could not grow)."""
-        values = getattr(self, name)[:len(self)]
+        values = getattr(self, name)[:len(self)]  # len() copies waiting rows in
         return np.frombuffer(values.tobytes(), dtype=values.typecode)
 
     def _graph_lists(self) -> tuple[list[int], list[int], bytes]:
