@@ -212,8 +212,8 @@ class RunRecord:
         return dict(zip(self.column("index")[ok].tolist(), ok.tolist()))  # later ones win
 
     def column(self, name: str) -> np.ndarray:
-        """One field of the first ``len(self)`` attempts as a numpy array: a copy, so the loop
-        thread can go on appending while a view is built (an exported buffer could not grow)."""
+        """One field of every attempt as a numpy array: a copy, so the array can go on growing
+        (an array whose buffer is exported cannot)."""
         values = getattr(self, name)[:len(self)]  # len() copies waiting rows in
         return np.frombuffer(values.tobytes(), dtype=values.typecode)
 

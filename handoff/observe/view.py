@@ -2,8 +2,8 @@
 
 Bounded whatever the run's size: the timeline turns into busy fractions per time bin past
 ``SPAN_LIMIT`` attempts, the DAG into one box per group past 500 functions, and the lists
-(slowest, failures) are cut to their first entries. Works during a run too (it reads the
-first ``len(record)`` attempts, which the loop thread has written in full).
+(slowest, failures) are cut to their first entries. Works during a run too, on the loop
+thread (see ``record.py``).
 """
 
 from __future__ import annotations
