@@ -244,9 +244,31 @@ class RunRecord:
     def transfers(self) -> Iterator[tuple[int, int, int]]:
         """(producer position, consumer position, bytes) for each value an attempt fetched
         from another node: the producer's successful attempt ran on a different node."""
+        graph = self.graph
+        if graph.inline.any():
+            return self._transfers_through_inline()
+        index, node = self.column("index"), self.column("node")
+        final = np.full(len(graph.ids), -1, dtype=np.int64)
+        ok = np.flatnonzero(self.column("outcome") == 0)
+        np.maximum.at(final, index[ok], ok)  # the last successful attempt of each function
+        consumers = np.flatnonzero(self.column("fetch_start") != 0.0)  # fetched something
+        fn = index[consumers]
+        starts, counts = graph.indptr[fn], graph.indptr[fn + 1] - graph.indptr[fn]
+        k = np.repeat(consumers, counts)
+        offsets = np.arange(len(k)) - np.repeat(np.cumsum(counts) - counts, counts)
+        deps = graph.indices[np.repeat(starts, counts) + offsets]
+        pairs = np.unique(k * len(graph.ids) + deps)  # an input passed twice is fetched once
+        k, deps = pairs // len(graph.ids), pairs % len(graph.ids)
+        p = final[deps]
+        cross = p >= 0
+        cross[cross] = node[p[cross]] != node[k[cross]]
+        p, k = p[cross], k[cross]
+        return zip(p.tolist(), k.tolist(), self.column("bytes_out")[p].tolist())
+
+    def _transfers_through_inline(self) -> Iterator[tuple[int, int, int]]:
         final = self.final_attempts()
         node, index, bytes_out = self.node, self.index, self.bytes_out
-        for k in np.flatnonzero(self.column("fetch_start") != 0.0).tolist():  # fetched something
+        for k in np.flatnonzero(self.column("fetch_start") != 0.0).tolist():
             here = node[k]
             for d in self.inputs(index[k]):
                 p = final.get(d)

@@ -151,14 +151,19 @@ def _groups(record: RunRecord, c: Columns) -> list[dict[str, Any]]:
 def _graph(record: RunRecord, final: dict[int, int], failed_functions: set[int]) -> dict[str, Any]:
     pic = picture_of(record.graph, record.functions, record.dag_id,
                      groups=(record.group, record.group_names))
-    inline = record.graph.inline
+    n = len(record.graph.ids)
+    done = np.zeros(n, dtype=bool)
+    done[list(final)] = True
+    failed = np.zeros(n, dtype=bool)
+    failed[list(failed_functions)] = True
+    settled = done | record.graph.inline.astype(bool)  # inline functions never run on their own
 
     def state(members: list[int]) -> str:
-        if any(i in failed_functions for i in members):
+        if failed[members].any():
             return "failed"
-        if all(i in final or inline[i] for i in members):
+        if settled[members].all():
             return "done"
-        if pic.collapsed and any(i in final for i in members):
+        if pic.collapsed and done[members].any():
             return "running"
         return "pending"
 
