@@ -267,7 +267,7 @@ def execute(
         (``handoff.allocation.apply_plan``; a plan that cannot hold is an ``AllocationError``).
     record:
         Keep every attempt's record (node, worker, times, bytes) for ``to_trace`` and
-        ``report``; about 60 bytes an attempt.
+        ``report``; about 70 bytes an attempt.
 
     Raises a ValidationError subclass for a bad DAG, ``AllocationError`` when a function fits
     no node, ``FunctionError`` when a function runs out of attempts, ``NodeLostError``,
