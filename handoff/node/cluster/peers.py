@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from handoff.config import check_resources
@@ -49,6 +50,7 @@ class Peers:
         self._identities: dict[bytes, str] = {}  # ROUTER identity -> peer that said hello on it
         self._greeted: set[str] = set()
         self._pending_joins: dict[str, float] = {}  # hello-admitted member -> follow-up deadline
+        self._knocks: OrderedDict[bytes, str] = OrderedDict()  # identity -> dead member probing us
         self._last_join_hello = float("-inf")
         self._refusals = DropLog("hellos refused")
         self.peer_hosts: dict[str, str] = {}
@@ -168,6 +170,7 @@ class Peers:
             # address we knew (not to one named in this hello)
             if member.status == DEAD:
                 table.probe_soon(msg.name, time.monotonic())
+                self._note_knock(identity, msg.name)
             return
         new = member is None or member.incarnation != msg.incarnation
         if new and len(self._pending_joins) >= MAX_PENDING_JOINS:
@@ -232,12 +235,30 @@ class Peers:
         self._pending_joins.pop(name, None)
         self.membership_events(self.membership.heard_from(name, time.monotonic()))
 
-    def heard_from_stranger(self, sender: Any) -> None:
+    def heard_from_stranger(self, identity: bytes, msg: Any) -> None:
         """A message on a connection that is not a member's: if a dead member sent it, it
-        does not know it is dead yet, so probe it now."""
+        does not know it is dead yet, so probe it now. If it is the digest of a dead member's
+        probe, take from it only our own row: after a partition both sides declared the other
+        dead, and each ignores the other's hellos, so the news that we were declared dead
+        (which we refute, coming back as a new instance that it accepts) comes only this way."""
+        sender = getattr(msg, "sender", None)
         member = self.membership.get(sender) if isinstance(sender, str) else None
-        if member is not None and member.status == DEAD:
-            self.membership.probe_soon(sender, time.monotonic())
+        if not isinstance(sender, str) or member is None or member.status != DEAD:
+            return
+        now = time.monotonic()
+        self.membership.probe_soon(sender, now)
+        if isinstance(msg, Gossip) and self._knocks.pop(identity, None) == sender:
+            own = [row for row in msg.rows if row.name == self.name]
+            self.membership_events(self.membership.merge(own, now))
+
+    def _note_knock(self, identity: bytes, name: str) -> None:
+        """A dead member said hello on ``identity``: let its digest, which follows, be read
+        (only for our own row, by ``heard_from_stranger``)."""
+        self._knocks[identity] = name
+        self._knocks.move_to_end(identity)
+        while len(self._knocks) > MAX_PENDING_JOINS:
+            self._knocks.popitem(last=False)
+        self.transport.greet(identity)
 
     # ---- rounds ---------------------------------------------------------------------
     def _digest(self) -> list[MemberRow]:
