@@ -170,7 +170,7 @@ import time, handoff
 from handoff import DAG, Function
 
 def nap(i):
-    time.sleep(0.02)
+    time.sleep(0.03)
     return i
 
 def total(*xs):
@@ -178,9 +178,9 @@ def total(*xs):
 
 handoff.start(workers=2)
 dag = DAG("watched")
-for i in range(80):
+for i in range(120):
     dag.add_function(Function(id=i, code=nap, extra_args=[i], group="naps"))
-dag.add_function(Function(id="sum", code=total, args=list(range(80))))
+dag.add_function(Function(id="sum", code=total, args=list(range(120))))
 print("sum", handoff.execute(dag, progress=PROGRESS).results["sum"], flush=True)
 handoff.stop()
 """
@@ -189,8 +189,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def test_progress_is_drawn_on_a_terminal():
-    """progress="auto" on a pseudo-terminal, for a run of over a second (80 x 20 ms naps on 2
-    workers): group rows and a total row, ending at done."""
+    """progress="auto" on a pseudo-terminal, for a run of over a second (120 x 30 ms naps on 2
+    workers take 1.8 s at least): group rows and a total row, ending at done."""
     code = PROGRESS_CHILD.replace("PROGRESS", '"auto"')
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdout and stderr are the terminal
@@ -219,9 +219,9 @@ def test_progress_is_drawn_on_a_terminal():
         _, status = os.waitpid(pid, 0)
     text = ANSI.sub("", out.decode("utf-8", "replace"))
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "sum 3160" in text
-    assert re.search(r"naps\s.*80/80", text), text
-    assert re.search(r"total\s.*81/81", text), text
+    assert "sum 7140" in text
+    assert re.search(r"naps\s.*120/120", text), text
+    assert re.search(r"total\s.*121/121", text), text
     assert "\x1b[" in out.decode("utf-8", "replace")  # drawn in place with escape codes
 
 
@@ -229,5 +229,5 @@ def test_no_progress_when_stderr_is_not_a_terminal():
     proc = subprocess.run([sys.executable, "-c", PROGRESS_CHILD.replace("PROGRESS", '"auto"')],
                           capture_output=True, text=True, timeout=120, env=child_env())
     assert proc.returncode == 0, proc.stderr
-    assert "sum 3160" in proc.stdout
+    assert "sum 7140" in proc.stdout
     assert "naps" not in proc.stderr and "\x1b[" not in proc.stderr
