@@ -9,6 +9,7 @@ from handoff.errors import (
     FunctionError,
     HandoffError,
     InvalidFunctionError,
+    ItemError,
     MissingFunctionError,
     NodeLostError,
     ProtocolError,
@@ -44,6 +45,7 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.stream.pipeline import Pipeline, stream
 
 __version__ = "0.1.0"
 
@@ -59,4 +61,5 @@ __all__ = [
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
     "cluster_status", "dashboard_url",
+    "stream", "Pipeline", "ItemError",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "TimeoutError",
     "ProtocolError",
     "AuthenticationError",
+    "ItemError",
 ]
 
 
@@ -165,3 +166,29 @@ class AuthenticationError(HandoffError):
         self.peer = peer
         src = f" ({peer!r})" if peer is not None else ""
         super().__init__(f"authentication failed{src}: {reason}")
+
+
+class ItemError(HandoffError):
+    """One item of a stream failed (its stage raised, its worker died too often, or it ran
+    past ``item_timeout``); ``results()`` yields it in the item's place, the stream goes on."""
+
+    def __init__(
+        self,
+        item: int,
+        function_id: Hashable,
+        exc_type: str,
+        message: str,
+        remote_traceback: str = "",
+    ):
+        self.item = item
+        self.function_id = function_id
+        self.exc_type = exc_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"item {item} failed in function {function_id!r}: {exc_type}: {message}")
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text

@@ -137,6 +137,10 @@ def prepare_run(dag: DAG, progress: Callable | None = None, record: bool = True)
 
     graph = dag.compile()
     functions = [dag.functions[i] for i in graph.ids]
+    for fn in functions:
+        if fn.streams_only:
+            raise InvalidFunctionError(fn.id, "input functions, init and batch_size belong to "
+                                              "pipelines: run this DAG with handoff.stream()")
     payloads: list[list] = []
     hooks: dict = {}
     pickler = PayloadPickler()

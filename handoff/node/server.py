@@ -36,6 +36,7 @@ from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
 from handoff.node.status import ClusterStatus
+from handoff.node.streams.service import MESSAGES as STREAM_MESSAGES, Streams
 from handoff.protocol.messages import (
     Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
@@ -98,6 +99,7 @@ class Node:
         self.status = ClusterStatus(self)
         self.dashboard: Dashboard | None = None
         self._announced: str | None = None  # this node's file for local status clients
+        self.streams = Streams(self)
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -155,6 +157,7 @@ class Node:
             return
         self.running = False
         self.runs.fail_all(HandoffError(f"node {self.name!r} is shutting down"))
+        self.streams.shutdown()
         self.peers.stop()
         if self.pool is not None:
             self.pool.stop()
@@ -271,7 +274,7 @@ class Node:
                             self._safely(self.peers.on_link, event)
                 self._run_commands()
                 self._run_timers()
-                if busy or self.runs.local_events or pool.queue or self.fetching.pending:
+                if busy or self.runs.local_events or pool.queue or self.fetching.pending or self.streams.pending:
                     self._safely(self._flush)
         finally:
             if self.running:
@@ -287,6 +290,8 @@ class Node:
         if self.fetching.pending:
             self.fetching.flush()
         self.execution.flush()
+        if self.streams.pending:
+            self.streams.flush()
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -388,6 +393,8 @@ class Node:
             self.status.on_ask(msg)
         elif isinstance(msg, StatusReport):
             self.status.on_report(msg)
+        elif isinstance(msg, STREAM_MESSAGES):
+            self.streams.on_message(msg)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""
@@ -420,6 +427,7 @@ class Node:
         stats["ledger"] = {node: {"capacity": ledger.capacity(node), "claimed": ledger.used(node),
                                   "free": ledger.free(node)} for node in ledger.nodes}
         stats["runs"] = len(self.runs)
+        stats["streams"] = self.streams.stats()
         stats["validating_state"] = bool(self.runs.orchestrator.debug_state)
         stats["dashboard"] = self.dashboard.url if self.dashboard is not None else None
         return stats
@@ -439,6 +447,7 @@ class Node:
         if gone:
             self.execution.origin_lost(name)
         self.runs.node_lost(name)
+        self.streams.member_lost(name)
 
     def link_dropped(self, name: str) -> None:
         self.fetching.forget_transfers(name)

@@ -17,6 +17,8 @@ Rules:
   some indices ends the jobs here and is not remembered: one sender's messages arrive in
   order, so a job of that index sent later is a newer attempt (a task moved back, a retry).
 - When the member that sent a job is lost, its jobs end here: nobody would take the result.
+- A stream replica hosted here holds its cost for its whole life (``ReplicaClaimed`` until
+  ``ReplicaReleased``); one that does not fit now takes its claim before any blocked job does.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from handoff import _core
 __all__ = [
     "JobStatus", "JobState", "NodeJobs", "JobStateError",
     "JobSubmitted", "ArgumentArrived", "ArgumentFailed", "WorkerFinished", "Cancelled",
-    "OriginLost", "RunForgotten", "CapacityChanged",
+    "OriginLost", "RunForgotten", "CapacityChanged", "ReplicaClaimed", "ReplicaReleased",
     "FetchArgument", "RunOnWorker", "CancelOnWorkers", "ReportDone", "ReportLostInput", "DiscardResult",
 ]
 
@@ -114,6 +116,17 @@ class CapacityChanged(_Value, frozen=True):
     caps: dict
 
 
+@dataclass(slots=True, frozen=True)
+class ReplicaClaimed:
+    key: Any
+    cost: dict
+
+
+@dataclass(slots=True, frozen=True)
+class ReplicaReleased:
+    key: Any
+
+
 # ---- instructions -------------------------------------------------------------------
 class FetchArgument(_Value, frozen=True):
     job_id: int
@@ -153,6 +166,7 @@ class NodeJobs:
     jobs: dict[int, JobState] = field(default_factory=dict)
     blocked: deque = field(default_factory=deque)  # job ids in arrival order
     cancelled: dict = field(default_factory=dict)  # run_id -> None: runs cancelled whole, ordered
+    replicas: dict = field(default_factory=dict)  # stream replica key -> [cost, claim held]
 
     def __post_init__(self) -> None:
         self.ledger = _core.ResourceLedger()
@@ -162,6 +176,7 @@ class NodeJobs:
             ArgumentFailed: self._failed, WorkerFinished: self._finished,
             Cancelled: self._cancelled, OriginLost: self._origin_lost,
             RunForgotten: self._forgotten, CapacityChanged: self._capacity,
+            ReplicaClaimed: self._replica_claimed, ReplicaReleased: self._replica_released,
         }
 
     def handle(self, *events: Any) -> list:
@@ -245,6 +260,16 @@ class NodeJobs:
         self.ledger.register(self.name, self.caps)  # claims held are kept
         self._admit_blocked(out)
 
+    def _replica_claimed(self, ev: ReplicaClaimed, out: list) -> None:
+        if ev.key not in self.replicas:
+            self.replicas[ev.key] = [ev.cost, self.ledger.request(self.name, ev.cost)]
+
+    def _replica_released(self, ev: ReplicaReleased, out: list) -> None:
+        found = self.replicas.pop(ev.key, None)
+        if found is not None and found[1]:
+            self.ledger.release(self.name, found[0])
+            self._admit_blocked(out)
+
     # ---- transitions ---------------------------------------------------------------
     def _admit(self, state: JobState, out: list) -> None:
         if state.cost is not None:
@@ -261,6 +286,9 @@ class NodeJobs:
         out.append(RunOnWorker(state.job))
 
     def _admit_blocked(self, out: list) -> None:
+        for entry in self.replicas.values():  # replicas first: they were placed on this room
+            if not entry[1]:
+                entry[1] = self.ledger.request(self.name, entry[0])
         if not self.blocked:
             return
         still: deque = deque()
@@ -304,6 +332,10 @@ class NodeJobs:
                     claimed[name] = claimed.get(name, 0.0) + amount
             elif state.cost is not None and state.status in (JobStatus.ON_POOL, JobStatus.CANCELLING):
                 raise JobStateError(f"job {job_id} with a cost is on the pool without a claim")
+        for cost, held in self.replicas.values():
+            if held:
+                for name, amount in cost.items():
+                    claimed[name] = claimed.get(name, 0.0) + amount
         blocked = [j for j, s in self.jobs.items() if s.status is JobStatus.BLOCKED]
         if sorted(blocked) != sorted(self.blocked):
             raise JobStateError(f"blocked queue {list(self.blocked)} vs blocked jobs {blocked}")

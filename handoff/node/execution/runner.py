@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from handoff.node.data.values import blob_nbytes, dumps_value, is_local, release_frames
 from handoff.node.execution.jobs import (
     ArgumentArrived, ArgumentFailed, CancelOnWorkers, Cancelled, CapacityChanged, DiscardResult,
-    FetchArgument, JobSubmitted, NodeJobs, OriginLost, ReportDone, ReportLostInput, RunForgotten,
-    RunOnWorker, WorkerFinished,
+    FetchArgument, JobSubmitted, NodeJobs, OriginLost, ReplicaClaimed, ReplicaReleased, ReportDone,
+    ReportLostInput, RunForgotten, RunOnWorker, WorkerFinished,
 )
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import Job, WorkerPool
@@ -115,6 +115,13 @@ class JobRunner:
         self.handle(OriginLost(origin))
         if before and origin != self.name:
             log.info("%s: cancelled the work of %d runs from %s", self.name, len(before), origin)
+
+    def claim_replica(self, key: Any, cost: dict) -> None:
+        """A stream replica hosted here holds ``cost`` until ``release_replica(key)``."""
+        self.handle(ReplicaClaimed(key, cost))
+
+    def release_replica(self, key: Any) -> None:
+        self.handle(ReplicaReleased(key))
 
     def set_capacity(self, caps: dict) -> None:
         self.handle(CapacityChanged(dict(caps)))

@@ -24,6 +24,8 @@ from handoff.node.data.values import dumps_value, loads_args, loads_payload, loa
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 from handoff.protocol.rows import Call, ErrorRow, Hook, JobResultRow, Leaf, Tree
+from handoff.protocol.streams import ReplicaStart
+from handoff.node.streams.replica import serve_replica
 
 FLUSH_AFTER = 0.002  # send finished results at least this often while a batch runs
 SPIN = 0.0002  # after a batch, poll this long for the next one before sleeping
@@ -192,6 +194,10 @@ def serve(fd: int, worker_id: int, current_path: str | None = None,
                 return
             if isinstance(msg, WorkerRun):
                 run_batch(channel, worker_id, evaluator, msg, shm_owner, current)
+            elif isinstance(msg, ReplicaStart):  # from now on this process is a stream replica
+                # no shared memory: a replica's values are dropped by whoever takes them last
+                serve_replica(channel, msg, evaluator, None, current, lambda: channel.recv(spin.seconds()))
+                return
     finally:
         channel.close()
 
