@@ -18,6 +18,7 @@ from handoff.errors import HandoffError
 from handoff.node.cluster.membership import (
     ALIVE, DEAD, LEFT, LIVE, EventKind, Member, MemberRow, MembershipEvent, MembershipTable,
 )
+from handoff.protocol.codec import encode
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
 from handoff.transport.sockets import DropLog, LinkEvent
 
@@ -222,6 +223,7 @@ class Peers:
         log.error("%s: %s", self.name, self.join_error)
 
     def on_gossip(self, msg: Gossip) -> None:
+        self.node.counters["gossip_received"] += 1
         self.membership_events(self.membership.merge(msg.rows, time.monotonic()))
 
     def on_leave(self, name: str) -> None:
@@ -270,12 +272,18 @@ class Peers:
         table.update_free(self.name, self.node.free_resources())
         self.membership_events(table.tick(now))
         digest = None
+        size = 0
+        counters = self.node.counters
         for name in table.gossip_targets():
             member = table.get(name)
             if member is None or not self.ensure_link(name, member.address):
                 continue
-            digest = digest or self._digest()
-            self.transport.send(name, Gossip(self.name, digest))
+            if digest is None:
+                digest = self._digest()
+                size = sum(len(f) for f in encode(Gossip(self.name, digest)))
+            if self.transport.send(name, Gossip(self.name, digest)):
+                counters["gossip_sent"] += 1  # node_stats()["counters"]: bandwidth of gossip
+                counters["gossip_bytes_sent"] += size
         for name, address in table.probe_targets(now):
             self._probe(name, address)
         if self.config.join and self._alone() and now - self._last_join_hello >= REJOIN_EVERY:
