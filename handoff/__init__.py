@@ -42,6 +42,8 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.executor import Executor
+from handoff.aio import execute_async
 
 __version__ = "0.1.0"
 
@@ -56,4 +58,5 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
+    "Executor", "execute_async",
 ]

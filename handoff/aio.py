@@ -1,0 +1,59 @@
+"""asyncio: ``await handoff.execute_async(dag)``; the event loop never waits on the runtime.
+
+The DAG is checked and pickled in a thread of the loop's default executor, the run is
+submitted to the node's own loop, and its end reaches the event loop through
+``asyncio.wrap_future``. Cancelling the awaiting task cancels the run on every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from handoff.dag import DAG
+from handoff.errors import HandoffError
+
+__all__ = ["execute_async"]
+
+
+async def execute_async(dag: DAG, **options: Any) -> Any:
+    """``handoff.execute(dag, **options)`` as a coroutine; returns the ``ExecutionResult``.
+
+    Takes the options of ``execute`` (``allocator`` and ``progress`` included). Cancelling
+    the task that awaits it stops the run: in-flight work is cancelled on every node.
+    """
+    from handoff import api
+    from handoff.node.runs import prepare_run, progress_printer
+
+    if not isinstance(dag, DAG):
+        raise TypeError(f"execute_async() takes a handoff.DAG, got {type(dag).__name__}")
+    allocator = options.pop("allocator", None)
+    progress = options.get("progress", False)
+    checked = api._check_options(
+        options.pop("max_retries", 3), options.pop("allocation_strategy", "first_available"),
+        options.pop("max_concurrency", None), options.pop("timeout", None),
+        options.pop("progress", False), options,
+    )
+    if allocator is not None and not callable(getattr(allocator, "allocate", None)):
+        raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
+    if progress is True:
+        progress = progress_printer()
+    loop = asyncio.get_running_loop()
+
+    def prepare() -> Any:  # in a thread: starting a node, validating and pickling take time
+        node = api.current_node()
+        plan = dag
+        if allocator is not None:
+            from handoff.allocation import apply_plan
+
+            dag.validate()
+            plan = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
+        return node, prepare_run(plan, progress if callable(progress) else None)
+
+    node, ctx = await loop.run_in_executor(None, prepare)
+    await asyncio.wrap_future(node.call(node.submit_run, ctx, checked))
+    try:
+        return await asyncio.wrap_future(ctx.future)
+    except asyncio.CancelledError:
+        node.post(node.cancel_run, ctx.run_id, HandoffError("cancelled by the driver"))
+        raise
