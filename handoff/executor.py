@@ -187,9 +187,8 @@ class _Core:
         self.ctx = live.LiveContext(uuid.uuid4().hex, self.dag_id, self.completions.put)
         options = {"max_retries": max_retries, "allocation_strategy": allocation_strategy}
         self.node.call(live.start, self.runs, self.ctx, options).result()
-        assert self.ctx.state is not None
         self.completer = threading.Thread(
-            target=_complete, args=(self.completions, self.node, self.dag_id, self.ctx.state.graph.ids),
+            target=_complete, args=(self.completions,),
             name=f"handoff-executor-{self.dag_id}", daemon=True,
         )
         self.completer.start()
@@ -324,15 +323,14 @@ def _template(core: _Core, obj: Any, found: dict[int, int]) -> Any:
     return obj
 
 
-def _complete(completions: queue.SimpleQueue, node: Any, dag_id: str, ids: list) -> None:
+def _complete(completions: queue.SimpleQueue) -> None:
     """The completer thread: sets futures from the loop's batches, so user callbacks run
-    here, never on the loop. A value on another node is fetched first only when the future
-    has callbacks (``asyncio.wrap_future`` reads it on its event loop, which must not wait)."""
+    here, never on the loop."""
     while True:
         batch = completions.get()
         if batch is None:
             return
-        for fut, frames, holder, error in batch:
+        for fut, frames, _holder, error in batch:
             if fut.cancelled():
                 continue
             try:
@@ -340,13 +338,11 @@ def _complete(completions: queue.SimpleQueue, node: Any, dag_id: str, ids: list)
                     fut.set_exception(error)
                 elif frames is not None:
                     fut.set_result(loads_value(frames))
-                elif fut._done_callbacks:
-                    fut.set_result(loads_value(node.fetch_frames(holder, dag_id, ids[fut._index])))
                 else:
                     fut.set_result(_REMOTE)
             except cf.InvalidStateError:
                 pass
-            except BaseException as exc:  # a value that does not unpickle or arrive here
+            except BaseException as exc:  # a value that does not unpickle here
                 if not fut.done():
                     fut.set_exception(exc)
 

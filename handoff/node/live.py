@@ -51,6 +51,8 @@ class LiveContext(RunContext):
         self.state: LiveRun | None = None
         self.timeouts: dict[int, float] = {}  # per-function timeouts, to name a timeout's error
         self.moved = threading.Condition()  # notified when a settled function's value moved
+        self.prefetching = 0  # values being brought here before their futures complete
+        self.ended = False
 
     @property
     def total(self) -> int:
@@ -150,8 +152,12 @@ def settle(runs: Runs) -> None:
             futures[i] = None
             if error is None:
                 node = tasks[i].location
-                frames = store.get(dag_id, ids[i]) if node == here else None
-                out.append((fut, frames, node, None))
+                if node == here:
+                    out.append((fut, store.get(dag_id, ids[i]), node, None))
+                elif fut._done_callbacks:  # type: ignore[attr-defined]
+                    _prefetch(runs, ctx, fut, node, ids[i])
+                else:
+                    out.append((fut, None, node, None))
             else:
                 exc = faithful.get(id(error))
                 if exc is None:
@@ -164,6 +170,21 @@ def settle(runs: Runs) -> None:
                 ctx.moved.notify_all()
 
 
+def _prefetch(runs: Runs, ctx: LiveContext, fut: Future, node: Any, key: Any) -> None:
+    """Bring a value from ``node`` before its future completes: the future has callbacks
+    (``asyncio.wrap_future`` reads the value on an event loop, which must not wait). If it
+    cannot be had, the future completes without it and ``result()`` finds it later."""
+
+    def arrived(frames: list | None, error: str | None) -> None:
+        ctx.prefetching -= 1
+        _deliver(ctx, [(fut, frames, node, None)])
+        if ctx.ended and not ctx.prefetching:
+            ctx.sink(None)
+
+    ctx.prefetching += 1
+    runs.node.fetching.fetch_value(node, ctx.dag_id, key, None, arrived)
+
+
 def finished(runs: Runs, ctx: LiveContext, ins: RunFinished) -> None:
     """The live run ended: futures still open get the run's error (a cancel, a shutdown)."""
     settle(runs)
@@ -174,7 +195,9 @@ def finished(runs: Runs, ctx: LiveContext, ins: RunFinished) -> None:
     out: list[Settled] = [(fut, None, None, error) for fut in ctx.futures if fut is not None]
     ctx.futures = []
     _deliver(ctx, out)
-    ctx.sink(None)  # the last batch
+    ctx.ended = True
+    if not ctx.prefetching:
+        ctx.sink(None)  # the last batch
     with ctx.moved:
         ctx.moved.notify_all()
     ctx.future.set_result(None)

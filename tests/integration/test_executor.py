@@ -41,6 +41,12 @@ def wait_for_file(path, value=None, mark=None):
     return value
 
 
+def blocking(ex):
+    """A view for calls that block: a call with a timeout has a worker to itself, so no
+    quick call waits behind it on that worker (the node batches quick calls)."""
+    return ex.options(timeout=120)
+
+
 def touch(path):
     open(path, "a").close()
     return path
@@ -154,20 +160,20 @@ def test_map_rejects_a_bad_chunksize(ex):
 
 
 def test_map_is_lazy_and_yields_results_as_they_come(ex, gate):
-    results = ex.map(wait_for_file, [gate, gate], [1, 2])  # returns before any call finished
+    results = blocking(ex).map(wait_for_file, [gate, gate], [1, 2])  # returns before any call finished
     open(gate, "a").close()
     assert next(results) == 1
     assert list(results) == [2]
 
 
 def test_map_timeout_counts_from_the_call(ex, gate):
-    results = ex.map(wait_for_file, [gate], timeout=0.2)
+    results = blocking(ex).map(wait_for_file, [gate], timeout=0.2)
     with pytest.raises(cf.TimeoutError):
         next(results)
 
 
 def test_wait_with_each_return_when(ex, gate, tmp_path):
-    slow = ex.submit(wait_for_file, gate, "slow")
+    slow = blocking(ex).submit(wait_for_file, gate, "slow")
     quick = ex.submit(square, 5)
     bad = ex.submit(fail, "boom")
     done, not_done = cf.wait([slow, quick], return_when=cf.FIRST_COMPLETED, timeout=60)
@@ -184,7 +190,7 @@ def test_wait_with_each_return_when(ex, gate, tmp_path):
 def test_as_completed_yields_every_future_once(ex, gate):
     fs = [ex.submit(square, i) for i in range(20)]
     assert sorted(f.result() for f in cf.as_completed(fs, timeout=60)) == [i * i for i in range(20)]
-    blocked = ex.submit(wait_for_file, gate)
+    blocked = blocking(ex).submit(wait_for_file, gate)
     with pytest.raises(cf.TimeoutError):
         list(cf.as_completed([blocked], timeout=0.2))
 
@@ -192,7 +198,7 @@ def test_as_completed_yields_every_future_once(ex, gate):
 def _hold_both_cpus(ex, gate, tmp_path, n=2):
     """Calls that take the node's 2 cpus until ``gate`` exists: the first runs, the next is
     sent ahead of its resources; any further costed call stays pending in the driver."""
-    hold = ex.options(cost={"cpu": 2})
+    hold = ex.options(cost={"cpu": 2}, timeout=120)
     marks = [str(tmp_path / f"started-{k}") for k in range(n)]
     running = [hold.submit(wait_for_file, gate, k, mark) for k, mark in enumerate(marks)]
     assert wait_until(lambda: os.path.exists(marks[0]), timeout=30)
@@ -218,7 +224,7 @@ def test_cancel_before_running_means_it_never_runs(ex, gate, tmp_path):
 
 def test_cancel_while_running_fails_and_the_call_completes(ex, gate, tmp_path):
     mark = str(tmp_path / "started")
-    fut = ex.submit(wait_for_file, gate, "finished", mark)
+    fut = blocking(ex).submit(wait_for_file, gate, "finished", mark)
     assert wait_until(lambda: os.path.exists(mark), timeout=30)
     assert fut.running()
     assert not fut.cancel()
@@ -228,7 +234,7 @@ def test_cancel_while_running_fails_and_the_call_completes(ex, gate, tmp_path):
 
 def test_shutdown_waits_for_every_call(node, gate):
     ex = handoff.Executor()
-    slow = ex.submit(wait_for_file, gate, "slow")
+    slow = blocking(ex).submit(wait_for_file, gate, "slow")
     fs = [ex.submit(square, i) for i in range(20)]
     threading.Timer(0.0, lambda: open(gate, "a").close()).start()
     ex.shutdown(wait=True)
@@ -239,7 +245,7 @@ def test_shutdown_waits_for_every_call(node, gate):
 def test_shutdown_without_wait_lets_calls_finish(node, gate, tmp_path):
     ex = handoff.Executor()
     mark = str(tmp_path / "started")
-    slow = ex.submit(wait_for_file, gate, "slow", mark)
+    slow = blocking(ex).submit(wait_for_file, gate, "slow", mark)
     assert wait_until(lambda: os.path.exists(mark), timeout=30)
     ex.shutdown(wait=False)
     assert not slow.done()
