@@ -194,15 +194,20 @@ class _Core:
         self.completer.start()
         weakref.finalize(self, _release, self.node, self.dag_id)
 
-    def frame(self, fn: Any) -> tuple[bytes, str]:
-        """The pickled code of ``fn`` (once per distinct function object) and its name."""
-        found = self.code.get(id(fn))
+    def frame(self, fn: Any, cache: bool = True) -> tuple[bytes, str]:
+        """The pickled code of ``fn`` (once per distinct function object, unless not
+        ``cache``: a one-off callable such as a joblib batch) and its name."""
+        found = self.code.get(id(fn)) if cache else None
         if found is None:
             name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-            found = self.code[id(fn)] = (fn, dumps_payload(fn), str(name))
+            found = (fn, dumps_payload(fn), str(name))
+            if cache:
+                self.code[id(fn)] = found
         return found[1], found[2]
 
-    def submit(self, options: dict, fn: Callable, args: tuple, kwargs: dict) -> ExecutorFuture:
+    def submit(
+        self, options: dict, fn: Callable, args: tuple, kwargs: dict, cache: bool = True
+    ) -> ExecutorFuture:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
         deps: list[int] = []
@@ -222,7 +227,7 @@ class _Core:
                 extra = list(args) if not kwargs else [targs, tkwargs]
                 payload = [frame, dumps_args(extra)] if extra else [frame]
         else:
-            frame, name = self.frame(fn)
+            frame, name = self.frame(fn, cache)
             payload = [frame, dumps_args(args)] if args else [frame]
         ctx = self.ctx
         with self.lock:
