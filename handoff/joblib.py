@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import joblib
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+import joblib  # type: ignore[import-untyped]
+from joblib._parallel_backends import (  # type: ignore[import-untyped]
+    AutoBatchingMixin,
+    ParallelBackendBase,
+)
 
 __all__ = ["HandoffBackend", "cluster_slots", "register"]
 

@@ -71,7 +71,7 @@ def start(runs: Runs, ctx: LiveContext, options: dict) -> None:
     run = runs.orchestrator.run(ctx.run_id)
     assert isinstance(run, LiveRun)
     ctx.state = run
-    ctx.graph = run.graph  # type: ignore[assignment]  # one growing graph, shared
+    ctx.graph = run.graph  # one growing graph, shared
     ctx.functions = run.functions
     runs.runs[ctx.run_id] = ctx
     runs.live[ctx.run_id] = ctx
@@ -154,7 +154,7 @@ def settle(runs: Runs) -> None:
                 node = tasks[i].location
                 if node == here:
                     out.append((fut, store.get(dag_id, ids[i]), node, None))
-                elif fut._done_callbacks:  # type: ignore[attr-defined]
+                elif fut._done_callbacks:
                     _prefetch(runs, ctx, fut, node, ids[i])
                 else:
                     out.append((fut, None, node, None))
@@ -217,8 +217,8 @@ def _caller_error(ctx: LiveContext, error: BaseException, info: ErrorInfo | None
     otherwise the error chained to the original exception where it unpickles here."""
     if not isinstance(error, FunctionError):
         return error
-    if info is not None and isinstance(error, HandoffError):
-        error = chain_error(error, info.exc_blob)
+    if info is not None:
+        chain_error(error, info.exc_blob)
     if error.exc_type == "TimeoutError":
         index = ctx.state.graph.index.get(error.function_id) if ctx.state is not None else None
         seconds = ctx.timeouts.get(index) if index is not None else None

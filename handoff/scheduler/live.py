@@ -135,8 +135,9 @@ class LiveRun(RunState):
     def __init__(self, spec: RunSpec):
         super().__init__(spec)
         self.graph = LiveGraph()  # type: ignore[assignment]
-        self.tracker = LiveTracker()  # type: ignore[assignment]
-        self.functions: list[Function] = []  # type: ignore[misc]
+        self.live_tracker = LiveTracker()
+        self.tracker = self.live_tracker  # type: ignore[assignment]
+        self.functions: list[Function] = []
         self.closed = False  # no more functions will be added; ends once all settled
         self.closing = False  # being ended as a whole
         self.open = 0  # functions not settled yet
@@ -196,7 +197,7 @@ class LiveRun(RunState):
         """Append ``functions`` (``deps[k]``: the indices of the k-th one's inputs, all lower
         than its own): each is queued when its inputs are complete, and settles at once with
         an error when it cannot run (an input failed, or its cost or pin fits no node)."""
-        graph, tasks, tracker = self.graph, self.tasks, self.tracker
+        graph, tasks, tracker = self.graph, self.tasks, self.live_tracker
         ids, index, gdeps = graph.ids, graph.index, graph.deps  # type: ignore[attr-defined]
         queue = self.queue
         for fn, ins in zip(functions, deps):
@@ -292,8 +293,8 @@ class LiveRun(RunState):
             task.recompute = False
             self.lost.discard(i)
         task.node = None
-        if st == S.DONE:
-            return  # a recompute of a settled function: it keeps its result's record
+        if st == S.DONE or st in _OVER:
+            return  # a recompute of a settled function keeps its result's record; or withdrawn
         transition(task, status, self.run_id)
 
     def fail(
@@ -304,7 +305,7 @@ class LiveRun(RunState):
         their unsettled dependents with ``error``."""
         out: list[Instruction] = []
         stack = list(indices)
-        dependents = self.tracker.dependents  # type: ignore[attr-defined]
+        dependents = self.live_tracker.dependents
         while stack:
             i = stack.pop()
             if self._settled[i]:
