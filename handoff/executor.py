@@ -10,6 +10,7 @@ list, tuple or dict) makes the new function depend on it; its value goes from no
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import queue
 import threading
@@ -30,7 +31,16 @@ from handoff.dag import retries_problem, timeout_problem
 
 __all__ = ["Executor", "ExecutorFuture"]
 
-_REMOTE = object()  # a future's result while its value is on another node, not read yet
+log = logging.getLogger("handoff.executor")
+
+class _Lazy:
+    """A future's result until ``result()`` reads it: the value's frames when they are on
+    this node (unpickled by the reader, not the node's loop), None when on another node."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: list | None) -> None:
+        self.frames = frames
 _OPTIONS = ("cost", "node", "max_retries", "timeout")
 _CONTAINERS = (list, tuple, dict)
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
@@ -61,9 +71,14 @@ class ExecutorFuture(cf.Future):
 
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
-        if value is _REMOTE:
-            value = self._core.fetch(self)
+        if type(value) is _Lazy:
+            value = self._core.read(self)
         return value
+
+    def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:
+        """As ``Future.add_done_callback``; a callback never runs on the node's loop: one
+        due there runs on the executor's callback thread."""
+        super().add_done_callback(partial(self._core.callback, fn))
 
 
 class _Slot:
@@ -183,12 +198,13 @@ class _Core:
         self.shut = False
         self.default_timeout = timeout
         self.dag_id = f"executor-{uuid.uuid4().hex[:12]}"
-        self.completions: queue.SimpleQueue = queue.SimpleQueue()
-        self.ctx = live.LiveContext(uuid.uuid4().hex, self.dag_id, self.completions.put)
+        self.callbacks: queue.SimpleQueue = queue.SimpleQueue()
+        self.ctx = live.LiveContext(uuid.uuid4().hex, self.dag_id, self.complete)
         options = {"max_retries": max_retries, "allocation_strategy": allocation_strategy}
         self.node.call(live.start, self.runs, self.ctx, options).result()
+        self.loop_thread = self.node._thread
         self.completer = threading.Thread(
-            target=_complete, args=(self.completions,),
+            target=_run_callbacks, args=(self.callbacks,),
             name=f"handoff-executor-{self.dag_id}", daemon=True,
         )
         self.completer.start()
@@ -246,22 +262,50 @@ class _Core:
             self.node.post(live.drain, self.runs, ctx)
         return fut
 
-    def fetch(self, fut: ExecutorFuture) -> Any:
-        """The value of a settled function held on another node (read once, then kept)."""
+    def complete(self, batch: list | None) -> None:
+        """On the node's loop: complete settled futures (``node.live.settle``); None: the
+        run is over, the callback thread may stop."""
+        if batch is None:
+            self.callbacks.put(None)
+            return
+        for fut, frames, _holder, error in batch:
+            try:
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(_Lazy(frames))
+            except cf.InvalidStateError:  # cancelled meanwhile
+                pass
+
+    def callback(self, fn: Callable[[cf.Future], object], fut: cf.Future) -> None:
+        if threading.current_thread() is self.loop_thread:
+            self.callbacks.put((fn, fut))
+        else:
+            fn(fut)
+
+    def read(self, fut: ExecutorFuture) -> Any:
+        """The value of a settled call, unpickled here; fetched first if it is on another
+        node (once: it is kept)."""
         with fut._condition:
-            if fut._result is not _REMOTE:
-                return fut._result
+            lazy = fut._result
+            if type(lazy) is not _Lazy:
+                return lazy
+        frames = lazy.frames if lazy.frames is not None else self._fetch(fut._index)
+        value = loads_value(frames)
+        with fut._condition:
+            fut._result = value
+        return value
+
+    def _fetch(self, i: int) -> list:
         state = self.ctx.state
         assert state is not None
-        i = fut._index
         fid = state.graph.ids[i]
         deadline = time.monotonic() + 60.0
         while True:
             node = state.tasks[i].location
             if node is not None:
                 try:
-                    value = loads_value(self.node.fetch_frames(node, self.dag_id, fid))
-                    break
+                    return self.node.fetch_frames(node, self.dag_id, fid)
                 except ResultNotFound:
                     pass
             # its node was lost: the run computes it again; wait until it has moved
@@ -272,9 +316,6 @@ class _Core:
                     timeout=max(0.0, deadline - time.monotonic()),
                 ) or state.finished and state.tasks[i].location in (None, node):
                     raise ResultNotFound(self.dag_id, fid, node)
-        with fut._condition:
-            fut._result = value
-        return value
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         with self.lock:
@@ -328,28 +369,18 @@ def _template(core: _Core, obj: Any, found: dict[int, int]) -> Any:
     return obj
 
 
-def _complete(completions: queue.SimpleQueue) -> None:
-    """The completer thread: sets futures from the loop's batches, so user callbacks run
-    here, never on the loop."""
+def _run_callbacks(callbacks: queue.SimpleQueue) -> None:
+    """The executor's callback thread: runs the done-callbacks that became due on the
+    node's loop (a slow or blocking callback must not stall the node)."""
     while True:
-        batch = completions.get()
-        if batch is None:
+        item = callbacks.get()
+        if item is None:
             return
-        for fut, frames, _holder, error in batch:
-            if fut.cancelled():
-                continue
-            try:
-                if error is not None:
-                    fut.set_exception(error)
-                elif frames is not None:
-                    fut.set_result(loads_value(frames))
-                else:
-                    fut.set_result(_REMOTE)
-            except cf.InvalidStateError:
-                pass
-            except BaseException as exc:  # a value that does not unpickle here
-                if not fut.done():
-                    fut.set_exception(exc)
+        fn, fut = item
+        try:
+            fn(fut)
+        except Exception:
+            log.exception("exception calling callback for %r", fut)
 
 
 def _release(node: Any, dag_id: Hashable) -> None:
