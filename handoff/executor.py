@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, Hashable
 
 from handoff import api
-from handoff.dag import Function
+from handoff.scheduler.live import LiveFunction
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node import live
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
@@ -133,10 +133,7 @@ def _process_chunk(fn: Callable, chunk: list[tuple]) -> list:
 
 class _Chunk(list):
     """A chunk of ``map``'s argument tuples that holds only plain values (no futures, no
-    code): shipped with plain pickle, not scanned for futures."""
-
-    def __reduce__(self) -> tuple:
-        return (list, (list(self),))
+    code): shipped as a plain list with plain pickle, not scanned for futures."""
 
 
 def _chunks(items: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
@@ -227,10 +224,13 @@ class _Core:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__}")
         deps: list[int] = []
-        if args and type(args[0]) is _Chunk:  # map's chunk of plain argument tuples
+        if not kwargs and _SCALARS.issuperset(map(type, args)):  # the common case, first
+            frame, name = self.frame(fn, cache)
+            payload = [frame, pickle.dumps(list(args), protocol=5)] if args else [frame]
+        elif args and type(args[0]) is _Chunk:  # map's chunk of plain argument tuples
             frame, name = self.frame(fn)
-            payload = [frame, pickle.dumps(list(args), protocol=5)]
-        elif kwargs or not (_SCALARS.issuperset(map(type, args)) or _unbound(args)):
+            payload = [frame, pickle.dumps([list(args[0])], protocol=5)]
+        elif kwargs or not _unbound(args):
             found: dict[int, int] = {}
             targs = _template(self, args, found)
             tkwargs = _template(self, kwargs, found)
@@ -244,17 +244,16 @@ class _Core:
                 payload = [frame, dumps_args(extra)] if extra else [frame]
         else:
             frame, name = self.frame(fn, cache)
-            payload = [frame, dumps_args(args)] if args else [frame]
+            payload = [frame, dumps_args(args)]
         ctx = self.ctx
         with self.lock:
             if self.shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             i = next(self.count)
             fut = ExecutorFuture(self, i)
-            function = Function(
-                id=f"{name}-{i}", code=fn, cost=options.get("cost"), node=options.get("node"),
-                max_retries=options.get("max_retries"),
-                timeout=options.get("timeout", self.default_timeout),
+            function = LiveFunction(
+                f"{name}-{i}", options.get("cost"), options.get("node"),
+                options.get("max_retries"), options.get("timeout", self.default_timeout),
             )
             ctx.pending.append((fut, function, deps, payload))
         if not ctx.posted:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from handoff._core import ResourceLedger
     from handoff.scheduler.orchestrator import Orchestrator
 
-__all__ = ["LiveRun", "empty_graph"]
+__all__ = ["LiveFunction", "LiveRun", "empty_graph"]
 
 S = TaskStatus
 _IN_FLIGHT = (S.DISPATCHED, S.QUEUED_AHEAD)
@@ -41,6 +41,28 @@ def empty_graph() -> CompiledGraph:
         ids=[], index={}, indptr=np.zeros(1, dtype=np.int64),
         indices=np.zeros(0, dtype=np.int64), inline=np.zeros(0, dtype=np.uint8),
     )
+
+
+class LiveFunction:
+    """A submitted call as its live run reads it: ``Function``'s scheduling fields, slotted
+    (the call itself travels as its payload; a ``Function`` costs several times more to make)."""
+
+    __slots__ = ("id", "cost", "node", "max_retries", "timeout")
+    argument_inclusion = "variadic"
+    type = "regular"
+
+    def __init__(
+        self, id: Hashable, cost: dict | None = None, node: str | None = None,
+        max_retries: int | None = None, timeout: float | None = None,
+    ) -> None:
+        self.id = id
+        self.cost = cost
+        self.node = node
+        self.max_retries = max_retries
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"LiveFunction({self.id!r})"
 
 
 class _NoInline:
@@ -199,7 +221,7 @@ class LiveRun(RunState):
         an error when it cannot run (an input failed, or its cost or pin fits no node)."""
         graph, tasks, tracker = self.graph, self.tasks, self.live_tracker
         ids, index, gdeps = graph.ids, graph.index, graph.deps  # type: ignore[attr-defined]
-        queue = self.queue
+        queue, errors = self.queue, self.errors
         for fn, ins in zip(functions, deps):
             i = len(tasks)
             ids.append(fn.id)
@@ -212,8 +234,11 @@ class LiveRun(RunState):
             self.open += 1
             self.n += 1
             ready = tracker.add(ins)
-            upstream = next((self.errors[d] for d in ins if d in self.errors), None)
-            error = upstream if upstream is not None else self._read_placement(i, fn, ledger, vec_cache)
+            error: BaseException | None = None
+            if ins and errors:
+                error = next((errors[d] for d in ins if d in errors), None)
+            if error is None and (fn.cost or fn.node is not None or fn.max_retries is not None):
+                error = self._read_placement(i, fn, ledger, vec_cache)
             if error is not None:
                 tracker.complete(i)  # nothing waits on it: dependents settle with its error
                 transition(task, S.CANCELLED, self.run_id)
