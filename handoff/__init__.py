@@ -21,6 +21,7 @@ from handoff.resources import ResourceTracker, SimpleResourceTracker
 from handoff.scheduler import FunctionStats
 from handoff.node.runs import ExecutionResult
 from handoff.api import (
+    cache_clear,
     clear,
     discover_nodes,
     execute,
@@ -42,8 +43,9 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.decorator import Ref, RemoteFunction, dag_of, fn, run
 from handoff.executor import Executor
-from handoff.aio import execute_async
+from handoff.aio import execute_async, run_async
 
 __version__ = "0.1.0"
 
@@ -58,5 +60,6 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
-    "Executor", "execute_async",
+    "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
+    "Executor", "execute_async", "run_async",
 ]

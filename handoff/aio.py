@@ -1,8 +1,10 @@
-"""asyncio: ``await handoff.execute_async(dag)``; the event loop never waits on the runtime.
+"""asyncio: ``await handoff.execute_async(dag)``, ``await handoff.run_async(ref)``; the
+event loop never waits on the runtime.
 
-The DAG is checked and pickled in a thread of the loop's default executor, the run is
-submitted to the node's own loop, and its end reaches the event loop through
-``asyncio.wrap_future``. Cancelling the awaiting task cancels the run on every node.
+The DAG is built, checked and pickled in a thread of the loop's default executor, the run
+is submitted to the node's own loop, and its end reaches the event loop through
+``asyncio.wrap_future``; values are read in a thread too (one may be on another node).
+Cancelling the awaiting task cancels the run on every node.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from handoff.dag import DAG
 from handoff.errors import HandoffError
 
-__all__ = ["execute_async"]
+__all__ = ["execute_async", "run_async"]
 
 
 async def execute_async(dag: DAG, **options: Any) -> Any:
@@ -57,3 +59,18 @@ async def execute_async(dag: DAG, **options: Any) -> Any:
     except asyncio.CancelledError:
         node.post(node.cancel_run, ctx.run_id, HandoffError("cancelled by the driver"))
         raise
+
+
+async def run_async(x: Any, **options: Any) -> Any:
+    """``handoff.run(x, **options)`` as a coroutine: runs the DAG of a ref (or of a list,
+    tuple or dict of refs) and returns the values in the same shape."""
+    from handoff.decorator import _refs_in, _values, dag_of
+
+    loop = asyncio.get_running_loop()
+    for ref in _refs_in(x):
+        if ref.function.is_inline and ref._item is None:
+            raise ValueError(f"{ref!r} is an inline function, which has no result of its own; "
+                             "run a function that uses it")
+    dag = await loop.run_in_executor(None, dag_of, x)
+    result = await execute_async(dag, **options)
+    return await loop.run_in_executor(None, _values, x, result)

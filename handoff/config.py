@@ -13,10 +13,11 @@ from typing import Mapping, Sequence
 
 __all__ = [
     "NodeConfig", "parse_resources", "parse_size", "detect_resources", "is_loopback",
-    "user_runtime_dir", "default_store_limit",
+    "user_runtime_dir", "default_store_limit", "default_cache_dir",
 ]
 
 EXECUTORS = ("process", "thread")
+DEFAULT_CACHE_SIZE = 4 << 30  # bytes of the result cache on disk (--cache-size)
 STORE_FRACTION = 0.25  # of physical memory: the default budget of a node's value store
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -119,6 +120,13 @@ def user_runtime_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"handoff-{uid}")
 
 
+def default_cache_dir() -> str:
+    """Where a node keeps its result cache: ``$XDG_CACHE_HOME/handoff``, else
+    ``~/.cache/handoff``."""
+    base = os.environ.get("XDG_CACHE_HOME", "") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "handoff")
+
+
 def _check_address(address: str, what: str) -> str:
     if not address.startswith("tcp://") or ":" not in address[len("tcp://"):]:
         raise ValueError(f"{what} must look like tcp://HOST:PORT, got {address!r}")
@@ -162,6 +170,8 @@ class NodeConfig:
     join_timeout: float = 10.0
     shared_memory: bool = True  # large values go through /dev/shm between processes of one host
     store_limit: int | str | None = None  # bytes of values in memory; past it they spill to disk
+    cache_dir: str = ""  # the result cache's directory (default: default_cache_dir())
+    cache_size: int | str | None = None  # bytes the result cache may hold (default 4 GiB)
     # check the scheduler's invariants after every event (slow; HANDOFF_DEBUG_STATE=1)
     debug_state: bool = field(default_factory=debug_state_from_env)
 
@@ -185,6 +195,8 @@ class NodeConfig:
             "resources": check_resources(self.resources) if self.resources else detect_resources(),
             "workers": workers,
             "store_limit": default_store_limit() if self.store_limit is None else parse_size(self.store_limit),
+            "cache_dir": os.path.abspath(os.path.expanduser(self.cache_dir or default_cache_dir())),
+            "cache_size": DEFAULT_CACHE_SIZE if self.cache_size is None else parse_size(self.cache_size),
         }
         for field_name, value in settle.items():  # frozen: settled once, here
             object.__setattr__(self, field_name, value)

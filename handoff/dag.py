@@ -64,6 +64,8 @@ class Function:
     type: str = "regular"
     max_retries: int | None = None
     timeout: float | None = None
+    group: str | None = None
+    cache: bool = False
 
     @property
     def dependency_ids(self) -> list[Hashable]:
@@ -118,6 +120,12 @@ def _check_function(fn: Function) -> None:
         raise InvalidFunctionError(fid, "node must be a node name, Collocated(function_id) or None")
     if fn.is_inline and fn.node is not None:
         raise InvalidFunctionError(fid, "an inline function runs inside its consumers and cannot be placed")
+    if not isinstance(fn.cache, bool):
+        raise InvalidFunctionError(fid, f"cache must be True or False, got {fn.cache!r}")
+    if fn.cache and fn.is_inline:
+        raise InvalidFunctionError(fid, "an inline function has no result of its own to cache")
+    if fn.group is not None and not isinstance(fn.group, str):
+        raise InvalidFunctionError(fid, f"group must be a string or None, got {fn.group!r}")
     problem = fn.max_retries is not None and retries_problem(fn.max_retries)
     problem = problem or (fn.timeout is not None and timeout_problem(fn.timeout))
     if problem:

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-limit", type=_size, default=None, metavar="SIZE",
                    help="bytes of values kept in memory before the least recently used spill "
                    "to disk, e.g. 2G, 500M or 10%% (default: a quarter of physical memory)")
+    p.add_argument("--cache-dir", default="", metavar="DIR",
+                   help="the result cache's directory (default: $XDG_CACHE_HOME/handoff or "
+                   "~/.cache/handoff)")
+    p.add_argument("--cache-size", type=_size, default=None, metavar="SIZE",
+                   help="bytes the result cache may hold on disk before the least recently "
+                   "used entries are removed, e.g. 1G (default 4G)")
     p.add_argument("--insecure", action="store_true",
                    help="no CURVE at all: any process that can reach the address, other "
                    "users' too, can run code here (prints a warning)")
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             insecure=args.insecure, suspect_after=args.suspect_after,
             dead_after=args.dead_after, join_timeout=args.join_timeout,
             shared_memory=not args.no_shared_memory, store_limit=args.store_limit,
+            cache_dir=args.cache_dir, cache_size=args.cache_size,
         )
         curve = load_curve(config)
         node = Node(config, curve)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from handoff.dag import DAG
 from handoff.errors import FunctionError, HandoffError, TimeoutError
-from handoff.node.runs import RunContext, chain_error
+from handoff.node.runs import RunContext, typed_error
 from handoff.scheduler import RunSpec
 from handoff.scheduler.live import LiveRun, empty_graph
 
@@ -214,11 +214,11 @@ def _deliver(ctx: LiveContext, out: list[Settled] | None) -> None:
 
 def _caller_error(ctx: LiveContext, error: BaseException, info: ErrorInfo | None) -> BaseException:
     """What ``future.result()`` raises: a timed-out function's ``handoff.TimeoutError``,
-    otherwise the error chained to the original exception where it unpickles here."""
+    otherwise the error of the remote exception's own type (``runs.typed_error``)."""
     if not isinstance(error, FunctionError):
         return error
     if info is not None:
-        chain_error(error, info.exc_blob)
+        error = typed_error(error, info.exc_blob)
     if error.exc_type == "TimeoutError":
         index = ctx.state.graph.index.get(error.function_id) if ctx.state is not None else None
         seconds = ctx.timeouts.get(index) if index is not None else None

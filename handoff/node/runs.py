@@ -7,6 +7,7 @@ fails before the run starts), then owned by the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, cast
 
 from handoff import _core
 from handoff.dag import DAG, Argument, CompiledGraph, Function
-from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError
+from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError, remote_error
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
 
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
@@ -72,6 +73,12 @@ class RunContext:
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
+    # the result cache (handoff.cache.plan): keys of cache=True functions, hits -> their node,
+    # the functions as the scheduler sees them (hits pinned, free), attempts loaded from a cache
+    cache_keys: dict[int, str] = field(default_factory=dict)
+    hits: dict[int, str] = field(default_factory=dict)
+    scheduled: list[Function] | None = None
+    loaded: dict[int, int] = field(default_factory=dict)
     live = False  # a live run's context is a ``handoff.node.live.LiveContext``
 
     @property
@@ -95,7 +102,8 @@ class RunContext:
         tree = self._tree(index, target, location, blobs, refs)
         fn = self.functions[index]
         row = TaskRow(self.run_id, index, attempt, fn.id, dict(fn.cost) if fn.cost else None,
-                      fn.timeout, tree, refs, first, len(blobs))
+                      fn.timeout, tree, refs, first, len(blobs), self.cache_keys.get(index, ""),
+                      index in self.hits)
         return row, blobs
 
     def _tree(
@@ -145,7 +153,7 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
             payloads.append(pickler.blob(fn.code, fn.extra_args))
         except Exception as exc:
             raise InvalidFunctionError(
-                fn.id, f"its code or extra_args cannot be pickled for shipping: {type(exc).__name__}: {exc}"
+                fn.id, f"{_unpicklable_part(fn)} cannot be pickled for shipping: {type(exc).__name__}: {exc}"
             ) from exc
         for pos, arg in enumerate(fn.args):
             if isinstance(arg, Argument) and (arg.serialization_fn or arg.deserialization_fn):
@@ -165,6 +173,18 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
         ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
         deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
     return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress)
+
+
+def _unpicklable_part(fn: Function) -> str:
+    """Which of ``fn``'s code and extra arguments will not pickle, for the error message."""
+    import cloudpickle
+
+    for i, value in enumerate(fn.extra_args):
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"extra_args[{i}] ({type(value).__name__})"
+    return "its code"
 
 
 class Results(Mapping):
@@ -215,16 +235,21 @@ class ExecutionResult:
         return f"ExecutionResult(dag_id={self.dag_id!r}, {len(self.results)} results)"
 
 
-def chain_error(error: HandoffError, exc_blob: list | None) -> HandoffError:
-    """Attach the original exception as ``__cause__`` when it unpickles here."""
+def typed_error(error: FunctionError, exc_blob: list | None) -> FunctionError:
+    """``error`` as ``errors.remote_error`` makes it: also of the original exception's class,
+    with ``.cause``, when the pickled original unpickles here."""
+    original = None
     if exc_blob:
         try:
-            original = loads_value(exc_blob)
-            if isinstance(original, BaseException):
-                error.__cause__ = original
-        except Exception:
+            loaded = loads_value(exc_blob)
+            if isinstance(loaded, BaseException):
+                original = loaded
+        except Exception:  # its class cannot be imported here: the plain error says what it was
             pass
-    return error
+    typed = remote_error(error.function_id, error.node, error.attempts, error.exc_type,
+                         error.message, error.remote_traceback, original)
+    typed.__dict__.update({k: v for k, v in error.__dict__.items() if k not in typed.__dict__})
+    return typed
 
 
 class Runs:
@@ -253,6 +278,10 @@ class Runs:
         self._apply(self.orchestrator.handle(NodeUpdated(name, dict(caps))))
 
     def node_lost(self, name: str) -> None:
+        for ctx in self.runs.values():  # a hit pinned to a lost holder runs anywhere, computed
+            lost = [i for i, holder in ctx.hits.items() if holder == name]
+            if lost:
+                self.orchestrator.run(ctx.run_id).unpin(lost)
         self._apply(self.orchestrator.handle(NodeLost(name, time.monotonic())))
 
     def tick(self) -> None:
@@ -268,7 +297,8 @@ class Runs:
         now = time.monotonic()
         timeout = options.get("timeout")
         spec = RunSpec(
-            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph, functions=ctx.functions,
+            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph,
+            functions=ctx.scheduled or ctx.functions,
             strategy=options["allocation_strategy"], max_retries=options["max_retries"],
             max_concurrency=options["max_concurrency"], now=now,
             deadline=None if timeout is None else now + timeout,
@@ -327,7 +357,9 @@ class Runs:
                 if error is None:  # the executing node's fault: a failure must say why
                     raise ValueError(f"run {run_id}: a failed attempt of task {index} has no error")
                 info = ErrorInfo(error.exc_type, error.message, error.traceback, blob)
-            elif ctx.progress is not None:
+            elif row.cached:
+                ctx.loaded[index] = attempt
+            if ok and ctx.progress is not None:
                 ctx.done_count += 1
                 try:
                     ctx.progress(ctx.done_count, ctx.total)
@@ -412,7 +444,7 @@ class Runs:
             error = ins.error
             info = ins.error_info
             if isinstance(error, FunctionError) and info is not None:
-                error = chain_error(error, info.exc_blob)
+                error = typed_error(error, info.exc_blob)
             ctx.future.set_exception(error)
             return
         state = self.orchestrator.run(ins.run_id)
@@ -426,6 +458,9 @@ class Runs:
         for fid, node in allocations.items():
             self.node.store.register_location(ctx.dag_id, fid, node)
         stats = {ids[i]: s for i, s in state.stats.items()}
+        for i, attempt in ctx.loaded.items():
+            if state.attempt(i) == attempt and ids[i] in stats:
+                stats[ids[i]] = dataclasses.replace(stats[ids[i]], cached=True)
         result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations, stats)
         ctx.future.set_result(result)
 

@@ -33,8 +33,9 @@ from handoff.node.execution.runner import JobRunner
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
+from handoff.cache.service import NodeCache
 from handoff.protocol.messages import (
-    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
+    CacheClear, CacheHeld, CacheQuery, Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
     RunEnded, Value, ValuePart,
 )
@@ -89,6 +90,7 @@ class Node:
         self.fetching = Fetching(self)
         self.execution = JobRunner(self)
         self.runs = Runs(self)
+        self.cache = NodeCache(self)
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -358,6 +360,8 @@ class Node:
             self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.execution.forget_run(msg.run_id)
+        elif isinstance(msg, (CacheQuery, CacheClear, CacheHeld)):
+            self.cache.on_message(msg)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""

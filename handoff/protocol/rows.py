@@ -73,6 +73,8 @@ class TaskRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     refs: list[ValueRef]
     first: int = 0
     count: int = 0
+    cache_key: str = ""  # result-cache key: the value is written to the node's cache
+    load: bool = False  # a cache hit here: load the value instead of computing it
 
 
 class ErrorRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -103,6 +105,7 @@ class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     error: ErrorRow | None
     blob: int
     lost: LostInput | None
+    cached: bool = False  # loaded from the node's result cache, not computed
 
 
 class FetchRow(msgspec.Struct, frozen=True, gc=False, array_like=True):

@@ -191,6 +191,11 @@ class RunState:
                 pin = self.group_node[g]
         return pin
 
+    def unpin(self, indices: list[int]) -> None:
+        """Let these tasks run on any node (result-cache hits whose holder was lost)."""
+        for i in indices:
+            self.pins.pop(i, None)
+
     def needed(self, i: int) -> bool:
         """True while ``i`` still has to run: not completed, or completed and lost."""
         return self.tasks[i].status != TaskStatus.DONE

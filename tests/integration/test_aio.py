@@ -105,3 +105,30 @@ def test_wrap_future_on_executor_futures(node):
             return await asyncio.gather(*fs)
 
     assert asyncio.run(main()) == [2 * k for k in range(50)]
+
+
+@handoff.fn
+def inc(x):
+    return x + 1
+
+
+def test_run_async_returns_values_in_the_shape_given(node):
+    async def main():
+        a = inc(1)
+        b = inc(a)
+        one, shaped = await asyncio.gather(
+            handoff.run_async(b), handoff.run_async({"a": a, "both": [a, b]}))
+        return one, shaped
+
+    one, shaped = asyncio.run(main())
+    assert one == 3
+    assert shaped == {"a": 2, "both": [2, 3]}
+
+
+def test_run_async_raises_the_remote_exception_by_type(node):
+    @handoff.fn
+    def broken(x):
+        raise KeyError(x)
+
+    with pytest.raises(KeyError):
+        asyncio.run(handoff.run_async(broken(1), max_retries=0))

@@ -90,14 +90,27 @@ def test_many_submissions_each_get_their_own_result(ex):
     assert [f.result(timeout=60) for f in fs] == [2 * i for i in range(500)]
 
 
-def test_a_remote_exception_is_raised_by_result(ex):
+class Custom(Exception):
+    def __init__(self, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+def raise_custom(code):
+    raise Custom(code)
+
+
+def test_a_remote_exception_is_raised_by_result_with_its_own_type(ex):
     fut = ex.submit(fail, "bad input")
-    with pytest.raises(handoff.FunctionError) as info:
+    with pytest.raises(ValueError) as info:
         fut.result(timeout=60)
-    assert info.value.exc_type == "ValueError"
-    assert isinstance(info.value.__cause__, ValueError)
-    assert str(info.value.__cause__) == "bad input"
-    assert fut.exception() is info.value
+    err = info.value
+    assert isinstance(err, handoff.FunctionError) and err.exc_type == "ValueError"
+    assert isinstance(err.cause, ValueError) and str(err.cause) == "bad input"
+    assert fut.exception() is err
+    with pytest.raises(Custom) as info:
+        ex.submit(raise_custom, 7).result(timeout=60)
+    assert info.value.code == 7
 
 
 def test_submissions_are_independent(ex):

@@ -92,7 +92,13 @@ class JobRunner:
             run_id, index, cost = row.run_id, row.index, row.cost
             self.store.begin_run(run_id, dag_id)
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
-                      cost, row.timeout, job_id=next(self._ids))
+                      cost, row.timeout, job_id=next(self._ids), cache_key=row.cache_key)
+            if row.load:  # a result-cache hit: computed only if the entry went meanwhile
+                frames = self.node.cache.load(row.cache_key)
+                if frames is not None:
+                    now = time.time()
+                    self._report(job, True, None, frames, now, now, cached=True)
+                    continue
             events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, row.refs, job))
         self.handle(*events)
 
@@ -142,9 +148,11 @@ class JobRunner:
         self.handle(WorkerFinished(job.job_id, (ok, error, frames, started, finished)))
 
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
-                finished: float, lost: LostInput | None = None) -> None:
+                finished: float, lost: LostInput | None = None, cached: bool = False) -> None:
         nbytes = 0
         if ok:
+            if job.cache_key and not cached:  # written before the orchestrator hears of it
+                self.node.cache.save(job.cache_key, frames)
             self.store.put(job.dag_id, job.key, frames)
             self.store.register_location(job.dag_id, job.key, self.name)
             nbytes = blob_nbytes(frames)
@@ -156,7 +164,7 @@ class JobRunner:
                 blob = None
         if job.origin == self.name:
             row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                            -1, lost)
+                            -1, lost, cached)
             self.node.runs.local_events.append((row, blob))
             return
         box = self._outbox[job.origin]
@@ -165,7 +173,7 @@ class JobRunner:
             pos = self._outbox_blobs[job.origin]
             self._outbox_blobs[job.origin] = pos + 1
         row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                        pos, lost)
+                        pos, lost, cached)
         box.append((row, blob))
 
     def flush(self) -> None:

@@ -18,7 +18,7 @@ import traceback
 from collections import OrderedDict
 from typing import Any
 
-from handoff.errors import ProtocolError
+from handoff.errors import PicklableException, ProtocolError
 from handoff.node.execution.pipes import WorkerEnd
 from handoff.node.data.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
@@ -116,12 +116,14 @@ def describe(exc: BaseException) -> ErrorRow:
 
 
 def _pickled_exception(exc: BaseException) -> list | None:
-    try:
-        frames = dumps_value(exc)
-        loads_value(frames)  # an exception that pickles but cannot be rebuilt is no use
-        return frames
-    except BaseException:
-        return None
+    for holder in (exc, PicklableException(exc)):  # the second skips a mismatched __init__
+        try:
+            frames = dumps_value(holder)
+            loads_value(frames)  # an exception that pickles but cannot be rebuilt is no use
+            return frames
+        except BaseException:
+            continue
+    return None
 
 
 class Spin:

@@ -57,6 +57,7 @@ class Job:
     sent_at: float = 0.0
     cancelled: bool = False
     code_key: int = 0
+    cache_key: str = ""  # write the result to the node's result cache under this key
 
 
 @dataclass(slots=True, eq=False)
