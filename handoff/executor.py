@@ -285,14 +285,11 @@ class _Core:
     def read(self, fut: ExecutorFuture) -> Any:
         """The value of a settled call, unpickled here; fetched first if it is on another
         node (once: it is kept)."""
-        with fut._condition:
-            lazy = fut._result
-            if type(lazy) is not _Lazy:
-                return lazy
+        lazy = fut._result  # two readers may both unpickle: equal values, the last one kept
+        if type(lazy) is not _Lazy:
+            return lazy
         frames = lazy.frames if lazy.frames is not None else self._fetch(fut._index)
-        value = loads_value(frames)
-        with fut._condition:
-            fut._result = value
+        value = fut._result = loads_value(frames)
         return value
 
     def _fetch(self, i: int) -> list:
