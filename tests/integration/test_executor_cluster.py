@@ -23,6 +23,11 @@ def step(prev, salt):
     return (prev * 31 + salt) % MOD
 
 
+def stall(seconds):
+    time.sleep(seconds)
+    return "woke"
+
+
 def where(value):
     import os
 
@@ -58,6 +63,7 @@ def test_every_future_resolves_correctly_with_a_node_killed_under_a_stream(trio)
     killed = threading.Event()
     with handoff.Executor(allocation_strategy="load_balanced") as ex:
         costed = ex.options(cost={"cpu": 1})
+        on_b = ex.options(node="b").submit(stall, 120)  # pinned to the node that dies
         for k in range(n):
             if k < lag:
                 futures.append(costed.submit(step, k, k))
@@ -70,6 +76,8 @@ def test_every_future_resolves_correctly_with_a_node_killed_under_a_stream(trio)
                 trio.kill("b")
                 killed.set()
         assert [f.result(timeout=120) for f in futures] == expected
+        err = on_b.exception(timeout=60)  # it alone fails: it may run nowhere else
+        assert isinstance(err, handoff.NodeLostError) and err.node == "b"
     assert killed.is_set() and "b" not in handoff.discover_nodes()
 
 
