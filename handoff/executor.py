@@ -54,13 +54,14 @@ class ExecutorFuture(cf.Future):
     ``result()`` that asks for it (or before callbacks run, when some are registered).
     """
 
-    def __init__(self, core: _Core, index: int) -> None:
+    def __init__(self, core: _Core, index: int, function_id: str) -> None:
         super().__init__()
         self._core = core
         self._index = index
+        self.function_id = function_id  # its value's key: handoff.get_value(ex.dag_id, it)
 
     def __repr__(self) -> str:
-        return super().__repr__().replace("<Future", f"<ExecutorFuture {self._index}", 1)
+        return super().__repr__().replace("<Future", f"<ExecutorFuture {self.function_id}", 1)
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -196,7 +197,7 @@ class _Core:
         self.default_timeout = timeout
         self.dag_id = f"executor-{uuid.uuid4().hex[:12]}"
         self.callbacks: queue.SimpleQueue = queue.SimpleQueue()
-        self.ctx = live.LiveContext(uuid.uuid4().hex, self.dag_id, self.complete)
+        self.ctx = live.LiveContext(uuid.uuid4().hex, self.dag_id, _sink(weakref.ref(self), self.callbacks))
         options = {"max_retries": max_retries, "allocation_strategy": allocation_strategy}
         self.node.call(live.start, self.runs, self.ctx, options).result()
         self.loop_thread = self.node._thread
@@ -205,7 +206,7 @@ class _Core:
             name=f"handoff-executor-{self.dag_id}", daemon=True,
         )
         self.completer.start()
-        weakref.finalize(self, _release, self.node, self.dag_id)
+        weakref.finalize(self, _release, self.node, self.runs, self.ctx)
 
     def frame(self, fn: Any, cache: bool = True) -> tuple[bytes, str]:
         """The pickled code of ``fn`` (once per distinct function object, unless not
@@ -250,9 +251,10 @@ class _Core:
             if self.shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             i = next(self.count)
-            fut = ExecutorFuture(self, i)
+            fid = f"{name}-{i}"
+            fut = ExecutorFuture(self, i, fid)
             function = LiveFunction(
-                f"{name}-{i}", options.get("cost"), options.get("node"),
+                fid, options.get("cost"), options.get("node"),
                 options.get("max_retries"), options.get("timeout", self.default_timeout),
             )
             ctx.pending.append((fut, function, deps, payload))
@@ -379,10 +381,25 @@ def _run_callbacks(callbacks: queue.SimpleQueue) -> None:
             log.exception("exception calling callback for %r", fut)
 
 
-def _release(node: Any, dag_id: Hashable) -> None:
-    """The executor is gone: drop its values on every node."""
+def _sink(ref: weakref.ref, callbacks: queue.SimpleQueue) -> Callable[[list | None], None]:
+    """What the node's loop hands settled calls to: the executor's ``complete``, reached
+    through a weak reference (the node must not keep a forgotten executor alive)."""
+
+    def sink(batch: list | None) -> None:
+        core = ref()
+        if core is not None:
+            core.complete(batch)
+        elif batch is None:
+            callbacks.put(None)
+
+    return sink
+
+
+def _release(node: Any, runs: Any, ctx: live.LiveContext) -> None:
+    """The executor is gone (garbage-collected): end its run once its calls have settled,
+    then drop its values on every node."""
     if node.running:
-        node.post(node.clear_everywhere, dag_id)
+        node.post(live.release, runs, ctx)
 
 
 class Executor(cf.Executor):

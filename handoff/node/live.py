@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from handoff.node.runs import Runs
     from handoff.scheduler.events import ErrorInfo, RunFinished
 
-__all__ = ["LiveContext", "Settled", "start", "drain", "cancel", "close", "claim", "settle", "finished", "wake"]
+__all__ = ["LiveContext", "Settled", "start", "drain", "cancel", "close", "claim", "settle", "finished", "release"]
 
 log = logging.getLogger("handoff.live")
 
@@ -53,6 +53,7 @@ class LiveContext(RunContext):
         self.moved = threading.Condition()  # notified when a settled function's value moved
         self.prefetching = 0  # values being brought here before their futures complete
         self.ended = False
+        self.release = False  # drop the values when the run ends (the executor is gone)
 
     @property
     def total(self) -> int:
@@ -113,6 +114,16 @@ def close(runs: Runs, ctx: LiveContext) -> None:
     drain(runs, ctx)
     if ctx.run_id in runs.runs:
         runs._apply(runs.orchestrator.close_live(ctx.run_id))
+
+
+def release(runs: Runs, ctx: LiveContext) -> None:
+    """On the loop: nobody can read the run's values any more (its executor is gone): close
+    it, and drop its values on every node once it has ended."""
+    ctx.release = True
+    if ctx.ended or ctx.run_id not in runs.runs:
+        runs.node.clear_everywhere(ctx.dag_id)
+    else:
+        close(runs, ctx)
 
 
 def claim(runs: Runs, ctx: LiveContext, tasks: list) -> list:
@@ -201,6 +212,8 @@ def finished(runs: Runs, ctx: LiveContext, ins: RunFinished) -> None:
     with ctx.moved:
         ctx.moved.notify_all()
     ctx.future.set_result(None)
+    if ctx.release:
+        runs.node.clear_everywhere(ctx.dag_id)
 
 
 def _deliver(ctx: LiveContext, out: list[Settled] | None) -> None:
@@ -227,11 +240,3 @@ def _caller_error(ctx: LiveContext, error: BaseException, info: ErrorInfo | None
             timeout.__cause__ = error
             return timeout
     return error
-
-
-def wake(node: Any, runs: Runs, ctx: LiveContext) -> None:
-    """From a caller's thread, after appending to ``ctx.pending``: make sure a drain comes."""
-    if not ctx.posted:
-        ctx.posted = True
-        node.post(drain, runs, ctx)
-

@@ -140,7 +140,7 @@ def test_a_call_on_a_failed_input_does_not_run_and_raises_its_error(ex, tmp_path
     grandchild = ex.submit(add, child, 1)
     for fut in (child, grandchild):
         err = fut.exception(timeout=60)
-        assert isinstance(err, handoff.FunctionError) and err.function_id == bad.exception().function_id
+        assert isinstance(err, handoff.FunctionError) and err.function_id == bad.function_id
     late = ex.submit(add, bad, 1)  # submitted after the input failed
     assert late.exception(timeout=60).function_id == bad.exception().function_id
     ex.shutdown(wait=True)
@@ -330,3 +330,26 @@ def test_callbacks_run_off_the_node_loop(ex):
     assert done.wait(60)
     value, thread = seen[0]
     assert value == 81 and not thread.startswith("handoff-node")
+
+
+def test_a_forgotten_executor_ends_its_run_and_drops_its_values(node):
+    import gc
+
+    ex = handoff.Executor()
+    dag_id = ex.dag_id
+    fut = ex.submit(square, 12)
+    assert fut.result(timeout=60) == 144
+    fid = fut.function_id
+    assert handoff.get_local_value(dag_id, fid) == 144
+    del ex, fut
+    gc.collect()
+    assert wait_until(lambda: handoff.node_stats()["runs"] == 0, timeout=30)
+
+    def dropped():
+        try:
+            handoff.get_local_value(dag_id, fid)
+        except handoff.ResultNotFound:
+            return True
+        return False
+
+    assert wait_until(dropped, timeout=30)
