@@ -250,6 +250,8 @@ class _Core:
         with self.lock:
             if self.shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if ctx.ended or not self.node.running:
+                raise HandoffError(f"executor {self.dag_id} cannot take calls: its node stopped")
             i = next(self.count)
             fid = f"{name}-{i}"
             fut = ExecutorFuture(self, i, fid)
@@ -327,7 +329,8 @@ class _Core:
             self.node.post(live.close, self.runs, self.ctx)
         if wait:
             self.ctx.future.result()
-            self.completer.join()
+            if threading.current_thread() is not self.completer:  # a callback may shut down
+                self.completer.join()
 
 
 def _snapshot(items: Any) -> list:

@@ -203,10 +203,12 @@ def finished(runs: Runs, ctx: LiveContext, ins: RunFinished) -> None:
     error: BaseException = ins.error if ins.error is not None else HandoffError(
         f"the run of executor {ctx.dag_id!r} ended"
     )
+    ctx.ended = True
     out: list[Settled] = [(fut, None, None, error) for fut in ctx.futures if fut is not None]
     ctx.futures = []
+    while ctx.pending:  # submitted while the run ended: never added
+        out.append((ctx.pending.popleft()[0], None, None, error))
     _deliver(ctx, out)
-    ctx.ended = True
     if not ctx.prefetching:
         ctx.sink(None)  # the last batch
     with ctx.moved:

@@ -353,3 +353,14 @@ def test_a_forgotten_executor_ends_its_run_and_drops_its_values(node):
         return False
 
     assert wait_until(dropped, timeout=30)
+
+
+def test_calls_fail_when_the_node_stops_under_the_executor():
+    handoff.stop()
+    handoff.start(workers=1)
+    ex = handoff.Executor()
+    assert ex.submit(square, 2).result(timeout=60) == 4
+    handoff.stop()
+    with pytest.raises(handoff.HandoffError, match="node stopped"):
+        ex.submit(square, 3)
+    ex.shutdown()  # returns: the run already ended
