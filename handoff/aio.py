@@ -21,8 +21,8 @@ __all__ = ["execute_async", "run_async"]
 async def execute_async(dag: DAG, **options: Any) -> Any:
     """``handoff.execute(dag, **options)`` as a coroutine; returns the ``ExecutionResult``.
 
-    Takes the options of ``execute`` (``allocator`` and ``progress`` included). Cancelling
-    the task that awaits it stops the run: in-flight work is cancelled on every node.
+    Takes the options of ``execute``. Cancelling the task that awaits it stops the run:
+    in-flight work is cancelled on every node.
     """
     from handoff import api
     from handoff.node.runs import prepare_run, progress_printer
@@ -30,19 +30,22 @@ async def execute_async(dag: DAG, **options: Any) -> Any:
     if not isinstance(dag, DAG):
         raise TypeError(f"execute_async() takes a handoff.DAG, got {type(dag).__name__}")
     allocator = options.pop("allocator", None)
+    cache = options.pop("cache", True)
     progress = options.get("progress", False)
     checked = api._check_options(
         options.pop("max_retries", 3), options.pop("allocation_strategy", "first_available"),
         options.pop("max_concurrency", None), options.pop("timeout", None),
         options.pop("progress", False), options,
     )
+    if not isinstance(cache, bool):
+        raise ValueError(f"cache must be True or False, got {cache!r}")
     if allocator is not None and not callable(getattr(allocator, "allocate", None)):
         raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
     if progress is True:
         progress = progress_printer()
     loop = asyncio.get_running_loop()
 
-    def prepare() -> Any:  # in a thread: starting a node, validating and pickling take time
+    def prepare() -> Any:  # in a thread: starting a node, validating, pickling, asking caches
         node = api.current_node()
         plan = dag
         if allocator is not None:
@@ -50,7 +53,12 @@ async def execute_async(dag: DAG, **options: Any) -> Any:
 
             dag.validate()
             plan = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
-        return node, prepare_run(plan, progress if callable(progress) else None)
+        ctx = prepare_run(plan, progress if callable(progress) else None)
+        if cache:
+            from handoff.cache.plan import plan_cache
+
+            plan_cache(node, ctx)
+        return node, ctx
 
     node, ctx = await loop.run_in_executor(None, prepare)
     await asyncio.wrap_future(node.call(node.submit_run, ctx, checked))

@@ -70,6 +70,12 @@ def test_execute_async_checks_its_options(node):
         asyncio.run(handoff.execute_async(chain_dag(0, "x"), retries=3))
     with pytest.raises(TypeError):
         asyncio.run(handoff.execute_async("not a dag"))
+    with pytest.raises(ValueError, match="cache"):
+        asyncio.run(handoff.execute_async(chain_dag(0, "x"), cache="yes"))
+    dag = handoff.DAG()
+    dag.add_function(handoff.Function(id="d", code=double, extra_args=[21]))
+    result = asyncio.run(handoff.execute_async(dag, cache=False, max_retries=0, timeout=60))
+    assert result.results["d"] == 42
 
 
 def test_a_failed_run_raises_in_the_awaiting_task(node):
