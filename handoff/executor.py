@@ -20,18 +20,23 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures as cf
 from functools import partial
-from typing import Any, Hashable
+from typing import Any
 
 from handoff import api
-from handoff.scheduler.live import LiveFunction
+from handoff.dag import retries_problem, timeout_problem
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node import live
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
-from handoff.dag import retries_problem, timeout_problem
+from handoff.scheduler.live import LiveFunction
 
 __all__ = ["Executor", "ExecutorFuture"]
 
 log = logging.getLogger("handoff.executor")
+
+_OPTIONS = ("cost", "node", "max_retries", "timeout")
+_CONTAINERS = (list, tuple, dict)
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
 
 class _Lazy:
     """A future's result until ``result()`` reads it: the value's frames when they are on
@@ -41,9 +46,6 @@ class _Lazy:
 
     def __init__(self, frames: list | None) -> None:
         self.frames = frames
-_OPTIONS = ("cost", "node", "max_retries", "timeout")
-_CONTAINERS = (list, tuple, dict)
-_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
 class ExecutorFuture(cf.Future):

@@ -13,7 +13,7 @@ None on success); the node layer drains it after every orchestrator call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 
