@@ -1,5 +1,5 @@
-"""handoff.Executor and execute_async on a 3-node cluster (as the README starts one), and a
-node killed with ``kill -9`` under a stream of submissions."""
+"""handoff.Executor, execute_async and the joblib backend on one 3-node cluster (as the
+README starts one); last, a node killed with ``kill -9`` under a stream of submissions."""
 
 from __future__ import annotations
 
@@ -34,12 +34,20 @@ def where(value):
     return value, os.getppid()
 
 
-@pytest.fixture
-def trio(local_cluster, handoff_driver):
-    """Nodes a, b, c (2 cpus, 2 workers each) and this process as a driver without resources."""
-    cluster = local_cluster(3, names=["a", "b", "c"], resources={"cpu": 2}, workers=2)
-    handoff_driver(cluster)
-    return cluster
+@pytest.fixture(scope="module")
+def trio():
+    """Nodes a, b, c (2 cpus, 2 workers each) and this process as a driver without resources,
+    shared by the tests of this module; the last one kills b."""
+    from handoff.testing import LocalCluster
+
+    handoff.stop()
+    cluster = LocalCluster(3, names=["a", "b", "c"], resources={"cpu": 2}, workers=2)
+    try:
+        cluster.connect("driver")
+        yield cluster
+    finally:
+        handoff.stop()
+        cluster.close()
 
 
 def test_submissions_spread_over_the_cluster_and_values_go_node_to_node(trio):
@@ -52,6 +60,45 @@ def test_submissions_spread_over_the_cluster_and_values_go_node_to_node(trio):
         assert [f.result(timeout=60) for f in second] == expected
         value, parent = pinned.result(timeout=60)
         assert value == expected[0] and parent == trio["c"].pid
+
+
+def test_execute_async_and_wrap_future_on_the_cluster(trio):
+    dag = handoff.DAG()
+    dag.add_function(handoff.Function(id="x", code=step, extra_args=[2, 3], cost={"cpu": 1}))
+    dag.add_function(handoff.Function(id="y", code=step, args=["x"], extra_args=[5], cost={"cpu": 1}))
+
+    async def main():
+        result = await handoff.execute_async(dag)
+        with handoff.Executor() as ex:
+            fut = ex.options(cost={"cpu": 1}).submit(step, 4, 4)
+            value = await asyncio.wrap_future(fut)
+        return result.results["y"], value
+
+    y, value = asyncio.run(main())
+    assert y == ((2 * 31 + 3) % MOD * 31 + 5) % MOD
+    assert value == (4 * 31 + 4) % MOD
+
+
+@pytest.mark.slow
+def test_grid_search_matches_the_default_backend(trio):
+    import joblib
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    import handoff.joblib
+
+    handoff.joblib.register()
+    assert handoff.joblib.cluster_slots() == 7  # 2 workers per node, 1 on the driver
+    X, y = make_classification(n_samples=120, n_features=6, random_state=0)
+    grid = {"C": [0.1, 10.0], "gamma": [0.05, 0.5]}
+    fitted = {}
+    for backend in ("loky", "handoff"):
+        with joblib.parallel_config(backend=backend):
+            fitted[backend] = GridSearchCV(SVC(), grid, cv=3, n_jobs=-1).fit(X, y)
+    assert fitted["handoff"].best_params_ == fitted["loky"].best_params_
+    for key in ("mean_test_score", "std_test_score", "split0_test_score"):
+        assert list(fitted["handoff"].cv_results_[key]) == list(fitted["loky"].cv_results_[key])
 
 
 def test_every_future_resolves_correctly_with_a_node_killed_under_a_stream(trio):
@@ -79,20 +126,3 @@ def test_every_future_resolves_correctly_with_a_node_killed_under_a_stream(trio)
         err = on_b.exception(timeout=60)  # it alone fails: it may run nowhere else
         assert isinstance(err, handoff.NodeLostError) and err.node == "b"
     assert killed.is_set() and "b" not in handoff.discover_nodes()
-
-
-def test_execute_async_and_wrap_future_on_the_cluster(trio):
-    dag = handoff.DAG()
-    dag.add_function(handoff.Function(id="x", code=step, extra_args=[2, 3], cost={"cpu": 1}))
-    dag.add_function(handoff.Function(id="y", code=step, args=["x"], extra_args=[5], cost={"cpu": 1}))
-
-    async def main():
-        result = await handoff.execute_async(dag)
-        with handoff.Executor() as ex:
-            fut = ex.options(cost={"cpu": 1}).submit(step, 4, 4)
-            value = await asyncio.wrap_future(fut)
-        return result.results["y"], value
-
-    y, value = asyncio.run(main())
-    assert y == ((2 * 31 + 3) % MOD * 31 + 5) % MOD
-    assert value == (4 * 31 + 4) % MOD
