@@ -11,9 +11,6 @@ from pathlib import Path
 
 import joblib
 import pytest
-from sklearn.datasets import make_classification
-from sklearn.model_selection import GridSearchCV
-from sklearn.svm import SVC
 
 import handoff
 import handoff.joblib
@@ -24,12 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 GRID = {"C": [0.1, 10.0], "gamma": [0.05, 0.5]}
 
 
-def data():
-    return make_classification(n_samples=120, n_features=6, random_state=0)
-
-
 def grid_search(backend):
-    X, y = data()
+    # imported here: worker processes import this module to run square(), and need not
+    # import scikit-learn for that
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    X, y = make_classification(n_samples=120, n_features=6, random_state=0)
     with joblib.parallel_config(backend=backend):
         return GridSearchCV(SVC(), GRID, cv=3, n_jobs=-1).fit(X, y)
 
