@@ -28,6 +28,7 @@ from handoff.errors import HandoffError, ResultNotFound
 from handoff.node import live
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
 from handoff.scheduler.live import LiveFunction
+from handoff.scheduler.tasks import TaskStatus
 
 __all__ = ["Executor", "ExecutorFuture"]
 
@@ -36,6 +37,7 @@ log = logging.getLogger("handoff.executor")
 _OPTIONS = ("cost", "node", "max_retries", "timeout")
 _CONTAINERS = (list, tuple, dict)
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_GONE = (TaskStatus.FAILED, TaskStatus.CANCELLED)  # a lost value that will not come back
 
 
 class _Lazy:
@@ -313,10 +315,11 @@ class _Core:
             # its node was lost: the run computes it again; wait until it has moved
             moved = self.ctx.moved
             with moved:
+                task = state.tasks[i]
                 if not moved.wait_for(
-                    lambda: state.tasks[i].location not in (None, node) or state.finished,
+                    lambda: task.location not in (None, node) or state.finished or task.status in _GONE,
                     timeout=max(0.0, deadline - time.monotonic()),
-                ) or state.finished and state.tasks[i].location in (None, node):
+                ) or task.location in (None, node):
                     raise ResultNotFound(self.dag_id, fid, node)
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:

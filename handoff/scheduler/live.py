@@ -148,6 +148,10 @@ class LiveTracker:
     def is_complete(self, i: int) -> bool:
         return bool(self.done[i])
 
+    def drop(self, i: int) -> None:
+        """``i`` settled without running: its inputs completing never make it ready."""
+        self.count[i] = -(1 << 40)
+
 
 class LiveRun(RunState):
     """A run that grows (see the module docstring)."""
@@ -166,7 +170,7 @@ class LiveRun(RunState):
         # (index, error, info) drained by the node layer; error None on success
         self.settled: list[tuple[int, BaseException | None, ErrorInfo | None]] = []
         self.errors: dict[int, BaseException] = {}
-        self.relocated = False  # a settled function's lost value was computed again
+        self.relocated = False  # a settled function's lost value was computed again (or not)
         self._settled = bytearray()
 
     def __repr__(self) -> str:
@@ -240,6 +244,7 @@ class LiveRun(RunState):
             if error is None and (fn.cost or fn.node is not None or fn.max_retries is not None):
                 error = self._read_placement(i, fn, ledger, vec_cache)
             if error is not None:
+                tracker.drop(i)
                 tracker.complete(i)  # nothing waits on it: dependents settle with its error
                 transition(task, S.CANCELLED, self.run_id)
                 self._settle(i, error)
@@ -289,6 +294,8 @@ class LiveRun(RunState):
         a node: its claim is released and the node told to stop it), then set ``status``."""
         task = self.tasks[i]
         st = task.status
+        if st != S.DONE:
+            self.live_tracker.drop(i)
         if st == S.READY:
             self.queue.remove(i)
         elif st == S.PARKED:
@@ -329,19 +336,22 @@ class LiveRun(RunState):
         """Settle ``indices`` (``failed``: the one whose attempts ran out) and, transitively,
         their unsettled dependents with ``error``."""
         out: list[Instruction] = []
-        stack = list(indices)
+        # (index, orphaned): orphaned ones waited for a lost value that can no longer come back
+        stack = [(i, False) for i in indices]
         dependents = self.live_tracker.dependents
         while stack:
-            i = stack.pop()
+            i, orphaned = stack.pop()
             if self._settled[i]:
-                if self.tasks[i].recompute:  # a settled function's lost result: not needed now
-                    self.drop(orch, i, S.CANCELLED, out)
-                continue
+                if i == failed or orphaned:  # its lost value's recompute failed, or cannot run
+                    self.drop(orch, i, S.FAILED if i == failed else S.CANCELLED, out)
+                    stack.extend((w, True) for w in self.waiters.pop(i, ()))
+                    self.relocated = True  # readers waiting for the value learn it is gone
+                continue  # (any other lost value being recomputed stays: others wait for it)
             self.drop(orch, i, S.FAILED if i == failed else S.CANCELLED, out)
             self._settle(i, error, info)
             more = dependents[i]
             if more:
-                stack.extend(more)
+                stack.extend((d, False) for d in more)
         return out
 
     def withdraw(self, orch: Orchestrator, i: int) -> None:

@@ -184,3 +184,57 @@ def test_many_batches_keep_the_state_valid(n):
         while live.running:
             live.finish(next(iter(live.running)), ok=(k % 7 != 3))
     assert live.run.open == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_steps_keep_every_invariant(seed):
+    """Random additions (random inputs, some costed or pinned), completions, failures, cancels
+    and withdrawals, a node lost and back; the orchestrator validates its state after every
+    step, and in the end every function has settled exactly once."""
+    import random
+
+    from handoff.scheduler import NodeJoined
+
+    rng = random.Random(seed)
+    live = Live(slots=rng.choice([1, 2, 8]), retries=rng.choice([0, 1]))
+    seen: dict[int, object] = {}
+    lost_node = False
+    for _ in range(300):
+        step = rng.random()
+        if step < 0.35 or not live.count:
+            n = rng.randint(1, 4)
+            deps = [rng.sample(range(live.count), k=min(live.count, rng.randint(0, 2))) for _ in range(n)]
+            kw = rng.choice([{}, {}, {"cost": {"cpu": 1}}, {"node": "b"}, {"max_retries": 1}])
+            live.add(*deps, **kw)
+        elif step < 0.75 and live.running:
+            live.finish(rng.choice(sorted(live.running)), ok=rng.random() < 0.8)
+        elif step < 0.85:
+            open_ = [i for i in range(live.count) if not live.run.is_settled(i)]
+            if open_:
+                i = rng.choice(open_)
+                withdrawn = i in live.running and rng.random() < 0.5
+                if withdrawn:
+                    live.running.pop(i)
+                live.apply(live.orch.settle_live("r", [i], CancelledError(), withdrawn=withdrawn))
+        elif step < 0.9 and not lost_node:
+            live.apply(live.orch.handle(NodeLost("a", 0.0)))
+            live.running = {i: v for i, v in live.running.items() if v[0] != "a"}
+            lost_node = True
+        elif step < 0.95 and lost_node:
+            live.apply(live.orch.handle(NodeJoined("a", {"cpu": 2})))
+            lost_node = False
+        for i, err in live.settled().items():
+            assert i not in seen, f"function {i} settled twice"
+            seen[i] = err
+    if lost_node:
+        live.apply(live.orch.handle(NodeJoined("a", {"cpu": 2})))
+    live.apply(live.orch.close_live("r"))
+    for _ in range(10 * live.count + 10):
+        if not live.running:
+            break
+        live.finish(sorted(live.running)[0])
+    for i, err in live.settled().items():
+        assert i not in seen
+        seen[i] = err
+    assert sorted(seen) == list(range(live.count))
+    assert live.run.finished
