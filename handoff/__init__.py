@@ -9,6 +9,7 @@ from handoff.errors import (
     FunctionError,
     HandoffError,
     InvalidFunctionError,
+    ItemError,
     MissingFunctionError,
     NodeLostError,
     ProtocolError,
@@ -23,6 +24,8 @@ from handoff.node.runs import ExecutionResult
 from handoff.api import (
     cache_clear,
     clear,
+    cluster_status,
+    dashboard_url,
     discover_nodes,
     execute,
     execute_distributed,
@@ -44,6 +47,7 @@ from handoff.api import (
     synchronize,
 )
 from handoff.decorator import Ref, RemoteFunction, dag_of, fn, run
+from handoff.stream.pipeline import Pipeline, stream
 from handoff.executor import Executor
 from handoff.aio import execute_async, run_async
 
@@ -61,5 +65,7 @@ __all__ = [
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
     "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
+    "cluster_status", "dashboard_url",
+    "stream", "Pipeline", "ItemError",
     "Executor", "execute_async", "run_async",
 ]

@@ -21,16 +21,18 @@ __all__ = ["execute_async", "run_async"]
 async def execute_async(dag: DAG, **options: Any) -> Any:
     """``handoff.execute(dag, **options)`` as a coroutine; returns the ``ExecutionResult``.
 
-    Takes the options of ``execute``. Cancelling the task that awaits it stops the run:
-    in-flight work is cancelled on every node.
+    Takes the options of ``execute``; ``progress`` draws the live display only when True
+    (not by default: an event loop's program seldom owns the terminal). Cancelling the task
+    that awaits it stops the run: in-flight work is cancelled on every node.
     """
     from handoff import api
-    from handoff.node.runs import prepare_run, progress_printer
+    from handoff.node.runs import prepare_run
 
     if not isinstance(dag, DAG):
         raise TypeError(f"execute_async() takes a handoff.DAG, got {type(dag).__name__}")
     allocator = options.pop("allocator", None)
     cache = options.pop("cache", True)
+    record = options.pop("record", True)
     progress = options.get("progress", False)
     checked = api._check_options(
         options.pop("max_retries", 3), options.pop("allocation_strategy", "first_available"),
@@ -39,10 +41,10 @@ async def execute_async(dag: DAG, **options: Any) -> Any:
     )
     if not isinstance(cache, bool):
         raise ValueError(f"cache must be True or False, got {cache!r}")
+    if not isinstance(record, bool):
+        raise ValueError(f"record must be True or False, got {record!r}")
     if allocator is not None and not callable(getattr(allocator, "allocate", None)):
         raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
-    if progress is True:
-        progress = progress_printer()
     loop = asyncio.get_running_loop()
 
     def prepare() -> Any:  # in a thread: starting a node, validating, pickling, asking caches
@@ -53,7 +55,7 @@ async def execute_async(dag: DAG, **options: Any) -> Any:
 
             dag.validate()
             plan = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
-        ctx = prepare_run(plan, progress if callable(progress) else None)
+        ctx = prepare_run(plan, progress if callable(progress) else None, record=record)
         if cache:
             from handoff.cache.plan import plan_cache
 
@@ -63,6 +65,10 @@ async def execute_async(dag: DAG, **options: Any) -> Any:
     node, ctx = await loop.run_in_executor(None, prepare)
     await asyncio.wrap_future(node.call(node.submit_run, ctx, checked))
     try:
+        if progress is True:  # the display draws from a thread of its own while it waits
+            from handoff.observe.progress import wait_for_result
+
+            return await loop.run_in_executor(None, wait_for_result, ctx.future, ctx.record, True)
         return await asyncio.wrap_future(ctx.future)
     except asyncio.CancelledError:
         node.post(node.cancel_run, ctx.run_id, HandoffError("cancelled by the driver"))

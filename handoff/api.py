@@ -6,6 +6,7 @@ import atexit
 import dataclasses
 import threading
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from numbers import Integral
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
@@ -15,6 +16,7 @@ from handoff.config import NodeConfig, check_resources
 from handoff.dag import DAG, retries_problem, timeout_problem
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.errors import TimeoutError as HandoffTimeout
+from handoff.observe.progress import wait_for_result
 from handoff.node.runs import ExecutionResult, prepare_run
 from handoff.node.data.values import dumps_value, loads_value
 
@@ -25,11 +27,12 @@ __all__ = [
     "start", "stop", "node_name", "node_stats", "execute", "execute_distributed", "execute_local",
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
-    "register_data_location", "lookup_data_location", "clear", "current_node", "cache_clear",
+    "register_data_location", "lookup_data_location", "clear", "current_node", "dashboard_url",
+    "cluster_status", "cache_clear",
 ]
 
 EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress", "allocator",
-                   "cache")
+                   "record", "cache")
 START_TIMEOUT = 60.0
 MAX_CONCURRENCY = 1_000_000
 
@@ -52,10 +55,14 @@ def start(
     join_timeout: float = 10.0,
     shared_memory: bool = True,
     store_limit: int | str | None = None,
+    dashboard: str | None = None,
     cache_dir: str | None = None,
     cache_size: int | str | None = None,
 ) -> str:
-    """Start the embedded node in this process (the driver becomes a full peer); returns its name."""
+    """Start the embedded node in this process (the driver becomes a full peer); returns its name.
+
+    ``dashboard="127.0.0.1:8787"`` also serves the live dashboard there (port 0: a free
+    port; ``dashboard_url()`` tells where)."""
     global _node
     from handoff.node.server import Node
     from handoff.security import load_curve
@@ -68,7 +75,7 @@ def start(
             resources=dict(resources) if resources else {}, workers=workers or 0,
             executor=executor, key_file=key_file, insecure=insecure,
             suspect_after=suspect_after, dead_after=dead_after, join_timeout=join_timeout,
-            shared_memory=shared_memory, store_limit=store_limit,
+            shared_memory=shared_memory, store_limit=store_limit, dashboard=dashboard,
             cache_dir=cache_dir or "", cache_size=cache_size,
         )
         curve = load_curve(config)
@@ -145,7 +152,8 @@ def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]
 
     The keys (docs/guide.md, "Observing a node"): ``name``, ``address``, ``members``,
     ``membership``, ``ledger``, ``runs``, ``validating_state``, ``pool``, ``store``,
-    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``.
+    ``counters``, ``dropped_messages``, ``blocked_peers``, ``rejected_connections``, ``curve``,
+    ``dashboard`` (its URL, or None).
 
     With no ``name`` the local node is started with default settings if needed, like the other
     calls; asking a peer needs this process's node running and joined to its cluster (a node
@@ -173,6 +181,34 @@ def node_stats(name: str | None = None, timeout: float = 10.0) -> dict[str, Any]
         raise HandoffTimeout(f"waiting for node {name or n.name!r} to report its stats", timeout) from None
 
 
+def dashboard_url() -> str | None:
+    """The URL of this process's node's dashboard (``start(dashboard=...)``), None without one."""
+    with _lock:
+        node = _node
+    return node.dashboard.url if node is not None and node.dashboard is not None else None
+
+
+def cluster_status(timeout: float = 5.0) -> dict[str, Any]:
+    """The cluster's state as ``python -m handoff status --json`` prints it, asked through
+    this process's node (started with default settings if needed)."""
+    problem = timeout_problem(timeout)
+    if problem:
+        raise ValueError(problem)
+    n = current_node()
+    fut: Future = Future()
+
+    def answer(doc: dict) -> None:
+        if not fut.done():
+            fut.set_result(doc)
+
+    n.post(n.status.gather, answer)
+    try:
+        result: dict[str, Any] = fut.result(timeout)
+        return result
+    except FutureTimeout:
+        raise HandoffTimeout("waiting for the cluster's status", timeout) from None
+
+
 # ---- running DAGs --------------------------------------------------------------------
 
 def _check_options(max_retries: Any, allocation_strategy: Any, max_concurrency: Any, timeout: Any,
@@ -192,8 +228,8 @@ def _check_options(max_retries: Any, allocation_strategy: Any, max_concurrency: 
     ):
         raise ValueError(
             f"max_concurrency must be None or an int from 1 to {MAX_CONCURRENCY}, got {max_concurrency!r}")
-    if not (isinstance(progress, bool) or callable(progress)):
-        raise ValueError("progress must be a bool or a callable(done, total)")
+    if not (isinstance(progress, bool) or (isinstance(progress, str) and progress == "auto") or callable(progress)):
+        raise ValueError(f'progress must be "auto", True, False or a callable(done, total), got {progress!r}')
     return {"max_retries": int(max_retries), "allocation_strategy": allocation_strategy,
             "max_concurrency": None if max_concurrency is None else int(max_concurrency),
             "timeout": None if timeout is None else float(timeout)}
@@ -206,8 +242,9 @@ def execute(
     allocation_strategy: str = "first_available",
     max_concurrency: int | None = None,
     timeout: float | None = None,
-    progress: bool | Callable[[int, int], None] = False,
+    progress: bool | str | Callable[[int, int], None] = "auto",
     allocator: Any = None,
+    record: bool = True,
     cache: bool = True,
     **unknown: Any,
 ) -> ExecutionResult:
@@ -225,11 +262,16 @@ def execute(
     timeout:
         Seconds for the whole run; past it, ``handoff.TimeoutError`` and every claim released.
     progress:
-        True prints progress to stderr; a callable gets ``(done, total)``.
+        ``"auto"``: a live display per function group on stderr when it is a terminal and
+        the run lasts over a second; True: always; False: never; a callable gets
+        ``(done, total)`` after each completion.
     allocator:
         A ``handoff.Allocator``: its ``allocate(functions, caps)`` is called once with the
         total capacities of the live nodes, and its answer is taken as pins
         (``handoff.allocation.apply_plan``; a plan that cannot hold is an ``AllocationError``).
+    record:
+        Keep every attempt's record (node, worker, times, bytes) for ``to_trace`` and
+        ``report``; about 60 bytes an attempt.
     cache:
         False ignores the result cache for this run: functions with ``cache=True`` are
         neither looked up nor written.
@@ -245,24 +287,22 @@ def execute(
         raise ValueError(f"cache must be True or False, got {cache!r}")
     if allocator is not None and not callable(getattr(allocator, "allocate", None)):
         raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
-    if progress is True:
-        from handoff.node.runs import progress_printer
-
-        progress = progress_printer()
+    if not isinstance(record, bool):
+        raise ValueError(f"record must be True or False, got {record!r}")
     node = current_node()
     if allocator is not None:
         from handoff.allocation import apply_plan
 
         dag.validate()
         dag = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
-    ctx = prepare_run(dag, progress if callable(progress) else None)
+    ctx = prepare_run(dag, progress if callable(progress) else None, record=record)
     if cache:
         from handoff.cache.plan import plan_cache
 
         plan_cache(node, ctx)
     node.call(node.submit_run, ctx, options).result()
     try:
-        return ctx.future.result()
+        return wait_for_result(ctx.future, ctx.record, progress)
     except KeyboardInterrupt:
         node.call(node.cancel_run, ctx.run_id, HandoffError("cancelled by the driver"))
         raise

@@ -136,6 +136,14 @@ def _check_address(address: str, what: str) -> str:
     return address
 
 
+def _check_dashboard(bind: str) -> str:
+    """``HOST:PORT`` (port 0: any free port) for the dashboard's HTTP server."""
+    host, sep, port = bind.removeprefix("http://").rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"dashboard must look like HOST:PORT (e.g. 127.0.0.1:8787), got {bind!r}")
+    return f"{host}:{int(port)}"
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -174,6 +182,7 @@ class NodeConfig:
     cache_size: int | str | None = None  # bytes the result cache may hold (default 4 GiB)
     # check the scheduler's invariants after every event (slow; HANDOFF_DEBUG_STATE=1)
     debug_state: bool = field(default_factory=debug_state_from_env)
+    dashboard: str | None = None  # HOST:PORT of the live dashboard (handoff.node.dashboard)
 
     def __post_init__(self) -> None:
         name = self.name or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -197,6 +206,7 @@ class NodeConfig:
             "store_limit": default_store_limit() if self.store_limit is None else parse_size(self.store_limit),
             "cache_dir": os.path.abspath(os.path.expanduser(self.cache_dir or default_cache_dir())),
             "cache_size": DEFAULT_CACHE_SIZE if self.cache_size is None else parse_size(self.cache_size),
+            "dashboard": self.dashboard and _check_dashboard(self.dashboard),
         }
         for field_name, value in settle.items():  # frozen: settled once, here
             object.__setattr__(self, field_name, value)

@@ -20,7 +20,9 @@ from handoff.errors import (
 
 __all__ = ["Function", "Argument", "Collocated", "DAG", "new", "CompiledGraph"]
 
-TYPES = ("regular", "inline")
+TYPES = ("regular", "inline", "input")
+MAX_PARALLELISM = 1000
+MAX_BATCH = 1_000_000
 MAX_TIMEOUT = 30 * 24 * 3600.0  # seconds: any longer is a typo, and inf/1e300 overflow deadlines
 MAX_RETRIES = 1000
 INCLUSIONS = ("variadic", "as_list")
@@ -55,7 +57,7 @@ class Function:
     """One node of the DAG: ``code`` applied to the results of ``args`` and then ``extra_args``."""
 
     id: Hashable
-    code: Callable[..., Any]
+    code: Callable[..., Any] | None = None  # required except for type="input"
     args: Sequence[Hashable | Argument] = field(default_factory=list)
     extra_args: Sequence[Any] = field(default_factory=list)
     argument_inclusion: str = "variadic"
@@ -66,6 +68,19 @@ class Function:
     timeout: float | None = None
     group: str | None = None
     cache: bool = False
+    # streaming (handoff.stream); execute() refuses a DAG that sets them
+    init: Callable[[], Any] | None = None
+    parallelism: int = 1
+    batch_size: int | None = None
+    batch_timeout: float | None = None
+
+    @property
+    def group_name(self) -> str:
+        """The group progress, pictures and reports count it in: ``group``, else the code's
+        qualified name."""
+        if self.group is not None:
+            return self.group
+        return code_group(self.code)
 
     @property
     def dependency_ids(self) -> list[Hashable]:
@@ -74,6 +89,23 @@ class Function:
     @property
     def is_inline(self) -> bool:
         return self.type == "inline"
+
+    @property
+    def is_input(self) -> bool:
+        return self.type == "input"
+
+    @property
+    def streams_only(self) -> bool:
+        """Uses a field that only ``handoff.stream`` gives a meaning to."""
+        return self.is_input or self.init is not None or self.batch_size is not None
+
+
+def code_group(code: Any) -> str:
+    """A callable's qualified name (a partial's function's; a callable object's class's)."""
+    while hasattr(code, "func") and not hasattr(code, "__qualname__"):
+        code = code.func  # functools.partial and its kin
+    name = getattr(code, "__qualname__", None)
+    return name if isinstance(name, str) else type(code).__qualname__
 
 
 def new(id: Hashable | None = None) -> "DAG":
@@ -84,10 +116,14 @@ def new(id: Hashable | None = None) -> "DAG":
 def _check_function(fn: Function) -> None:
     """Rules that need only the function itself; raised by add_function."""
     fid = fn.id
-    if not callable(fn.code):
-        raise InvalidFunctionError(fid, f"code must be callable, got {type(fn.code).__name__}")
     if fn.type not in TYPES:
         raise InvalidFunctionError(fid, f"unknown type {fn.type!r}; valid: {', '.join(TYPES)}")
+    if fn.is_input:
+        _check_input(fn)
+        return
+    if not callable(fn.code):
+        raise InvalidFunctionError(fid, f"code must be callable, got {type(fn.code).__name__}")
+    _check_streaming(fn)
     if fn.argument_inclusion not in INCLUSIONS:
         raise InvalidFunctionError(
             fid,
@@ -116,6 +152,8 @@ def _check_function(fn: Function) -> None:
                 raise InvalidFunctionError(fid, f"cost of {res!r} must be a finite number, got {amount!r}")
             if amount < 0:
                 raise InvalidFunctionError(fid, f"cost of {res!r} must not be negative, got {amount!r}")
+    if fn.group is not None and (not isinstance(fn.group, str) or not fn.group):
+        raise InvalidFunctionError(fid, f"group must be a non-empty string or None, got {fn.group!r}")
     if fn.node is not None and not isinstance(fn.node, (str, Collocated)):
         raise InvalidFunctionError(fid, "node must be a node name, Collocated(function_id) or None")
     if fn.is_inline and fn.node is not None:
@@ -124,12 +162,45 @@ def _check_function(fn: Function) -> None:
         raise InvalidFunctionError(fid, f"cache must be True or False, got {fn.cache!r}")
     if fn.cache and fn.is_inline:
         raise InvalidFunctionError(fid, "an inline function has no result of its own to cache")
-    if fn.group is not None and not isinstance(fn.group, str):
-        raise InvalidFunctionError(fid, f"group must be a string or None, got {fn.group!r}")
     problem = fn.max_retries is not None and retries_problem(fn.max_retries)
     problem = problem or (fn.timeout is not None and timeout_problem(fn.timeout))
     if problem:
         raise InvalidFunctionError(fid, problem)
+
+
+def _check_input(fn: Function) -> None:
+    """An input is fed by ``push``: nothing to run, nothing to place."""
+    given = [name for name, value in (
+        ("code", fn.code), ("args", list(fn.args)), ("extra_args", list(fn.extra_args)),
+        ("cost", fn.cost), ("node", fn.node), ("init", fn.init), ("batch_size", fn.batch_size),
+        ("batch_timeout", fn.batch_timeout), ("timeout", fn.timeout),
+    ) if value not in (None, [])]
+    if fn.parallelism != 1:
+        given.append("parallelism")
+    if given:
+        raise InvalidFunctionError(
+            fn.id, f"an input function is fed by push and takes no {', '.join(given)}")
+
+
+def _check_streaming(fn: Function) -> None:
+    fid = fn.id
+    if fn.init is not None and not callable(fn.init):
+        raise InvalidFunctionError(fid, f"init must be a zero-argument callable, got {type(fn.init).__name__}")
+    p = fn.parallelism
+    if isinstance(p, bool) or not isinstance(p, Integral) or not 1 <= int(p) <= MAX_PARALLELISM:
+        raise InvalidFunctionError(fid, f"parallelism must be an int from 1 to {MAX_PARALLELISM}, got {p!r}")
+    b = fn.batch_size
+    if b is not None and (isinstance(b, bool) or not isinstance(b, Integral) or not 1 <= int(b) <= MAX_BATCH):
+        raise InvalidFunctionError(fid, f"batch_size must be None or an int from 1 to {MAX_BATCH}, got {b!r}")
+    if fn.batch_timeout is not None:
+        if b is None:
+            raise InvalidFunctionError(fid, "batch_timeout needs a batch_size (the most items a batch holds)")
+        problem = timeout_problem(fn.batch_timeout, "batch_timeout")
+        if problem:
+            raise InvalidFunctionError(fid, problem)
+    if fn.is_inline and (fn.init is not None or p != 1 or b is not None):
+        raise InvalidFunctionError(
+            fid, "an inline function runs inside its consumers: no init, parallelism or batch_size")
 
 
 def timeout_problem(value: Any, name: str = "timeout") -> str:
@@ -269,6 +340,19 @@ class DAG:
         """Raise a ValidationError subclass if the DAG breaks a rule; return None otherwise."""
         self.compile()
 
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of the DAG (pins and costs shown; one box per group past 500
+        functions). Raises a ValidationError subclass for an invalid DAG."""
+        from handoff.observe.pictures import to_mermaid
+
+        return to_mermaid(self)
+
+    def to_dot(self) -> str:
+        """A Graphviz DOT digraph of the DAG, like ``to_mermaid``; no Graphviz is needed."""
+        from handoff.observe.pictures import to_dot
+
+        return to_dot(self)
+
     def topological_order(self) -> list[Hashable]:
         """Function ids in an order where every function follows its dependencies."""
         from handoff import _core
@@ -285,9 +369,9 @@ class DAG:
                     raise InvalidFunctionError(
                         fn.id, f"collocated with {fn.node.function_id!r}, which is not in the DAG"
                     )
-                if target.is_inline:
+                if target.is_inline or target.is_input:
                     raise InvalidFunctionError(
-                        fn.id, f"collocated with inline function {target.id!r}, which is never placed"
+                        fn.id, f"collocated with {target.type} function {target.id!r}, which is never placed"
                     )
                 if target.id == fn.id:
                     raise InvalidFunctionError(fn.id, "collocated with itself")

@@ -301,6 +301,9 @@ def _refs_in(x: Any) -> list[Ref[Any]]:
     return found
 
 
+id_of = id  # a ref's identity: two calls with equal arguments are still two functions
+
+
 def dag_of(x: Any, id: Hashable | None = None) -> DAG:
     """The DAG that computes ``x`` (a ref, or a list, tuple or dict of refs): every function
     the refs depend on, each once, dependencies first."""
@@ -328,9 +331,6 @@ def dag_of(x: Any, id: Hashable | None = None) -> DAG:
                 if id_of(dep) not in seen:
                     stack.append((dep, False))
     return dag
-
-
-id_of = id  # a ref's identity: two calls with equal arguments are still two functions
 
 
 K = TypeVar("K")

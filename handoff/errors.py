@@ -20,15 +20,20 @@ __all__ = [
     "ProtocolError",
     "AuthenticationError",
     "remote_error",
+    "ItemError",
 ]
 
 
 class HandoffError(Exception):
     """Base of every error Handoff raises on purpose."""
 
-    # errors cross process boundaries; keep their attributes
+    # a run that ends in an error sets it: the partial ExecutionResult (stats, to_trace, report)
+    result: Any = None
+
+    # errors cross process boundaries; keep their attributes (not the local partial result)
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (type(self), self.__dict__.copy(), self.args))
+        state = {k: v for k, v in self.__dict__.items() if k != "result"}
+        return (_rebuild_error, (type(self), state, self.args))
 
 
 def _rebuild_error(
@@ -282,3 +287,29 @@ class AuthenticationError(HandoffError):
         self.peer = peer
         src = f" ({peer!r})" if peer is not None else ""
         super().__init__(f"authentication failed{src}: {reason}")
+
+
+class ItemError(HandoffError):
+    """One item of a stream failed (its stage raised, its worker died too often, or it ran
+    past ``item_timeout``); ``results()`` yields it in the item's place, the stream goes on."""
+
+    def __init__(
+        self,
+        item: int,
+        function_id: Hashable,
+        exc_type: str,
+        message: str,
+        remote_traceback: str = "",
+    ):
+        self.item = item
+        self.function_id = function_id
+        self.exc_type = exc_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"item {item} failed in function {function_id!r}: {exc_type}: {message}")
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text

@@ -1,5 +1,6 @@
 """``python -m handoff.keygen [FILE]``: write a new cluster key (to stdout by default);
-``--user`` makes (or finds) this user's default key and prints its path."""
+``--user`` makes (or finds) this user's default key and prints its path;
+``--dashboard-token FILE`` prints the token of FILE's key for a node's dashboard."""
 
 from __future__ import annotations
 
@@ -24,12 +25,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="store_true",
                    help="make this user's default key if it is missing (the one loopback nodes "
                    "use without --key-file) and print its path")
+    p.add_argument("--dashboard-token", action="store_true",
+                   help="print the dashboard token of the key in FILE (with --user: of this "
+                   "user's key): what a dashboard off loopback asks for (?token=TOKEN)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dashboard_token:
+        from handoff.node.dashboard import dashboard_token
+        from handoff.security import read_key_file
+
+        if args.file == "-" and not args.user:
+            parser.error("--dashboard-token needs the key FILE (or --user)")
+        try:
+            _, secret = user_key(user_runtime_dir()) if args.user else read_key_file(args.file)
+        except HandoffError as exc:
+            print(f"handoff.keygen: {exc}", file=sys.stderr)
+            return 1
+        print(dashboard_token(secret))
+        return 0
     if args.user:
         if args.file != "-":
             parser.error("--user takes no FILE: the key lives in the user's runtime directory")

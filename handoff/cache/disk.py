@@ -26,7 +26,7 @@ from handoff.node.data import shm
 
 log = logging.getLogger("handoff.cache")
 
-__all__ = ["DiskCache", "KEY_PATTERN"]
+__all__ = ["DiskCache", "KEY_PATTERN", "write_entry"]
 
 MAGIC = b"HOC1"
 _HEAD = struct.Struct("<4sI")
@@ -72,6 +72,10 @@ class DiskCache:
 
     def _entries(self) -> OrderedDict[str, int]:
         return self._index if self._index is not None else self._scan()
+
+    def path_of(self, key: str) -> str:
+        """Where the entry of ``key`` lives (a worker process writes it there: ``write_entry``)."""
+        return self._file(key)
 
     def _file(self, key: str) -> str:
         if not KEY_PATTERN.match(key):
@@ -120,28 +124,31 @@ class DiskCache:
         """Store a value's frames under ``key``; False (and nothing left behind) when it is
         larger than the bound or the disk refuses."""
         path = self._file(key)
-        views = [_view(f) for f in frames]
-        size = _HEAD.size + _SIZE.size * len(views) + sum(v.nbytes for v in views)
+        size = entry_size(frames)
         if size > self.limit:
             log.info("not caching %s: %d bytes is more than the cache's bound of %d", key, size, self.limit)
             return False
         try:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{uuid.uuid4().hex[:8]}-", suffix=".tmp", dir=self.path)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(_HEAD.pack(MAGIC, len(views)))
-                    for v in views:
-                        f.write(_SIZE.pack(v.nbytes))
-                    for v in views:
-                        f.write(v)
-                os.replace(tmp, path)
-            except BaseException:
-                _unlink(tmp)
-                raise
+            write_entry(path, frames)
         except OSError as exc:
             log.warning("could not write cache entry %s in %s: %s", key, self.path, exc)
             return False
+        self._account(key, size)
+        return True
+
+    def note_written(self, key: str) -> None:
+        """Count an entry that a worker process wrote (``write_entry``); one over the bound
+        is removed, and the least recently used go when the total passes it."""
+        try:
+            size = os.stat(self._file(key)).st_size
+        except OSError:  # the worker could not write it (it said why on its stderr)
+            return
+        if size > self.limit:
+            self._remove(key)
+            return
+        self._account(key, size)
+
+    def _account(self, key: str, size: int) -> None:
         index = self._entries()
         old = index.pop(key, 0)
         index[key] = size
@@ -149,7 +156,6 @@ class DiskCache:
         self.writes += 1
         if self.total > self.limit:
             self._evict()
-        return True
 
     def _evict(self) -> None:
         index = self._scan()  # others' files count too
@@ -180,6 +186,30 @@ class DiskCache:
         return {"path": self.path, "limit": self.limit, "bytes": self.total, "entries": len(index),
                 "hits": self.hits, "misses": self.misses, "writes": self.writes,
                 "evictions": self.evictions}
+
+
+def entry_size(frames: Sequence[Any]) -> int:
+    return _HEAD.size + _SIZE.size * len(frames) + sum(_view(f).nbytes for f in frames)
+
+
+def write_entry(path: str, frames: Sequence[Any]) -> None:
+    """Write a value's frames to ``path`` whole or not at all (a temporary file renamed into
+    place); makes the directory. OSError leaves nothing behind."""
+    views = [_view(f) for f in frames]
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{uuid.uuid4().hex[:8]}-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_HEAD.pack(MAGIC, len(views)))
+            for v in views:
+                f.write(_SIZE.pack(v.nbytes))
+            for v in views:
+                f.write(v)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
 
 
 def _view(frame: Any) -> memoryview:

@@ -160,7 +160,7 @@ class KeyBuilder:
     def function_key(self, fn: Function, input_keys: Sequence[str]) -> str:
         """The key of ``fn`` given its inputs' keys (in ``fn.args`` order)."""
         h = hashlib.sha256(VERSION)
-        h.update(self.code_identity(fn.code).encode())
+        h.update(self.code_identity(fn.code).encode() if fn.code is not None else b"<input>")
         h.update(fn.argument_inclusion.encode())
         for i, value in enumerate(fn.extra_args):
             try:

@@ -21,7 +21,6 @@ from handoff.demo.pipelines import (
     aggregate_data,
     format_output,
     simple_pipeline_dag,
-    WORK,
     Image,
     SEPIA,
     load_image,

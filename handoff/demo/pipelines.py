@@ -2,16 +2,17 @@
 
 Every task is a module-level function here, so worker processes (and other nodes, which
 have the same package installed) import it by reference instead of receiving its code.
-The image pipeline uses numpy arrays as images and short sleeps standing in for the time
-real image work would take, so the whole demo runs in a few seconds.
+The image pipeline does real numpy work on generated pictures (grayscale, sepia, blur, Sobel
+edges, thumbnails, a collage) and writes the thumbnails (PPM) and the collage (PNG) to an
+output directory; the whole demo runs in a few seconds.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
-import time
 import zlib
 from typing import Any, Callable, Hashable, Mapping
 
@@ -19,6 +20,7 @@ import numpy as np
 
 import handoff
 from handoff import DAG, ExecutionResult, Function
+from handoff.demo.imagefiles import png_bytes, ppm_bytes
 
 
 # ---- getting started: data_source -> double -> sum ---------------------------------------
@@ -153,12 +155,6 @@ def simple_pipeline_dag(
 
 # ---- image processing: numpy arrays as images ----------------------------------------------
 
-# Seconds each step sleeps in place of real work: the guide's timings divided by ten.
-WORK = {
-    "load": 0.03, "resize": 0.03, "grayscale": 0.02, "sepia": 0.025, "blur": 0.03,
-    "edge_detection": 0.04, "thumbnail": 0.02, "quality": 0.03, "collage": 0.05, "save": 0.02,
-}
-
 Image = np.ndarray  # height x width x 3, uint8
 SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], np.float32)
 
@@ -256,20 +252,25 @@ def create_collage(images: list[Image], width: int = 1200, height: int = 800) ->
     return canvas
 
 
-def save_image(img: Image, output_path: str) -> dict[str, Any]:
-    """What saving would record (path, shape, checksum); nothing is written to disk."""
-    return {"saved_path": output_path, "shape": img.shape, "crc32": zlib.crc32(img.tobytes())}
+def save_image(img: Image, output_path: str | None) -> dict[str, Any]:
+    """Encode ``img`` (PNG, or PPM for a ``.ppm`` path) and write it to ``output_path``; with
+    no path it is only encoded. Returns the path, shape, size in bytes and a checksum."""
+    path = output_path or ""
+    data = ppm_bytes(img) if path.endswith(".ppm") else png_bytes(img)
+    if output_path:
+        os.makedirs(os.path.dirname(output_path) or ".", exist_ok=True)
+        with open(output_path, "wb") as f:
+            f.write(data)
+    return {"saved_path": output_path, "shape": img.shape, "bytes": len(data), "crc32": zlib.crc32(data)}
 
 
 # The tasks of the DAG: each maps a step over a {file name: image} dict.
 
 def load_images_task(names: list[str], seed: int) -> dict[str, Image]:
-    time.sleep(WORK["load"])
     return {name: load_image(name, seed) for name in names}
 
 
 def resize_images_task(images: dict[str, Image], width: int, height: int) -> dict[str, Image]:
-    time.sleep(WORK["resize"])
     return {name: resize_image(img, width, height) for name, img in images.items()}
 
 
@@ -277,12 +278,10 @@ def apply_image_effect_task(
     images: dict[str, Image], effect_name: str, transform: Callable[..., Image], *args: Any,
 ) -> dict[str, Image]:
     """``transform(img, *args)`` on every image (the guide's /3 and /4 variants)."""
-    time.sleep(WORK[effect_name])
     return {name: transform(img, *args) for name, img in images.items()}
 
 
 def quality_assessment_task(gray: dict, sepia_imgs: dict, blur: dict, edge: dict) -> dict:
-    time.sleep(WORK["quality"])
     effects = {"grayscale": gray, "sepia": sepia_imgs, "blur": blur, "edge": edge}
     return {
         f"{effect}_{name}": assess_quality(img)
@@ -294,19 +293,22 @@ def quality_assessment_task(gray: dict, sepia_imgs: dict, blur: dict, edge: dict
 def create_collage_task(
     gray: dict, sepia_imgs: dict, blur: dict, edge: dict, options: Mapping[str, int],
 ) -> Image:
-    time.sleep(WORK["collage"])
     images = [*gray.values(), *sepia_imgs.values(), *blur.values(), *edge.values()]
     return create_collage(images, **options)
 
 
-def save_images_task(images: dict[str, Image], output_prefix: str) -> dict[str, dict]:
-    time.sleep(WORK["save"])
-    return {name: save_image(img, f"output/{output_prefix}_{name}") for name, img in images.items()}
+def _output(out_dir: str | None, filename: str) -> str | None:
+    return os.path.join(out_dir, filename) if out_dir else None
 
 
-def save_single_image_task(image: Image, base_filename: str) -> dict[str, Any]:
-    time.sleep(WORK["save"])
-    return save_image(image, f"output/{base_filename}.png")
+def save_images_task(images: dict[str, Image], output_prefix: str, out_dir: str | None = None) -> dict[str, dict]:
+    """Each image as ``{prefix}_{name}.ppm`` in ``out_dir`` (only encoded without one)."""
+    return {name: save_image(img, _output(out_dir, f"{output_prefix}_{name.rsplit('.', 1)[0]}.ppm"))
+            for name, img in images.items()}
+
+
+def save_single_image_task(image: Image, base_filename: str, out_dir: str | None = None) -> dict[str, Any]:
+    return save_image(image, _output(out_dir, f"{base_filename}.png"))
 
 
 GPU_STEP = "edge_detection"
@@ -320,12 +322,15 @@ def image_pipeline_dag(
     size: tuple[int, int] = (160, 120),
     thumbnail: int = 48,
     collage: tuple[int, int] = (640, 480),
+    out_dir: str | None = None,
 ) -> DAG:
     """The guide's image-processing DAG (11 functions); ``edge_detection`` costs a gpu.
 
     Sizes are scaled down from the guide's (800x600, 150 px thumbnails, a 1600x1200
     collage) so the example stays quick; pass the guide's values to see the real load.
-    Every other step costs one cpu.
+    Every other step costs one cpu. The thumbnails (PPM) and the collage (PNG) are written
+    to ``out_dir`` (which every node must be able to write: a shared or local path); without
+    one they are encoded and not written.
     """
     names = [f"image_{i}.jpg" for i in range(1, n_images + 1)]
     cpu = {"cpu": 1}
@@ -368,11 +373,11 @@ def image_pipeline_dag(
         ))
         .add_function(Function(
             id="save_thumbnails", args=["create_thumbnails"], code=save_images_task,
-            extra_args=["thumb"], cost=cpu,
+            extra_args=["thumb", out_dir], cost=cpu,
         ))
         .add_function(Function(
             id="save_collage", args=["create_collage"], code=save_single_image_task,
-            extra_args=["final_collage"], cost=cpu,
+            extra_args=["final_collage", out_dir], cost=cpu,
         ))
     )
 

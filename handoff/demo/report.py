@@ -38,11 +38,15 @@ def format_image_report(result: ExecutionResult, *, per_image: bool = True) -> s
     """The saved collage and thumbnails, and quality metrics per image (or per effect)."""
     res = result.results
     collage = res["save_collage"]
-    lines = [
-        f"Collage (pretend) saved to: {collage['saved_path']} ({collage['shape'][1]}x{collage['shape'][0]})",
-        f"Thumbnails (pretend): {', '.join(t['saved_path'] for t in res['save_thumbnails'].values())}",
-        "Quality metrics:" if per_image else "Quality metrics (mean per effect):",
-    ]
+    thumbs = list(res["save_thumbnails"].values())
+    size = f"{collage['shape'][1]}x{collage['shape'][0]}"
+    if collage["saved_path"]:
+        lines = [f"Collage written to: {collage['saved_path']} ({size} PNG, {collage['bytes']:,} bytes)",
+                 f"Thumbnails written: {', '.join(t['saved_path'] for t in thumbs)}"]
+    else:
+        lines = [f"Collage encoded as a {size} PNG of {collage['bytes']:,} bytes (no output directory)",
+                 f"Thumbnails encoded as {len(thumbs)} PPM files (no output directory)"]
+    lines.append("Quality metrics:" if per_image else "Quality metrics (mean per effect):")
     metrics = sorted(res["quality_report"].items())
     if not per_image:
         groups: dict[str, list] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import time
@@ -49,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dead-after", type=float, default=2.0, help="seconds (default 2)")
     p.add_argument("--join-timeout", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--log-format", default="text", choices=("text", "json"),
+                   help="text lines, or one JSON object per line (time, level, node, logger, "
+                   "message); every record names the node (default text)")
+    p.add_argument("--dashboard", default=None, metavar="HOST:PORT",
+                   help="serve the live dashboard there, e.g. 127.0.0.1:8787 (off a loopback "
+                   "address it needs the cluster key's token: python -m handoff.keygen "
+                   "--dashboard-token KEYFILE)")
     return p
 
 
@@ -61,8 +67,9 @@ def _size(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from handoff.logs import configure
+
+    configure(args.log_level, args.log_format)
     from handoff.node.server import Node
     from handoff.security import load_curve
 
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             dead_after=args.dead_after, join_timeout=args.join_timeout,
             shared_memory=not args.no_shared_memory, store_limit=args.store_limit,
             cache_dir=args.cache_dir, cache_size=args.cache_size,
+            dashboard=args.dashboard,
         )
         curve = load_curve(config)
         node = Node(config, curve)
@@ -104,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         caps = ",".join(f"{k}={v:g}" for k, v in config.resources.items())
         print(f"handoff node {node.name} listening on {node.address} resources {caps} "
               f"workers {config.workers}", flush=True)
+        if node.dashboard is not None:
+            print(f"handoff node {node.name} dashboard at {node.dashboard.url}", flush=True)
         while not stopping:
             time.sleep(0.1)
             if node._stopped.is_set():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from handoff import _core
 from handoff.dag import DAG, Argument, CompiledGraph, Function
 from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError, remote_error
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
+from handoff.observe.record import RunRecord
 
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
 from handoff.protocol.rows import Call, Hook, Leaf, ResultRow, TaskRow, Tree, ValueRef
@@ -34,7 +34,7 @@ from handoff.scheduler import (
 if TYPE_CHECKING:
     from handoff.node.server import Node, Timer
 
-__all__ = ["RunContext", "ExecutionResult", "Results", "Runs", "prepare_run", "progress_printer"]
+__all__ = ["RunContext", "ExecutionResult", "Results", "Runs", "prepare_run"]
 
 log = logging.getLogger("handoff.runs")
 
@@ -73,6 +73,7 @@ class RunContext:
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
+    record: RunRecord | None = None  # progress counters, and every attempt's timing and bytes
     # the result cache (handoff.cache.plan): keys of cache=True functions, hits -> their node,
     # the functions as the scheduler sees them (hits pinned, free), attempts loaded from a cache
     cache_keys: dict[int, str] = field(default_factory=dict)
@@ -138,13 +139,17 @@ class RunContext:
         return Call(k, fn.argument_inclusion, children)
 
 
-def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
+def prepare_run(dag: DAG, progress: Callable | None = None, record: bool = True) -> RunContext:
     """Validate ``dag`` and pickle every code object and every function's extra arguments
-    once; raises before anything is sent."""
+    once; raises before anything is sent. ``record``: keep every attempt's record."""
     from handoff.errors import InvalidFunctionError
 
     graph = dag.compile()
     functions = [dag.functions[i] for i in graph.ids]
+    for fn in functions:
+        if fn.streams_only:
+            raise InvalidFunctionError(fn.id, "input functions, init and batch_size belong to "
+                                              "pipelines: run this DAG with handoff.stream()")
     payloads: list[list] = []
     hooks: dict = {}
     pickler = PayloadPickler()
@@ -172,7 +177,8 @@ def prepare_run(dag: DAG, progress: Callable | None = None) -> RunContext:
     for fn in functions:  # resolved here, in the caller's thread, not per task in the loop
         ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
         deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
-    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress)
+    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress,
+                      record=RunRecord(dag.id, graph, functions, keep=record))
 
 
 def _unpicklable_part(fn: Function) -> str:
@@ -226,13 +232,39 @@ class Results(Mapping):
 
 @dataclass(frozen=True)
 class ExecutionResult:
+    """What a run produced: its values, where each ran, and (``record``) every attempt."""
+
     dag_id: Any
     results: Results
     allocations: dict
     stats: dict
+    record: RunRecord | None = None
 
     def __repr__(self) -> str:
         return f"ExecutionResult(dag_id={self.dag_id!r}, {len(self.results)} results)"
+
+    def to_trace(self, path: Any) -> Any:
+        """Write the run as Chrome trace-event JSON (Perfetto, chrome://tracing); returns the path."""
+        from handoff.observe.trace import write_trace
+
+        return write_trace(self._recorded("to_trace"), path)
+
+    def report(self, path: Any) -> Any:
+        """Write the run's self-contained HTML report; returns the path."""
+        from handoff.observe.report import write_report
+
+        return write_report(self._recorded("report"), path)
+
+    def view(self) -> dict:
+        """The run's view document (the report page's data; see ``handoff.observe.page``)."""
+        from handoff.observe.view import build_view
+
+        return build_view(self._recorded("view"))
+
+    def _recorded(self, what: str) -> RunRecord:
+        if self.record is None or not self.record.keep:
+            raise HandoffError(f"{what}() needs the run's record: this run was executed with record=False")
+        return self.record
 
 
 def typed_error(error: FunctionError, exc_blob: list | None) -> FunctionError:
@@ -309,6 +341,7 @@ class Runs:
         except BaseException:
             self.runs.pop(ctx.run_id, None)
             raise
+        self.node.status.run_started(ctx)
         if options.get("timeout") is not None:
             seconds = options["timeout"]
 
@@ -345,6 +378,7 @@ class Runs:
             ctx = self.runs.get(run_id)
             if ctx is None:
                 continue
+            first = ctx.record.add(node, row) if ctx.record is not None else ok
             lost = row.lost
             if lost is not None:
                 lost_index = ctx.graph.index.get(lost.function_id)
@@ -359,7 +393,7 @@ class Runs:
                 info = ErrorInfo(error.exc_type, error.message, error.traceback, blob)
             elif row.cached:
                 ctx.loaded[index] = attempt
-            if ok and ctx.progress is not None:
+            if ok and ctx.progress is not None and first:  # a function run again counts once
                 ctx.done_count += 1
                 try:
                     ctx.progress(ctx.done_count, ctx.total)
@@ -405,6 +439,8 @@ class Runs:
                 return
         state = self.orchestrator.run(run_id)
         location = state.location
+        if ctx.record is not None:
+            ctx.record.dispatched(tasks)
         if node == self.name:
             self.node.accept_task_rows(self.name, ctx.dag_id, [ctx.task(i, a, node, location) for i, a in tasks])
             return
@@ -440,12 +476,10 @@ class Runs:
             self.orchestrator.forget(ins.run_id)
 
     def _resolve(self, ctx: RunContext, ins: RunFinished) -> None:
+        if ctx.record is not None:
+            ctx.record.end(failed=ins.error is not None)
         if ins.error is not None:
-            error = ins.error
-            info = ins.error_info
-            if isinstance(error, FunctionError) and info is not None:
-                error = typed_error(error, info.exc_blob)
-            ctx.future.set_exception(error)
+            self._fail(ctx, ins)
             return
         state = self.orchestrator.run(ins.run_id)
         ids = ctx.graph.ids
@@ -461,8 +495,24 @@ class Runs:
         for i, attempt in ctx.loaded.items():
             if state.attempt(i) == attempt and ids[i] in stats:
                 stats[ids[i]] = dataclasses.replace(stats[ids[i]], cached=True)
-        result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations, stats)
+        result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations,
+                                 stats, ctx.record)
         ctx.future.set_result(result)
+
+    def _fail(self, ctx: RunContext, ins: RunFinished) -> None:
+        """Raise the run's error in the caller, with what was computed before it (``.result``)."""
+        error = cast(HandoffError, ins.error)
+        info = ins.error_info
+        if isinstance(error, FunctionError) and info is not None:
+            error = typed_error(error, info.exc_blob)
+        try:
+            state = self.orchestrator.run(ins.run_id)
+            allocations, stats = state.allocations(), state.function_stats()
+        except KeyError:  # ended before the scheduler made its state
+            allocations, stats = {}, {}
+        error.result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations),
+                                       allocations, stats, ctx.record)
+        ctx.future.set_exception(error)
 
     def fail_all(self, error: HandoffError) -> None:
         for run_id in list(self.runs):
@@ -472,17 +522,3 @@ class Runs:
                 ctx.future.set_exception(error)
         self.runs.clear()
 
-
-def progress_printer() -> Callable[[int, int], None]:
-    """A progress callback that rewrites one line on stderr at most 5 times a second."""
-    last = [0.0]
-
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last[0] > 0.2:
-            last[0] = now
-            end = "\n" if done == total else ""
-            sys.stderr.write(f"\rhandoff: {done}/{total} functions done{end}")
-            sys.stderr.flush()
-
-    return show

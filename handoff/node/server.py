@@ -16,12 +16,14 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from concurrent.futures import Future
-from typing import Any, Callable, Hashable, cast
+from typing import TYPE_CHECKING, Any, Callable, Hashable, cast
 
 import zmq
 
 from handoff.config import NodeConfig
 from handoff.errors import HandoffError
+from handoff.logs import node_started, node_stopped
+from handoff.node.announce import announce, withdraw
 from handoff.node.cluster.members import LIVE
 from handoff.node.cluster.peers import Peers
 from handoff.node.cluster.requests import Requests
@@ -33,14 +35,19 @@ from handoff.node.execution.runner import JobRunner
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
+from handoff.node.status import ClusterStatus
 from handoff.cache.service import NodeCache
+from handoff.node.streams.service import MESSAGES as STREAM_MESSAGES, Streams
 from handoff.protocol.messages import (
     CacheClear, CacheHeld, CacheQuery, Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
-    RunEnded, Value, ValuePart,
+    RunEnded, StatusAsk, StatusQuery, StatusReport, Value, ValuePart,
 )
 from handoff.protocol.rows import TaskRow, Tree
 from handoff.transport import Transport
+
+if TYPE_CHECKING:
+    from handoff.node.dashboard import Dashboard
 
 log = logging.getLogger("handoff.node")
 
@@ -90,7 +97,11 @@ class Node:
         self.fetching = Fetching(self)
         self.execution = JobRunner(self)
         self.runs = Runs(self)
+        self.status = ClusterStatus(self)
+        self.dashboard: Dashboard | None = None
+        self._announced: str | None = None  # this node's file for local status clients
         self.cache = NodeCache(self)
+        self.streams = Streams(self)
 
     # ---- life cycle ------------------------------------------------------------------
     @property
@@ -98,9 +109,19 @@ class Node:
         return self.transport.address
 
     def start(self, background: bool = True) -> "Node":
+        if self.config.dashboard:  # first: a port in use fails the start before anything runs
+            from handoff.node.dashboard import Dashboard
+
+            try:
+                self.dashboard = Dashboard(self, self.config.dashboard).start()
+            except BaseException:
+                self.ctx.term()
+                raise
+        node_started(self.name)
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
+        self._announced = announce(self.config.runtime_dir, self.name, self.address, f"{id(self):x}")
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
         self._wake_rx.bind(wake)
@@ -138,11 +159,15 @@ class Node:
             return
         self.running = False
         self.runs.fail_all(HandoffError(f"node {self.name!r} is shutting down"))
+        self.streams.shutdown()
         self.peers.stop()
         if self.pool is not None:
             self.pool.stop()
 
     def _close(self) -> None:
+        withdraw(self._announced)
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.shm_owner:
             shm.remove_owned(self.shm_owner)
         self.store.close()
@@ -159,6 +184,7 @@ class Node:
             if fut is not None and fut.set_running_or_notify_cancel():
                 fut.set_exception(HandoffError(f"node {self.name!r} stopped"))
         self.ctx.term()
+        node_stopped(self.name)
         self._stopped.set()
 
     # ---- cross-thread calls -----------------------------------------------------------
@@ -250,7 +276,7 @@ class Node:
                             self._safely(self.peers.on_link, event)
                 self._run_commands()
                 self._run_timers()
-                if busy or self.runs.local_events or pool.queue or self.fetching.pending:
+                if busy or self.runs.local_events or pool.queue or self.fetching.pending or self.streams.pending:
                     self._safely(self._flush)
         finally:
             if self.running:
@@ -266,6 +292,8 @@ class Node:
         if self.fetching.pending:
             self.fetching.flush()
         self.execution.flush()
+        if self.streams.pending:
+            self.streams.flush()
 
     def _run_commands(self) -> None:
         while self._commands:
@@ -311,6 +339,9 @@ class Node:
         peers = self.peers
         if isinstance(msg, Hello):
             peers.on_hello(identity, msg)
+            return
+        if isinstance(msg, StatusQuery):  # a status client, authenticated by CURVE alone
+            self.status.on_query(identity, msg)
             return
         if not peers.is_member(msg, identity):
             self.counters["dropped_unknown_peer"] += 1
@@ -360,8 +391,14 @@ class Node:
             self.peers.on_leave(msg.sender)
         elif isinstance(msg, RunEnded):
             self.execution.forget_run(msg.run_id)
+        elif isinstance(msg, StatusAsk):
+            self.status.on_ask(msg)
+        elif isinstance(msg, StatusReport):
+            self.status.on_report(msg)
         elif isinstance(msg, (CacheQuery, CacheClear, CacheHeld)):
             self.cache.on_message(msg)
+        elif isinstance(msg, STREAM_MESSAGES):
+            self.streams.on_message(msg)
 
     def _sweep(self) -> None:
         """A timer: files of dead node processes on this host, spilled values' shm files."""
@@ -394,7 +431,9 @@ class Node:
         stats["ledger"] = {node: {"capacity": ledger.capacity(node), "claimed": ledger.used(node),
                                   "free": ledger.free(node)} for node in ledger.nodes}
         stats["runs"] = len(self.runs)
+        stats["streams"] = self.streams.stats()
         stats["validating_state"] = bool(self.runs.orchestrator.debug_state)
+        stats["dashboard"] = self.dashboard.url if self.dashboard is not None else None
         return stats
 
     # ---- routing between the parts ----------------------------------------------------
@@ -412,6 +451,7 @@ class Node:
         if gone:
             self.execution.origin_lost(name)
         self.runs.node_lost(name)
+        self.streams.member_lost(name)
 
     def link_dropped(self, name: str) -> None:
         self.fetching.forget_transfers(name)

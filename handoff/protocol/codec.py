@@ -19,6 +19,7 @@ import msgspec
 
 from handoff.errors import ProtocolError
 from handoff.protocol.messages import REGISTRY, VERSION, Dispatch, Done, Fetch, Locate, Message
+from handoff.protocol import streams as _streams  # noqa: F401  (registers its messages)
 from handoff.protocol.rows import FetchRow, ResultRow, TaskRow, ValueRef
 
 __all__ = ["encode", "decode", "MAX_HEADER"]

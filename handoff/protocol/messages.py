@@ -233,6 +233,38 @@ class Pong(Message):
     stats: dict
 
 
+# ---- cluster status (python -m handoff status, the dashboard) -------------------------
+
+@message
+class StatusQuery(Message):
+    """A status client asks a node for the cluster's state; sent before (instead of) a hello
+    and answered with a StatusReport on the same connection (handoff.node.status)."""
+
+    op: ClassVar[str] = "status_query"
+    request: int
+
+
+@message
+class StatusAsk(Message):
+    """A member asks a peer for its own load, runs and recent failures."""
+
+    op: ClassVar[str] = "status_ask"
+    sender: str
+    request: int
+
+
+@message
+class StatusReport(Message):
+    """Replies to StatusAsk (one node's report) and to StatusQuery (the cluster's document)."""
+
+    op: ClassVar[str] = "status_report"
+    sender: str
+    request: int
+    report: dict
+
+
+# ---- the result cache (handoff.cache) ----------------------------------------------------
+
 @message
 class CacheQuery(Message):
     """Which of these result-cache keys does your disk cache hold? (answered by CacheHeld)"""

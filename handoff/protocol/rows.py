@@ -93,7 +93,12 @@ class LostInput(msgspec.Struct, frozen=True, gc=False, array_like=True):
 
 
 class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """One attempt that ended (a Done row): ``blob`` indexes the pickled exception, -1 if none."""
+    """One attempt that ended (a Done row): ``blob`` indexes the pickled exception, -1 if none.
+
+    For the run's record (all times ``time.time()`` on the executing node): ``worker`` is the
+    worker slot that ran it (-1: none), ``fetch_start``/``fetch_end`` bound the fetch of its
+    arguments (0.0 when it fetched none), ``bytes_in`` is what was fetched, ``nbytes`` the
+    result's size."""
 
     run_id: str
     index: int
@@ -105,6 +110,10 @@ class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     error: ErrorRow | None
     blob: int
     lost: LostInput | None
+    worker: int = -1
+    fetch_start: float = 0.0
+    fetch_end: float = 0.0
+    bytes_in: int = 0
     cached: bool = False  # loaded from the node's result cache, not computed
 
 
@@ -135,6 +144,7 @@ class JobRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     tree: Tree
     first: int
     count: int
+    cache_path: str = ""  # write the result here too (the node's result cache) before reporting
 
 
 class JobResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):

@@ -30,6 +30,7 @@ from handoff.scheduler.events import (
     Tick,
 )
 from handoff.scheduler.nodes import NodeSlots
+from handoff.scheduler.placement import shortfall
 from handoff.scheduler.placer import Placer
 from handoff.scheduler.run import RunState
 from handoff.scheduler import live
@@ -225,11 +226,12 @@ class Orchestrator:
         """{live node: tasks queued ahead there} for nodes that have some."""
         return {node: len(tasks) for node, tasks in self.nodes.ahead.items() if tasks}
 
-    def waiting(self, run_id: str) -> dict[Any, str]:
-        """{function_id: why it is not running yet, node by node} for ready work of a run."""
+    def waiting(self, run_id: str, limit: int | None = None) -> dict[Any, str]:
+        """{function_id: why it is not running yet, node by node} for ready work of a run
+        (the first ``limit`` of them, in function order, if given)."""
         from handoff.scheduler.waiting import waiting_reasons
 
-        return waiting_reasons(self, self._runs[run_id])
+        return waiting_reasons(self, self._runs[run_id], limit)
 
     @property
     def lookahead(self) -> int:
@@ -284,12 +286,14 @@ class Orchestrator:
             misfits = run.misfits(name, self.ledger)
             if misfits:
                 i = misfits[0]
+                capacities = self.ledger.capacities()
                 error = AllocationError(
                     run.graph.ids[i],
                     run.costs[i],
-                    self.ledger.capacities(),
+                    capacities,
                     reason=f"it is pinned to node {name!r}, which came back with too small "
-                    "a total capacity",
+                    f"a total capacity (node {name!r} has "
+                    f"{shortfall(run.costs[i], capacities[name])})",
                 )
                 out.extend(self._finish(run, error))
         return out

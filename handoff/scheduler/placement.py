@@ -125,9 +125,12 @@ def check_group(
         elif not fitting:
             reason = unfit_reason(cost, ledger.capacities())  # it fits no node even alone
         else:
+            _, need = group_costs(costs[: list(fids).index(fid) + 1])
+            why = "; ".join(f"node {node!r} has {shortfall(need, caps)}"
+                            for node, caps in ledger.capacities().items())
             reason = (
                 f"the collocated functions {list(fids)} need one node that fits each of them, "
-                "and no node that fits the ones before it fits it"
+                f"and no node that fits the ones before it fits it ({why})"
             )
         return AllocationError(fid, cost, ledger.capacities(), reason=reason)
     raise AssertionError("a group that fits no node has a member that fits none")

@@ -11,22 +11,46 @@ if TYPE_CHECKING:
     from handoff.scheduler.orchestrator import Orchestrator
     from handoff.scheduler.run import RunState
 
-__all__ = ["waiting_reasons"]
+__all__ = ["WAITS", "progress", "waiting_reasons"]
 
 S = TaskStatus
 
 
-def waiting_reasons(orch: Orchestrator, run: RunState) -> dict[Hashable, str]:
+WAITS = frozenset({S.READY, S.PARKED, S.HELD, S.BLOCKED, S.QUEUED_AHEAD})
+
+
+def progress(run: RunState) -> tuple[int, int, int]:
+    """(done, running, waiting) of a run's non-inline functions, from the run's indexes (not
+    its tasks: a status request must not cost a pass over a large run)."""
+    tasks, ahead = run.tasks, S.QUEUED_AHEAD
+    queued_ahead = sum(1 for i in run.inflight if tasks[i].status == ahead)
+    waiting = (len(run.queue) + queued_ahead + sum(len(q) for q in run.parked.values())
+               + sum(len(h) for h in run.awaiting.values()) + sum(len(w) for w in run.waiters.values()))
+    done = int(len(tasks) - run.graph.inline.sum()) - run.tracker.remaining - len(run.lost)
+    return done, len(run.inflight) - queued_ahead, waiting
+
+
+def waiting_reasons(orch: Orchestrator, run: RunState, limit: int | None = None) -> dict[Hashable, str]:
     """{function_id: why it waits} for the run's tasks that are ready but not running:
-    ready, parked, held for a lost node, blocked on a recomputation, or queued ahead."""
+    ready, parked, held for a lost node, blocked on a recomputation, or queued ahead. With
+    ``limit``, only the first that many (the reasons cost a look at every node each)."""
     ids = run.graph.ids
     out: dict[Hashable, str] = {}
+    seen: dict[tuple, str] = {}
     for task in run.tasks:
         status, i = task.status, task.index
+        if status not in WAITS:
+            continue
+        if limit is not None and len(out) >= limit:
+            break
         if status == S.READY:
             out[ids[i]] = _ready(orch, run)
-        elif status == S.PARKED:
-            out[ids[i]] = "waits for room: " + _node_by_node(orch, run, i)
+        elif status == S.PARKED:  # a class fits or not alike: one look at the nodes each
+            key = run.placement_class(i)
+            why = seen.get(key)
+            if why is None:
+                why = seen[key] = "waits for room: " + _node_by_node(orch, run, i)
+            out[ids[i]] = why
         elif status == S.HELD:
             out[ids[i]] = (
                 f"pinned to node {run.target(i)!r}, which was lost: held until it joins "

@@ -27,7 +27,7 @@ import zmq
 
 from handoff.errors import ProtocolError
 from handoff.protocol import decode, encode
-from handoff.protocol.messages import Hello, Message, Refuse
+from handoff.protocol.messages import Hello, Message, Refuse, StatusQuery
 
 log = logging.getLogger("handoff.transport")
 
@@ -38,7 +38,8 @@ DRAIN_BATCH = 256  # messages read from one socket before the loop looks at the 
 HWM = 0  # no silent drops: the loop applies back-pressure itself
 DEALER_RCVHWM = 16  # nothing is ever read from a DEALER: a peer that sends to one fills only this
 BLOCK_AFTER = 20  # bad messages from one peer identity before everything from it is ignored
-FIRST_MESSAGES = (Hello,)  # what a peer connection may send before its hello
+# what a peer connection may send before its hello: a status client never says hello
+FIRST_MESSAGES = (Hello, StatusQuery)
 TRACKED = 4096  # identities whose bad messages are counted; the longest quiet is forgotten first
 BLOCKED_MAX = 65536  # blocked identities remembered; the oldest is forgotten first
 LOG_FIRST = 3  # drops logged one by one per identity ...
@@ -222,9 +223,10 @@ class Transport:
         sock.send_multipart(encode(msg), copy=False)
         return True
 
-    def reply(self, identity: bytes, msg: Refuse) -> None:
-        """A refusal back on the connection ``identity`` came in on (never a new connection
-        to an address the refused peer named). Dropped if that connection is gone."""
+    def reply(self, identity: bytes, msg: Message) -> None:
+        """A refusal (or a status client's answer) back on the connection ``identity`` came
+        in on, never a new connection to an address the peer named. Dropped if that
+        connection is gone."""
         if self.router is None:
             return  # not bound: no connection came in
         try:

@@ -177,6 +177,19 @@ def test_a_change_of_argument_code_or_upstream_is_a_miss(node, tmp_path):
     assert runs(log) == 5  # an upstream change reaches the downstream key
 
 
+def test_the_thread_executor_caches_too(tmp_path):
+    handoff.stop()
+    handoff.start(name="ergo-threads", workers=2, executor="thread", cache_dir=str(tmp_path / "cache"))
+    try:
+        log = tmp_path / "log"
+        assert handoff.run(expensive(4, str(log))) == 40
+        ref = expensive(4, str(log))
+        result = handoff.execute(handoff.dag_of(ref))
+        assert result.results[ref.id] == 40 and result.stats[ref.id].cached and runs(log) == 1
+    finally:
+        handoff.stop()
+
+
 def test_an_argument_that_cannot_be_hashed_is_named(node):
     import socket
 

@@ -24,7 +24,7 @@ def test_decorated_image_pipeline_example(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "image_pipeline_decorated.py"), "--images", "3",
-         "--workers", "2", "--cache-dir", str(tmp_path / "cache")],
+         "--workers", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -37,5 +37,7 @@ def test_decorated_image_pipeline_example(tmp_path):
             m = assess_quality(transform(resize_image(load_image(f"image_{i}.jpg", 0), 160, 120)))
             assert metrics[f"{effect}_image_{i}.jpg"] == \
                 f"Sharpness: {m['sharpness']:.1f}, Noise: {m['noise_level']:.1f}"
-    assert "Thumbnails (pretend): output/thumb_image_1.jpg, output/thumb_image_2.jpg, " \
-           "output/thumb_image_3.jpg" in out
+    assert re.search(r"^Collage 640x480: \d+ bytes; thumbnails: 3 images, \d+ bytes; "
+                     r"written to .*out$", out, re.M)
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "final_collage.png", "thumb_image_1.ppm", "thumb_image_2.ppm", "thumb_image_3.ppm"]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import handoff
 from handoff.demo import aggregate_data, filter_data, generate_data, transform_data
+from handoff.demo.imagefiles import read_png
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -72,17 +75,31 @@ def allocated_nodes(text: str) -> dict[str, str]:
     return dict(re.findall(r"^\s+(\S+)\s+-> (\S+)\s*$", text, re.MULTILINE))
 
 
-def test_demo_command():
-    out = run("-m", "handoff", "demo").stdout
+def test_demo_command(tmp_path):
+    proc = run("-m", "handoff", "demo", "--out", str(tmp_path))
+    out = proc.stdout
     assert "The sum is: 30" in out
     assert "[15, 30]" in out
     reports = report_values(out)
     assert len(reports) == 1
     assert_report(reports[0], expected_report(30, "square"))
-    assert "Collage (pretend) saved to: output/final_collage.png (640x480)" in out
     assert re.search(r"edge_detection ran on '[^']+', which has gpu=1", out)
     assert set(allocated_nodes(out)) >= {"sum", "format_output", "edge_detection", "save_collage"}
     assert "Demo finished in" in out
+    # the image run's progress (its last frame, as stderr is no terminal), files and report
+    assert re.search(r"total\s.*11/11", proc.stderr), proc.stderr
+    collage = tmp_path / "images" / "final_collage.png"
+    assert f"Collage written to: {collage} (640x480 PNG" in out
+    image = read_png(collage.read_bytes())
+    assert image.shape == (480, 640, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 1000
+    thumbs = sorted((tmp_path / "images").glob("thumb_*.ppm"))
+    assert len(thumbs) == 5 and all(t.read_bytes().startswith(b"P6\n48 48\n255\n") for t in thumbs)
+    report = tmp_path / "report.html"
+    assert f"Report (open in a browser): {report}" in out
+    html = report.read_text(encoding="utf-8")
+    assert "distributed_img_proc_dag" in html and "<script" in html
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert sum(1 for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "attempt") == 11
 
 
 def test_help_lists_commands():

@@ -20,19 +20,8 @@ import handoff.scheduler.run as run_module
 from handoff.dag import DAG, Collocated, Function
 from handoff.errors import TimeoutError
 from handoff.scheduler import (
-    CancelRun,
-    CancelTasks,
-    Dispatch,
-    ErrorInfo,
-    NodeJoined,
-    NodeLost,
-    Orchestrator,
-    ReleaseRun,
-    ResultLost,
-    RunFinished,
-    RunSpec,
-    TaskFinished,
-    Tick,
+    CancelRun, CancelTasks, Dispatch, ErrorInfo, NodeJoined, NodeLost, Orchestrator, ReleaseRun,
+    ResultLost, RunFinished, RunSpec, TaskFinished, Tick,
 )
 
 
@@ -156,6 +145,18 @@ class Cluster:
         self.handle(ResultLost(run_id, rng.choice(inputs), i, attempt))
         return True
 
+    def toggle_a_node(self, rng, down, caps, now):
+        """A node of ``caps`` (chosen by ``rng``) changes: one of ``down`` comes back (more
+        likely, and always when nothing runs), or, with fewer than two down, one dies."""
+        if down and (rng.random() < 0.6 or not self.order):
+            name = rng.choice(sorted(down))
+            down.discard(name)
+            self.handle(NodeJoined(name, caps[name]))
+        elif len(down) < 2:
+            name = rng.choice(sorted(set(caps) - down))
+            down.add(name)
+            self.lose(name, now)
+
     def handle(self, *events):
         return self.apply(self.orch.handle(*events))
 
@@ -271,14 +272,7 @@ def drive_random_restarts(sched, seed, lookahead=None):
         now += 0.25
         roll = rng.random()
         if roll < 0.04 or not c.order:
-            if down and (rng.random() < 0.6 or not c.order):
-                name = rng.choice(sorted(down))
-                down.discard(name)
-                c.handle(NodeJoined(name, caps[name]))
-            elif len(down) < 2:
-                name = rng.choice(sorted(set(caps) - down))
-                down.add(name)
-                c.lose(name, now)
+            c.toggle_a_node(rng, down, caps, now)
             if not c.order and not c.orch.active_runs:
                 break
             continue

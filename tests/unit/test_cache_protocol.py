@@ -19,7 +19,7 @@ def test_cache_messages_round_trip():
 
 def test_tasks_and_results_carry_the_cache_fields():
     task = TaskRow("r", 1, 0, "f", None, None, Call(0, "variadic", []), [], 0, 1, KEY, True)
-    done = ResultRow("r", 1, 0, True, 0.0, 1.0, 8, None, -1, None, True)
+    done = ResultRow("r", 1, 0, True, 0.0, 1.0, 8, None, -1, None, cached=True)
     assert decode(encode(Dispatch("a", "dag", [task], [[b"p"]]))).tasks[0] == task
     assert decode(encode(Done("a", [done], []))).results[0].cached is True
 

@@ -304,20 +304,26 @@ def claim_some(led, rng, n_nodes, n_res):
         led.request_vec(int(rng.integers(0, n_nodes)), rng.choice([0, 0.5, 1, 2], size=n_res))
 
 
+def twin_clusters(seed, min_nodes, max_nodes):
+    """(rng, nodes, resources, [compiled ledger, pure-Python ledger]): identical random
+    clusters and claims for both, then the generator for the rest of the test."""
+    rng = np.random.default_rng(seed)
+    n_nodes, n_res = int(rng.integers(min_nodes, max_nodes)), int(rng.integers(1, 5))
+    state = rng.bit_generator.state
+    ledgers = []
+    for impl in both():
+        rng.bit_generator.state = state  # the same draws for both
+        led = random_cluster(impl, rng, n_nodes, n_res)
+        claim_some(led, rng, n_nodes, n_res)  # no draws without nodes
+        ledgers.append(led)
+    return rng, n_nodes, n_res, ledgers
+
+
 @pytest.mark.parametrize("seed", range(30))
 @pytest.mark.parametrize("strategy", ["first_available", "load_balanced", "cost_optimized"])
 def test_allocations_agree_on_random_batches(seed, strategy):
     cy, py = both()
-    rng = np.random.default_rng(3000 + seed)
-    n_nodes, n_res = int(rng.integers(0, 12)), int(rng.integers(1, 5))
-    state = rng.bit_generator.state
-    ledgers = []
-    for impl in (cy, py):
-        rng.bit_generator.state = state  # identical clusters and claims for both
-        led = random_cluster(impl, rng, n_nodes, n_res)
-        if n_nodes:
-            claim_some(led, rng, n_nodes, n_res)
-        ledgers.append(led)
+    rng, n_nodes, n_res, ledgers = twin_clusters(3000 + seed, 0, 12)
     m = int(rng.integers(0, 200))
     width = int(rng.integers(0, n_res + 1))
     reqs = rng.choice([0, 0.5, 1, 1, 2, 3, 0.1, 0.2], size=(m, width))
@@ -443,15 +449,7 @@ def rank_both(ledgers, v, rows, strategy):
 @pytest.mark.parametrize("strategy", ["first_available", "load_balanced", "cost_optimized"])
 def test_rankings_agree_and_lead_with_allocates_choice(seed, strategy):
     cy, py = both()
-    rng = np.random.default_rng(5000 + seed)
-    n_nodes, n_res = int(rng.integers(1, 10)), int(rng.integers(1, 5))
-    state = rng.bit_generator.state
-    ledgers = []
-    for impl in (cy, py):
-        rng.bit_generator.state = state
-        led = random_cluster(impl, rng, n_nodes, n_res)
-        claim_some(led, rng, n_nodes, n_res)
-        ledgers.append(led)
+    rng, n_nodes, n_res, ledgers = twin_clusters(5000 + seed, 1, 10)
     for _ in range(20):
         v = rng.choice([0, 0.5, 1, 2, 3, 0.1], size=int(rng.integers(0, n_res + 1)))
         everyone = list(range(n_nodes))

@@ -81,3 +81,19 @@ def test_keys_must_be_hex_digests(tmp_path):
     with pytest.raises(ValueError, match="hex digest"):
         cache.put("../escape", dumps_value(1))
     assert cache.held(["../escape"]) == []
+
+
+def test_entries_written_by_a_worker_are_counted_and_bounded(tmp_path):
+    from handoff.cache.disk import entry_size, write_entry
+
+    cache = DiskCache(str(tmp_path), 1000)
+    small, big = dumps_value(b"s" * 100), dumps_value(b"b" * 2000)
+    write_entry(cache.path_of(k(1)), small)  # as a worker process does
+    cache.note_written(k(1))
+    assert cache.total == entry_size(small) == os.path.getsize(tmp_path / f"{k(1)}.v")
+    assert loads_value(cache.get(k(1))) == b"s" * 100
+    write_entry(cache.path_of(k(2)), big)
+    cache.note_written(k(2))  # over the bound: removed, not counted
+    assert cache.held([k(1), k(2)]) == [k(1)] and cache.total == entry_size(small)
+    cache.note_written(k(3))  # the worker could not write it: nothing to count
+    assert cache.total == entry_size(small)

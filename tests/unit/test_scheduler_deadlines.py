@@ -158,7 +158,8 @@ def test_a_node_that_comes_back_too_small_fails_its_pinned_work(sched):
     c.handle(NodeJoined("a", {"cpu": 2}))
     err = c.finished["r"].error
     assert isinstance(err, AllocationError) and err.function_id == "p"
-    assert "pinned to node 'a', which came back with too small a total capacity" in str(err)
+    assert ("pinned to node 'a', which came back with too small a total capacity (node 'a' "
+            "has cpu=2 of the 3 it needs)") in str(err)
     assert c.idle()
 
 

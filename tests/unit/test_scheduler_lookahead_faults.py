@@ -261,14 +261,7 @@ def test_random_scarce_resources_with_lookahead(sched, seed):
         ahead_seen += sum(c.orch.queued_ahead().values())
         roll = rng.random()
         if roll < 0.03 or not c.order:
-            if down and (rng.random() < 0.6 or not c.order):
-                name = rng.choice(sorted(down))
-                down.discard(name)
-                c.handle(NodeJoined(name, caps[name]))
-            elif len(down) < 2:
-                name = rng.choice(sorted(set(caps) - down))
-                down.add(name)
-                c.lose(name, now)
+            c.toggle_a_node(rng, down, caps, now)
             continue
         if roll < 0.06:
             c.handle(Tick(now))

@@ -128,6 +128,17 @@ def test_unplaceable_functions_fail_the_run_at_start(sched, functions, fid, reas
     assert not c.dispatched and c.idle()
 
 
+def test_a_collocation_no_node_holds_says_node_by_node_what_each_lacks(sched):
+    c = Cluster(sched, {"a": {"cpu": 8}, "b": {"cpu": 2, "gpu": 1}})
+    c.submit(dag_of(fn("x", cost={"cpu": 5}), fn("y", cost={"gpu": 1}, node=Collocated("x"))))
+    err = c.finished["r"].error
+    assert isinstance(err, AllocationError) and err.function_id == "y"
+    assert str(err).endswith(
+        "no node that fits the ones before it fits it (node 'a' has no gpu; node 'b' has "
+        "cpu=2 of the 5 it needs); nodes: a={'cpu': 8.0}, b={'cpu': 2.0, 'gpu': 1.0}"
+    )
+
+
 def test_inline_functions_need_no_placement(sched):
     c = Cluster(sched, {"a": {"cpu": 1}})
     # an inline function's cost is not claimed on its own; it never runs alone

@@ -29,34 +29,33 @@ def test_max_concurrency_bounds_in_flight_functions(sched):
     assert seen == 3 and c.finished["r"].error is None
 
 
-def test_runs_are_isolated_and_take_turns(sched):
-    c = Cluster(sched, {"a": {"cpu": 1}}, lookahead=0)
-    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="one"), run_id="r1")
-    c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="two"), run_id="r2")
-    turns = []
-    while c.running:
-        ((run_id, i),) = list(c.running)
-        turns.append(run_id)
-        c.finish(i, run_id)
-    assert turns == ["r1", "r2", "r1", "r2", "r1", "r2", "r1", "r2"]
-    assert c.finished["r1"].error is None and c.finished["r2"].error is None
-    assert c.idle()
-
-
-def test_runs_take_turns_with_queued_ahead_work(sched):
-    c = Cluster(sched, {"a": {"cpu": 1}})
+def turns_of_two_runs(c, at_once):
+    """Submit two runs of four tasks that each take a whole cpu of the cluster's one node,
+    finish the oldest running task until none is left (``at_once`` in flight while enough
+    are left); the run of each, in that order."""
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="one"), run_id="r1")
     c.submit(dag_of(*[fn(k, cost={"cpu": 1}) for k in range(4)], id="two"), run_id="r2")
     turns = []
     while c.order:
-        assert len(c.running) == 2 or len(c.order) == 1  # one running, one queued ahead
+        assert len(c.running) == min(at_once, 8 - len(turns))
         run_id, i = c.order[0]
         turns.append(run_id)
         c.finish(i, run_id)
-    # r1 queued its second task ahead before r2 arrived; then the runs alternate
-    assert turns == ["r1", "r1", "r2", "r1", "r2", "r1", "r2", "r2"]
     assert c.finished["r1"].error is None and c.finished["r2"].error is None
     assert c.idle()
+    return turns
+
+
+def test_runs_are_isolated_and_take_turns(sched):
+    c = Cluster(sched, {"a": {"cpu": 1}}, lookahead=0)
+    assert turns_of_two_runs(c, at_once=1) == ["r1", "r2", "r1", "r2", "r1", "r2", "r1", "r2"]
+
+
+def test_runs_take_turns_with_queued_ahead_work(sched):
+    # one running, one queued ahead: r1 queued its second task ahead before r2 arrived;
+    # then the runs alternate
+    c = Cluster(sched, {"a": {"cpu": 1}})
+    assert turns_of_two_runs(c, at_once=2) == ["r1", "r1", "r2", "r1", "r2", "r1", "r2", "r2"]
 
 
 def test_a_failing_run_does_not_disturb_another(sched):

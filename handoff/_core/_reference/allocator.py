@@ -12,6 +12,19 @@ from handoff._core.strategies import STRATEGIES
 __all__ = ["allocate", "rank_nodes"]
 
 
+def _check_call(fn: str, ledger: Any, strategy: str) -> None:
+    """The strategy and ledger checks both entry points make, with the compiled errors."""
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
+        )
+    if not isinstance(ledger, ResourceLedger):
+        raise TypeError(
+            f"{fn} needs a {ResourceLedger.__module__}.ResourceLedger, "
+            f"got {type(ledger).__name__}"
+        )
+
+
 def allocate(
     ledger: ResourceLedger, reqs: Any, pinned: Any, strategy: str, claim: bool = True
 ) -> np.ndarray:
@@ -21,15 +34,7 @@ def allocate(
     resource by resource, in column order, as the C loop does, so ties break identically:
     the smallest (score, spare), then the lowest node index. Comparisons are exact.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
-        )
-    if not isinstance(ledger, ResourceLedger):
-        raise TypeError(
-            f"allocate needs a {ResourceLedger.__module__}.ResourceLedger, "
-            f"got {type(ledger).__name__}"
-        )
+    _check_call("allocate", ledger, strategy)
     req_arr = np.ascontiguousarray(reqs, dtype=np.float64)
     if req_arr.ndim != 2:
         raise ValueError(f"reqs must be 2-D (functions x resources), got shape {req_arr.shape}")
@@ -82,15 +87,7 @@ def rank_nodes(ledger: ResourceLedger, req: Any, rows: Any, strategy: str) -> np
     Same contract as ``handoff._core.allocator.rank_nodes``: nodes with the free resources
     first, then by the strategy's (score, spare), ties in the order of rows.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"unknown allocation strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
-        )
-    if not isinstance(ledger, ResourceLedger):
-        raise TypeError(
-            f"rank_nodes needs a {ResourceLedger.__module__}.ResourceLedger, "
-            f"got {type(ledger).__name__}"
-        )
+    _check_call("rank_nodes", ledger, strategy)
     v_arr = np.ascontiguousarray(req, dtype=np.float64)
     if v_arr.ndim != 1:
         raise ValueError(f"req must be 1-D (resources), got shape {v_arr.shape}")

@@ -290,7 +290,9 @@ class Peers:
                 self.ensure_link(name, member.address)
                 self.node.member_joined(name, member.caps)
             elif kind is EventKind.DEAD or kind is EventKind.LEFT:
-                log.warning("%s: node %s is %s", self.name, name, kind.value)
+                # a peer that left said goodbye: news, not a problem
+                level = logging.WARNING if kind is EventKind.DEAD else logging.INFO
+                log.log(level, "%s: node %s is %s", self.name, name, kind.value)
                 self.drop_link(name)
                 self.node.member_lost(name, gone=True)  # nobody is left to collect its results
             elif kind is EventKind.CAPS and member is not None:

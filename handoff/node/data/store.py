@@ -64,12 +64,13 @@ class ValueStore:
         self.fetches_served = 0
 
     # ---- values -----------------------------------------------------------------------
-    def put(self, dag_id: Any, key: Hashable, frames: list) -> None:
+    def put(self, dag_id: Any, key: Hashable, frames: list, nbytes: int = 0) -> None:
+        """Keep a value; ``nbytes``, when known, is ``blob_nbytes(frames)`` (spares measuring)."""
         table = self._values[dag_id]
         old = table.get(key)
         if old is not None:
             self._drop(dag_id, key, old, release=old.frames is not frames)
-        entry = table[key] = _Entry(frames, _size(frames))
+        entry = table[key] = _Entry(frames, nbytes or _size(frames))
         self._lru[(dag_id, key)] = entry
         self.memory_bytes += entry.nbytes
         waiters = self._waiters.pop((dag_id, key), None)
@@ -118,16 +119,7 @@ class ValueStore:
         if found is not None:
             waiter(found)
             return lambda: None
-        self._waiters[(dag_id, key)].append(waiter)
-
-        def cancel() -> None:
-            waiters = self._waiters.get((dag_id, key))
-            if waiters and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[(dag_id, key)]
-
-        return cancel
+        return _subscribe(self._waiters, (dag_id, key), waiter)
 
     def clear(self, dag_id: Any) -> None:
         for key, entry in self._values.pop(dag_id, {}).items():
@@ -236,16 +228,7 @@ class ValueStore:
     def watch_location(self, dag_id: Any, key: Hashable, watcher: Callable[[str], None]) -> Callable[[], None]:
         """Call ``watcher(node)`` on every registration of the key's location; returns a
         function that stops watching."""
-        self._watchers[(dag_id, key)].append(watcher)
-
-        def cancel() -> None:
-            watchers = self._watchers.get((dag_id, key))
-            if watchers and watcher in watchers:
-                watchers.remove(watcher)
-                if not watchers:
-                    del self._watchers[(dag_id, key)]
-
-        return cancel
+        return _subscribe(self._watchers, (dag_id, key), watcher)
 
     def location(self, dag_id: Any, key: Hashable) -> str | None:
         table = self._locations.get(dag_id)
@@ -266,6 +249,21 @@ class ValueStore:
             "bytes_served": self.bytes_served,
             "fetches_served": self.fetches_served,
         }
+
+
+def _subscribe(table: dict[tuple, list], key: tuple, callback: Callable) -> Callable[[], None]:
+    """Add ``callback`` to ``table[key]``; returns a function that takes it out again (and
+    the key, once its list is empty)."""
+    table[key].append(callback)
+
+    def cancel() -> None:
+        callbacks = table.get(key)
+        if callbacks and callback in callbacks:
+            callbacks.remove(callback)
+            if not callbacks:
+                del table[key]
+
+    return cancel
 
 
 def _size(frames: list) -> int:

@@ -26,15 +26,36 @@ MAX_FRAMES = 1 << 20
 ORPHAN_CHECK = 1.0  # seconds a worker waits before it checks that its node still lives
 _READ = 1 << 18  # bytes asked for per recv
 _BIG = 1 << 20  # frames this large are filled in place instead of cut out of the buffer
+_COPY = 1 << 16  # frames smaller than this are copied into the message's buffer when sent
 
 
 def _pack(frames: list) -> list:
-    out: list = [_COUNT.pack(len(frames))]
+    """The pieces to write for one message: the small frames copied with their headers into
+    one buffer (one system call for a small message), each large frame a view of its own."""
+    head = _LEN.pack
+    small = bytearray(_COUNT.pack(len(frames)))
+    out: list = []
     for f in frames:
-        view = memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
-        out.append(_LEN.pack(view.nbytes))
-        if view.nbytes:
-            out.append(view)
+        if type(f) is bytes:  # most frames: no view needed to copy it
+            n = len(f)
+            if n < _COPY:
+                small += head(n)
+                small += f
+                continue
+            view = memoryview(f)
+        else:
+            view = memoryview(f.buffer if hasattr(f, "buffer") else f).cast("B")
+            n = view.nbytes
+            if n < _COPY:
+                small += head(n)
+                small += view
+                continue
+        small += head(n)
+        out.append(small)
+        out.append(view)
+        small = bytearray()
+    if small:
+        out.append(small)
     return out
 
 
@@ -146,18 +167,8 @@ class WorkerEnd:
         return self._ready.popleft()
 
     def send(self, frames: list) -> None:
-        pieces = _pack(frames)
-        small = bytearray()
-        for piece in pieces:  # coalesce the small pieces: one system call for a small message
-            if len(piece) < 65536:
-                small += piece
-                continue
-            if small:
-                self.sock.sendall(small)
-                small = bytearray()
+        for piece in _pack(frames):
             self.sock.sendall(piece)
-        if small:
-            self.sock.sendall(small)
 
     def close(self) -> None:
         self.sock.close()
@@ -180,17 +191,7 @@ class NodeEnd:
         return bool(self._out)
 
     def send(self, frames: list) -> None:
-        small = bytearray()
-        for piece in _pack(frames):
-            if len(piece) < 65536:
-                small += piece
-            else:
-                if small:
-                    self._out.append(memoryview(small))
-                    small = bytearray()
-                self._out.append(piece)
-        if small:
-            self._out.append(memoryview(small))
+        self._out.extend(map(memoryview, _pack(frames)))  # views: a partial write slices them
         self.flush()
 
     def flush(self) -> None:

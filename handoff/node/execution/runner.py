@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from handoff.node.data.values import blob_nbytes, dumps_value, is_local, release_frames
 from handoff.node.execution.jobs import (
     ArgumentArrived, ArgumentFailed, CancelOnWorkers, Cancelled, CapacityChanged, DiscardResult,
-    FetchArgument, JobSubmitted, NodeJobs, OriginLost, ReportDone, ReportLostInput, RunForgotten,
-    RunOnWorker, WorkerFinished,
+    FetchArgument, JobSubmitted, NodeJobs, OriginLost, ReplicaClaimed, ReplicaReleased, ReportDone,
+    ReportLostInput, RunForgotten, RunOnWorker, WorkerFinished,
 )
 from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import Job, WorkerPool
@@ -88,17 +88,23 @@ class JobRunner:
     def accept_task_rows(self, origin: str, dag_id: Any, rows: list[tuple[TaskRow, list]]) -> None:
         """Tasks as (row, blobs) pairs: from this node's own orchestrator, or decoded."""
         events = []
+        begun = None
         for row, blobs in rows:
             run_id, index, cost = row.run_id, row.index, row.cost
-            self.store.begin_run(run_id, dag_id)
+            if run_id != begun:  # the rows of a Dispatch are of one run
+                self.store.begin_run(run_id, dag_id)
+                begun = run_id
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
-                      cost, row.timeout, job_id=next(self._ids), cache_key=row.cache_key)
+                      cost, row.timeout, job_id=next(self._ids), cache_key=row.cache_key,
+                      cache_path=self._cache_path(row.cache_key))
             if row.load:  # a result-cache hit: computed only if the entry went meanwhile
                 frames = self.node.cache.load(row.cache_key)
                 if frames is not None:
                     now = time.time()
                     self._report(job, True, None, frames, now, now, cached=True)
                     continue
+            if row.refs:
+                job.fetch_start = time.time()
             events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, row.refs, job))
         self.handle(*events)
 
@@ -116,6 +122,13 @@ class JobRunner:
         self.handle(OriginLost(origin))
         if before and origin != self.name:
             log.info("%s: cancelled the work of %d runs from %s", self.name, len(before), origin)
+
+    def claim_replica(self, key: Any, cost: dict) -> None:
+        """A stream replica hosted here holds ``cost`` until ``release_replica(key)``."""
+        self.handle(ReplicaClaimed(key, cost))
+
+    def release_replica(self, key: Any) -> None:
+        self.handle(ReplicaReleased(key))
 
     def set_capacity(self, caps: dict) -> None:
         self.handle(CapacityChanged(dict(caps)))
@@ -136,6 +149,8 @@ class JobRunner:
                 self.handle(ArgumentFailed(job_id, node, key, error))
                 return
             job.blobs[slot] = frames
+            job.bytes_in += blob_nbytes(frames)
+            job.fetch_end = time.time()
             self.handle(ArgumentArrived(job_id))
 
         self.node.fetching.fetch_value(node, ref.dag_id, key, hook, filled)
@@ -147,15 +162,29 @@ class JobRunner:
             return
         self.handle(WorkerFinished(job.job_id, (ok, error, frames, started, finished)))
 
+    def _cache_path(self, key: str) -> str:
+        """Where a worker process writes a result-cache entry; "" when this node writes it
+        (the thread executor's values are objects in this process)."""
+        if not key or isinstance(self.pool, ThreadPool):
+            return ""
+        return self.node.cache.disk.path_of(key)
+
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
                 finished: float, lost: LostInput | None = None, cached: bool = False) -> None:
         nbytes = 0
+        if lost is None:
+            self.node.counters["attempts_succeeded" if ok else "attempts_failed"] += 1
+            if not ok:
+                self.node.status.attempt_failed(job.dag_id, job.key, job.attempt, error)
         if ok:
             if job.cache_key and not cached:  # written before the orchestrator hears of it
-                self.node.cache.save(job.cache_key, frames)
-            self.store.put(job.dag_id, job.key, frames)
-            self.store.register_location(job.dag_id, job.key, self.name)
+                if job.cache_path:  # by the worker process
+                    self.node.cache.disk.note_written(job.cache_key)
+                else:
+                    self.node.cache.save(job.cache_key, frames)
             nbytes = blob_nbytes(frames)
+            self.store.put(job.dag_id, job.key, frames, nbytes)
+            self.store.register_location(job.dag_id, job.key, self.name)
         blob = None if ok else frames
         if blob is not None and is_local(blob) and job.origin != self.name:
             try:  # an exception object from a thread-executor attempt, for a remote driver
@@ -164,7 +193,7 @@ class JobRunner:
                 blob = None
         if job.origin == self.name:
             row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                            -1, lost, cached)
+                            -1, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in, cached)
             self.node.runs.local_events.append((row, blob))
             return
         box = self._outbox[job.origin]
@@ -173,7 +202,7 @@ class JobRunner:
             pos = self._outbox_blobs[job.origin]
             self._outbox_blobs[job.origin] = pos + 1
         row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                        pos, lost, cached)
+                        pos, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in, cached)
         box.append((row, blob))
 
     def flush(self) -> None:

@@ -9,6 +9,8 @@ its thread's eventual result is dropped, but the thread stays busy until the cod
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -29,6 +31,8 @@ class ThreadPool(WorkerPool):
         self._busy = 0  # threads executing user code, timed-out ones included
         self._executor: ThreadPoolExecutor | None = None
         self._evaluator = Evaluator()
+        self._thread = threading.local()  # .slot: the thread's number, the record's worker slot
+        self._slots = itertools.count()
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(self.size, thread_name_prefix=f"handoff-{self.name}")
@@ -55,6 +59,10 @@ class ThreadPool(WorkerPool):
             self._executor.submit(self._run, job)
 
     def _run(self, job: Job) -> None:
+        slot = getattr(self._thread, "slot", None)
+        if slot is None:
+            slot = self._thread.slot = next(self._slots)
+        job.worker = slot
         started = time.time()
         try:
             value = self._evaluator.evaluate(job.tree, job.blobs)

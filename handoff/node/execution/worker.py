@@ -18,12 +18,15 @@ import traceback
 from collections import OrderedDict
 from typing import Any
 
+from handoff.cache.disk import write_entry
 from handoff.errors import PicklableException, ProtocolError
 from handoff.node.execution.pipes import WorkerEnd
 from handoff.node.data.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
 from handoff.protocol.messages import WorkerDone, WorkerReady, WorkerRun, WorkerStop
 from handoff.protocol.rows import Call, ErrorRow, Hook, JobResultRow, Leaf, Tree
+from handoff.protocol.streams import ReplicaStart
+from handoff.node.streams.replica import serve_replica
 
 FLUSH_AFTER = 0.002  # send finished results at least this often while a batch runs
 SPIN = 0.0002  # after a batch, poll this long for the next one before sleeping
@@ -111,6 +114,15 @@ def run_job(evaluator: Evaluator, tree: Tree, blobs: list, shm_owner: str | None
         return False, error, None, returned
 
 
+def save_to_cache(path: str, frames: list, worker_id: int) -> None:
+    """The node's result cache, written here so a large value does not stall the node's loop;
+    a failure costs the entry, not the result."""
+    try:
+        write_entry(path, frames)
+    except Exception as exc:
+        print(f"handoff worker {worker_id}: could not write the cache entry {path}: {exc}", file=sys.stderr)
+
+
 def describe(exc: BaseException) -> ErrorRow:
     return ErrorRow(type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
 
@@ -194,6 +206,10 @@ def serve(fd: int, worker_id: int, current_path: str | None = None,
                 return
             if isinstance(msg, WorkerRun):
                 run_batch(channel, worker_id, evaluator, msg, shm_owner, current)
+            elif isinstance(msg, ReplicaStart):  # from now on this process is a stream replica
+                # no shared memory: a replica's values are dropped by whoever takes them last
+                serve_replica(channel, msg, evaluator, None, current, lambda: channel.recv(spin.seconds()))
+                return
     finally:
         channel.close()
 
@@ -208,6 +224,8 @@ def run_batch(channel: WorkerEnd, worker_id: int, evaluator: Evaluator, msg: Wor
         started = time.time()
         current.set(job_id)
         ok, error, frames, finished = run_job(evaluator, job.tree, msg.blobs[first:first + job.count], shm_owner)
+        if ok and job.cache_path:
+            save_to_cache(job.cache_path, frames, worker_id)
         current.set(0)
         blob = -1
         if frames is not None:

@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+import msgspec
+
 from handoff.errors import ProtocolError
 from handoff.node.execution.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode
@@ -37,9 +39,9 @@ UNKNOWN_JOB = 0.05  # what code never seen before is assumed to take: one job pe
 MAX_START_FAILURES = 5
 
 
-@dataclass(slots=True, eq=False)
-class Job:
-    """One attempt of a function (or a hook) to run on this node."""
+class Job(msgspec.Struct, eq=False):
+    """One attempt of a function (or a hook) to run on this node (a msgspec struct: built in
+    C, one per job; compared by identity)."""
 
     run_id: str
     index: int
@@ -58,6 +60,10 @@ class Job:
     cancelled: bool = False
     code_key: int = 0
     cache_key: str = ""  # write the result to the node's result cache under this key
+    cache_path: str = ""  # where: a worker process writes it before reporting
+    fetch_start: float = 0.0  # time.time() bounds of the argument fetch, for the run's record
+    fetch_end: float = 0.0
+    bytes_in: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +76,7 @@ class Worker:
     exclusive: bool = False  # running a job with a timeout: nothing else is sent to it
     started: float = 0.0
     current_path: str = ""  # the worker writes the id of the job it is running here
+    owner: Any = None  # a stream replica that holds this worker: it gets its messages and its loss
 
     def running_job_id(self) -> int:
         try:
@@ -111,15 +118,16 @@ class WorkerPool:
         self.shm_owner = shm_owner
         self.stopping = False
         self._files = f"handoff-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.retiring: list[tuple[subprocess.Popen, float]] = []  # replicas told to stop
 
     # ---- processes ------------------------------------------------------------------
     def start(self) -> None:
         for _ in range(self.size):
             self._spawn()
 
-    def _spawn(self) -> None:
+    def _spawn(self, owner: Any = None) -> Worker | None:
         if self.stopping:
-            return
+            return None
         slot = self._next_slot
         self._next_slot += 1
         current = os.path.join(tempfile.gettempdir(), f"{self._files}-w{slot}.job")
@@ -129,7 +137,7 @@ class WorkerPool:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "handoff.node.execution.worker", str(worker_end.fileno()), str(slot),
-                 current, *([self.shm_owner] if self.shm_owner else [])],
+                 current, *([self.shm_owner] if self.shm_owner and owner is None else [])],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=[worker_end.fileno()],
@@ -139,15 +147,80 @@ class WorkerPool:
             os.unlink(current)
             self.start_failures += 1
             log.error("could not start a worker process: %s", exc)
-            return
+            return None
         finally:
             worker_end.close()  # the child has it; the node must not, or it never sees EOF
-        self.workers[slot] = Worker(slot, proc, channel=NodeEnd(node_end), started=time.monotonic(),
-                                    current_path=current)
+        worker = self.workers[slot] = Worker(slot, proc, channel=NodeEnd(node_end), started=time.monotonic(),
+                                             current_path=current, owner=owner)
         self.generation += 1
+        return worker
+
+    # ---- workers held by stream replicas (node/streams) --------------------------------
+    def spawn_dedicated(self, owner: Any) -> Worker | None:
+        """A worker process outside the pool's share, for ``owner`` (a replica) alone: its
+        messages go to ``owner.on_worker_message(worker, msg)``, its death to
+        ``owner.on_worker_lost(worker, error, running)``; None if no process could start."""
+        return self._spawn(owner)
+
+    def take_idle(self, owner: Any) -> Worker | None:
+        """A ready pool worker with nothing to do, handed to ``owner`` for good (the pool starts
+        a replacement at its next check); None if every worker is busy."""
+        for w in self.workers.values():
+            if w.owner is None and w.ready and not w.inflight and not w.exclusive and not w.channel.closed:
+                w.owner = owner
+                return w
+        return None
+
+    def retire(self, worker: Worker) -> None:
+        """Stop a dedicated worker: told to stop, killed if it has not exited within a second."""
+        if self.workers.get(worker.slot) is not worker:
+            return
+        del self.workers[worker.slot]
+        self.generation += 1
+        try:
+            if worker.ready:
+                worker.channel.send(encode(WorkerStop()))
+                worker.channel.flush()
+            worker.channel.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        worker.channel.close()
+        worker.discard_current_file()
+        self.retiring.append((worker.proc, time.monotonic() + 1.0))
+
+    def kill_dedicated(self, worker: Worker) -> None:
+        """Kill a dedicated worker now (stuck on an expired item); no loss is reported."""
+        if self.workers.get(worker.slot) is not worker:
+            return
+        del self.workers[worker.slot]
+        self.generation += 1
+        worker.channel.close()
+        worker.discard_current_file()
+        try:
+            worker.proc.kill()
+        except OSError:
+            pass
+        self.retiring.append((worker.proc, time.monotonic()))
+
+    def _reap_retiring(self) -> None:
+        now = time.monotonic()
+        still = []
+        for proc, deadline in self.retiring:
+            if proc.poll() is not None:
+                continue
+            if now >= deadline:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+            still.append((proc, deadline))
+        self.retiring = still
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.ready)
+        return sum(1 for w in self.workers.values() if w.ready and w.owner is None)
+
+    def _pool_size(self) -> int:
+        return sum(1 for w in self.workers.values() if w.owner is None)
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping = True  # nothing is respawned from here on
@@ -169,6 +242,13 @@ class WorkerPool:
             w.discard_current_file()
             w.channel.close()
         self.workers.clear()
+        for proc, _ in self.retiring:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.retiring.clear()
         self.generation += 1
 
     # ---- admission ------------------------------------------------------------------
@@ -227,7 +307,7 @@ class WorkerPool:
     def _pick_worker(self, cap: int) -> Worker | None:
         best = None
         for w in self.workers.values():
-            if not w.ready or w.exclusive or len(w.inflight) >= cap or w.channel.closed:
+            if not w.ready or w.exclusive or len(w.inflight) >= cap or w.channel.closed or w.owner is not None:
                 continue
             if best is None or len(w.inflight) < len(best.inflight):
                 best = w
@@ -241,7 +321,7 @@ class WorkerPool:
             job.worker = worker.slot
             job.sent_at = now
             worker.inflight.append(job)
-            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs)))
+            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs), job.cache_path))
             blobs.extend(job.blobs)
         worker.channel.send(encode(WorkerRun(rows, blobs)))
         self.batches += 1
@@ -281,6 +361,10 @@ class WorkerPool:
                 return
             w.ready = True
             self.start_failures = 0  # the loop pumps work to it at the end of this iteration
+            if w.owner is not None:
+                w.owner.on_worker_message(w, msg)
+        elif worker.owner is not None:
+            worker.owner.on_worker_message(worker, msg)
 
     def _done(self, worker: Worker, msg: WorkerDone) -> None:
         if self.workers.get(worker.slot) is not worker:
@@ -332,7 +416,9 @@ class WorkerPool:
             elif not w.ready and now - w.started > 60:
                 log.error("worker %s did not start within 60 s; replacing it", w.slot)
                 self._kill(w, None, None)
-        if (len(self.workers) < self.size and not self.stopping and self.broken is None
+        if self.retiring:
+            self._reap_retiring()
+        if (self._pool_size() < self.size and not self.stopping and self.broken is None
                 and self.start_failures < MAX_START_FAILURES):
             self._spawn()  # a start that failed earlier (no processes or fds left then)
 
@@ -350,6 +436,11 @@ class WorkerPool:
         self.workers.pop(w.slot, None)
         w.channel.close()
         self.generation += 1
+        if w.owner is not None:
+            running = w.running_job_id()
+            w.discard_current_file()
+            w.owner.on_worker_lost(w, error, running)
+            return
         inflight = list(w.inflight)
         w.inflight.clear()
         if culprit is None and inflight:
@@ -397,13 +488,15 @@ class WorkerPool:
 
     def stats(self) -> dict:
         return {
-            "workers": len(self.workers),
+            "workers": self._pool_size(),
+            "replicas": len(self.workers) - self._pool_size(),
             "ready": self.ready_count(),
             "queued": len(self.queue),
             "completed": self.completed,
             "batches": self.batches,
             "replaced": self.replaced,
-            "pids": sorted(w.proc.pid for w in self.workers.values()),
+            "pids": sorted(w.proc.pid for w in self.workers.values() if w.owner is None),
+            "replica_pids": sorted(w.proc.pid for w in self.workers.values() if w.owner is not None),
         }
 
 

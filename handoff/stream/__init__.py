@@ -1,0 +1,1 @@
+"""Streaming pipelines (``handoff.stream``): the driver-side pipeline object."""
