@@ -198,8 +198,10 @@ def test_a_worker_that_dies_fails_the_attempt_and_is_replaced(tmp_path):
 
 def test_per_function_timeout_kills_the_attempt(tmp_path):
     pid_file = str(tmp_path / "pid")
+    # the clock runs from the attempt's dispatch: with 2 s the attempt has written its pid long
+    # before it is killed, even on a loaded machine
     dag = DAG()
-    dag.add_function(Function(id="slow", code=hang, extra_args=[pid_file], timeout=0.5))
+    dag.add_function(Function(id="slow", code=hang, extra_args=[pid_file], timeout=2.0))
     with pytest.raises(handoff.FunctionError) as info:  # hang never returns by itself
         handoff.execute(dag, max_retries=1)
     assert info.value.exc_type == "TimeoutError"
@@ -208,12 +210,20 @@ def test_per_function_timeout_kills_the_attempt(tmp_path):
     assert ledger_idle()
 
 
+def fail_once_exists(path: str) -> None:
+    """Workload: raises ZeroDivisionError once ``path`` exists (waiting at most a minute)."""
+    wait_for(lambda: os.path.exists(path), timeout=60.0)
+    1 / 0
+
+
 def test_fail_fast_cancels_in_flight_work_and_starts_nothing_downstream(tmp_path):
     started = str(tmp_path / "downstream")
     dag = DAG()
     pid_file = str(tmp_path / "long-pid")
     dag.add_function(Function(id="long", code=hang, extra_args=[pid_file], cost={"cpu": 1}))
-    dag.add_function(Function(id="bad", code=lambda: time.sleep(0.3) or 1 / 0, cost={"cpu": 1}))
+    # "bad" fails once "long" is running (its pid written), so there is in-flight work to cancel
+    dag.add_function(Function(id="bad", code=fail_once_exists, extra_args=[pid_file],
+                              cost={"cpu": 1}))
     dag.add_function(Function(id="after", code=marker, args=["bad"], extra_args=[started, 1]))
     with pytest.raises(handoff.FunctionError) as info:
         handoff.execute(dag, max_retries=0)
