@@ -136,6 +136,13 @@ def _check_address(address: str, what: str) -> str:
     return address
 
 
+def _check_advertise(address: str) -> str:
+    _check_address(address, "advertised address")
+    if address.rpartition(":")[2] in ("0", "*"):
+        raise ValueError(f"an advertised address needs the port peers connect to, got {address!r}")
+    return address
+
+
 def _check_dashboard(bind: str) -> str:
     """``HOST:PORT`` (port 0: any free port) for the dashboard's HTTP server."""
     host, sep, port = bind.removeprefix("http://").rpartition(":")
@@ -166,6 +173,7 @@ class NodeConfig:
     name: str = ""
     listen: str = "tcp://127.0.0.1:0"
     join: Sequence[str] = ()
+    advertise: str = ""  # the address peers are told to connect to (default: the bound one)
     resources: dict[str, float] = field(default_factory=dict)
     workers: int = 0
     executor: str = "process"
@@ -201,6 +209,7 @@ class NodeConfig:
             "listen": _check_address(self.listen, "listen address"),
             "runtime_dir": self.runtime_dir or user_runtime_dir(),
             "join": tuple(_check_address(a, "join address") for a in join),
+            "advertise": self.advertise and _check_advertise(self.advertise),
             "resources": check_resources(self.resources) if self.resources else detect_resources(),
             "workers": workers,
             "store_limit": default_store_limit() if self.store_limit is None else parse_size(self.store_limit),

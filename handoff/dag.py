@@ -262,6 +262,9 @@ class DAG:
         self._forward: list[tuple[int, Hashable]] = []  # (position in _indices, id not yet added)
         self._collocated: list[Function] = []  # checked at validation: targets may come later
         self._validated = False
+        # _ids, _index and the arrays are shared with the last CompiledGraph (a run of a million
+        # functions would copy about 100 bytes a function); the next add_function copies them
+        self._shared = False
 
     def __repr__(self) -> str:
         return f"DAG({self.id!r}, {len(self.functions)} functions)"
@@ -289,6 +292,10 @@ class DAG:
         if fn.id in self._index:
             raise DuplicateFunctionError(fn.id)
         _check_function(fn)
+        if self._shared:  # a compiled graph (a run, a result) keeps reading the old ones
+            self._index, self._ids, self._shared = dict(self._index), list(self._ids), False
+            self._indptr, self._indices = array("q", self._indptr), array("q", self._indices)
+            self._inline = bytearray(self._inline)
         index = self._index
         indices = self._indices
         for dep in fn.dependency_ids:
@@ -334,7 +341,8 @@ class DAG:
                 raise CycleError([self._ids[i] for i in cycle])
             self._check_placement()
             self._validated = True
-        return CompiledGraph(list(self._ids), dict(self._index), indptr.copy(), indices.copy(), inline.copy())
+        self._shared = True  # its arrays are views of ours (a frombuffer view forbids resizing)
+        return CompiledGraph(self._ids, self._index, indptr, indices, inline)
 
     def validate(self) -> None:
         """Raise a ValidationError subclass if the DAG breaks a rule; return None otherwise."""

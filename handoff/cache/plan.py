@@ -29,7 +29,8 @@ def plan_cache(node: Node, ctx: RunContext) -> None:
     wanted = [i for i, fn in enumerate(functions) if fn.cache]
     if not wanted:
         return
-    deps = [[dep for _, dep, _ in ctx.deps[i]] for i in range(len(functions))]
+    indptr, indices = ctx.graph.indptr.tolist(), ctx.graph.indices.tolist()
+    deps = [indices[indptr[i]:indptr[i + 1]] for i in range(len(functions))]
     keys = lineage_keys(functions, deps, wanted)
     ctx.cache_keys = {i: keys[i] for i in wanted}
     held = node.cache.ask_everyone(sorted(set(ctx.cache_keys.values())))

@@ -15,11 +15,12 @@ import logging
 import threading
 from collections import deque
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from handoff.dag import DAG
 from handoff.errors import FunctionError, HandoffError, TimeoutError
 from handoff.node.runs import RunContext, typed_error
+from handoff.protocol.rows import Call, Leaf, Tree, ValueRef
 from handoff.scheduler import RunSpec
 from handoff.scheduler.live import LiveRun, empty_graph
 
@@ -42,7 +43,8 @@ class LiveContext(RunContext):
     live = True
 
     def __init__(self, run_id: str, dag_id: Any, sink: Callable[[list[Settled] | None], None]) -> None:
-        super().__init__(run_id, DAG(dag_id), empty_graph(), [], [], {}, [])
+        super().__init__(run_id, DAG(dag_id), empty_graph(), [], [], {})
+        self.inputs: list[list[int]] = []  # per function: the functions whose values it takes
         self.sink = sink
         self.futures: list[Future | None] = []  # by index; None once settled
         self.started = bytearray()  # futures moved to running
@@ -58,6 +60,23 @@ class LiveContext(RunContext):
     @property
     def total(self) -> int:
         return len(self.functions)
+
+    def _tree(
+        self, j: int, target: str, location: Callable[[int], str | None], blobs: list,
+        refs: list[ValueRef],
+    ) -> Call:
+        """``RunContext._tree`` for a live run: its graph grows, so its inputs are read from
+        ``inputs`` (no inline functions, no argument hooks)."""
+        k = len(blobs)
+        blobs.append(self.payloads[j])
+        children: list[Tree] = []
+        ids, dag_id = self.graph.ids, self.dag.id
+        for dep in self.inputs[j]:
+            slot = len(blobs)
+            blobs.append([])
+            refs.append(ValueRef(cast(str, location(dep)), dag_id, ids[dep], -1, slot))
+            children.append(Leaf(slot))
+        return Call(k, "variadic", children)
 
 
 def start(runs: Runs, ctx: LiveContext, options: dict) -> None:
@@ -87,7 +106,7 @@ def drain(runs: Runs, ctx: LiveContext) -> None:
         return
     functions, deps = [], []
     payloads, futures, started = ctx.payloads, ctx.futures, ctx.started
-    entries = ctx.deps
+    entries = ctx.inputs
     while pending:
         fut, fn, ins, payload = pending.popleft()
         functions.append(fn)
@@ -95,7 +114,7 @@ def drain(runs: Runs, ctx: LiveContext) -> None:
         payloads.append(payload)
         futures.append(fut)
         started.append(0)
-        entries.append([(pos, d, False) for pos, d in enumerate(ins)] if ins else [])
+        entries.append(ins)
         if fn.timeout is not None:
             ctx.timeouts[len(futures) - 1] = fn.timeout
     runs._apply(runs.orchestrator.extend(ctx.run_id, functions, deps))

@@ -18,6 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, cast
 
+import numpy as np
+
 from handoff import _core
 from handoff.dag import DAG, Argument, CompiledGraph, Function
 from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError, remote_error
@@ -27,9 +29,10 @@ from handoff.observe.record import RunRecord
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
 from handoff.protocol.rows import Call, Hook, Leaf, ResultRow, TaskRow, Tree, ValueRef
 from handoff.scheduler import (
-    CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, NodeJoined, NodeLost,
+    CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, FunctionStats, NodeJoined, NodeLost,
     NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished, Tick,
 )
+from handoff.scheduler.outcome import Placements, StatsView
 
 if TYPE_CHECKING:
     from handoff.node.server import Node, Timer
@@ -44,13 +47,17 @@ class PayloadPickler:
     each function's extra arguments on their own (see ``values.dumps_payload``)."""
 
     def __init__(self) -> None:
-        self._code: dict[int, tuple[Any, bytes]] = {}  # id(code) -> (code kept alive, frame)
+        # id(code) -> (code kept alive, its frame, the blob of a call with no extra arguments)
+        self._code: dict[int, tuple[Any, bytes, list]] = {}
 
     def blob(self, code: Any, extra: Any) -> list:
+        """The payload blob; functions that share code and have no extra arguments share one
+        (blobs are never changed once made)."""
         found = self._code.get(id(code))
         if found is None:
-            found = self._code[id(code)] = (code, dumps_payload(code))
-        return [found[1], dumps_args(extra)] if extra else [found[1]]
+            frame = dumps_payload(code)
+            found = self._code[id(code)] = (code, frame, [frame])
+        return [found[1], dumps_args(extra)] if extra else found[2]
 
     def hook(self, hook: Any) -> list | None:
         if hook is None:
@@ -69,7 +76,6 @@ class RunContext:
     functions: list[Function]
     payloads: list[list]  # per function: its payload blob (frames)
     hooks: dict[tuple[int, int], tuple[list | None, list | None, bool]]
-    deps: list[list[tuple[int, int, bool]]]  # per function: (position, dependency, inline?)
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
@@ -81,6 +87,17 @@ class RunContext:
     scheduled: list[Function] | None = None
     loaded: dict[int, int] = field(default_factory=dict)
     live = False  # a live run's context is a ``handoff.node.live.LiveContext``
+    # the graph's dependency lists, read per dispatch through memoryviews of its arrays (no
+    # copy, and no Python list a function; indexing a memoryview gives a plain int)
+    indptr: memoryview = field(init=False, repr=False)
+    indices: memoryview = field(init=False, repr=False)
+    inline: memoryview = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        g = self.graph
+        self.indptr = np.ascontiguousarray(g.indptr, dtype=np.int64).data
+        self.indices = np.ascontiguousarray(g.indices, dtype=np.int64).data
+        self.inline = np.ascontiguousarray(g.inline, dtype=np.uint8).data
 
     @property
     def total(self) -> int:
@@ -115,8 +132,10 @@ class RunContext:
         k = len(blobs)
         blobs.append(self.payloads[j])
         children: list[Tree] = []
-        for pos, dep, inline in self.deps[j]:
-            if inline:
+        indices, inline, lo = self.indices, self.inline, self.indptr[j]
+        for pos in range(self.indptr[j + 1] - lo):
+            dep = indices[lo + pos]
+            if inline[dep]:
                 children.append(self._tree(dep, target, location, blobs, refs))
                 continue
             source = location(dep)
@@ -172,12 +191,7 @@ def prepare_run(dag: DAG, progress: Callable | None = None, record: bool = True)
                     raise InvalidFunctionError(
                         fn.id, f"the hooks of argument {arg.id!r} cannot be pickled: {exc}"
                     ) from exc
-    index, inline = graph.index, graph.inline.tolist()
-    deps = []
-    for fn in functions:  # resolved here, in the caller's thread, not per task in the loop
-        ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
-        deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
-    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress,
+    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, progress=progress,
                       record=RunRecord(dag.id, graph, functions, keep=record))
 
 
@@ -196,7 +210,7 @@ def _unpicklable_part(fn: Function) -> str:
 class Results(Mapping):
     """Read-only mapping of function id to value; a remote value is fetched on first access."""
 
-    def __init__(self, node: Node, dag_id: Any, locations: dict[Hashable, str]):
+    def __init__(self, node: Node, dag_id: Any, locations: Mapping[Hashable, str]):
         self._node = node
         self._dag_id = dag_id
         self._locations = locations
@@ -236,8 +250,8 @@ class ExecutionResult:
 
     dag_id: Any
     results: Results
-    allocations: dict
-    stats: dict
+    allocations: Mapping[Hashable, str]  # a dict, or a Placements over compact arrays
+    stats: Mapping[Hashable, FunctionStats]
     record: RunRecord | None = None
 
     def __repr__(self) -> str:
@@ -481,20 +495,16 @@ class Runs:
         if ins.error is not None:
             self._fail(ctx, ins)
             return
-        state = self.orchestrator.run(ins.run_id)
-        ids = ctx.graph.ids
-        inline = ctx.graph.inline
+        outcome = self.orchestrator.run(ins.run_id).outcome()
         # a run that ended without an error has a location for every function it ran
-        allocations = cast(
-            dict[Hashable, str],
-            {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]},
-        )
-        for fid, node in allocations.items():
-            self.node.store.register_location(ctx.dag_id, fid, node)
-        stats = {ids[i]: s for i, s in state.stats.items()}
-        for i, attempt in ctx.loaded.items():
-            if state.attempt(i) == attempt and ids[i] in stats:
-                stats[ids[i]] = dataclasses.replace(stats[ids[i]], cached=True)
+        allocations = Placements(outcome)
+        self.node.store.register_locations(ctx.dag_id, allocations)
+        stats: Mapping[Hashable, FunctionStats] = StatsView(outcome)
+        if ctx.loaded:  # values loaded from a result cache, not computed
+            state, ids = self.orchestrator.run(ins.run_id), ctx.graph.ids
+            cached = {ids[i] for i, attempt in ctx.loaded.items() if state.attempt(i) == attempt}
+            stats = {fid: dataclasses.replace(s, cached=True) if fid in cached else s
+                     for fid, s in stats.items()}
         result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations,
                                  stats, ctx.record)
         ctx.future.set_result(result)

@@ -121,6 +121,8 @@ class Node:
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
+        if self.config.advertise:  # peers reach this node through a relay: tell them that
+            self.transport.address = self.config.advertise
         self._announced = announce(self.config.runtime_dir, self.name, self.address, f"{id(self):x}")
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
@@ -347,7 +349,7 @@ class Node:
             self.counters["dropped_unknown_peer"] += 1
             member = peers.membership.get(getattr(msg, "sender", None) or "")
             gone = member is not None and member.status not in LIVE
-            peers.heard_from_stranger(getattr(msg, "sender", None))
+            peers.heard_from_stranger(identity, msg)
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return

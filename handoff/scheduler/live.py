@@ -226,6 +226,7 @@ class LiveRun(RunState):
         graph, tasks, tracker = self.graph, self.tasks, self.live_tracker
         ids, index, gdeps = graph.ids, graph.index, graph.deps  # type: ignore[attr-defined]
         queue, errors = self.queue, self.errors
+        self._reserve(len(tasks) + len(functions))
         for fn, ins in zip(functions, deps):
             i = len(tasks)
             ids.append(fn.id)
@@ -251,6 +252,18 @@ class LiveRun(RunState):
             elif ready:
                 transition(task, S.READY, self.run_id)
                 queue.append(i)
+
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` functions in the per-function arrays (doubling, so appends are
+        amortized O(1))."""
+        size = len(self.started_at)
+        if n > size:
+            size = max(n, 2 * size, 64)
+            for name in ("started_at", "finished_at"):
+                old = getattr(self, name)
+                grown = np.zeros(size)
+                grown[: len(old)] = old
+                setattr(self, name, grown)
 
     def _read_placement(
         self, i: int, fn: Function, ledger: ResourceLedger, vec_cache: dict

@@ -184,7 +184,7 @@ class JobRunner:
                     self.node.cache.save(job.cache_key, frames)
             nbytes = blob_nbytes(frames)
             self.store.put(job.dag_id, job.key, frames, nbytes)
-            self.store.register_location(job.dag_id, job.key, self.name)
+            self.store.register_location(job.dag_id, job.key, self.name, held=True)
         blob = None if ok else frames
         if blob is not None and is_local(blob) and job.origin != self.name:
             try:  # an exception object from a thread-executor attempt, for a remote driver

@@ -20,8 +20,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-import msgspec
-
 from handoff.errors import ProtocolError
 from handoff.node.execution.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode
@@ -39,9 +37,9 @@ UNKNOWN_JOB = 0.05  # what code never seen before is assumed to take: one job pe
 MAX_START_FAILURES = 5
 
 
-class Job(msgspec.Struct, eq=False):
-    """One attempt of a function (or a hook) to run on this node (a msgspec struct: built in
-    C, one per job; compared by identity)."""
+@dataclass(slots=True, eq=False)
+class Job:
+    """One attempt of a function (or a hook) to run on this node."""
 
     run_id: str
     index: int
