@@ -271,7 +271,7 @@ def execute(
         (``handoff.allocation.apply_plan``; a plan that cannot hold is an ``AllocationError``).
     record:
         Keep every attempt's record (node, worker, times, bytes) for ``to_trace`` and
-        ``report``; about 60 bytes an attempt.
+        ``report``; about 70 bytes an attempt.
     cache:
         False ignores the result cache for this run: functions with ``cache=True`` are
         neither looked up nor written.

@@ -77,10 +77,10 @@ class Function:
     @property
     def group_name(self) -> str:
         """The group progress, pictures and reports count it in: ``group``, else the code's
-        qualified name."""
+        qualified name (``"input"`` for a stream's input, which has no code)."""
         if self.group is not None:
             return self.group
-        return code_group(self.code)
+        return "input" if self.code is None else code_group(self.code)
 
     @property
     def dependency_ids(self) -> list[Hashable]:

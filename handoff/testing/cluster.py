@@ -56,6 +56,11 @@ def _check_extra_args(args: Sequence[str]) -> None:
         if flag in ("--name", "--listen", "--join"):
             raise ValueError(f"extra_args may not set {flag}: LocalCluster chooses names, "
                              "addresses and joins (use names=)")
+        if flag == "--log-format":
+            fmt = value or (str(args[i + 1]) if i + 1 < len(args) else "")
+            if fmt != "text":
+                raise ValueError(f"--log-format {fmt or '(missing)'}: LocalCluster reads the "
+                                 "nodes' text log lines to see them join")
         if flag == "--log-level":
             level = value or (str(args[i + 1]) if i + 1 < len(args) else "")
             if level not in ("DEBUG", "INFO"):
