@@ -184,3 +184,94 @@ def test_digest_1000_rows_and_encode(benchmark, full_cluster_digest):
     packed = benchmark(lambda: msgspec.msgpack.encode(table.digest()))
     benchmark.extra_info["rows"] = len(table)
     benchmark.extra_info["encoded_bytes"] = len(packed)
+
+
+# ---- at scale: 20 real node processes, and the protocol simulated at 1,000 and 10,000 ----------
+
+REAL_NODES = 20
+
+
+@pytest.mark.timeout(900)
+def test_gossip_20_real_nodes(benchmark):
+    """20 node processes (1 worker each) joining one seed: time until every node sees every
+    other (20 process start-ups included), gossip bytes each node sends a second once converged
+    (``node_stats()["counters"]["gossip_bytes_sent"]`` over a 10 s window, this process's
+    driver node among the members), and the time from a kill -9 until the driver's node and
+    then every other node no longer list the victim (``dead_after`` is 2 s), and the time for
+    it to start again and be seen by all (one process start-up included)."""
+    import handoff
+    from handoff.testing import LocalCluster, wait_until
+
+    names = [f"g{i:02d}" for i in range(REAL_NODES)]
+    out: dict = {}
+
+    def run() -> None:
+        t0 = time.monotonic()
+        with LocalCluster(REAL_NODES, names=names, workers=1, timeout=300) as cluster:
+            out["converge_s"] = time.monotonic() - t0
+            cluster.connect()
+            try:
+                def sent() -> dict[str, int]:
+                    return {n: cluster.node_stats(n)["counters"].get("gossip_bytes_sent", 0)
+                            for n in names}
+
+                before, t1 = sent(), time.monotonic()
+                wait_until(lambda: time.monotonic() - t1 >= 10.0, timeout=15.0)
+                after, t2 = sent(), time.monotonic()
+                rates = [(after[n] - before[n]) / (t2 - t1) for n in names]
+                out["bytes_per_node_per_s"] = sum(rates) / len(rates)
+                msgs = cluster.node_stats(names[0])["counters"].get("gossip_sent", 0)
+                out["bytes_per_message"] = after[names[0]] / max(1, msgs)
+                victim = names[-1]
+                killed = time.monotonic()
+                cluster.kill(victim)
+                wait_until(lambda: victim not in handoff.discover_nodes(), timeout=60.0, interval=0.02)
+                out["detect_driver_s"] = time.monotonic() - killed
+                wait_until(lambda: all(victim not in cluster.node_stats(n)["members"]
+                                       for n in names[:-1]), timeout=60.0, interval=0.05)
+                out["detect_all_s"] = time.monotonic() - killed
+                t3 = time.monotonic()  # the victim comes back: a join into 19 running nodes
+                cluster.restart(victim)
+                out["rejoin_s"] = time.monotonic() - t3
+            finally:
+                handoff.stop()
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    info = benchmark.extra_info
+    info.update(nodes=REAL_NODES, **{k: round(v, 3) for k, v in out.items()})
+    info["detect_driver_over_dead_after"] = round(out["detect_driver_s"] / 2.0, 2)
+    print(f"\n20 real nodes: converged {out['converge_s']:.1f} s after launch; "
+          f"{out['bytes_per_node_per_s']:,.0f} gossip bytes/node/s "
+          f"({out['bytes_per_message']:,.0f} bytes a message); a kill -9 seen by the driver "
+          f"after {out['detect_driver_s']:.2f} s, by every node after {out['detect_all_s']:.2f} s "
+          f"(dead_after 2 s); restarted and seen by all after {out['rejoin_s']:.1f} s")
+
+
+@pytest.mark.timeout(1800)
+def test_gossip_simulated_1000_and_10000_nodes(benchmark):
+    """``bench/gossip_model.py``: the vectorised model at 1,000 and 10,000 nodes, checked in the
+    same run against real MembershipTables (the exact simulation) at 200."""
+    import sys
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gossip_model as G
+
+    reports: dict = {}
+
+    def run() -> None:
+        reports["exact-200"] = G.exact(200)
+        reports["model-200"] = G.model(200)
+        reports["model-1000"] = G.model(1000)
+        reports["model-10000"] = G.model(10_000)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    lines = ["", f"gossip simulated (interval {G.INTERVAL} s, fanout {G.FANOUT}, dead_after {G.DEAD_AFTER} s):"]
+    for key, r in reports.items():
+        benchmark.extra_info[key] = r.__dict__
+        lines.append(
+            f"  {key:12s} converge {r.rounds_to_converge:3d} rounds ({r.seconds(r.rounds_to_converge):.1f} s), "
+            f"{r.messages_per_node_per_s:.0f} msgs/node/s, {r.bytes_per_node_per_s / 1e3:,.0f} kB/node/s, "
+            f"max heartbeat silence {r.max_age_rounds} rounds, false deaths {r.false_deaths}, "
+            f"death seen after {r.seconds(r.detect_first_rounds):.1f}-{r.seconds(r.detect_last_rounds):.1f} s")
+    print("\n".join(lines))

@@ -22,6 +22,7 @@ from handoff.resources import ResourceTracker, SimpleResourceTracker
 from handoff.scheduler import FunctionStats
 from handoff.node.runs import ExecutionResult
 from handoff.api import (
+    cache_clear,
     clear,
     cluster_status,
     dashboard_url,
@@ -45,7 +46,10 @@ from handoff.api import (
     store_value,
     synchronize,
 )
+from handoff.decorator import Ref, RemoteFunction, dag_of, fn, run
 from handoff.stream.pipeline import Pipeline, stream
+from handoff.executor import Executor
+from handoff.aio import execute_async, run_async
 
 __version__ = "0.1.0"
 
@@ -60,6 +64,8 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear",
+    "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
     "cluster_status", "dashboard_url",
     "stream", "Pipeline", "ItemError",
+    "Executor", "execute_async", "run_async",
 ]

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="how long to wait for the node's answer (default 5)")
+    status.set_defaults(command_parser=status)
     return parser
 
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.command == "status":
+        if args.timeout <= 0:
+            args.command_parser.error("--timeout must be a positive number of seconds")
         from handoff.status import main as status_main
 
         return status_main(args)

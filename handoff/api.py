@@ -28,11 +28,11 @@ __all__ = [
     "register_local_node", "register_node", "resources_available", "discover_nodes",
     "store_value", "get_local_value", "get_value", "get_result", "synchronize", "store_result",
     "register_data_location", "lookup_data_location", "clear", "current_node", "dashboard_url",
-    "cluster_status",
+    "cluster_status", "cache_clear",
 ]
 
 EXECUTE_OPTIONS = ("max_retries", "allocation_strategy", "max_concurrency", "timeout", "progress", "allocator",
-                   "record")
+                   "record", "cache")
 START_TIMEOUT = 60.0
 MAX_CONCURRENCY = 1_000_000
 
@@ -56,6 +56,8 @@ def start(
     shared_memory: bool = True,
     store_limit: int | str | None = None,
     dashboard: str | None = None,
+    cache_dir: str | None = None,
+    cache_size: int | str | None = None,
 ) -> str:
     """Start the embedded node in this process (the driver becomes a full peer); returns its name.
 
@@ -74,6 +76,7 @@ def start(
             executor=executor, key_file=key_file, insecure=insecure,
             suspect_after=suspect_after, dead_after=dead_after, join_timeout=join_timeout,
             shared_memory=shared_memory, store_limit=store_limit, dashboard=dashboard,
+            cache_dir=cache_dir or "", cache_size=cache_size,
         )
         curve = load_curve(config)
         node = Node(config, curve).start()
@@ -242,6 +245,7 @@ def execute(
     progress: bool | str | Callable[[int, int], None] = "auto",
     allocator: Any = None,
     record: bool = True,
+    cache: bool = True,
     **unknown: Any,
 ) -> ExecutionResult:
     """Run ``dag`` on the cluster this process belongs to (an embedded local node by default).
@@ -267,7 +271,10 @@ def execute(
         (``handoff.allocation.apply_plan``; a plan that cannot hold is an ``AllocationError``).
     record:
         Keep every attempt's record (node, worker, times, bytes) for ``to_trace`` and
-        ``report``; about 60 bytes an attempt.
+        ``report``; about 70 bytes an attempt.
+    cache:
+        False ignores the result cache for this run: functions with ``cache=True`` are
+        neither looked up nor written.
 
     Raises a ValidationError subclass for a bad DAG, ``AllocationError`` when a function fits
     no node, ``FunctionError`` when a function runs out of attempts, ``NodeLostError``,
@@ -276,6 +283,8 @@ def execute(
     if not isinstance(dag, DAG):
         raise TypeError(f"execute() takes a handoff.DAG, got {type(dag).__name__}")
     options = _check_options(max_retries, allocation_strategy, max_concurrency, timeout, progress, unknown)
+    if not isinstance(cache, bool):
+        raise ValueError(f"cache must be True or False, got {cache!r}")
     if allocator is not None and not callable(getattr(allocator, "allocate", None)):
         raise ValueError(f"allocator must have an allocate(functions, caps) method, got {allocator!r}")
     if not isinstance(record, bool):
@@ -287,6 +296,10 @@ def execute(
         dag.validate()
         dag = apply_plan(dag, allocator, node.call(node.ledger.capacities).result())
     ctx = prepare_run(dag, progress if callable(progress) else None, record=record)
+    if cache:
+        from handoff.cache.plan import plan_cache
+
+        plan_cache(node, ctx)
     node.call(node.submit_run, ctx, options).result()
     try:
         return wait_for_result(ctx.future, ctx.record, progress)
@@ -436,6 +449,13 @@ def lookup_data_location(dag_id: Any, data_id: Hashable) -> str | None:
     """The node this node knows to hold (dag_id, data_id), or None if it knows none."""
     n = current_node()
     return n.call(n.store.location, dag_id, data_id).result()
+
+
+def cache_clear() -> dict[str, int]:
+    """Empty the result cache of every live node; ``{node: entries removed}`` of those that
+    answered (a node that does not answer in time keeps its entries)."""
+    n = current_node()
+    return n.cache.clear_everywhere()
 
 
 def clear(dag_id: Any) -> None:

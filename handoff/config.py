@@ -13,10 +13,11 @@ from typing import Mapping, Sequence
 
 __all__ = [
     "NodeConfig", "parse_resources", "parse_size", "detect_resources", "is_loopback",
-    "user_runtime_dir", "default_store_limit",
+    "user_runtime_dir", "default_store_limit", "default_cache_dir",
 ]
 
 EXECUTORS = ("process", "thread")
+DEFAULT_CACHE_SIZE = 4 << 30  # bytes of the result cache on disk (--cache-size)
 STORE_FRACTION = 0.25  # of physical memory: the default budget of a node's value store
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -119,12 +120,26 @@ def user_runtime_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"handoff-{uid}")
 
 
+def default_cache_dir() -> str:
+    """Where a node keeps its result cache: ``$XDG_CACHE_HOME/handoff``, else
+    ``~/.cache/handoff``."""
+    base = os.environ.get("XDG_CACHE_HOME", "") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "handoff")
+
+
 def _check_address(address: str, what: str) -> str:
     if not address.startswith("tcp://") or ":" not in address[len("tcp://"):]:
         raise ValueError(f"{what} must look like tcp://HOST:PORT, got {address!r}")
     port = address.rpartition(":")[2]
     if port not in ("0", "*") and not (port.isdigit() and 0 < int(port) < 65536):
         raise ValueError(f"{what} has a bad port: {address!r}")
+    return address
+
+
+def _check_advertise(address: str) -> str:
+    _check_address(address, "advertised address")
+    if address.rpartition(":")[2] in ("0", "*"):
+        raise ValueError(f"an advertised address needs the port peers connect to, got {address!r}")
     return address
 
 
@@ -158,6 +173,7 @@ class NodeConfig:
     name: str = ""
     listen: str = "tcp://127.0.0.1:0"
     join: Sequence[str] = ()
+    advertise: str = ""  # the address peers are told to connect to (default: the bound one)
     resources: dict[str, float] = field(default_factory=dict)
     workers: int = 0
     executor: str = "process"
@@ -170,6 +186,8 @@ class NodeConfig:
     join_timeout: float = 10.0
     shared_memory: bool = True  # large values go through /dev/shm between processes of one host
     store_limit: int | str | None = None  # bytes of values in memory; past it they spill to disk
+    cache_dir: str = ""  # the result cache's directory (default: default_cache_dir())
+    cache_size: int | str | None = None  # bytes the result cache may hold (default 4 GiB)
     # check the scheduler's invariants after every event (slow; HANDOFF_DEBUG_STATE=1)
     debug_state: bool = field(default_factory=debug_state_from_env)
     dashboard: str | None = None  # HOST:PORT of the live dashboard (handoff.node.dashboard)
@@ -191,9 +209,12 @@ class NodeConfig:
             "listen": _check_address(self.listen, "listen address"),
             "runtime_dir": self.runtime_dir or user_runtime_dir(),
             "join": tuple(_check_address(a, "join address") for a in join),
+            "advertise": self.advertise and _check_advertise(self.advertise),
             "resources": check_resources(self.resources) if self.resources else detect_resources(),
             "workers": workers,
             "store_limit": default_store_limit() if self.store_limit is None else parse_size(self.store_limit),
+            "cache_dir": os.path.abspath(os.path.expanduser(self.cache_dir or default_cache_dir())),
+            "cache_size": DEFAULT_CACHE_SIZE if self.cache_size is None else parse_size(self.cache_size),
             "dashboard": self.dashboard and _check_dashboard(self.dashboard),
         }
         for field_name, value in settle.items():  # frozen: settled once, here

@@ -67,6 +67,7 @@ class Function:
     max_retries: int | None = None
     timeout: float | None = None
     group: str | None = None
+    cache: bool = False
     # streaming (handoff.stream); execute() refuses a DAG that sets them
     init: Callable[[], Any] | None = None
     parallelism: int = 1
@@ -76,10 +77,10 @@ class Function:
     @property
     def group_name(self) -> str:
         """The group progress, pictures and reports count it in: ``group``, else the code's
-        qualified name."""
+        qualified name (``"input"`` for a stream's input, which has no code)."""
         if self.group is not None:
             return self.group
-        return code_group(self.code)
+        return "input" if self.code is None else code_group(self.code)
 
     @property
     def dependency_ids(self) -> list[Hashable]:
@@ -157,6 +158,10 @@ def _check_function(fn: Function) -> None:
         raise InvalidFunctionError(fid, "node must be a node name, Collocated(function_id) or None")
     if fn.is_inline and fn.node is not None:
         raise InvalidFunctionError(fid, "an inline function runs inside its consumers and cannot be placed")
+    if not isinstance(fn.cache, bool):
+        raise InvalidFunctionError(fid, f"cache must be True or False, got {fn.cache!r}")
+    if fn.cache and fn.is_inline:
+        raise InvalidFunctionError(fid, "an inline function has no result of its own to cache")
     problem = fn.max_retries is not None and retries_problem(fn.max_retries)
     problem = problem or (fn.timeout is not None and timeout_problem(fn.timeout))
     if problem:
@@ -257,6 +262,9 @@ class DAG:
         self._forward: list[tuple[int, Hashable]] = []  # (position in _indices, id not yet added)
         self._collocated: list[Function] = []  # checked at validation: targets may come later
         self._validated = False
+        # _ids, _index and the arrays are shared with the last CompiledGraph (a run of a million
+        # functions would copy about 100 bytes a function); the next add_function copies them
+        self._shared = False
 
     def __repr__(self) -> str:
         return f"DAG({self.id!r}, {len(self.functions)} functions)"
@@ -284,6 +292,10 @@ class DAG:
         if fn.id in self._index:
             raise DuplicateFunctionError(fn.id)
         _check_function(fn)
+        if self._shared:  # a compiled graph (a run, a result) keeps reading the old ones
+            self._index, self._ids, self._shared = dict(self._index), list(self._ids), False
+            self._indptr, self._indices = array("q", self._indptr), array("q", self._indices)
+            self._inline = bytearray(self._inline)
         index = self._index
         indices = self._indices
         for dep in fn.dependency_ids:
@@ -329,7 +341,8 @@ class DAG:
                 raise CycleError([self._ids[i] for i in cycle])
             self._check_placement()
             self._validated = True
-        return CompiledGraph(list(self._ids), dict(self._index), indptr.copy(), indices.copy(), inline.copy())
+        self._shared = True  # its arrays are views of ours (a frombuffer view forbids resizing)
+        return CompiledGraph(self._ids, self._index, indptr, indices, inline)
 
     def validate(self) -> None:
         """Raise a ValidationError subclass if the DAG breaks a rule; return None otherwise."""

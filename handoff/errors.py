@@ -19,6 +19,7 @@ __all__ = [
     "TimeoutError",
     "ProtocolError",
     "AuthenticationError",
+    "remote_error",
     "ItemError",
 ]
 
@@ -94,7 +95,15 @@ class AllocationError(HandoffError):
 
 
 class FunctionError(HandoffError):
-    """A function raised on every attempt; carries the remote exception's type, message and traceback."""
+    """A function raised on every attempt; carries the remote exception's type, message and traceback.
+
+    ``cause`` is the original exception when it could be unpickled here (also the
+    ``__cause__``). Raised by ``execute`` through ``remote_error``, it is also an instance of
+    the original's class when that class can be combined with it, so ``except ValueError:``
+    catches a ``ValueError`` raised on another node.
+    """
+
+    cause: BaseException | None = None
 
     def __init__(
         self,
@@ -105,22 +114,134 @@ class FunctionError(HandoffError):
         message: str,
         remote_traceback: str = "",
     ):
+        self._fill(function_id, node, attempts, exc_type, message, remote_traceback)
+
+    def _fill(self, function_id: Hashable, node: str | None, attempts: int, exc_type: str,
+              message: str, remote_traceback: str) -> None:
+        # BaseException's __init__, not super()'s: in a typed subclass the next class is
+        # the remote one, whose __init__ may want other arguments
         self.function_id = function_id
         self.node = node
         self.attempts = attempts
         self.exc_type = exc_type
         self.message = message
         self.remote_traceback = remote_traceback
-        super().__init__(
+        BaseException.__init__(
+            self,
             f"function {function_id!r} failed on node {node!r} after {attempts} attempt(s): "
-            f"{exc_type}: {message}"
+            f"{exc_type}: {message}",
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_error, (type(self), self._state(), self.args))
+
+    def _state(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "result"}  # not the local partial result
+        if state.get("cause") is not None:  # its class's __init__ may not take its args
+            state["cause"] = PicklableException(state["cause"])
+        return state
+
     def __str__(self) -> str:
-        text = super().__str__()
+        # not super().__str__(): a typed subclass may also be a KeyError, which repr()s it
+        text = str(self.args[0]) if self.args else ""
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+
+_TYPED: dict[type, type[FunctionError] | None] = {}  # remote class -> FunctionError subclass (None: cannot be)
+
+
+def _typed_class(remote: type) -> type[FunctionError] | None:
+    """``FunctionError(Remote)``, a subclass of both, made once per class; None when the
+    two cannot be combined (another instance layout, a class that forbids subclassing, not
+    an ``Exception``: a KeyboardInterrupt from user code must not escape ``except Exception``)."""
+    if remote in _TYPED:
+        return _TYPED[remote]
+    typed: type[FunctionError] | None = None
+    if issubclass(remote, Exception) and not issubclass(remote, FunctionError):
+        try:
+            typed = type(
+                f"FunctionError({remote.__qualname__})",
+                (FunctionError, remote),
+                {"__module__": __name__, "__reduce__": _reduce_typed, "__init__": FunctionError.__init__,
+                 "__str__": FunctionError.__str__},
+            )
+        except TypeError:  # layout conflict (OSError, UnicodeError ...), final class
+            typed = None
+    _TYPED[remote] = typed
+    return typed
+
+
+def _reduce_typed(self: FunctionError) -> tuple[Any, ...]:
+    remote = next(c for c in type(self).__bases__ if c is not FunctionError)
+    return (_rebuild_typed, (remote, self._state(), self.args))
+
+
+def _rebuild_typed(remote: type, state: dict[str, Any], args: tuple[Any, ...]) -> FunctionError:
+    cls = _typed_class(remote) or FunctionError
+    err = cls.__new__(cls)
+    BaseException.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class PicklableException:
+    """Pickles as the exception it holds, rebuilt without calling its class's ``__init__``
+    (whose signature may not match ``args``: pickle's default would call ``cls(*args)``)."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_rebuild_exception, (type(exc), exc.args, getattr(exc, "__dict__", {}).copy()))
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def remote_error(
+    function_id: Hashable,
+    node: str | None,
+    attempts: int,
+    exc_type: str,
+    message: str,
+    remote_traceback: str = "",
+    cause: BaseException | None = None,
+) -> FunctionError:
+    """The ``FunctionError`` to raise for a function that failed remotely.
+
+    With ``cause`` (the original exception, unpickled here) the error is also an instance of
+    ``type(cause)`` when the classes can be combined; it keeps the cause's attributes (its
+    ``__dict__``; the FunctionError fields win on a clash) without calling the remote class's
+    ``__init__``, whose arguments are unknown. Otherwise it is a plain FunctionError that
+    still names the remote type. ``cause`` is kept as ``.cause`` and ``__cause__``.
+    """
+    typed = _typed_class(type(cause)) if cause is not None else None
+    err: FunctionError | None = None
+    if typed is not None:
+        try:
+            made = typed.__new__(typed)
+            made.__dict__.update(getattr(cause, "__dict__", {}))
+            if isinstance(cause, OSError):  # fields of its own, not in __dict__
+                for name in ("errno", "strerror", "filename", "filename2"):
+                    setattr(made, name, getattr(cause, name))
+            made._fill(function_id, node, attempts, exc_type, message, remote_traceback)
+            err = made
+        except Exception:  # a remote class whose __new__ wants arguments, a read-only attribute
+            err = None
+    if err is None:
+        err = FunctionError(function_id, node, attempts, exc_type, message, remote_traceback)
+    err.cause = cause
+    if cause is not None:
+        err.__cause__ = cause
+    return err
 
 
 class NodeLostError(HandoffError):

@@ -1,9 +1,10 @@
 """Logging with the node's name on every record, as text or one JSON object per line.
 
-Every ``LogRecord`` made in a process running a node gets a ``node`` attribute (the node
-whose thread logged it, else the process's node, else ``"-"``), so ``%(node)s`` works in any
-format string, the user's own too. ``python -m handoff.node --log-format json`` writes
-``{"time", "level", "node", "logger", "message"}`` (and ``"exception"``) per line.
+Every record of Handoff's loggers (``handoff.*``) gets a ``node`` attribute (the node whose
+thread logged it, else the process's node, else ``"-"``), so ``%(node)s`` works in a user's
+own format string; ``NodeFilter`` on a handler gives every other record one too.
+``python -m handoff.node --log-format json`` writes ``{"time", "level", "node", "logger",
+"message"}`` (and ``"exception"``) per line.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def _install() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if not hasattr(record, "node"):
+        # only Handoff's own records: a `node` set here would make logging refuse another
+        # library's extra={"node": ...} ("Attempt to overwrite 'node' in LogRecord")
+        name = record.name
+        if name.startswith("handoff") and (len(name) == 7 or name[7] == ".") and not hasattr(record, "node"):
             record.node = _node_of_thread() or (_nodes[0] if _nodes else "-")
         return record
 

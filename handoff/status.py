@@ -107,7 +107,8 @@ def format_status(doc: dict) -> str:
     nodes = doc["nodes"]
     states: dict[str, int] = {}
     for node in nodes.values():
-        states[node["state"]] = states.get(node["state"], 0) + 1
+        state = "left" if node.get("left") else node["state"]
+        states[state] = states.get(state, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     lines = [f"cluster seen from {doc['node']}: {len(nodes)} nodes ({summary})", ""]
     resources = sorted({r for n in nodes.values() for r in n["capacity"]})

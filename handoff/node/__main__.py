@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on, tcp://HOST:PORT (default: loopback, a free port)")
     p.add_argument("--join", action="append", default=[], metavar="ADDRESS",
                    help="address of any node of the cluster to join (repeatable)")
+    p.add_argument("--advertise", default="", metavar="ADDRESS",
+                   help="address peers connect to when it is not the --listen one (a relay or "
+                   "NAT in between), tcp://HOST:PORT (default: the listen address)")
     p.add_argument("--resources", default="", metavar="cpu=8,memory=16000,gpu=1",
                    help="capacities (default: detected cpu count and memory in MB, gpu=0)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: cpu count)")
@@ -35,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-limit", type=_size, default=None, metavar="SIZE",
                    help="bytes of values kept in memory before the least recently used spill "
                    "to disk, e.g. 2G, 500M or 10%% (default: a quarter of physical memory)")
+    p.add_argument("--cache-dir", default="", metavar="DIR",
+                   help="the result cache's directory (default: $XDG_CACHE_HOME/handoff or "
+                   "~/.cache/handoff)")
+    p.add_argument("--cache-size", type=_size, default=None, metavar="SIZE",
+                   help="bytes the result cache may hold on disk before the least recently "
+                   "used entries are removed, e.g. 1G (default 4G)")
     p.add_argument("--insecure", action="store_true",
                    help="no CURVE at all: any process that can reach the address, other "
                    "users' too, can run code here (prints a warning)")
@@ -69,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = NodeConfig(
-            name=args.name, listen=args.listen, join=args.join,
+            name=args.name, listen=args.listen, join=args.join, advertise=args.advertise,
             resources=parse_resources(args.resources) if args.resources else {},
             workers=args.workers, executor=args.executor, key_file=args.key_file,
             insecure=args.insecure, suspect_after=args.suspect_after,
             dead_after=args.dead_after, join_timeout=args.join_timeout,
             shared_memory=not args.no_shared_memory, store_limit=args.store_limit,
+            cache_dir=args.cache_dir, cache_size=args.cache_size,
             dashboard=args.dashboard,
         )
         curve = load_curve(config)
@@ -103,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             time.sleep(0.02)
         caps = ",".join(f"{k}={v:g}" for k, v in config.resources.items())
-        print(f"handoff node {node.name} listening on {node.address} resources {caps} "
-              f"workers {config.workers}", flush=True)
+        relayed = f" (peers connect to {node.address})" if config.advertise else ""
+        print(f"handoff node {node.name} listening on {config.listen if relayed else node.address}"
+              f"{relayed} resources {caps} workers {config.workers}", flush=True)
         if node.dashboard is not None:
             print(f"handoff node {node.name} dashboard at {node.dashboard.url}", flush=True)
         while not stopping:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -74,6 +75,10 @@ class _Server(ThreadingHTTPServer):
         log.exception("dashboard: error serving %s", client_address)
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class Dashboard:
     """Serves one node's dashboard on ``bind`` (``HOST:PORT``) until ``stop``."""
 
@@ -89,13 +94,15 @@ class Dashboard:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._pending: Future | None = None
+        self._pending_at = 0.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
 
     def start(self) -> "Dashboard":
         try:
-            server = _Server((self.host, self.port), _handler(self))
+            kind = _Server6 if ":" in self.host else _Server
+            server = kind((self.host, self.port), _handler(self))
         except OSError as exc:
             raise HandoffError(f"cannot serve the dashboard on {self.host}:{self.port}: "
                                f"{exc.strerror or exc}") from None
@@ -134,9 +141,11 @@ class Dashboard:
             if snap is not None and time.monotonic() - snap.at < MAX_AGE:
                 return snap
             pending = self._pending
-            if pending is None:
+            if pending is None or time.monotonic() - self._pending_at > GATHER_WAIT:
+                # none under way, or one the loop dropped (a stopping node): ask again
                 pending = self._pending = Future()
-                self.node.post(self._gather)
+                self._pending_at = time.monotonic()
+                self.node.post(self._gather, pending)
         try:
             result: Snapshot = pending.result(GATHER_WAIT)
             return result
@@ -145,19 +154,36 @@ class Dashboard:
                 return snap
             raise
 
-    def _gather(self) -> None:
-        """On the loop: this node's stats and view now, the cluster's state when gathered."""
-        node = self.node
-        stats = node.node_stats()
-        status = node.status
-        node.status.gather(lambda state: self._publish(Snapshot(state, stats, status.view(state))))
+    def _gather(self, pending: Future) -> None:
+        """On the loop: this node's stats now, the cluster's state and the view when gathered."""
+        node, status = self.node, self.node.status
 
-    def _publish(self, snap: Snapshot) -> None:
+        def publish(state: dict) -> None:
+            try:
+                snap = Snapshot(state, stats, status.view(state))
+            except Exception as exc:  # the requests waiting get an error, not a 5 s wait
+                self._settle(pending, None, exc)
+                raise
+            self._settle(pending, snap, None)
+
+        try:
+            stats = node.node_stats()
+        except Exception as exc:
+            self._settle(pending, None, exc)
+            raise
+        status.gather(publish)
+
+    def _settle(self, pending: Future, snap: Snapshot | None, error: Exception | None) -> None:
         with self._lock:
-            self._snapshot = snap
-            pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            pending.set_result(snap)
+            if snap is not None:
+                self._snapshot = snap
+            if self._pending is pending:
+                self._pending = None
+        if not pending.done():
+            if snap is not None:
+                pending.set_result(snap)
+            else:
+                pending.set_exception(error or RuntimeError("no snapshot"))
 
     # ---- access ------------------------------------------------------------------------
     def allowed(self, handler: BaseHTTPRequestHandler, query: dict[str, list[str]]) -> bool:

@@ -7,6 +7,7 @@ fails before the run starts), then owned by the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -17,18 +18,21 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, cast
 
+import numpy as np
+
 from handoff import _core
 from handoff.dag import DAG, Argument, CompiledGraph, Function
-from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError
+from handoff.errors import FunctionError, HandoffError, ResultNotFound, TimeoutError, remote_error
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
 from handoff.observe.record import RunRecord
 
 from handoff.protocol.messages import Cancel, Dispatch, Done, RunEnded
 from handoff.protocol.rows import Call, Hook, Leaf, ResultRow, TaskRow, Tree, ValueRef
 from handoff.scheduler import (
-    CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, NodeJoined, NodeLost,
+    CancelRun, CancelTasks, Dispatch as DispatchTasks, ErrorInfo, FunctionStats, NodeJoined, NodeLost,
     NodeUpdated, Orchestrator, ReleaseRun, ResultLost, RunFinished, RunSpec, TaskFinished, Tick,
 )
+from handoff.scheduler.outcome import Placements, StatsView
 
 if TYPE_CHECKING:
     from handoff.node.server import Node, Timer
@@ -43,13 +47,17 @@ class PayloadPickler:
     each function's extra arguments on their own (see ``values.dumps_payload``)."""
 
     def __init__(self) -> None:
-        self._code: dict[int, tuple[Any, bytes]] = {}  # id(code) -> (code kept alive, frame)
+        # id(code) -> (code kept alive, its frame, the blob of a call with no extra arguments)
+        self._code: dict[int, tuple[Any, bytes, list]] = {}
 
     def blob(self, code: Any, extra: Any) -> list:
+        """The payload blob; functions that share code and have no extra arguments share one
+        (blobs are never changed once made)."""
         found = self._code.get(id(code))
         if found is None:
-            found = self._code[id(code)] = (code, dumps_payload(code))
-        return [found[1], dumps_args(extra)] if extra else [found[1]]
+            frame = dumps_payload(code)
+            found = self._code[id(code)] = (code, frame, [frame])
+        return [found[1], dumps_args(extra)] if extra else found[2]
 
     def hook(self, hook: Any) -> list | None:
         if hook is None:
@@ -68,11 +76,28 @@ class RunContext:
     functions: list[Function]
     payloads: list[list]  # per function: its payload blob (frames)
     hooks: dict[tuple[int, int], tuple[list | None, list | None, bool]]
-    deps: list[list[tuple[int, int, bool]]]  # per function: (position, dependency, inline?)
     future: Future = field(default_factory=Future)
     progress: Callable[[int, int], None] | None = None
     done_count: int = 0
     record: RunRecord | None = None  # progress counters, and every attempt's timing and bytes
+    # the result cache (handoff.cache.plan): keys of cache=True functions, hits -> their node,
+    # the functions as the scheduler sees them (hits pinned, free), attempts loaded from a cache
+    cache_keys: dict[int, str] = field(default_factory=dict)
+    hits: dict[int, str] = field(default_factory=dict)
+    scheduled: list[Function] | None = None
+    loaded: dict[int, int] = field(default_factory=dict)
+    live = False  # a live run's context is a ``handoff.node.live.LiveContext``
+    # the graph's dependency lists, read per dispatch through memoryviews of its arrays (no
+    # copy, and no Python list a function; indexing a memoryview gives a plain int)
+    indptr: memoryview = field(init=False, repr=False)
+    indices: memoryview = field(init=False, repr=False)
+    inline: memoryview = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        g = self.graph
+        self.indptr = np.ascontiguousarray(g.indptr, dtype=np.int64).data
+        self.indices = np.ascontiguousarray(g.indices, dtype=np.int64).data
+        self.inline = np.ascontiguousarray(g.inline, dtype=np.uint8).data
 
     @property
     def total(self) -> int:
@@ -95,7 +120,8 @@ class RunContext:
         tree = self._tree(index, target, location, blobs, refs)
         fn = self.functions[index]
         row = TaskRow(self.run_id, index, attempt, fn.id, dict(fn.cost) if fn.cost else None,
-                      fn.timeout, tree, refs, first, len(blobs))
+                      fn.timeout, tree, refs, first, len(blobs), self.cache_keys.get(index, ""),
+                      index in self.hits)
         return row, blobs
 
     def _tree(
@@ -106,8 +132,10 @@ class RunContext:
         k = len(blobs)
         blobs.append(self.payloads[j])
         children: list[Tree] = []
-        for pos, dep, inline in self.deps[j]:
-            if inline:
+        indices, inline, lo = self.indices, self.inline, self.indptr[j]
+        for pos in range(self.indptr[j + 1] - lo):
+            dep = indices[lo + pos]
+            if inline[dep]:
                 children.append(self._tree(dep, target, location, blobs, refs))
                 continue
             source = location(dep)
@@ -149,7 +177,7 @@ def prepare_run(dag: DAG, progress: Callable | None = None, record: bool = True)
             payloads.append(pickler.blob(fn.code, fn.extra_args))
         except Exception as exc:
             raise InvalidFunctionError(
-                fn.id, f"its code or extra_args cannot be pickled for shipping: {type(exc).__name__}: {exc}"
+                fn.id, f"{_unpicklable_part(fn)} cannot be pickled for shipping: {type(exc).__name__}: {exc}"
             ) from exc
         for pos, arg in enumerate(fn.args):
             if isinstance(arg, Argument) and (arg.serialization_fn or arg.deserialization_fn):
@@ -163,19 +191,26 @@ def prepare_run(dag: DAG, progress: Callable | None = None, record: bool = True)
                     raise InvalidFunctionError(
                         fn.id, f"the hooks of argument {arg.id!r} cannot be pickled: {exc}"
                     ) from exc
-    index, inline = graph.index, graph.inline.tolist()
-    deps = []
-    for fn in functions:  # resolved here, in the caller's thread, not per task in the loop
-        ids = [index[arg.id if isinstance(arg, Argument) else arg] for arg in fn.args]
-        deps.append([(pos, dep, inline[dep]) for pos, dep in enumerate(ids)])
-    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, deps, progress=progress,
+    return RunContext(uuid.uuid4().hex, dag, graph, functions, payloads, hooks, progress=progress,
                       record=RunRecord(dag.id, graph, functions, keep=record))
+
+
+def _unpicklable_part(fn: Function) -> str:
+    """Which of ``fn``'s code and extra arguments will not pickle, for the error message."""
+    import cloudpickle
+
+    for i, value in enumerate(fn.extra_args):
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"extra_args[{i}] ({type(value).__name__})"
+    return "its code"
 
 
 class Results(Mapping):
     """Read-only mapping of function id to value; a remote value is fetched on first access."""
 
-    def __init__(self, node: Node, dag_id: Any, locations: dict[Hashable, str]):
+    def __init__(self, node: Node, dag_id: Any, locations: Mapping[Hashable, str]):
         self._node = node
         self._dag_id = dag_id
         self._locations = locations
@@ -215,8 +250,8 @@ class ExecutionResult:
 
     dag_id: Any
     results: Results
-    allocations: dict
-    stats: dict
+    allocations: Mapping[Hashable, str]  # a dict, or a Placements over compact arrays
+    stats: Mapping[Hashable, FunctionStats]
     record: RunRecord | None = None
 
     def __repr__(self) -> str:
@@ -246,16 +281,21 @@ class ExecutionResult:
         return self.record
 
 
-def chain_error(error: HandoffError, exc_blob: list | None) -> HandoffError:
-    """Attach the original exception as ``__cause__`` when it unpickles here."""
+def typed_error(error: FunctionError, exc_blob: list | None) -> FunctionError:
+    """``error`` as ``errors.remote_error`` makes it: also of the original exception's class,
+    with ``.cause``, when the pickled original unpickles here."""
+    original = None
     if exc_blob:
         try:
-            original = loads_value(exc_blob)
-            if isinstance(original, BaseException):
-                error.__cause__ = original
-        except Exception:
+            loaded = loads_value(exc_blob)
+            if isinstance(loaded, BaseException):
+                original = loaded
+        except Exception:  # its class cannot be imported here: the plain error says what it was
             pass
-    return error
+    typed = remote_error(error.function_id, error.node, error.attempts, error.exc_type,
+                         error.message, error.remote_traceback, original)
+    typed.__dict__.update({k: v for k, v in error.__dict__.items() if k not in typed.__dict__})
+    return typed
 
 
 class Runs:
@@ -269,6 +309,7 @@ class Runs:
         self.ledger = _core.ResourceLedger()
         self.orchestrator = Orchestrator(self.ledger, self.name, debug_state=node.config.debug_state)
         self.runs: dict[str, RunContext] = {}
+        self.live: dict[str, Any] = {}  # live runs (handoff.node.live), also in ``runs``
         self.local_events: list = []  # (row, blob) of this node's own tasks that finished
         self._timeouts: dict[str, Timer] = {}
 
@@ -283,6 +324,10 @@ class Runs:
         self._apply(self.orchestrator.handle(NodeUpdated(name, dict(caps))))
 
     def node_lost(self, name: str) -> None:
+        for ctx in self.runs.values():  # a hit pinned to a lost holder runs anywhere, computed
+            lost = [i for i, holder in ctx.hits.items() if holder == name]
+            if lost:
+                self.orchestrator.run(ctx.run_id).unpin(lost)
         self._apply(self.orchestrator.handle(NodeLost(name, time.monotonic())))
 
     def tick(self) -> None:
@@ -298,7 +343,8 @@ class Runs:
         now = time.monotonic()
         timeout = options.get("timeout")
         spec = RunSpec(
-            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph, functions=ctx.functions,
+            run_id=ctx.run_id, dag_id=ctx.dag_id, graph=ctx.graph,
+            functions=ctx.scheduled or ctx.functions,
             strategy=options["allocation_strategy"], max_retries=options["max_retries"],
             max_concurrency=options["max_concurrency"], now=now,
             deadline=None if timeout is None else now + timeout,
@@ -359,7 +405,9 @@ class Runs:
                 if error is None:  # the executing node's fault: a failure must say why
                     raise ValueError(f"run {run_id}: a failed attempt of task {index} has no error")
                 info = ErrorInfo(error.exc_type, error.message, error.traceback, blob)
-            elif ctx.progress is not None and first:  # a function run again counts once
+            elif row.cached:
+                ctx.loaded[index] = attempt
+            if ok and ctx.progress is not None and first:  # a function run again counts once
                 ctx.done_count += 1
                 try:
                     ctx.progress(ctx.done_count, ctx.total)
@@ -372,6 +420,10 @@ class Runs:
 
     # ---- instructions ---------------------------------------------------------------
     def _apply(self, instructions: list) -> None:
+        if self.live:
+            from handoff.node import live
+
+            live.settle(self)
         dispatch: dict[tuple[str, str], list] = defaultdict(list)
         for ins in instructions:
             if isinstance(ins, DispatchTasks):
@@ -393,6 +445,12 @@ class Runs:
         ctx = self.runs.get(run_id)
         if ctx is None:
             return
+        if ctx.live:
+            from handoff.node import live
+
+            tasks = live.claim(self, cast(live.LiveContext, ctx), tasks)
+            if not tasks:
+                return
         state = self.orchestrator.run(run_id)
         location = state.location
         if ctx.record is not None:
@@ -422,7 +480,11 @@ class Runs:
         if timer is not None:
             self.node.cancel_timer(timer)
         try:
-            if ctx is not None and not ctx.future.done():
+            if ctx is not None and ctx.live:
+                from handoff.node import live
+
+                live.finished(self, cast(live.LiveContext, ctx), ins)
+            elif ctx is not None and not ctx.future.done():
                 self._resolve(ctx, ins)
         finally:
             self.orchestrator.forget(ins.run_id)
@@ -433,19 +495,14 @@ class Runs:
         if ins.error is not None:
             self._fail(ctx, ins)
             return
-        state = self.orchestrator.run(ins.run_id)
-        ids = ctx.graph.ids
-        inline = ctx.graph.inline
+        outcome = self.orchestrator.run(ins.run_id).outcome()
         # a run that ended without an error has a location for every function it ran
-        allocations = cast(
-            dict[Hashable, str],
-            {ids[i]: state.location(i) for i in range(len(ids)) if not inline[i]},
-        )
-        for fid, node in allocations.items():
-            self.node.store.register_location(ctx.dag_id, fid, node)
-        stats = {ids[i]: s for i, s in state.stats.items()}
+        allocations = Placements(outcome)
+        self.node.store.register_locations(ctx.dag_id, allocations)
+        state = self.orchestrator.run(ins.run_id)
+        cached = frozenset(i for i, attempt in ctx.loaded.items() if state.attempt(i) == attempt)
         result = ExecutionResult(ctx.dag_id, Results(self.node, ctx.dag_id, allocations), allocations,
-                                 stats, ctx.record)
+                                 StatsView(outcome, cached), ctx.record)
         ctx.future.set_result(result)
 
     def _fail(self, ctx: RunContext, ins: RunFinished) -> None:
@@ -453,7 +510,7 @@ class Runs:
         error = cast(HandoffError, ins.error)
         info = ins.error_info
         if isinstance(error, FunctionError) and info is not None:
-            error = chain_error(error, info.exc_blob)
+            error = typed_error(error, info.exc_blob)
         try:
             state = self.orchestrator.run(ins.run_id)
             allocations, stats = state.allocations(), state.function_stats()

@@ -36,9 +36,10 @@ from handoff.node.execution.threads import ThreadPool
 from handoff.node.execution.workers import WorkerPool
 from handoff.node.runs import Runs
 from handoff.node.status import ClusterStatus
+from handoff.cache.service import NodeCache
 from handoff.node.streams.service import MESSAGES as STREAM_MESSAGES, Streams
 from handoff.protocol.messages import (
-    Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
+    CacheClear, CacheHeld, CacheQuery, Cancel, Clear, Dispatch, Done, Fetch, Gossip, Hello, Leave, Locate, Located, Message, PartAck,
     Ping, Pong,
     RunEnded, StatusAsk, StatusQuery, StatusReport, Value, ValuePart,
 )
@@ -99,6 +100,7 @@ class Node:
         self.status = ClusterStatus(self)
         self.dashboard: Dashboard | None = None
         self._announced: str | None = None  # this node's file for local status clients
+        self.cache = NodeCache(self)
         self.streams = Streams(self)
 
     # ---- life cycle ------------------------------------------------------------------
@@ -119,6 +121,8 @@ class Node:
         if self.transport.curve is not None:
             self.transport.curve.start(self.ctx)
         self.transport.bind(self.config.listen)
+        if self.config.advertise:  # peers reach this node through a relay: tell them that
+            self.transport.address = self.config.advertise
         self._announced = announce(self.config.runtime_dir, self.name, self.address, f"{id(self):x}")
         wake = f"inproc://wake-{id(self)}"
         self._wake_rx = self.ctx.socket(zmq.PULL)
@@ -345,7 +349,7 @@ class Node:
             self.counters["dropped_unknown_peer"] += 1
             member = peers.membership.get(getattr(msg, "sender", None) or "")
             gone = member is not None and member.status not in LIVE
-            peers.heard_from_stranger(getattr(msg, "sender", None))
+            peers.heard_from_stranger(identity, msg)
             level = logging.DEBUG if gone or self.counters["dropped_unknown_peer"] > 20 else logging.WARNING
             log.log(level, "%s: dropped %s from an unknown peer", self.name, type(msg).__name__)
             return
@@ -393,6 +397,8 @@ class Node:
             self.status.on_ask(msg)
         elif isinstance(msg, StatusReport):
             self.status.on_report(msg)
+        elif isinstance(msg, (CacheQuery, CacheClear, CacheHeld)):
+            self.cache.on_message(msg)
         elif isinstance(msg, STREAM_MESSAGES):
             self.streams.on_message(msg)
 

@@ -11,6 +11,7 @@ queries costs one round of asks.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Hashable
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from handoff.observe.record import RunRecord
 
 __all__ = ["ClusterStatus", "PEER_TIMEOUT", "label"]
+
+log = logging.getLogger("handoff.status")
 
 PEER_TIMEOUT = 1.5  # seconds a gathering waits for the peers' reports
 RECENT_FAILURES = 50  # failed attempts each node remembers
@@ -187,8 +190,11 @@ class ClusterStatus:
         doc = self.document(self._reports)
         self.latest, self.latest_at = doc, time.monotonic()
         callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            callback(doc)
+        for callback in callbacks:  # one that fails must not cost the others their answer
+            try:
+                callback(doc)
+            except Exception:
+                log.exception("%s: a status callback failed", self.name)
 
     def document(self, reports: dict[str, dict]) -> dict:
         """The cluster's document from the membership table and the reports received."""
@@ -205,7 +211,8 @@ class ClusterStatus:
                 # what gossip last said, for a live node that does not answer
                 "used": {} if state == "dead" else
                 {r: max(0.0, a - row.free.get(r, a)) for r, a in caps.items()},
-                "running": None, "queued": None, "workers": None, "answered": report is not None,
+                "running": None, "queued": None, "workers": None, "dashboard": None,
+                "answered": report is not None,
             }
             if status == LEFT:
                 entry["left"] = True  # it said goodbye: stopped, not crashed

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
 from handoff.dag import Collocated
 
 if TYPE_CHECKING:
@@ -72,23 +74,21 @@ def picture_of(graph: CompiledGraph, functions: Sequence[Function], title: Any,
 
         groups = groups_of(list(functions))
     group, names = groups
-    members: list[list[int]] = [[] for _ in names]
-    for i in range(n):
-        members[group[i]].append(i)
+    g = np.asarray(group, dtype=np.int64)
+    order = np.argsort(g, kind="stable")
+    bounds = np.searchsorted(g[order], np.arange(len(names) + 1))
+    members = [order[bounds[k]:bounds[k + 1]].tolist() for k in range(len(names))]
     nodes = []
-    for g, name in enumerate(names):
-        pins = {_pin(functions[i]) for i in members[g]}
-        costs = {_cost(functions[i]) for i in members[g]}
-        nodes.append(PictureNode(f"g{g}", name, name, len(members[g]),
+    for k, name in enumerate(names):
+        pins = {_pin(functions[i]) for i in members[k]}
+        costs = {_cost(functions[i]) for i in members[k]}
+        nodes.append(PictureNode(f"g{k}", name, name, len(members[k]),
                                  pins.pop() if len(pins) == 1 else "various",
-                                 costs.pop() if len(costs) == 1 else "various", members[g]))
-    counts: dict[tuple[int, int], int] = {}
-    for i in range(n):
-        gi = group[i]
-        for d in indices[indptr[i]:indptr[i + 1]]:
-            key = (group[d], gi)
-            counts[key] = counts.get(key, 0) + 1
-    edges = [(a, b, c) for (a, b), c in counts.items()]
+                                 costs.pop() if len(costs) == 1 else "various", members[k]))
+    consumer = np.repeat(np.arange(n), np.diff(graph.indptr))
+    keys, counts = np.unique(g[graph.indices] * len(names) + g[consumer], return_counts=True)
+    edges = [(key // len(names), key % len(names), count)
+             for key, count in zip(keys.tolist(), counts.tolist())]
     return Picture(str(title), True, n, nodes, edges)
 
 

@@ -2,12 +2,15 @@
 failed, rate, ETA) and a total row, drawn with ``rich`` by the caller's thread while it waits.
 
 The event loop only bumps counters in the run's ``RunRecord``; the display reads them four
-times a second, so a run pays nothing per completion for being watched.
+times a second (less often when a draw would take over 2% of the time, as on a busy
+machine: drawing holds the GIL the node's loop needs), so a run pays nothing per
+completion for being watched.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from concurrent.futures import Future, wait
 from typing import Any, TextIO
 
@@ -16,7 +19,9 @@ from handoff.observe.record import RunRecord
 __all__ = ["wait_for_result", "ProgressDisplay", "AUTO_AFTER", "REFRESH", "MAX_GROUP_ROWS"]
 
 AUTO_AFTER = 1.0  # seconds: progress="auto" draws only for runs that last longer
-REFRESH = 0.25  # seconds between draws: a draw takes a few ms of the GIL the event loop needs
+REFRESH = 0.25  # seconds between draws at least: a draw takes a few ms of the GIL the loop needs
+DRAW_SHARE = 0.02  # ... and more when drawing would take more than this share of the time
+SLOWEST_REFRESH = 1.0
 MAX_GROUP_ROWS = 12  # past this, the smallest groups share one row
 
 
@@ -37,7 +42,7 @@ def wait_for_result(future: Future, record: RunRecord | None, progress: Any,
     display = ProgressDisplay(record, stream)
     display.start()
     try:
-        while not wait([future], timeout=REFRESH)[0]:
+        while not wait([future], timeout=display.interval())[0]:
             display.update()
     finally:
         display.update()
@@ -87,6 +92,11 @@ class ProgressDisplay:
             label = f"({len(rest)} more groups)"
             self.rows.append((self._add(label, sum(totals[g] for g in rest)), rest))
         self.total = self._add("[bold]total".ljust(min(width, 40) + 6), record.total)
+        self.draw_seconds = 0.0  # how long the last draw took
+
+    def interval(self) -> float:
+        """Seconds until the next draw: ``REFRESH``, longer if drawing is slow (a busy machine)."""
+        return min(max(REFRESH, self.draw_seconds / DRAW_SHARE), SLOWEST_REFRESH)
 
     def _add(self, description: str, total: int) -> Any:
         return self.progress.add_task(description, total=max(total, 1), running=0, failed="")
@@ -95,6 +105,7 @@ class ProgressDisplay:
         self.progress.start()
 
     def update(self) -> None:
+        t0 = time.perf_counter()
         r = self.record
         done_all = running_all = failed_all = 0
         for task, groups in self.rows:
@@ -105,6 +116,7 @@ class ProgressDisplay:
             self.progress.update(task, completed=done, running=running, failed=_failed(failed))
         self.progress.update(self.total, completed=done_all, running=running_all, failed=_failed(failed_all))
         self.progress.refresh()
+        self.draw_seconds = time.perf_counter() - t0
 
     def stop(self) -> None:
         self.progress.stop()

@@ -1,8 +1,12 @@
 """``RunRecord``: what every attempt of a run did, kept by the driver in parallel arrays
-(about 60 bytes an attempt), plus per-group counters that the progress display reads.
+(about 70 bytes an attempt), plus per-group counters that the progress display reads.
 
-Rows arrive on the node's loop thread (``add``); the progress display reads the counters from
-the caller's thread: single int reads and writes, so a draw may be one completion behind.
+Rows arrive on the node's loop thread (``add``), which keeps them as they come (one list
+append on the hot path) and copies them into the arrays when ``COMPACT_EVERY`` are waiting or
+when the record is first read: so a run of W1's size never pays for the copy while it runs.
+Read the attempts on the loop thread while the run goes on (the dashboard does), from any
+thread once it has ended. The progress display reads only the counters, from the caller's
+thread: single int reads and writes, so a draw may be one completion behind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ if TYPE_CHECKING:
     from handoff.dag import CompiledGraph, Function
     from handoff.protocol.rows import ResultRow
 
-__all__ = ["RunRecord", "Outcome", "Attempt", "groups_of"]
+__all__ = ["RunRecord", "Outcome", "Attempt", "groups_of", "COMPACT_EVERY"]
+
+COMPACT_EVERY = 65536  # rows kept as they came (some 25 MB at most) before being copied into arrays
 
 
 class Outcome(IntEnum):
@@ -113,11 +119,13 @@ class RunRecord:
         self.bytes_out = array("q")
         self.outcome = array("b")
         self.errors: dict[int, tuple[str, str, str]] = {}  # position -> (type, message, traceback)
+        self._pending: list[ResultRow] = []  # rows not yet copied into the arrays (see compact)
+        self._pending_nodes: list[int] = []
         self._lists: tuple[list[int], list[int], bytes] | None = None  # the graph as lists, for reading
 
     def __len__(self) -> int:
-        """Attempts recorded in full (``outcome`` is appended last, so a reader on another
-        thread sees every field of the first ``len(record)`` attempts)."""
+        """Attempts recorded (reading copies the waiting rows into the arrays first)."""
+        self.compact()
         return len(self.outcome)
 
     # ---- written on the loop thread -----------------------------------------------------
@@ -148,22 +156,36 @@ class RunRecord:
         if n is None:
             n = self._node_number[node] = len(self.node_names)
             self.node_names.append(node)
-        if outcome:
-            error = row.error
-            if error is not None:
-                self.errors[len(self.index)] = (error.exc_type, error.message, error.traceback)
-        self.index.append(index)
-        self.attempt.append(row.attempt)
-        self.node.append(n)
-        self.worker.append(row.worker)
-        self.started.append(row.started)
-        self.finished.append(row.finished)
-        self.fetch_start.append(row.fetch_start)
-        self.fetch_end.append(row.fetch_end)
-        self.bytes_in.append(row.bytes_in)
-        self.bytes_out.append(row.nbytes)
-        self.outcome.append(outcome)
+        # keeping the row (one list append) and copying rows into the arrays in batches costs
+        # a fraction of eleven array appends per row, on the loop's hot path
+        self._pending.append(row)
+        self._pending_nodes.append(n)
+        if len(self._pending) >= COMPACT_EVERY:
+            self.compact()
         return first
+
+    def compact(self) -> None:
+        """Copy the waiting rows into the arrays (every reader does it first)."""
+        rows, nodes = self._pending, self._pending_nodes
+        if not rows:
+            return
+        self._pending, self._pending_nodes = [], []
+        base = len(self.outcome)
+        for j, row in enumerate(rows):
+            if not row.ok and row.error is not None:
+                error = row.error
+                self.errors[base + j] = (error.exc_type, error.message, error.traceback)
+        self.index.extend([r.index for r in rows])
+        self.attempt.extend([r.attempt for r in rows])
+        self.node.extend(nodes)
+        self.worker.extend([r.worker for r in rows])
+        self.started.extend([r.started for r in rows])
+        self.finished.extend([r.finished for r in rows])
+        self.fetch_start.extend([r.fetch_start for r in rows])
+        self.fetch_end.extend([r.fetch_end for r in rows])
+        self.bytes_in.extend([r.bytes_in for r in rows])
+        self.bytes_out.extend([r.nbytes for r in rows])
+        self.outcome.extend([0 if r.ok else (1 if r.lost is None else 2) for r in rows])  # last
 
     def end(self, failed: bool) -> None:
         self.finished_at = time.time()
@@ -176,6 +198,7 @@ class RunRecord:
                           self.group_total[g] - self.group_done[g]))
 
     def attempts(self) -> Iterator[Attempt]:
+        self.compact()
         ids, names = self.graph.ids, self.node_names
         for k in range(len(self.index)):
             i = self.index[k]
@@ -189,9 +212,9 @@ class RunRecord:
         return dict(zip(self.column("index")[ok].tolist(), ok.tolist()))  # later ones win
 
     def column(self, name: str) -> np.ndarray:
-        """One field of the first ``len(self)`` attempts as a numpy array: a copy, so the loop
-        thread can go on appending while a view is built (an exported buffer could not grow)."""
-        values = getattr(self, name)[:len(self)]
+        """One field of every attempt as a numpy array: a copy, so the array can go on growing
+        (an array whose buffer is exported cannot)."""
+        values = getattr(self, name)[:len(self)]  # len() copies waiting rows in
         return np.frombuffer(values.tobytes(), dtype=values.typecode)
 
     def _graph_lists(self) -> tuple[list[int], list[int], bytes]:
@@ -221,9 +244,31 @@ class RunRecord:
     def transfers(self) -> Iterator[tuple[int, int, int]]:
         """(producer position, consumer position, bytes) for each value an attempt fetched
         from another node: the producer's successful attempt ran on a different node."""
+        graph = self.graph
+        if graph.inline.any():
+            return self._transfers_through_inline()
+        index, node = self.column("index"), self.column("node")
+        final = np.full(len(graph.ids), -1, dtype=np.int64)
+        ok = np.flatnonzero(self.column("outcome") == 0)
+        np.maximum.at(final, index[ok], ok)  # the last successful attempt of each function
+        consumers = np.flatnonzero(self.column("fetch_start") != 0.0)  # fetched something
+        fn = index[consumers]
+        starts, counts = graph.indptr[fn], graph.indptr[fn + 1] - graph.indptr[fn]
+        k = np.repeat(consumers, counts)
+        offsets = np.arange(len(k)) - np.repeat(np.cumsum(counts) - counts, counts)
+        deps = graph.indices[np.repeat(starts, counts) + offsets]
+        pairs = np.unique(k * len(graph.ids) + deps)  # an input passed twice is fetched once
+        k, deps = pairs // len(graph.ids), pairs % len(graph.ids)
+        p = final[deps]
+        cross = p >= 0
+        cross[cross] = node[p[cross]] != node[k[cross]]
+        p, k = p[cross], k[cross]
+        return zip(p.tolist(), k.tolist(), self.column("bytes_out")[p].tolist())
+
+    def _transfers_through_inline(self) -> Iterator[tuple[int, int, int]]:
         final = self.final_attempts()
         node, index, bytes_out = self.node, self.index, self.bytes_out
-        for k in np.flatnonzero(self.column("fetch_start") != 0.0).tolist():  # fetched something
+        for k in np.flatnonzero(self.column("fetch_start") != 0.0).tolist():
             here = node[k]
             for d in self.inputs(index[k]):
                 p = final.get(d)

@@ -2,8 +2,8 @@
 
 Bounded whatever the run's size: the timeline turns into busy fractions per time bin past
 ``SPAN_LIMIT`` attempts, the DAG into one box per group past 500 functions, and the lists
-(slowest, failures) are cut to their first entries. Works during a run too (it reads the
-first ``len(record)`` attempts, which the loop thread has written in full).
+(slowest, failures) are cut to their first entries. Works during a run too, on the loop
+thread (see ``record.py``).
 """
 
 from __future__ import annotations
@@ -151,14 +151,19 @@ def _groups(record: RunRecord, c: Columns) -> list[dict[str, Any]]:
 def _graph(record: RunRecord, final: dict[int, int], failed_functions: set[int]) -> dict[str, Any]:
     pic = picture_of(record.graph, record.functions, record.dag_id,
                      groups=(record.group, record.group_names))
-    inline = record.graph.inline
+    n = len(record.graph.ids)
+    done = np.zeros(n, dtype=bool)
+    done[list(final)] = True
+    failed = np.zeros(n, dtype=bool)
+    failed[list(failed_functions)] = True
+    settled = done | record.graph.inline.astype(bool)  # inline functions never run on their own
 
     def state(members: list[int]) -> str:
-        if any(i in failed_functions for i in members):
+        if failed[members].any():
             return "failed"
-        if all(i in final or inline[i] for i in members):
+        if settled[members].all():
             return "done"
-        if pic.collapsed and any(i in final for i in members):
+        if pic.collapsed and done[members].any():
             return "running"
         return "pending"
 

@@ -263,6 +263,36 @@ class StatusReport(Message):
     report: dict
 
 
+# ---- the result cache (handoff.cache) ----------------------------------------------------
+
+@message
+class CacheQuery(Message):
+    """Which of these result-cache keys does your disk cache hold? (answered by CacheHeld)"""
+
+    op: ClassVar[str] = "cache_query"
+    sender: str
+    request: int
+    keys: list[str]
+
+
+@message
+class CacheClear(Message):
+    """Empty your disk cache (answered by CacheHeld with the number of entries removed)."""
+
+    op: ClassVar[str] = "cache_clear"
+    sender: str
+    request: int
+
+
+@message
+class CacheHeld(Message):
+    op: ClassVar[str] = "cache_held"
+    sender: str
+    request: int
+    keys: list[str]
+    removed: int = 0
+
+
 # ---- node <-> its worker processes ---------------------------------------------------
 
 @message

@@ -73,6 +73,8 @@ class TaskRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     refs: list[ValueRef]
     first: int = 0
     count: int = 0
+    cache_key: str = ""  # result-cache key: the value is written to the node's cache
+    load: bool = False  # a cache hit here: load the value instead of computing it
 
 
 class ErrorRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -112,6 +114,7 @@ class ResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     fetch_start: float = 0.0
     fetch_end: float = 0.0
     bytes_in: int = 0
+    cached: bool = False  # loaded from the node's result cache, not computed
 
 
 class FetchRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
@@ -141,6 +144,7 @@ class JobRow(msgspec.Struct, frozen=True, gc=False, array_like=True):
     tree: Tree
     first: int
     count: int
+    cache_path: str = ""  # write the result here too (the node's result cache) before reporting
 
 
 class JobResultRow(msgspec.Struct, frozen=True, gc=False, array_like=True):

@@ -45,6 +45,7 @@ class FunctionStats:
     attempts: int
     started_at: float | None
     finished_at: float | None
+    cached: bool = False  # loaded from a node's result cache, not computed
 
 
 @dataclass(eq=False)

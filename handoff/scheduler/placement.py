@@ -24,6 +24,8 @@ __all__ = [
     "collocation_groups",
     "group_costs",
     "group_tiers",
+    "lacking",
+    "name_nodes",
     "order_nodes",
     "read_placement",
     "shortfall",
@@ -54,11 +56,31 @@ def shortfall(
     return ", ".join(short)
 
 
+NAMES_SHOWN = 5  # nodes named in one explanation shared by many; the rest are counted
+
+
+def name_nodes(names: Sequence[str]) -> str:
+    """``node 'a'``, or ``nodes 'a', 'b' and 3 more`` for nodes that share an explanation."""
+    if len(names) == 1:
+        return f"node {names[0]!r}"
+    shown = ", ".join(repr(n) for n in names[:NAMES_SHOWN])
+    more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+    return f"nodes {shown}{more}"
+
+
+def lacking(cost: Mapping[str, float] | None, capacities: Mapping[str, Mapping]) -> str:
+    """What each node's total capacity lacks for ``cost`` ("node 'a' has no gpu; nodes 'b',
+    'c' have cpu=2 of the 4 it needs"); nodes that lack the same share one entry."""
+    by_lack: dict[str, list[str]] = {}
+    for node, caps in capacities.items():
+        by_lack.setdefault(shortfall(cost, caps), []).append(node)
+    return "; ".join(f"{name_nodes(nodes)} {'has' if len(nodes) == 1 else 'have'} {lacks}"
+                     for lacks, nodes in by_lack.items())
+
+
 def unfit_reason(cost: Mapping[str, float] | None, capacities: Mapping[str, Mapping]) -> str:
     """Why ``cost`` fits no node, node by node."""
-    why = "; ".join(
-        f"node {node!r} has {shortfall(cost, caps)}" for node, caps in capacities.items()
-    )
+    why = lacking(cost, capacities)
     return "its cost fits no node's total capacity" + (f" ({why})" if why else "")
 
 
@@ -126,8 +148,7 @@ def check_group(
             reason = unfit_reason(cost, ledger.capacities())  # it fits no node even alone
         else:
             _, need = group_costs(costs[: list(fids).index(fid) + 1])
-            why = "; ".join(f"node {node!r} has {shortfall(need, caps)}"
-                            for node, caps in ledger.capacities().items())
+            why = lacking(need, ledger.capacities())  # no node fits them all: each lacks some
             reason = (
                 f"the collocated functions {list(fids)} need one node that fits each of them, "
                 f"and no node that fits the ones before it fits it ({why})"

@@ -17,6 +17,7 @@ import numpy as np
 from handoff import _core
 from handoff.errors import AllocationError, HandoffError
 from handoff.scheduler.events import FunctionStats, RunSpec
+from handoff.scheduler.outcome import RunOutcome
 from handoff.scheduler.placement import group_tiers, order_nodes, read_placement
 from handoff.scheduler.tasks import TaskState, TaskStatus, transition
 
@@ -59,6 +60,9 @@ class RunState:
         self.finished = False
         self.error: HandoffError | None = None
         self.tasks = [TaskState(i, flag) for i, flag in enumerate(graph.inline.tolist())]
+        # when each function's last attempt started and finished (arrays: 16 bytes a function)
+        self.started_at = np.zeros(n)
+        self.finished_at = np.zeros(n)
         # placement rules, filled by prepare(); sparse because most functions have none.
         # A collocation group goes to one node that fits each member alone (group_need, the
         # resource-wise largest cost), preferably one that fits their sum (group_cost).
@@ -137,8 +141,10 @@ class RunState:
     @property
     def stats(self) -> dict[int, FunctionStats]:
         """{index: FunctionStats} for every computed non-inline function."""
+        started, finished = self.started_at, self.finished_at
         return {
-            t.index: FunctionStats(t.location, t.failures + 1, t.started, t.finished)
+            t.index: FunctionStats(t.location, t.failures + 1, float(started[t.index]),
+                                   float(finished[t.index]))
             for t in self.tasks
             if t.location is not None
         }
@@ -147,6 +153,18 @@ class RunState:
         """{function_id: FunctionStats}, as ``ExecutionResult.stats`` shows them."""
         ids = self.graph.ids
         return {ids[i]: s for i, s in self.stats.items()}
+
+    def outcome(self) -> RunOutcome:
+        """Where each result is, attempts and times, as compact arrays (``Placements`` and
+        ``StatsView`` read them as ``ExecutionResult.allocations`` and ``.stats``)."""
+        codes: dict[str | None, int] = {None: -1}
+        node = np.fromiter(
+            (codes.setdefault(t.location, len(codes) - 1) for t in self.tasks), np.int32, self.n
+        )
+        attempts = np.fromiter((t.failures + 1 for t in self.tasks), np.int32, self.n)
+        names = [name for name in codes if name is not None]
+        return RunOutcome(self.graph.ids, self.graph.index, names, node, attempts,
+                          self.started_at, self.finished_at)
 
     def validate_state(self) -> None:
         """Check every task's status against the indexes kept beside it; AssertionError if not."""
@@ -191,6 +209,11 @@ class RunState:
                 pin = self.group_node[g]
         return pin
 
+    def unpin(self, indices: list[int]) -> None:
+        """Let these tasks run on any node (result-cache hits whose holder was lost)."""
+        for i in indices:
+            self.pins.pop(i, None)
+
     def needed(self, i: int) -> bool:
         """True while ``i`` still has to run: not completed, or completed and lost."""
         return self.tasks[i].status != TaskStatus.DONE
@@ -200,7 +223,7 @@ class RunState:
         task = self.tasks[i]
         transition(task, TaskStatus.DONE, self.run_id)
         task.location, task.node = node, None
-        task.started, task.finished = started, finished
+        self.started_at[i], self.finished_at[i] = started, finished
         if task.recompute:  # the tracker saw i complete before
             task.recompute = False
             self.lost.discard(i)

@@ -77,8 +77,6 @@ class TaskState:
         "recoveries",
         "node",
         "location",
-        "started",
-        "finished",
         "avoid",
         "recompute",
     )
@@ -91,8 +89,6 @@ class TaskState:
         self.recoveries = 0  # re-runs after a lost node or result: these do not
         self.node: str | None = None  # where it is in flight
         self.location: str | None = None  # the node holding its result
-        self.started = 0.0
-        self.finished = 0.0
         self.avoid: str | None = None  # a retry prefers another node than this one
         self.recompute = False  # completed once, its result lost: being computed again
 

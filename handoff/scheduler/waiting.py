@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Hashable
 
-from handoff.scheduler.placement import shortfall
+from handoff.scheduler.placement import name_nodes, shortfall
 from handoff.scheduler.tasks import TaskStatus
 
 if TYPE_CHECKING:
@@ -77,22 +77,28 @@ def _ready(orch: Orchestrator, run: RunState) -> str:
 
 
 def _node_by_node(orch: Orchestrator, run: RunState, i: int) -> str:
-    """For each node ``i`` may go to, why it cannot take ``i`` now."""
+    """For each node ``i`` may go to, why it cannot take ``i`` now; nodes with the same
+    reason share one ("nodes 'a', 'b' are too small (have no gpu)"), so a large cluster
+    reads as a few lines, not one per node."""
     ledger, nodes = orch.ledger, orch.nodes
     cost = run.costs.get(i)
     target = run.target(i)
     names = [target] if target is not None else list(ledger.nodes)
-    parts = []
+    reasons: dict[tuple[str, str], list[str]] = {}  # (singular, plural) -> nodes, in order
     for name in names:
         if name not in nodes.busy or not ledger.has_node(name):
-            parts.append(f"node {name!r} is not live")
-            continue
-        too_small = shortfall(cost, ledger.capacity(name))
-        if too_small:
-            parts.append(f"node {name!r} is too small (has {too_small})")
+            why = ("is not live", "are not live")
+        elif too_small := shortfall(cost, ledger.capacity(name)):
+            why = (f"is too small (has {too_small})", f"are too small (have {too_small})")
         elif nodes.busy[name] >= nodes.slots[name]:
-            parts.append(f"node {name!r} has no free slot ({nodes.busy[name]} tasks in flight)")
+            busy = nodes.busy[name]
+            why = (f"has no free slot ({busy} tasks in flight)",
+                   f"have no free slot ({busy} tasks in flight each)")
+        elif lacks := shortfall(cost, ledger.free(name), free=True):
+            why = (f"has {lacks} free", f"have {lacks} free")
         else:
-            lacks = shortfall(cost, ledger.free(name), free=True)
-            parts.append(f"node {name!r} has {lacks} free" if lacks else f"node {name!r} has room")
+            why = ("has room", "have room")
+        reasons.setdefault(why, []).append(name)
+    parts = [f"{name_nodes(group)} {one if len(group) == 1 else many}"
+             for (one, many), group in reasons.items()]
     return "; ".join(parts) or "no live node"

@@ -56,6 +56,11 @@ def _check_extra_args(args: Sequence[str]) -> None:
         if flag in ("--name", "--listen", "--join"):
             raise ValueError(f"extra_args may not set {flag}: LocalCluster chooses names, "
                              "addresses and joins (use names=)")
+        if flag == "--log-format":
+            fmt = value or (str(args[i + 1]) if i + 1 < len(args) else "")
+            if fmt != "text":
+                raise ValueError(f"--log-format {fmt or '(missing)'}: LocalCluster reads the "
+                                 "nodes' text log lines to see them join")
         if flag == "--log-level":
             level = value or (str(args[i + 1]) if i + 1 < len(args) else "")
             if level not in ("DEBUG", "INFO"):
@@ -155,6 +160,9 @@ class LocalCluster:
         More ``python -m handoff.node`` arguments for every node, e.g. ``["--dead-after", "4"]``.
     env:
         Extra environment variables for the node processes.
+    cache_dir:
+        A directory for the nodes' result caches: each node gets ``cache_dir/<name>``
+        (default: each node's default, shared by every node of this user).
     timeout:
         Seconds for a node to start, and for the cluster to converge.
     """
@@ -171,6 +179,7 @@ class LocalCluster:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         timeout: float = START_TIMEOUT,
+        cache_dir: str | os.PathLike[str] | None = None,
     ):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"a LocalCluster needs n >= 1 nodes, got {n!r}")
@@ -202,6 +211,7 @@ class LocalCluster:
             self._args.append("--insecure")
         self._args += list(extra_args)
         self._env = _child_env(env)
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         self._lock = threading.Condition()
         self._nodes: dict[str, NodeInfo] = {
             name: NodeInfo(name, "", check_resources(caps)) for name, caps in zip(names, per_node)
@@ -267,6 +277,8 @@ class LocalCluster:
         caps = ",".join(f"{k}={v:g}" for k, v in node.resources.items())
         cmd = [sys.executable, "-m", "handoff.node", "--name", node.name,
                "--listen", node.address, "--resources", caps, *self._args]
+        if self.cache_dir is not None:
+            cmd += ["--cache-dir", os.path.join(self.cache_dir, node.name)]
         if join:
             cmd += ["--join", join]
         with self._lock:

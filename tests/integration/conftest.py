@@ -12,3 +12,20 @@ def private_runtime_dir():
     inherit the environment), not in the user's real runtime directory; removed at the end."""
     with _private_runtime_dir("handoff-test-runtime-") as path:
         yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir():
+    """Nodes' default result cache ($XDG_CACHE_HOME/handoff) in a directory of the tests' own,
+    never the user's real cache; removed at the end."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="handoff-test-cache-")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", path)
+    try:
+        yield path
+    finally:
+        patch.undo()
+        shutil.rmtree(path, ignore_errors=True)

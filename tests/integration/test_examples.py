@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -139,3 +140,21 @@ def test_cluster_image_pipeline_example(local_cluster):
     allocations = allocated_nodes(out)
     assert allocations["edge_detection"] == "gpu1"
     assert "edge_detection ran on 'gpu1', which has gpu=1" in out
+
+
+@pytest.mark.slow
+def test_see_a_run_example_on_three_nodes(local_cluster, tmp_path):
+    """The README's "See a run": three nodes, the script's progress, report and trace."""
+    cluster = local_cluster(3, names=["n1", "n2", "n3"], resources={"cpu": 2}, workers=2)
+    proc = run(str(EXAMPLES / "see_a_run.py"), cluster["n1"].address, "--out", str(tmp_path), "--images", "6")
+    out = proc.stdout
+    assert "flowchart LR" in out
+    assert re.search(r"thumbnail\s.*6/6.*1 failed", proc.stderr), proc.stderr  # the final frame
+    per_node = re.search(r"Functions per node: (\{.*\})", out).group(1)
+    assert set(ast.literal_eval(per_node)) <= {"n1", "n2", "n3"}  # the driver has no cpu to offer
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "photo-batch" in html and "thumbnail cache not ready" in html
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    attempts = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "attempt"]
+    assert len(attempts) == 6 * 6 + 2 + 1  # 38 functions and the failed first thumbnail
+    assert read_png((tmp_path / "collage.png").read_bytes()).shape == (720, 960, 3)

@@ -230,7 +230,7 @@ def test_fail_fast_and_timeouts_cancel_attempts_on_remote_nodes(trio, tmp_path):
 
     slow_pid = str(tmp_path / "slow")
     dag = DAG("remote-timeout")
-    dag.add_function(Function(id="slow", code=hang, extra_args=[slow_pid], node="b", timeout=0.5,
+    dag.add_function(Function(id="slow", code=hang, extra_args=[slow_pid], node="b", timeout=2.0,
                               cost={"cpu": 2}))
     with pytest.raises(handoff.FunctionError) as info:
         handoff.execute(dag, max_retries=0)

@@ -84,10 +84,13 @@ def test_trace_of_a_run_on_three_nodes(runs):
     path = ok.to_trace(out / "spread.json")
     doc = json.loads(open(path).read())
     attempts = x_events(doc, "attempt")
-    assert Counter(e["args"]["function_id"] for e in attempts) == Counter({fid: 1 for fid in ok.allocations})
-    for e in attempts:
-        assert e["args"]["node"] == ok.allocations[e["name"]]
-        assert e["args"]["outcome"] == "ok" and e["args"]["bytes_out"] > 0
+    # every attempt once; each function has a successful one on the node that holds its value
+    # (a node falsely thought lost on a busy machine would add attempts, never remove one)
+    assert all(n == 1 for n in Counter((e["name"], e["args"]["attempt"]) for e in attempts).values())
+    done = {(e["name"], e["args"]["node"]) for e in attempts if e["args"]["outcome"] == "ok"}
+    assert set(ok.allocations.items()) <= done and {fid for fid, _ in done} == set(ok.allocations)
+    assert all(e["args"]["bytes_out"] > 0 for e in attempts if e["args"]["outcome"] == "ok")
+    once = len(attempts) == len(ok.allocations)
     names = {e["pid"]: e["args"]["name"] for e in doc["traceEvents"] if e["name"] == "process_name"}
     assert sorted(names.values()) == NODES
     end = doc["otherData"]["duration_us"]
@@ -97,7 +100,7 @@ def test_trace_of_a_run_on_three_nodes(runs):
         if e["ph"] in ("s", "f"):
             flows[e["id"]].append(e["ph"])
     # each sum fetches the six blocks made on the two other nodes, the grand total two sums
-    assert len(flows) == 3 * 6 + 2
+    assert len(flows) == 3 * 6 + 2 if once else len(flows) >= 3 * 6 + 2
     assert all(sorted(p) == ["f", "s"] for p in flows.values())
     assert {e["args"]["function_id"]: e["args"]["bytes_in"] for e in attempts}["sum-0"] >= 6 * 8000
 
@@ -136,7 +139,7 @@ def test_report_in_a_headless_browser(runs):
         assert console_errors(browser) == []
         assert browser.find_element("id", "state").text == "failed"
         failures = browser.find_elements("css selector", "#failures-section details.failure")
-        assert len(failures) == 2
+        assert len(failures) >= 2  # refuse's two attempts (and any lost input on a busy machine)
         final = browser.find_element("css selector", "#failures-section details.final")
         assert "refuse" in final.text and "ValueError: refused" in final.text
         final.click()
@@ -170,7 +173,7 @@ import time, handoff
 from handoff import DAG, Function
 
 def nap(i):
-    time.sleep(0.02)
+    time.sleep(0.03)
     return i
 
 def total(*xs):
@@ -178,9 +181,9 @@ def total(*xs):
 
 handoff.start(workers=2)
 dag = DAG("watched")
-for i in range(80):
+for i in range(120):
     dag.add_function(Function(id=i, code=nap, extra_args=[i], group="naps"))
-dag.add_function(Function(id="sum", code=total, args=list(range(80))))
+dag.add_function(Function(id="sum", code=total, args=list(range(120))))
 print("sum", handoff.execute(dag, progress=PROGRESS).results["sum"], flush=True)
 handoff.stop()
 """
@@ -189,8 +192,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def test_progress_is_drawn_on_a_terminal():
-    """progress="auto" on a pseudo-terminal, for a run of over a second (80 x 20 ms naps on 2
-    workers): group rows and a total row, ending at done."""
+    """progress="auto" on a pseudo-terminal, for a run of over a second (120 x 30 ms naps on 2
+    workers take 1.8 s at least): group rows and a total row, ending at done."""
     code = PROGRESS_CHILD.replace("PROGRESS", '"auto"')
     pid, fd = pty.fork()
     if pid == 0:  # the child: stdout and stderr are the terminal
@@ -219,9 +222,9 @@ def test_progress_is_drawn_on_a_terminal():
         _, status = os.waitpid(pid, 0)
     text = ANSI.sub("", out.decode("utf-8", "replace"))
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "sum 3160" in text
-    assert re.search(r"naps\s.*80/80", text), text
-    assert re.search(r"total\s.*81/81", text), text
+    assert "sum 7140" in text
+    assert re.search(r"naps\s.*120/120", text), text
+    assert re.search(r"total\s.*121/121", text), text
     assert "\x1b[" in out.decode("utf-8", "replace")  # drawn in place with escape codes
 
 
@@ -229,5 +232,5 @@ def test_no_progress_when_stderr_is_not_a_terminal():
     proc = subprocess.run([sys.executable, "-c", PROGRESS_CHILD.replace("PROGRESS", '"auto"')],
                           capture_output=True, text=True, timeout=120, env=child_env())
     assert proc.returncode == 0, proc.stderr
-    assert "sum 3160" in proc.stdout
+    assert "sum 7140" in proc.stdout
     assert "naps" not in proc.stderr and "\x1b[" not in proc.stderr

@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 from nodes import child_env, start_node
+from prometheus_client.parser import text_string_to_metric_families
 
 import handoff
 from handoff import DAG, Function
@@ -43,7 +45,7 @@ def status_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_status_of_a_three_node_cluster(local_cluster, handoff_driver, tmp_path):
     cluster = local_cluster(3, resources=[{"cpu": 1}, {"cpu": 1}, {"cpu": 1, "gpu": 1}])
-    handoff_driver(cluster)
+    handoff_driver(cluster, dashboard="127.0.0.1:0")
     release, started = str(tmp_path / "release"), str(tmp_path / "started")
     dag = DAG("held")
     dag.add_function(Function(id="hold", code=wait_for_file, extra_args=[release, started],
@@ -81,6 +83,15 @@ def test_status_of_a_three_node_cluster(local_cluster, handoff_driver, tmp_path)
             assert any(line.split()[:2] == [name, "alive"] for line in table.stdout.splitlines())
         assert "held (driver driver): 0/2 done, 1 running, 1 waiting" in table.stdout
         assert f"next waits: {why}" in table.stdout
+        with urllib.request.urlopen(handoff.dashboard_url() + "metrics", timeout=WAIT) as response:
+            metrics = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(response.read().decode())
+                       for s in f.samples}
+        assert metrics[("handoff_runs_in_flight", ())] == 1
+        run_labels = (("dag_id", "held"), ("driver", "driver"))
+        for state, value in (("done", 0), ("total", 2), ("running", 1), ("waiting", 1)):
+            assert metrics[("handoff_run_functions", (*run_labels, ("state", state)))] == value
+        assert metrics[("handoff_node_used", (("node", "node2"), ("resource", "gpu")))] == 1
         # without --join: this user's newest node on this machine (the driver, started last)
         here = status_cli("--json")
         assert here.returncode == 0, here.stderr

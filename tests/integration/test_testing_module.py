@@ -239,6 +239,7 @@ def test_wait_for_members_names_who_is_missing(local_cluster, handoff_driver):
     ({"n": 1, "extra_args": ["--join", "tcp://127.0.0.1:1"]}, "may not set --join"),
     ({"n": 1, "extra_args": ["--log-level", "WARNING"]}, "DEBUG or INFO"),
     ({"n": 1, "extra_args": ["--log-level=ERROR"]}, "DEBUG or INFO"),
+    ({"n": 1, "extra_args": ["--log-format", "json"]}, "reads the nodes' text log lines"),
 ])
 def test_bad_arguments_fail_before_any_process_starts(args, problem):
     before = {p.pid for p in psutil.Process().children(recursive=True)}

@@ -95,6 +95,14 @@ class Cluster:
         n = len(self.names) - len(self.stopped)
         return all(len(t.addresses()) == n - 1 for t in self.running())
 
+    def converge_via(self, seed_name: str, within: int) -> None:
+        """Every member joins through ``seed_name``; gossip until all know all, which must
+        take at most ``within`` rounds."""
+        self.join_all_via(seed_name)
+        while not self.converged():
+            self.round()
+            assert self.rounds <= within
+
     def one_cluster(self) -> bool:
         """Every table holds every member alive (the healed state)."""
         return all(set(t.addresses(include_self=True)) == set(self.names) for t in self.tables.values())

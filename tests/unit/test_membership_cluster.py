@@ -14,19 +14,13 @@ from handoff.node.cluster.membership import EventKind as E
 @pytest.mark.slow
 def test_thousand_members_converge_within_15_rounds():
     cluster = Cluster(1000, seed=1)
-    cluster.join_all_via("node-0")
-    while not cluster.converged():
-        cluster.round()
-        assert cluster.rounds <= 15
+    cluster.converge_via("node-0", within=15)
     assert not [e for e in cluster.log if e[2].kind in (E.SUSPECT, E.DEAD)]
 
 
 def test_fifty_members_converge_and_stay_healthy():
     cluster = Cluster(50, seed=3)
-    cluster.join_all_via("node-0")
-    while not cluster.converged():
-        cluster.round()
-    assert cluster.rounds <= 10
+    cluster.converge_via("node-0", within=10)
     for _ in range(100):  # 10 s of steady gossip: no false suspicion
         cluster.round()
     assert [e for e in cluster.log if e[2].kind is not E.JOINED] == []

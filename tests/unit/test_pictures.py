@@ -174,3 +174,6 @@ def test_group_must_be_a_non_empty_string():
             DAG().add_function(Function(id="a", code=len, group=bad))
     assert Function(id="a", code=len, group="g").group_name == "g"
     assert Function(id="a", code=len).group_name == "len"
+    assert Function(id="p", type="input").group_name == "input"  # a stream's input has no code
+    dag = DAG().add_function(Function(id="p", type="input")).add_function(Function(id="q", code=len, args=["p"]))
+    assert mermaid_lines(dag.to_mermaid()) == ({"n0": "p", "n1": "q"}, [("n0", "n1", "")])

@@ -214,3 +214,14 @@ def test_the_view_of_a_large_run_stays_small():
     # two of every three links of a chain cross nodes, and function 5's failed attempt fetched too
     crossing = sum(1 for i in range(20_000) if i % 100 and i % 3 != (i - 1) % 3)
     assert view["summary"]["transfers"] == crossing + 1
+
+
+def test_an_error_pickles_without_its_partial_result():
+    import pickle
+
+    import handoff
+
+    error = handoff.FunctionError("f", "a", 2, "ValueError", "boom", "Traceback\n")
+    error.result = object()  # a partial ExecutionResult holds a node; it stays in this process
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.result is None and (copy.function_id, copy.attempts, copy.message) == ("f", 2, "boom")

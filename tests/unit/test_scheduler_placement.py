@@ -421,3 +421,16 @@ def test_collocated_member_is_queued_ahead_on_its_groups_node(sched):
     assert c.orch.queued_ahead() == {} and c.ledger.used("a") == {"cpu": 4.0}
     c.drain()
     assert c.idle()
+
+
+def test_an_allocation_error_names_nodes_that_lack_the_same_together(sched):
+    caps = {f"n{k}": {"cpu": 1} for k in range(7)}
+    caps["big"] = {"cpu": 8, "gpu": 1}
+    c = Cluster(sched, caps)
+    c.submit(dag_of(fn("train", cost={"cpu": 2, "gpu": 2})))
+    err = c.finished["r"].error
+    assert isinstance(err, AllocationError) and err.function_id == "train"
+    assert err.reason == (
+        "its cost fits no node's total capacity (nodes 'n0', 'n1', 'n2', 'n3', 'n4' and 2 more "
+        "have cpu=1 of the 2 it needs, no gpu; node 'big' has gpu=1 of the 2 it needs)"
+    )

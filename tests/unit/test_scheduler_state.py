@@ -175,3 +175,15 @@ def test_waiting_work_names_the_lost_node_it_is_held_for_and_the_queue_it_waits_
     assert [reasons[f] for f in ahead] == [
         "queued ahead on node 'a', which has gpu=0 of the 1 it needs free"
     ]
+
+
+def test_nodes_with_the_same_reason_share_it(sched):
+    caps = {f"n{k}": {"cpu": 1} for k in range(7)}
+    caps["g"] = {"cpu": 1, "gpu": 1}
+    c = Cluster(sched, caps, lookahead=0)
+    c.submit(dag_of(fn("a", cost={"gpu": 1}), fn("b", cost={"gpu": 1})))
+    assert c.running_ids() == ["a"]
+    assert c.orch.waiting("r") == {
+        "b": "waits for room: nodes 'n0', 'n1', 'n2', 'n3', 'n4' and 2 more are too small "
+        "(have no gpu); node 'g' has gpu=0 of the 1 it needs free"
+    }

@@ -35,7 +35,7 @@ DOC = {
 
 def test_the_table_shows_each_node_its_load_the_runs_what_waits_and_failures():
     lines = format_status(DOC).splitlines()
-    assert lines[0] == "cluster seen from a: 3 nodes (1 alive, 1 dead, 1 suspect)"
+    assert lines[0] == "cluster seen from a: 3 nodes (1 alive, 1 left, 1 suspect)"
     header, a, b, c = lines[2:6]
     assert header.split() == ["NODE", "STATE", "RUNNING", "QUEUED", "CPU", "USED/TOTAL", "GPU",
                               "USED/TOTAL", "ADDRESS"]
@@ -93,3 +93,13 @@ def test_every_record_names_its_node_in_text_and_in_json():
     finally:
         node_stopped("n1")
         logger.propagate = True
+
+
+def test_other_loggers_may_still_pass_their_own_node_field():
+    node_started("n1")
+    try:
+        record = logging.getLogger("someone.else").makeRecord(
+            "someone.else", logging.INFO, __file__, 1, "hi", (), None, extra={"node": "theirs"})
+        assert record.node == "theirs"
+    finally:
+        node_stopped("n1")

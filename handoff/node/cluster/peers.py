@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from handoff.config import check_resources
@@ -17,6 +18,7 @@ from handoff.errors import HandoffError
 from handoff.node.cluster.membership import (
     ALIVE, DEAD, LEFT, LIVE, EventKind, Member, MemberRow, MembershipEvent, MembershipTable,
 )
+from handoff.protocol.codec import encode
 from handoff.protocol.messages import VERSION, Gossip, Hello, Leave, Refuse
 from handoff.transport.sockets import DropLog, LinkEvent
 
@@ -49,6 +51,7 @@ class Peers:
         self._identities: dict[bytes, str] = {}  # ROUTER identity -> peer that said hello on it
         self._greeted: set[str] = set()
         self._pending_joins: dict[str, float] = {}  # hello-admitted member -> follow-up deadline
+        self._knocks: OrderedDict[bytes, str] = OrderedDict()  # identity -> dead member probing us
         self._last_join_hello = float("-inf")
         self._refusals = DropLog("hellos refused")
         self.peer_hosts: dict[str, str] = {}
@@ -168,6 +171,7 @@ class Peers:
             # address we knew (not to one named in this hello)
             if member.status == DEAD:
                 table.probe_soon(msg.name, time.monotonic())
+                self._note_knock(identity, msg.name)
             return
         new = member is None or member.incarnation != msg.incarnation
         if new and len(self._pending_joins) >= MAX_PENDING_JOINS:
@@ -219,6 +223,7 @@ class Peers:
         log.error("%s: %s", self.name, self.join_error)
 
     def on_gossip(self, msg: Gossip) -> None:
+        self.node.counters["gossip_received"] += 1
         self.membership_events(self.membership.merge(msg.rows, time.monotonic()))
 
     def on_leave(self, name: str) -> None:
@@ -232,12 +237,30 @@ class Peers:
         self._pending_joins.pop(name, None)
         self.membership_events(self.membership.heard_from(name, time.monotonic()))
 
-    def heard_from_stranger(self, sender: Any) -> None:
+    def heard_from_stranger(self, identity: bytes, msg: Any) -> None:
         """A message on a connection that is not a member's: if a dead member sent it, it
-        does not know it is dead yet, so probe it now."""
+        does not know it is dead yet, so probe it now. If it is the digest of a dead member's
+        probe, take from it only our own row: after a partition both sides declared the other
+        dead, and each ignores the other's hellos, so the news that we were declared dead
+        (which we refute, coming back as a new instance that it accepts) comes only this way."""
+        sender = getattr(msg, "sender", None)
         member = self.membership.get(sender) if isinstance(sender, str) else None
-        if member is not None and member.status == DEAD:
-            self.membership.probe_soon(sender, time.monotonic())
+        if not isinstance(sender, str) or member is None or member.status != DEAD:
+            return
+        now = time.monotonic()
+        self.membership.probe_soon(sender, now)
+        if isinstance(msg, Gossip) and self._knocks.pop(identity, None) == sender:
+            own = [row for row in msg.rows if row.name == self.name]
+            self.membership_events(self.membership.merge(own, now))
+
+    def _note_knock(self, identity: bytes, name: str) -> None:
+        """A dead member said hello on ``identity``: let its digest, which follows, be read
+        (only for our own row, by ``heard_from_stranger``)."""
+        self._knocks[identity] = name
+        self._knocks.move_to_end(identity)
+        while len(self._knocks) > MAX_PENDING_JOINS:
+            self._knocks.popitem(last=False)
+        self.transport.greet(identity)
 
     # ---- rounds ---------------------------------------------------------------------
     def _digest(self) -> list[MemberRow]:
@@ -249,12 +272,18 @@ class Peers:
         table.update_free(self.name, self.node.free_resources())
         self.membership_events(table.tick(now))
         digest = None
+        size = 0
+        counters = self.node.counters
         for name in table.gossip_targets():
             member = table.get(name)
             if member is None or not self.ensure_link(name, member.address):
                 continue
-            digest = digest or self._digest()
-            self.transport.send(name, Gossip(self.name, digest))
+            if digest is None:
+                digest = self._digest()
+                size = sum(len(f) for f in encode(Gossip(self.name, digest)))
+            if self.transport.send(name, Gossip(self.name, digest)):
+                counters["gossip_sent"] += 1  # node_stats()["counters"]: bandwidth of gossip
+                counters["gossip_bytes_sent"] += size
         for name, address in table.probe_targets(now):
             self._probe(name, address)
         if self.config.join and self._alone() and now - self._last_join_hello >= REJOIN_EVERY:

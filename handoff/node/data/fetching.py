@@ -8,6 +8,7 @@ connection wait for one part at most, never for the whole value.
 from __future__ import annotations
 
 import logging
+import mmap
 import time
 from collections import defaultdict
 from concurrent.futures import Future
@@ -46,7 +47,7 @@ class Outgoing:
 class Incoming:
     """A large value being received from ``peer``: its frames, filled as parts arrive."""
 
-    buffers: list[bytearray]
+    buffers: list[bytearray | mmap.mmap]
     peer: str
     received: int = 0
 
@@ -220,7 +221,8 @@ class Fetching:
         if state is None:
             if not all(isinstance(n, int) and 0 <= n for n in msg.sizes):
                 return
-            state = self._incoming[msg.request] = Incoming([bytearray(n) for n in msg.sizes], msg.sender)
+            state = self._incoming[msg.request] = Incoming([_receive_buffer(n) for n in msg.sizes],
+                                                           msg.sender)
         buffers = state.buffers
         data = _bytes_view(msg.blobs[0][0])
         if not (0 <= msg.frame < len(buffers)) or msg.offset + data.nbytes > len(buffers[msg.frame]):
@@ -332,6 +334,14 @@ class Fetching:
         fut: Future = Future()
         node.call(ask, fut)
         return fut.result(timeout)
+
+
+def _receive_buffer(size: int) -> bytearray | mmap.mmap:
+    """A zeroed buffer for a frame arriving in parts. A large one is an anonymous mapping,
+    whose pages the kernel supplies as each part is written: a bytearray touches every page
+    at once, which on a machine with slow first touches (a virtual machine: seconds per GB)
+    stalls the node loop past the failure detector's dead-after time."""
+    return mmap.mmap(-1, size) if size > CHUNK else bytearray(size)
 
 
 def _bytes_view(frame: Any) -> memoryview:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import Counter, OrderedDict, defaultdict, deque
-from dataclasses import dataclass
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 from handoff.node.data.spill import SpillDir, SpilledValue
@@ -34,9 +35,64 @@ UNLINK_GRACE = 10.0
 class _Entry:
     frames: list | None  # None once spilled
     nbytes: int  # bytes in memory while not spilled (an estimate for thread-executor objects)
+    dag_id: Any
+    key: Hashable
     spilled: SpilledValue | None = None
     unspillable: bool = False  # could not be pickled or written: stays in memory
     handed_out: float = float("-inf")  # when its frames were last given to a consumer
+    # neighbours in the store's LRU list while the frames are in memory
+    prev: _Entry | None = field(default=None, repr=False)
+    next: _Entry | None = field(default=None, repr=False)
+
+
+class _LRU:
+    """The entries whose frames are in memory, least recently used first: a doubly linked list
+    through the entries themselves, so tracking a value costs two slots, not an ordered-dict
+    node and a key tuple (a million small results would pay about 160 bytes each)."""
+
+    def __init__(self) -> None:
+        self.head: _Entry | None = None
+        self.tail: _Entry | None = None
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, entry: _Entry) -> None:
+        entry.prev, entry.next = self.tail, None
+        if self.tail is None:
+            self.head = entry
+        else:
+            self.tail.next = entry
+        self.tail = entry
+        self.size += 1
+
+    def remove(self, entry: _Entry) -> None:
+        """Unlink ``entry``, which must be in the list."""
+        prev, nxt = entry.prev, entry.next
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.prev = prev
+        entry.prev = entry.next = None
+        self.size -= 1
+
+    def touch(self, entry: _Entry) -> None:
+        """Make ``entry``, which must be in the list, the most recently used."""
+        if entry is not self.tail:
+            self.remove(entry)
+            self.append(entry)
+
+    def __iter__(self) -> Iterator[_Entry]:
+        entry = self.head
+        while entry is not None:
+            nxt = entry.next
+            yield entry
+            entry = nxt
 
 
 class ValueStore:
@@ -47,11 +103,16 @@ class ValueStore:
         self.clock = clock
         self.grace = grace
         self._values: dict[Any, dict[Hashable, _Entry]] = defaultdict(dict)
-        self._lru: OrderedDict[tuple, _Entry] = OrderedDict()  # values in memory, oldest first
+        self._lru = _LRU()  # entries whose frames are in memory, oldest first
         self._runs: dict[str, Any] = {}  # runs in progress on this node -> their DAG id
         self._active: Counter = Counter()  # DAG id -> runs in progress
         self._releasing: deque = deque()  # (when, frames, nbytes): shm files of spilled values
         self._locations: dict[Any, dict[Hashable, str]] = defaultdict(dict)
+        # DAG id -> where its last run left each result (a read-only mapping over arrays, so
+        # that a run of a million functions adds no dict entry a function); ``_locations``
+        # holds what was registered one by one since, and what older runs alone computed
+        self._run_locations: dict[Any, Mapping[Hashable, str]] = {}
+        self._held_by: dict[Any, str] = {}  # DAG id -> this node's name, for the values held here
         self._waiters: dict[tuple, list[Waiter]] = defaultdict(list)
         self._watchers: dict[tuple, list[Callable[[str], None]]] = defaultdict(list)  # on registration
         self.memory_bytes = 0
@@ -70,12 +131,13 @@ class ValueStore:
         old = table.get(key)
         if old is not None:
             self._drop(dag_id, key, old, release=old.frames is not frames)
-        entry = table[key] = _Entry(frames, nbytes or _size(frames))
-        self._lru[(dag_id, key)] = entry
+        entry = table[key] = _Entry(frames, nbytes or _size(frames), dag_id, key)
+        self._lru.append(entry)
         self.memory_bytes += entry.nbytes
         waiters = self._waiters.pop((dag_id, key), None)
         if waiters:
-            entry.handed_out = self.clock()
+            if len(frames) > 1:
+                entry.handed_out = self.clock()
             for w in waiters:
                 w(frames)
         self._fit()
@@ -86,10 +148,12 @@ class ValueStore:
         entry = None if table is None else table.get(key)
         if entry is None:
             return None
-        entry.handed_out = self.clock()
         if entry.frames is not None:
-            self._lru.move_to_end((dag_id, key))
+            if len(entry.frames) > 1:  # only out-of-band frames may be shared memory: see _spill
+                entry.handed_out = self.clock()
+            self._lru.touch(entry)
             return entry.frames
+        entry.handed_out = self.clock()
         assert entry.spilled is not None  # an entry holds its frames or its spilled record
         try:
             frames = self.spill.read(entry.spilled)
@@ -125,6 +189,8 @@ class ValueStore:
         for key, entry in self._values.pop(dag_id, {}).items():
             self._drop(dag_id, key, entry, release=True)
         self._locations.pop(dag_id, None)
+        self._run_locations.pop(dag_id, None)
+        self._held_by.pop(dag_id, None)
 
     # ---- runs in progress: their DAGs' values spill last --------------------------------
     def begin_run(self, run_id: str, dag_id: Any) -> None:
@@ -154,13 +220,13 @@ class ValueStore:
     def _victim(self) -> tuple | None:
         """The least recently used value of a DAG with no run here, else of an active one."""
         fallback = None
-        for k, entry in self._lru.items():
+        for entry in self._lru:
             if entry.unspillable:
                 continue
-            if k[0] not in self._active:
-                return k, entry
+            if entry.dag_id not in self._active:
+                return (entry.dag_id, entry.key), entry
             if fallback is None:
-                fallback = (k, entry)
+                fallback = ((entry.dag_id, entry.key), entry)
         return fallback
 
     def _spill(self, k: tuple, entry: _Entry) -> None:
@@ -174,7 +240,7 @@ class ValueStore:
             self.spill_failures += 1
             log.warning("value %r of DAG %r stays in memory (spilling failed: %s)", k[1], k[0], exc)
             return
-        del self._lru[k]
+        self._lru.remove(entry)
         self.memory_bytes -= entry.nbytes
         self.disk_bytes += record.nbytes
         self.spills += 1
@@ -203,7 +269,7 @@ class ValueStore:
 
     def _drop(self, dag_id: Any, key: Hashable, entry: _Entry, release: bool) -> None:
         if entry.frames is not None:
-            self._lru.pop((dag_id, key), None)
+            self._lru.remove(entry)
             self.memory_bytes -= entry.nbytes
             if release:
                 release_frames(entry.frames)
@@ -220,10 +286,35 @@ class ValueStore:
         self.spill.close()
 
     # ---- data locations -----------------------------------------------------------------
-    def register_location(self, dag_id: Any, key: Hashable, node: str) -> None:
-        self._locations[dag_id][key] = node
+    def register_location(self, dag_id: Any, key: Hashable, node: str, held: bool = False) -> None:
+        """``held``: ``node`` is this store's own node and the value is in this store; that is
+        remembered once per DAG, not once per value."""
+        if held and key in self._values.get(dag_id, ()):
+            self._held_by[dag_id] = node
+            table = self._locations.get(dag_id)
+            if table is not None:
+                table.pop(key, None)
+        else:
+            self._locations[dag_id][key] = node
         for watcher in list(self._watchers.get((dag_id, key), ())):
             watcher(node)
+
+    def register_locations(self, dag_id: Any, locations: Mapping[Hashable, str]) -> None:
+        """Register every location of a finished run at once; ``locations`` is kept, not copied."""
+        table = self._locations[dag_id]
+        older = self._run_locations.get(dag_id)
+        if older is not None:  # what only the older run computed stays known
+            for key in older:
+                if key not in locations and key not in table:
+                    table[key] = older[key]
+        for key in [k for k in table if k in locations]:
+            del table[key]
+        self._run_locations[dag_id] = locations
+        for (d, key), watchers in list(self._watchers.items()):
+            if d == dag_id and key in locations:
+                node = locations[key]
+                for watcher in list(watchers):
+                    watcher(node)
 
     def watch_location(self, dag_id: Any, key: Hashable, watcher: Callable[[str], None]) -> Callable[[], None]:
         """Call ``watcher(node)`` on every registration of the key's location; returns a
@@ -231,8 +322,17 @@ class ValueStore:
         return _subscribe(self._watchers, (dag_id, key), watcher)
 
     def location(self, dag_id: Any, key: Hashable) -> str | None:
+        """Where the value is: as registered one by one, else this node if it holds it, else
+        as the DAG's last run left it."""
         table = self._locations.get(dag_id)
-        return None if table is None else table.get(key)
+        node = None if table is None else table.get(key)
+        if node is None and self.has(dag_id, key):
+            node = self._held_by.get(dag_id)
+        if node is None:
+            mapping = self._run_locations.get(dag_id)
+            if mapping is not None:
+                node = mapping.get(key)
+        return node
 
     def stats(self) -> dict:
         return {

@@ -53,7 +53,8 @@ class JobStateError(AssertionError):
     """An invariant of the job table broke (raised by ``validate_state``)."""
 
 
-class JobState(msgspec.Struct, eq=False):
+@dataclass(slots=True, eq=False)
+class JobState:
     job_id: int
     run_id: str
     index: int
@@ -116,14 +117,12 @@ class CapacityChanged(_Value, frozen=True):
     caps: dict
 
 
-@dataclass(slots=True, frozen=True)
-class ReplicaClaimed:
+class ReplicaClaimed(_Value, frozen=True):
     key: Any
     cost: dict
 
 
-@dataclass(slots=True, frozen=True)
-class ReplicaReleased:
+class ReplicaReleased(_Value, frozen=True):
     key: Any
 
 

@@ -95,7 +95,14 @@ class JobRunner:
                 self.store.begin_run(run_id, dag_id)
                 begun = run_id
             job = Job(run_id, index, row.attempt, row.tree, blobs, origin, dag_id, row.function_id,
-                      cost, row.timeout, job_id=next(self._ids))
+                      cost, row.timeout, job_id=next(self._ids), cache_key=row.cache_key,
+                      cache_path=self._cache_path(row.cache_key))
+            if row.load:  # a result-cache hit: computed only if the entry went meanwhile
+                frames = self.node.cache.load(row.cache_key)
+                if frames is not None:
+                    now = time.time()
+                    self._report(job, True, None, frames, now, now, cached=True)
+                    continue
             if row.refs:
                 job.fetch_start = time.time()
             events.append(JobSubmitted(job.job_id, run_id, index, origin, cost, row.refs, job))
@@ -155,17 +162,29 @@ class JobRunner:
             return
         self.handle(WorkerFinished(job.job_id, (ok, error, frames, started, finished)))
 
+    def _cache_path(self, key: str) -> str:
+        """Where a worker process writes a result-cache entry; "" when this node writes it
+        (the thread executor's values are objects in this process)."""
+        if not key or isinstance(self.pool, ThreadPool):
+            return ""
+        return self.node.cache.disk.path_of(key)
+
     def _report(self, job: Job, ok: bool, error: ErrorRow | None, frames: Any, started: float,
-                finished: float, lost: LostInput | None = None) -> None:
+                finished: float, lost: LostInput | None = None, cached: bool = False) -> None:
         nbytes = 0
         if lost is None:
             self.node.counters["attempts_succeeded" if ok else "attempts_failed"] += 1
             if not ok:
                 self.node.status.attempt_failed(job.dag_id, job.key, job.attempt, error)
         if ok:
+            if job.cache_key and not cached:  # written before the orchestrator hears of it
+                if job.cache_path:  # by the worker process
+                    self.node.cache.disk.note_written(job.cache_key)
+                else:
+                    self.node.cache.save(job.cache_key, frames)
             nbytes = blob_nbytes(frames)
             self.store.put(job.dag_id, job.key, frames, nbytes)
-            self.store.register_location(job.dag_id, job.key, self.name)
+            self.store.register_location(job.dag_id, job.key, self.name, held=True)
         blob = None if ok else frames
         if blob is not None and is_local(blob) and job.origin != self.name:
             try:  # an exception object from a thread-executor attempt, for a remote driver
@@ -174,7 +193,7 @@ class JobRunner:
                 blob = None
         if job.origin == self.name:
             row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                            -1, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in)
+                            -1, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in, cached)
             self.node.runs.local_events.append((row, blob))
             return
         box = self._outbox[job.origin]
@@ -183,7 +202,7 @@ class JobRunner:
             pos = self._outbox_blobs[job.origin]
             self._outbox_blobs[job.origin] = pos + 1
         row = ResultRow(job.run_id, job.index, job.attempt, ok, started, finished, nbytes, error,
-                        pos, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in)
+                        pos, lost, job.worker, job.fetch_start, job.fetch_end, job.bytes_in, cached)
         box.append((row, blob))
 
     def flush(self) -> None:

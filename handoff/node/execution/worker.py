@@ -18,7 +18,8 @@ import traceback
 from collections import OrderedDict
 from typing import Any
 
-from handoff.errors import ProtocolError
+from handoff.cache.disk import write_entry
+from handoff.errors import PicklableException, ProtocolError
 from handoff.node.execution.pipes import WorkerEnd
 from handoff.node.data.values import dumps_value, loads_args, loads_payload, loads_value
 from handoff.protocol import decode, encode
@@ -113,17 +114,28 @@ def run_job(evaluator: Evaluator, tree: Tree, blobs: list, shm_owner: str | None
         return False, error, None, returned
 
 
+def save_to_cache(path: str, frames: list, worker_id: int) -> None:
+    """The node's result cache, written here so a large value does not stall the node's loop;
+    a failure costs the entry, not the result."""
+    try:
+        write_entry(path, frames)
+    except Exception as exc:
+        print(f"handoff worker {worker_id}: could not write the cache entry {path}: {exc}", file=sys.stderr)
+
+
 def describe(exc: BaseException) -> ErrorRow:
     return ErrorRow(type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc)))
 
 
 def _pickled_exception(exc: BaseException) -> list | None:
-    try:
-        frames = dumps_value(exc)
-        loads_value(frames)  # an exception that pickles but cannot be rebuilt is no use
-        return frames
-    except BaseException:
-        return None
+    for holder in (exc, PicklableException(exc)):  # the second skips a mismatched __init__
+        try:
+            frames = dumps_value(holder)
+            loads_value(frames)  # an exception that pickles but cannot be rebuilt is no use
+            return frames
+        except BaseException:
+            continue
+    return None
 
 
 class Spin:
@@ -212,6 +224,8 @@ def run_batch(channel: WorkerEnd, worker_id: int, evaluator: Evaluator, msg: Wor
         started = time.time()
         current.set(job_id)
         ok, error, frames, finished = run_job(evaluator, job.tree, msg.blobs[first:first + job.count], shm_owner)
+        if ok and job.cache_path:
+            save_to_cache(job.cache_path, frames, worker_id)
         current.set(0)
         blob = -1
         if frames is not None:

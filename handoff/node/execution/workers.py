@@ -20,8 +20,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-import msgspec
-
 from handoff.errors import ProtocolError
 from handoff.node.execution.pipes import NodeEnd, socket_pair
 from handoff.protocol import decode, encode
@@ -39,9 +37,9 @@ UNKNOWN_JOB = 0.05  # what code never seen before is assumed to take: one job pe
 MAX_START_FAILURES = 5
 
 
-class Job(msgspec.Struct, eq=False):
-    """One attempt of a function (or a hook) to run on this node (a msgspec struct: built in
-    C, one per job; compared by identity)."""
+@dataclass(slots=True, eq=False)
+class Job:
+    """One attempt of a function (or a hook) to run on this node."""
 
     run_id: str
     index: int
@@ -59,6 +57,8 @@ class Job(msgspec.Struct, eq=False):
     sent_at: float = 0.0
     cancelled: bool = False
     code_key: int = 0
+    cache_key: str = ""  # write the result to the node's result cache under this key
+    cache_path: str = ""  # where: a worker process writes it before reporting
     fetch_start: float = 0.0  # time.time() bounds of the argument fetch, for the run's record
     fetch_end: float = 0.0
     bytes_in: int = 0
@@ -319,7 +319,7 @@ class WorkerPool:
             job.worker = worker.slot
             job.sent_at = now
             worker.inflight.append(job)
-            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs)))
+            rows.append(JobRow(job.job_id, job.tree, len(blobs), len(job.blobs), job.cache_path))
             blobs.extend(job.blobs)
         worker.channel.send(encode(WorkerRun(rows, blobs)))
         self.batches += 1
