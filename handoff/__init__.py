@@ -48,6 +48,8 @@ from handoff.api import (
 )
 from handoff.decorator import Ref, RemoteFunction, dag_of, fn, run
 from handoff.stream.pipeline import Pipeline, stream
+from handoff.executor import Executor
+from handoff.aio import execute_async, run_async
 
 __version__ = "0.1.0"
 
@@ -65,4 +67,5 @@ __all__ = [
     "cache_clear", "fn", "Ref", "RemoteFunction", "run", "dag_of",
     "cluster_status", "dashboard_url",
     "stream", "Pipeline", "ItemError",
+    "Executor", "execute_async", "run_async",
 ]

@@ -136,7 +136,7 @@ class FunctionError(HandoffError):
         return (_rebuild_error, (type(self), self._state(), self.args))
 
     def _state(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = {k: v for k, v in self.__dict__.items() if k != "result"}  # not the local partial result
         if state.get("cause") is not None:  # its class's __init__ may not take its args
             state["cause"] = PicklableException(state["cause"])
         return state

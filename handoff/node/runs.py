@@ -86,6 +86,7 @@ class RunContext:
     hits: dict[int, str] = field(default_factory=dict)
     scheduled: list[Function] | None = None
     loaded: dict[int, int] = field(default_factory=dict)
+    live = False  # a live run's context is a ``handoff.node.live.LiveContext``
     # the graph's dependency lists, read per dispatch through memoryviews of its arrays (no
     # copy, and no Python list a function; indexing a memoryview gives a plain int)
     indptr: memoryview = field(init=False, repr=False)
@@ -308,6 +309,7 @@ class Runs:
         self.ledger = _core.ResourceLedger()
         self.orchestrator = Orchestrator(self.ledger, self.name, debug_state=node.config.debug_state)
         self.runs: dict[str, RunContext] = {}
+        self.live: dict[str, Any] = {}  # live runs (handoff.node.live), also in ``runs``
         self.local_events: list = []  # (row, blob) of this node's own tasks that finished
         self._timeouts: dict[str, Timer] = {}
 
@@ -418,6 +420,10 @@ class Runs:
 
     # ---- instructions ---------------------------------------------------------------
     def _apply(self, instructions: list) -> None:
+        if self.live:
+            from handoff.node import live
+
+            live.settle(self)
         dispatch: dict[tuple[str, str], list] = defaultdict(list)
         for ins in instructions:
             if isinstance(ins, DispatchTasks):
@@ -439,6 +445,12 @@ class Runs:
         ctx = self.runs.get(run_id)
         if ctx is None:
             return
+        if ctx.live:
+            from handoff.node import live
+
+            tasks = live.claim(self, cast(live.LiveContext, ctx), tasks)
+            if not tasks:
+                return
         state = self.orchestrator.run(run_id)
         location = state.location
         if ctx.record is not None:
@@ -468,7 +480,11 @@ class Runs:
         if timer is not None:
             self.node.cancel_timer(timer)
         try:
-            if ctx is not None and not ctx.future.done():
+            if ctx is not None and ctx.live:
+                from handoff.node import live
+
+                live.finished(self, cast(live.LiveContext, ctx), ins)
+            elif ctx is not None and not ctx.future.done():
                 self._resolve(ctx, ins)
         finally:
             self.orchestrator.forget(ins.run_id)

@@ -33,6 +33,7 @@ from handoff.scheduler.nodes import NodeSlots
 from handoff.scheduler.placement import shortfall
 from handoff.scheduler.placer import Placer
 from handoff.scheduler.run import RunState
+from handoff.scheduler import live
 
 if TYPE_CHECKING:
     from handoff._core import ResourceLedger
@@ -123,6 +124,58 @@ class Orchestrator:
         if self.debug_state:
             self.validate_state()
         return out
+
+    # -- live runs (``handoff.scheduler.live``: functions added while the run goes on) ------
+
+    def submit_live(self, spec: RunSpec) -> list[Instruction]:
+        """Start a live run with no functions yet; ``extend`` adds them."""
+        if spec.run_id in self._runs:
+            raise ValueError(f"run id {spec.run_id!r} is already in use")
+        if spec.strategy not in _core.STRATEGIES:
+            raise ValueError(
+                f"unknown allocation strategy {spec.strategy!r}; "
+                f"valid: {', '.join(_core.STRATEGIES)}"
+            )
+        out = self._sync_nodes()
+        run = live.LiveRun(spec)
+        self._runs[spec.run_id] = run
+        self._submitted += 1
+        run.seq = self._submitted
+        self._rotation.append(run)
+        return out
+
+    def extend(self, run_id: str, functions: list, deps: list[list[int]]) -> list[Instruction]:
+        """Add functions to live run ``run_id`` (see ``LiveRun.add``) and place what is ready."""
+        run = self._runs[run_id]
+        assert isinstance(run, live.LiveRun) and not run.finished, f"{run_id!r} is not a live run"
+        run.add(functions, deps, self.ledger, self._vec_cache)
+        return self.handle()
+
+    def settle_live(
+        self, run_id: str, indices: list[int], error: BaseException, withdrawn: bool = False
+    ) -> list[Instruction]:
+        """Settle functions of live run ``run_id`` (and their dependents) with ``error``: a
+        cancel by the caller. ``withdrawn``: they were placed but never sent, so no node
+        hears of it."""
+        run = self._active(run_id)
+        if not isinstance(run, live.LiveRun):
+            return []
+        out: list[Instruction] = []
+        if withdrawn:
+            for i in indices:
+                run.withdraw(self, i)
+        out += run.fail(self, indices, error)
+        if run.done:
+            out += self._finish(run, None)
+        return out + self.handle()
+
+    def close_live(self, run_id: str) -> list[Instruction]:
+        """No more functions will be added: the live run ends once every one has settled."""
+        run = self._active(run_id)
+        if not isinstance(run, live.LiveRun):
+            return []
+        run.closed = True
+        return self._finish(run, None) if run.done else []
 
     def handle(self, *events: Any) -> list[Instruction]:
         """Apply events in order, then place whatever became placeable; returns instructions.
@@ -376,7 +429,14 @@ class Orchestrator:
         failed: int | None = None,
     ) -> list[Instruction]:
         """End ``run`` (``failed``: the task whose attempts ran out): cancel and release
-        whatever is in flight, then say so."""
+        whatever is in flight, then say so. In a live run, an error that belongs to some
+        of its functions settles only them (``live.LiveRun.fail``)."""
+        if error is not None and isinstance(run, live.LiveRun) and not run.closing:
+            indices = live.failed_indices(run, error, failed)
+            if indices is not None:
+                settled = run.fail(self, indices, error, info, failed)
+                return settled + self._finish(run, None) if run.done else settled
+            run.closing = True
         out: list[Instruction] = []
         by_node: dict[str, list[int]] = {}
         release = self.placer.release
