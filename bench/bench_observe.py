@@ -28,31 +28,16 @@ import time
 import pytest
 
 import handoff
-from handoff import DAG, Function
 from handoff.observe import progress
 from handoff.observe.record import RunRecord
 from handoff.protocol.rows import ResultRow
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_runtime import W1_N, dag_w1  # noqa: E402  (the same W1)
+
 WORKERS = 2
-W1_N = 10_000
 ROUNDS = 9
 VARIANTS = {"bare": (False, False), "record": (True, False), "record+progress": (True, True)}
-
-
-def noop(i):
-    return 1
-
-
-def total_list(xs):
-    return sum(xs)
-
-
-def dag_w1() -> DAG:
-    dag = DAG()
-    for i in range(W1_N):
-        dag.add_function(Function(id=i, code=noop, extra_args=[i]))
-    dag.add_function(Function(id="sum", code=total_list, args=list(range(W1_N)), argument_inclusion="as_list"))
-    return dag
 
 
 class Terminal:

@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import psutil
 import pytest
 
 import handoff
-from handoff import DAG, Function
+
+# the workload is the integration tests' (tests/integration/test_scale.py runs it at 100,000)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from nodes import layered_sums  # noqa: E402
 
 LAYERS = int(os.environ.get("SCALE_LAYERS", "1000"))
 WIDTH = 1_000
@@ -42,25 +47,6 @@ pytestmark = pytest.mark.timeout(1800)  # the run takes minutes on a loaded 2-co
 TARGET_BYTES = 500
 BEFORE_BYTES = 1_226  # the same measure before the compact containers
 DASK_BYTES = 1_000  # Dask's documented scheduler state per task
-
-
-def add(a, b):
-    return a + b
-
-
-def one(i):
-    return i
-
-
-def layered(layers: int, width: int) -> DAG:
-    dag = DAG(f"scale-{layers}x{width}")
-    for j in range(width):
-        dag.add_function(Function(id=(0, j), code=one, extra_args=[j]))
-    for layer in range(1, layers):
-        for j in range(width):
-            dag.add_function(Function(id=(layer, j), code=add,
-                                      args=[(layer - 1, j), (layer - 1, (j + 1) % width)]))
-    return dag
 
 
 class PeakRSS:
@@ -90,7 +76,7 @@ class PeakRSS:
 @pytest.fixture(scope="module")
 def node():
     handoff.start(workers=2)
-    small = layered(2, 10)  # warm the workers and code paths
+    small = layered_sums(2, 10)  # warm the workers and code paths
     handoff.execute(small)
     yield
     handoff.stop()
@@ -100,7 +86,7 @@ def test_million_function_layered_dag(benchmark, node):
     n = LAYERS * WIDTH
     gc.collect()
     rss = psutil.Process().memory_info().rss
-    dag = layered(LAYERS, WIDTH)
+    dag = layered_sums(LAYERS, WIDTH)
     gc.collect()
     dag_bytes = (psutil.Process().memory_info().rss - rss) / n
     trace = os.environ.get("SCALE_TRACE") == "1"

@@ -244,6 +244,25 @@ class CompiledGraph:
     inline: np.ndarray  # uint8 mask
 
 
+def effective_inputs(indptr: list[int], indices: list[int], inline: Sequence[int], i: int) -> list[int]:
+    """The non-inline functions whose values function ``i`` fetches, looking through inline
+    ones, each once, in dependency order (``CompiledGraph``'s arrays as lists, for speed)."""
+    direct = indices[indptr[i]:indptr[i + 1]]
+    if not any(inline[d] for d in direct):
+        return list(dict.fromkeys(direct))
+    out: list[int] = []
+    seen: set[int] = set()
+    stack = direct[::-1]
+    while stack:
+        d = stack.pop()
+        if inline[d]:
+            stack.extend(indices[indptr[d]:indptr[d + 1]][::-1])
+        elif d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
 class DAG:
     """A directed acyclic graph of functions, kept in insertion order.
 

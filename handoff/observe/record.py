@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Hashable, Iterator, NamedTuple
 
 import numpy as np
 
+from handoff.dag import effective_inputs
+
 if TYPE_CHECKING:
     from handoff.dag import CompiledGraph, Function
     from handoff.protocol.rows import ResultRow
@@ -225,21 +227,7 @@ class RunRecord:
 
     def inputs(self, i: int) -> list[int]:
         """The non-inline functions whose values function ``i`` fetched (through inline ones)."""
-        indptr, indices, inline = self._graph_lists()
-        direct = indices[indptr[i]:indptr[i + 1]]
-        if not any(inline[d] for d in direct):
-            return list(dict.fromkeys(direct))
-        out: list[int] = []
-        seen: set[int] = set()
-        stack = direct[::-1]
-        while stack:
-            d = stack.pop()
-            if inline[d]:
-                stack.extend(indices[indptr[d]:indptr[d + 1]][::-1])
-            elif d not in seen:
-                seen.add(d)
-                out.append(d)
-        return out
+        return effective_inputs(*self._graph_lists(), i)
 
     def transfers(self) -> Iterator[tuple[int, int, int]]:
         """(producer position, consumer position, bytes) for each value an attempt fetched

@@ -42,62 +42,53 @@ class RunOutcome:
         return iter(np.flatnonzero(self.node >= 0).tolist())
 
 
-class Placements(Mapping):
-    """{function_id: node holding its result}, read-only, in the DAG's order."""
+class _OutcomeView(Mapping):
+    """A read-only mapping over a ``RunOutcome``, keyed by function id in the DAG's order;
+    ``Placements`` and ``StatsView`` say what a function's value is (``__getitem__``)."""
 
     __slots__ = ("_o", "_cached")
 
     def __init__(self, outcome: RunOutcome, cached: frozenset[int] = frozenset()):
         self._o = outcome
         self._cached = cached  # positions loaded from a node's result cache
+
+    def _position(self, fid: Hashable) -> int:
+        """The function's index; KeyError if it has no result."""
+        i = self._o.position(fid)
+        if i < 0:
+            raise KeyError(fid)
+        return i
+
+    def __contains__(self, fid: object) -> bool:
+        return self._o.position(fid) >= 0
+
+    def __iter__(self) -> Iterator[Hashable]:
+        ids = self._o.ids
+        return (ids[i] for i in self._o.positions())
+
+    def __len__(self) -> int:
+        return self._o.count
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} functions)"
+
+
+class Placements(_OutcomeView):
+    """{function_id: node holding its result}, read-only, in the DAG's order."""
+
+    __slots__ = ()
 
     def __getitem__(self, fid: Hashable) -> str:
         o = self._o
-        i = o.position(fid)
-        if i < 0:
-            raise KeyError(fid)
-        return o.names[o.node[i]]
-
-    def __contains__(self, fid: object) -> bool:
-        return self._o.position(fid) >= 0
-
-    def __iter__(self) -> Iterator[Hashable]:
-        ids = self._o.ids
-        return (ids[i] for i in self._o.positions())
-
-    def __len__(self) -> int:
-        return self._o.count
-
-    def __repr__(self) -> str:
-        return f"Placements({len(self)} functions)"
+        return o.names[o.node[self._position(fid)]]
 
 
-class StatsView(Mapping):
+class StatsView(_OutcomeView):
     """{function_id: FunctionStats}, read-only, each made when it is read."""
 
-    __slots__ = ("_o", "_cached")
-
-    def __init__(self, outcome: RunOutcome, cached: frozenset[int] = frozenset()):
-        self._o = outcome
-        self._cached = cached  # positions loaded from a node's result cache
+    __slots__ = ()
 
     def __getitem__(self, fid: Hashable) -> FunctionStats:
-        o = self._o
-        i = o.position(fid)
-        if i < 0:
-            raise KeyError(fid)
+        o, i = self._o, self._position(fid)
         return FunctionStats(o.names[o.node[i]], int(o.attempts[i]), float(o.started[i]),
                              float(o.finished[i]), i in self._cached)
-
-    def __contains__(self, fid: object) -> bool:
-        return self._o.position(fid) >= 0
-
-    def __iter__(self) -> Iterator[Hashable]:
-        ids = self._o.ids
-        return (ids[i] for i in self._o.positions())
-
-    def __len__(self) -> int:
-        return self._o.count
-
-    def __repr__(self) -> str:
-        return f"StatsView({len(self)} functions)"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 import numpy as np
 
 from handoff import _core
+from handoff.dag import effective_inputs
 from handoff.errors import AllocationError, HandoffError
 from handoff.scheduler.events import FunctionStats, RunSpec
 from handoff.scheduler.outcome import RunOutcome
@@ -120,18 +121,7 @@ class RunState:
 
     def effective_inputs(self, i: int) -> list[int]:
         """Non-inline functions whose results task ``i`` fetches, looking through inline ones."""
-        indptr, indices, inline = self._dependency_lists()
-        out: list[int] = []
-        seen: set[int] = set()
-        stack = indices[indptr[i] : indptr[i + 1]][::-1]
-        while stack:
-            d = stack.pop()
-            if inline[d]:
-                stack.extend(indices[indptr[d] : indptr[d + 1]][::-1])
-            elif d not in seen:
-                seen.add(d)
-                out.append(d)
-        return out
+        return effective_inputs(*self._dependency_lists(), i)
 
     def allocations(self) -> dict[Hashable, str]:
         """{function_id: node holding its result} for every computed non-inline function."""

@@ -48,22 +48,17 @@ def status(node: str, of: str) -> tuple[str, int]:
     return row["status"], row["incarnation"]
 
 
-def test_a_cut_off_host_is_declared_dead_its_work_replaced_and_it_rejoins_as_a_new_instance(
-        make_hosts, key, tmp_path):
-    hosts = make_hosts(3)
-    key_file = key(hosts)
-    h1 = hosts.start_node("h1", key_file=key_file, args=ONE)
-    hosts.start_node("h2", key_file=key_file, join=h1.address, args=ONE)
-    hosts.start_node("h3", key_file=key_file, join=h1.address, args=ONE + SLOW_DETECTOR)
-    start_driver(hosts, h1.address, key_file, ["h1", "h2", "h3"])
-    marks, release, release_gate = str(tmp_path / "marks"), str(tmp_path / "go"), str(tmp_path / "gate")
-    os.mkdir(marks)
+def three_holds(release: str, marks: str) -> DAG:
+    """``hold0`` to ``hold2``, one cpu each: one on each one-cpu host."""
     dag = DAG()
     for i in range(3):
         dag.add_function(Function(id=f"hold{i}", code=hold, extra_args=[i, release, marks],
                                   cost={"cpu": 1}))
-    dag.add_function(Function(id="gate", code=gate, args=[Argument(f"hold{i}") for i in range(3)],
-                              extra_args=[release_gate], cost={"cpu": 1}))
+    return dag
+
+
+def execute_in_background(dag: DAG) -> tuple[threading.Thread, dict]:
+    """Runs ``dag`` in a started thread; the dict gets its ``result`` or its ``error``."""
     outcome: dict = {}
 
     def run() -> None:
@@ -74,6 +69,23 @@ def test_a_cut_off_host_is_declared_dead_its_work_replaced_and_it_rejoins_as_a_n
 
     runner = threading.Thread(target=run)
     runner.start()
+    return runner, outcome
+
+
+def test_a_cut_off_host_is_declared_dead_its_work_replaced_and_it_rejoins_as_a_new_instance(
+        make_hosts, key, tmp_path):
+    hosts = make_hosts(3)
+    key_file = key(hosts)
+    h1 = hosts.start_node("h1", key_file=key_file, args=ONE)
+    hosts.start_node("h2", key_file=key_file, join=h1.address, args=ONE)
+    hosts.start_node("h3", key_file=key_file, join=h1.address, args=ONE + SLOW_DETECTOR)
+    start_driver(hosts, h1.address, key_file, ["h1", "h2", "h3"])
+    marks, release, release_gate = str(tmp_path / "marks"), str(tmp_path / "go"), str(tmp_path / "gate")
+    os.mkdir(marks)
+    dag = three_holds(release, marks)
+    dag.add_function(Function(id="gate", code=gate, args=[Argument(f"hold{i}") for i in range(3)],
+                              extra_args=[release_gate], cost={"cpu": 1}))
+    runner, outcome = execute_in_background(dag)
     try:
         assert wait_until(lambda: len(os.listdir(marks)) == 3, WAIT), os.listdir(marks)
         (cut,) = [int(m.split("-")[1]) for m in os.listdir(marks) if m.endswith("-h3")]
@@ -138,20 +150,8 @@ def test_a_partition_healed_with_equal_detectors_rejoins_everyone_and_the_result
     start_driver(hosts, h1.address, key_file, ["h1", "h2", "h3"])
     marks, release = str(tmp_path / "marks"), str(tmp_path / "go")
     os.mkdir(marks)
-    dag = DAG()
-    for i in range(3):
-        dag.add_function(Function(id=f"hold{i}", code=hold, extra_args=[i, release, marks],
-                                  cost={"cpu": 1}))
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = handoff.execute(dag, timeout=240)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    runner = threading.Thread(target=run)
-    runner.start()
+    dag = three_holds(release, marks)
+    runner, outcome = execute_in_background(dag)
     h3 = hosts["h3"].processes[0]
     names = ("driver", "h1", "h2", "h3")
     try:

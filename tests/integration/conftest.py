@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from nodes import private_runtime_dir as _private_runtime_dir
+from nodes import private_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime_dir():
     """Nodes and drivers started by the tests find their default key here (the processes
     inherit the environment), not in the user's real runtime directory; removed at the end."""
-    with _private_runtime_dir("handoff-test-runtime-") as path:
+    with private_dir("XDG_RUNTIME_DIR", "handoff-test-runtime-") as path:
         yield path
 
 
@@ -18,14 +18,5 @@ def private_runtime_dir():
 def private_cache_dir():
     """Nodes' default result cache ($XDG_CACHE_HOME/handoff) in a directory of the tests' own,
     never the user's real cache; removed at the end."""
-    import shutil
-    import tempfile
-
-    path = tempfile.mkdtemp(prefix="handoff-test-cache-")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_CACHE_HOME", path)
-    try:
+    with private_dir("XDG_CACHE_HOME", "handoff-test-cache-") as path:
         yield path
-    finally:
-        patch.undo()
-        shutil.rmtree(path, ignore_errors=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import handoff
+from handoff import DAG, Function
 from handoff.testing import wait_until
 
 PACKAGE_ROOT = Path(handoff.__file__).resolve().parents[1]
@@ -35,19 +36,24 @@ def child_env(extra: dict | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def private_runtime_dir(prefix: str) -> Iterator[str]:
-    """A runtime directory of its own (mode 0700) as XDG_RUNTIME_DIR, so the per-user node key
-    is made there, not in the user's real one; processes started inside inherit it. Removed
-    at the end."""
+def private_dir(variable: str, prefix: str) -> Iterator[str]:
+    """A directory of its own (mode 0700) as the environment variable ``variable``; processes
+    started inside inherit it. Removed at the end."""
     path = tempfile.mkdtemp(prefix=prefix)
     os.chmod(path, 0o700)
     patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_RUNTIME_DIR", path)
+    patch.setenv(variable, path)
     try:
         yield path
     finally:
         patch.undo()
         shutil.rmtree(path, ignore_errors=True)
+
+
+def private_runtime_dir(prefix: str) -> contextlib.AbstractContextManager[str]:
+    """A runtime directory of its own as XDG_RUNTIME_DIR, so the per-user node key is made
+    there, not in the user's real one."""
+    return private_dir("XDG_RUNTIME_DIR", prefix)
 
 
 def free_port() -> int:
@@ -186,6 +192,27 @@ def peer_members(name: str) -> list[str] | None:
 def nap(seconds: float, value=None):
     """Workload: user code that takes ``seconds`` (what a test runs, not how it waits)."""
     return time.sleep(seconds) or value
+
+
+def add(a, b):
+    return a + b
+
+
+def one(i):
+    return i
+
+
+def layered_sums(layers: int, width: int, dag_id: str | None = None) -> DAG:
+    """``layers`` x ``width`` functions: the first layer returns its extra argument, every
+    other function adds two results of the layer before (``(layer - 1, j)`` and the next)."""
+    dag = DAG(dag_id or f"scale-{layers}x{width}")
+    for j in range(width):
+        dag.add_function(Function(id=(0, j), code=one, extra_args=[j]))
+    for layer in range(1, layers):
+        for j in range(width):
+            dag.add_function(Function(id=(layer, j), code=add,
+                                      args=[(layer - 1, j), (layer - 1, (j + 1) % width)]))
+    return dag
 
 
 def hang(pid_file: str | None = None):

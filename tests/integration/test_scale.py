@@ -16,7 +16,7 @@ import pytest
 import handoff
 from handoff import DAG, Function
 from handoff.testing import wait_until
-from nodes import ledger_idle
+from nodes import layered_sums, ledger_idle
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -107,14 +107,6 @@ def test_20_nodes_from_one_seed_lose_5_mid_run_and_finish_right(local_cluster, h
     assert ledger_idle()
 
 
-def add(a, b):
-    return a + b
-
-
-def one(i):
-    return i
-
-
 def test_100k_function_run_keeps_driver_memory_per_function_bounded():
     """The embedded node's process (driver, scheduler, store of every small result) grows by
     well under 1,000 bytes a function at its peak (bench/bench_scale.py measures ~500 at
@@ -124,13 +116,7 @@ def test_100k_function_run_keeps_driver_memory_per_function_bounded():
     handoff.stop()  # a node an earlier test left running here
     handoff.start(workers=2)
     try:
-        dag = DAG("memory-100k")
-        for j in range(width):
-            dag.add_function(Function(id=(0, j), code=one, extra_args=[j]))
-        for layer in range(1, layers):
-            for j in range(width):
-                dag.add_function(Function(id=(layer, j), code=add,
-                                          args=[(layer - 1, j), (layer - 1, (j + 1) % width)]))
+        dag = layered_sums(layers, width, "memory-100k")
         gc.collect()
         proc = psutil.Process()
         before = peak = proc.memory_info().rss
