@@ -217,9 +217,10 @@ def test_progress_is_drawn_on_a_terminal():
             out += chunk
     finally:
         os.close(fd)
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
+        reaped, status = os.waitpid(pid, os.WNOHANG)  # the child may have ended already
+        if reaped == 0:  # still running after the deadline: end it
             os.kill(pid, 9)
-        _, status = os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
     text = ANSI.sub("", out.decode("utf-8", "replace"))
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "sum 7140" in text
