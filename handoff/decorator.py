@@ -13,8 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import typing
-from collections.abc import Hashable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast, overload
 
 from handoff.dag import DAG, Function
@@ -116,16 +115,28 @@ def _project(ref: Ref[Any], k: int) -> Ref[Any]:
     return Ref(function, (ref,), None, k)
 
 
-@dataclass(frozen=True, slots=True)
-class _Slot:
-    """Where the value of dependency ``index`` goes in a call's argument template."""
+class Slot:
+    """Where the value of dependency ``index`` goes in a call's argument template (the
+    decorator's refs and the Executor's futures alike)."""
 
-    index: int
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Slot, (self.index,))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Slot and other.index == self.index
+
+    def __hash__(self) -> int:
+        return hash((Slot, self.index))
 
 
 class _Apply:
     """Calls the user's function with dependency values put back into the argument template
-    (``template`` is the last extra argument: ``(args, kwargs)`` with ``_Slot`` markers)."""
+    (``template`` is the last extra argument: ``(args, kwargs)`` with ``Slot`` markers)."""
 
     __slots__ = ("__wrapped__",)
 
@@ -134,34 +145,35 @@ class _Apply:
 
     def __call__(self, *values: Any) -> Any:
         *deps, (args, kwargs) = values
-        return self.__wrapped__(*_fill(args, deps), **_fill(kwargs, deps))
+        return self.__wrapped__(*fill_slots(args, deps), **fill_slots(kwargs, deps))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_Apply, (self.__wrapped__,))
 
 
-def _fill(template: Any, values: list[Any]) -> Any:
+def fill_slots(template: Any, values: Sequence[Any]) -> Any:
+    """``template`` with each ``Slot`` replaced by its value (lists, tuples and dicts rebuilt)."""
     kind = type(template)
-    if kind is _Slot:
+    if kind is Slot:
         return values[template.index]
     if kind is list:
-        return [_fill(x, values) for x in template]
+        return [fill_slots(x, values) for x in template]
     if kind is tuple:
-        return tuple(_fill(x, values) for x in template)
+        return tuple(fill_slots(x, values) for x in template)
     if kind is dict:
-        return {k: _fill(v, values) for k, v in template.items()}
+        return {k: fill_slots(v, values) for k, v in template.items()}
     return template
 
 
 def _template(value: Any, slots: dict[int, int], deps: list[Ref[Any]]) -> Any:
-    """``value`` with each ref replaced by the ``_Slot`` of its (deduplicated) dependency."""
+    """``value`` with each ref replaced by the ``Slot`` of its (deduplicated) dependency."""
     kind = type(value)
     if isinstance(value, Ref):
         k = slots.get(id(value))
         if k is None:
             k = slots[id(value)] = len(deps)
             deps.append(value)
-        return _Slot(k)
+        return Slot(k)
     if kind is list:
         return [_template(x, slots, deps) for x in value]
     if kind is tuple:

@@ -24,6 +24,7 @@ from typing import Any
 
 from handoff import api
 from handoff.dag import retries_problem, timeout_problem
+from handoff.decorator import Slot, fill_slots
 from handoff.errors import HandoffError, ResultNotFound
 from handoff.node import live
 from handoff.node.data.values import dumps_args, dumps_payload, loads_value
@@ -86,23 +87,11 @@ class ExecutorFuture(cf.Future):
         super().add_done_callback(partial(self._core.callback, fn))
 
 
-class _Slot:
-    """Where a future's value goes in the arguments of a call that depends on it."""
-
-    __slots__ = ("k",)
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def __reduce__(self) -> tuple:
-        return (_Slot, (self.k,))
-
-
 class _Bound:
     """Calls ``fn`` with the values of the futures it was given put back in their places.
 
     Run on the worker as ``_Bound(fn)(v0, ..., vN, args, kwargs)``: ``v`` are the inputs'
-    values in dependency order, ``args`` and ``kwargs`` hold a ``_Slot`` for each."""
+    values in dependency order, ``args`` and ``kwargs`` hold a ``Slot`` for each."""
 
     __slots__ = ("fn",)
 
@@ -115,20 +104,7 @@ class _Bound:
     def __call__(self, *values: Any) -> Any:
         args, kwargs = values[-2], values[-1]
         inputs = values[:-2]
-        return self.fn(*_fill(args, inputs), **_fill(kwargs, inputs))
-
-
-def _fill(obj: Any, values: tuple) -> Any:
-    t = type(obj)
-    if t is _Slot:
-        return values[obj.k]
-    if t is list:
-        return [_fill(x, values) for x in obj]
-    if t is tuple:
-        return tuple(_fill(x, values) for x in obj)
-    if t is dict:
-        return {k: _fill(v, values) for k, v in obj.items()}
-    return obj
+        return self.fn(*fill_slots(args, inputs), **fill_slots(kwargs, inputs))
 
 
 def _process_chunk(fn: Callable, chunk: list[tuple]) -> list:
@@ -356,7 +332,7 @@ def _bound(core: _Core, fn: Callable) -> _Bound:
 
 
 def _template(core: _Core, obj: Any, found: dict[int, int]) -> Any:
-    """``obj`` with each future of this executor replaced by a ``_Slot`` (``found``: index of
+    """``obj`` with each future of this executor replaced by a ``Slot`` (``found``: index of
     the future's function -> its slot)."""
     t = type(obj)
     if isinstance(obj, cf.Future):
@@ -365,7 +341,7 @@ def _template(core: _Core, obj: Any, found: dict[int, int]) -> Any:
         k = found.get(obj._index)
         if k is None:
             k = found[obj._index] = len(found)
-        return _Slot(k)
+        return Slot(k)
     if t is list:
         return [_template(core, x, found) for x in obj]
     if t is tuple:
