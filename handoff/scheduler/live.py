@@ -186,13 +186,7 @@ class LiveRun(RunState):
             if task.status not in (S.DONE, S.FAILED, S.CANCELLED):
                 transition(task, S.CANCELLED, self.run_id)
                 task.node = None
-        self.inflight.clear()
-        self.queue.clear()
-        self.parked.clear()
-        self.waiters.clear()
-        self.lost.clear()
-        self.awaiting.clear()
-        self.finished, self.error = True, error
+        self._close(error)
 
     def effective_inputs(self, i: int) -> list[int]:
         return list(dict.fromkeys(self.graph.deps[i]))  # type: ignore[attr-defined]

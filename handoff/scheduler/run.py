@@ -390,6 +390,10 @@ class RunState:
             if task.status not in (S.DONE, S.INLINE):
                 transition(task, S.FAILED if task.index == failed else S.CANCELLED, self.run_id)
                 task.node = None
+        self._close(error)
+
+    def _close(self, error: HandoffError | None) -> None:
+        """The run is over: whatever was in flight, queued or waiting is dropped."""
         self.inflight.clear()
         self.queue.clear()
         self.parked.clear()
